@@ -1,0 +1,690 @@
+//! The fast evaluator: a compiled expression tree evaluated directly against
+//! the parsed event on the simd-json tape.
+//!
+//! Nothing is converted into CEL values: field reads borrow the tape, string
+//! operations borrow too, and regexes are compiled once. The semantics mirror
+//! the `cel` crate exactly (the differential test holds us to it): CEL's
+//! error-absorbing `&&`/`||`, heterogeneous numeric comparison, checked
+//! integer arithmetic, and "no such key" as an error.
+
+use crate::json::{Json, Kind};
+use regex::Regex;
+use rustc_hash::FxHashSet;
+use simd_json::{Node, StaticNode};
+use std::cmp::Ordering;
+
+/// A compile-time constant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lit {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer (`1u`).
+    Uint(u64),
+    /// A double.
+    Double(f64),
+    /// A string.
+    Str(Box<str>),
+    /// A list of constants.
+    List(Box<[Lit]>),
+}
+
+/// Comparison operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+/// Arithmetic operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArithOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+}
+
+/// String predicates with a string argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrOp {
+    /// `startsWith`
+    StartsWith,
+    /// `endsWith`
+    EndsWith,
+    /// `contains`
+    Contains,
+}
+
+/// Type conversions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv {
+    /// `int()`
+    Int,
+    /// `uint()`
+    Uint,
+    /// `double()`
+    Double,
+    /// `string()`
+    String,
+}
+
+/// A compiled expression.
+#[derive(Debug)]
+pub enum Ex {
+    /// A constant.
+    Lit(Lit),
+    /// `ev` itself.
+    Ev,
+    /// `ev.a.b.c`: a member path from `ev`.
+    Path(Box<[Box<str>]>),
+    /// `x.f` on something other than `ev`.
+    Select(Box<Ex>, Box<str>),
+    /// `has(x.f)`
+    Has(Box<Ex>, Box<str>),
+    /// `x[i]`
+    Index(Box<[Ex; 2]>),
+    /// `!x`
+    Not(Box<Ex>),
+    /// `-x`
+    Neg(Box<Ex>),
+    /// `a && b && ...`
+    And(Box<[Ex]>),
+    /// `a || b || ...`
+    Or(Box<[Ex]>),
+    /// `c ? a : b`
+    Cond(Box<[Ex; 3]>),
+    /// A comparison.
+    Cmp(CmpOp, Box<[Ex; 2]>),
+    /// Arithmetic.
+    Arith(ArithOp, Box<[Ex; 2]>),
+    /// `x in list_or_map`
+    In(Box<[Ex; 2]>),
+    /// `x in ["a", "b", ...]` with only string constants: a hash lookup.
+    InStrSet(Box<Ex>, Box<FxHashSet<Box<str>>>),
+    /// A list built at run time.
+    List(Box<[Ex]>),
+    /// `size(x)` / `x.size()`
+    Size(Box<Ex>),
+    /// `x.startsWith(y)` and friends.
+    Str(StrOp, Box<[Ex; 2]>),
+    /// `x.matches("constant")`: the regex compiled once.
+    Matches(Box<Ex>, Box<Regex>),
+    /// `x.matches(y)` with a pattern known only at run time.
+    MatchesDyn(Box<[Ex; 2]>),
+    /// `int(x)` and friends.
+    Conv(Conv, Box<Ex>),
+}
+
+/// Why an evaluation failed (for `sluice check` and debugging; a failed
+/// filter means "not matched" either way).
+pub type EvalError = &'static str;
+
+/// A value during evaluation: borrows the tape and the program wherever it can.
+#[derive(Clone, Debug)]
+pub enum V<'a> {
+    /// `null`
+    Null,
+    /// A bool.
+    Bool(bool),
+    /// An int.
+    Int(i64),
+    /// A uint.
+    Uint(u64),
+    /// A double.
+    Double(f64),
+    /// A borrowed string.
+    Str(&'a str),
+    /// A string made at run time.
+    String(String),
+    /// An object or array on the event's tape.
+    Json(Json<'a, 'a>),
+    /// A constant list of the program.
+    Lits(&'a [Lit]),
+    /// A list made at run time.
+    List(Vec<V<'a>>),
+    /// An error.
+    Err(EvalError),
+}
+
+impl<'a> V<'a> {
+    /// Converts a tape value: scalars become values, containers stay on the tape.
+    #[inline]
+    pub fn from_json(j: Json<'a, 'a>) -> V<'a> {
+        match j.node() {
+            Node::String(s) => V::Str(s),
+            Node::Static(StaticNode::Null) => V::Null,
+            Node::Static(StaticNode::Bool(b)) => V::Bool(b),
+            Node::Static(StaticNode::I64(i)) => V::Int(i),
+            Node::Static(StaticNode::U64(u)) => V::Uint(u),
+            Node::Static(StaticNode::F64(f)) => V::Double(f),
+            #[allow(unreachable_patterns)]
+            Node::Static(_) => V::Err("unsupported number"),
+            Node::Object { .. } | Node::Array { .. } => V::Json(j),
+        }
+    }
+
+    #[inline]
+    fn from_lit(l: &'a Lit) -> V<'a> {
+        match l {
+            Lit::Null => V::Null,
+            Lit::Bool(b) => V::Bool(*b),
+            Lit::Int(i) => V::Int(*i),
+            Lit::Uint(u) => V::Uint(*u),
+            Lit::Double(d) => V::Double(*d),
+            Lit::Str(s) => V::Str(s),
+            Lit::List(l) => V::Lits(l),
+        }
+    }
+
+    #[inline]
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            V::Str(s) => Some(s),
+            V::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn is_map(&self) -> bool {
+        matches!(self, V::Json(j) if j.kind() == Kind::Object)
+    }
+
+    fn is_list(&self) -> bool {
+        match self {
+            V::Json(j) => j.kind() == Kind::Array,
+            V::Lits(_) | V::List(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Converts to a compile-time constant, if this value can be one.
+    pub fn to_lit(&self) -> Option<Lit> {
+        Some(match self {
+            V::Null => Lit::Null,
+            V::Bool(b) => Lit::Bool(*b),
+            V::Int(i) => Lit::Int(*i),
+            V::Uint(u) => Lit::Uint(*u),
+            V::Double(d) => Lit::Double(*d),
+            V::Str(s) => Lit::Str((*s).into()),
+            V::String(s) => Lit::Str(s.as_str().into()),
+            V::Lits(l) => Lit::List((*l).into()),
+            V::List(l) => Lit::List(l.iter().map(V::to_lit).collect::<Option<Vec<_>>>()?.into()),
+            V::Json(_) | V::Err(_) => return None,
+        })
+    }
+}
+
+/// Iterates the elements of any list-like value.
+enum ListIter<'b, 'a> {
+    Json(crate::json::Elements<'a, 'a>),
+    Lits(std::slice::Iter<'a, Lit>),
+    List(std::slice::Iter<'b, V<'a>>),
+}
+
+impl<'a> Iterator for ListIter<'_, 'a> {
+    type Item = V<'a>;
+    fn next(&mut self) -> Option<V<'a>> {
+        match self {
+            ListIter::Json(e) => e.next().map(V::from_json),
+            ListIter::Lits(i) => i.next().map(V::from_lit),
+            ListIter::List(i) => i.next().cloned(),
+        }
+    }
+}
+
+fn list_iter<'b, 'a>(v: &'b V<'a>) -> Option<(usize, ListIter<'b, 'a>)> {
+    match v {
+        V::Json(j) if j.kind() == Kind::Array => Some((j.len(), ListIter::Json(j.elements()))),
+        V::Lits(l) => Some((l.len(), ListIter::Lits(l.iter()))),
+        V::List(l) => Some((l.len(), ListIter::List(l.iter()))),
+        _ => None,
+    }
+}
+
+/// Members of an object, skipping repeated keys (the first one wins, as in lookups).
+fn unique_entries<'a>(j: Json<'a, 'a>) -> impl Iterator<Item = (&'a str, Json<'a, 'a>)> {
+    j.entries()
+        .enumerate()
+        .filter(move |(i, (k, _))| !j.entries().take(*i).any(|(k2, _)| k2 == *k))
+        .map(|(_, e)| e)
+}
+
+fn map_len(j: Json<'_, '_>) -> usize {
+    unique_entries(j).count()
+}
+
+/// Numeric comparison across int, uint and double, as the `cel` crate does it.
+/// `None` if either side is not a number; `Some(None)` if incomparable (NaN).
+#[inline]
+fn num_cmp(a: &V<'_>, b: &V<'_>) -> Option<Option<Ordering>> {
+    Some(match (a, b) {
+        (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
+        (V::Int(x), V::Uint(y)) => Some(u64::try_from(*x).map_or(Ordering::Less, |x| x.cmp(y))),
+        (V::Int(x), V::Double(y)) => (*x as f64).partial_cmp(y),
+        (V::Uint(x), V::Uint(y)) => Some(x.cmp(y)),
+        (V::Uint(x), V::Int(y)) => Some(i64::try_from(*x).map_or(Ordering::Greater, |x| x.cmp(y))),
+        (V::Uint(x), V::Double(y)) => (*x as f64).partial_cmp(y),
+        (V::Double(x), V::Double(y)) => x.partial_cmp(y),
+        (V::Double(x), V::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (V::Double(x), V::Uint(y)) => x.partial_cmp(&(*y as f64)),
+        _ => return None,
+    })
+}
+
+/// CEL equality of two values that are not errors.
+pub fn equals(a: &V<'_>, b: &V<'_>) -> bool {
+    if let Some(o) = num_cmp(a, b) {
+        return o == Some(Ordering::Equal);
+    }
+    match (a, b) {
+        (V::Null, V::Null) => true,
+        (V::Bool(x), V::Bool(y)) => x == y,
+        _ => {
+            if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
+                return x == y;
+            }
+            if let (Some((la, ia)), Some((lb, ib))) = (list_iter(a), list_iter(b)) {
+                return la == lb && ia.zip(ib).all(|(x, y)| equals(&x, &y));
+            }
+            if let (V::Json(x), V::Json(y)) = (a, b)
+                && x.kind() == Kind::Object
+                && y.kind() == Kind::Object
+            {
+                return map_len(*x) == map_len(*y)
+                    && unique_entries(*x).all(|(k, v)| {
+                        y.get(k)
+                            .is_some_and(|w| equals(&V::from_json(v), &V::from_json(w)))
+                    });
+            }
+            false
+        }
+    }
+}
+
+fn compare(a: &V<'_>, b: &V<'_>) -> Result<Ordering, EvalError> {
+    if let Some(o) = num_cmp(a, b) {
+        return o.ok_or("values are not comparable (NaN)");
+    }
+    match (a, b) {
+        (V::Bool(x), V::Bool(y)) => Ok(x.cmp(y)),
+        _ => match (a.as_str(), b.as_str()) {
+            (Some(x), Some(y)) => Ok(x.cmp(y)),
+            _ => Err("no matching overload for comparison"),
+        },
+    }
+}
+
+fn arith<'a>(op: ArithOp, a: V<'a>, b: V<'a>) -> V<'a> {
+    use ArithOp::*;
+    let overflow = V::Err("integer overflow");
+    match (op, &a, &b) {
+        (Add, V::Int(x), V::Int(y)) => x.checked_add(*y).map_or(overflow, V::Int),
+        (Sub, V::Int(x), V::Int(y)) => x.checked_sub(*y).map_or(overflow, V::Int),
+        (Mul, V::Int(x), V::Int(y)) => x.checked_mul(*y).map_or(overflow, V::Int),
+        (Div, V::Int(_), V::Int(0)) => V::Err("division by zero"),
+        (Div, V::Int(x), V::Int(y)) => x.checked_div(*y).map_or(overflow, V::Int),
+        (Mod, V::Int(_), V::Int(0)) => V::Err("modulus by zero"),
+        (Mod, V::Int(x), V::Int(y)) => x.checked_rem(*y).map_or(overflow, V::Int),
+        (Add, V::Uint(x), V::Uint(y)) => x.checked_add(*y).map_or(overflow, V::Uint),
+        (Sub, V::Uint(x), V::Uint(y)) => x.checked_sub(*y).map_or(overflow, V::Uint),
+        (Mul, V::Uint(x), V::Uint(y)) => x.checked_mul(*y).map_or(overflow, V::Uint),
+        (Div, V::Uint(_), V::Uint(0)) => V::Err("division by zero"),
+        (Div, V::Uint(x), V::Uint(y)) => x.checked_div(*y).map_or(overflow, V::Uint),
+        (Mod, V::Uint(_), V::Uint(0)) => V::Err("modulus by zero"),
+        (Mod, V::Uint(x), V::Uint(y)) => x.checked_rem(*y).map_or(overflow, V::Uint),
+        (Add, V::Double(x), V::Double(y)) => V::Double(x + y),
+        (Sub, V::Double(x), V::Double(y)) => V::Double(x - y),
+        (Mul, V::Double(x), V::Double(y)) => V::Double(x * y),
+        (Div, V::Double(x), V::Double(y)) => V::Double(x / y),
+        (Add, _, _) => {
+            if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
+                let mut s = String::with_capacity(x.len() + y.len());
+                s.push_str(x);
+                s.push_str(y);
+                return V::String(s);
+            }
+            if let (Some((la, ia)), Some((lb, ib))) = (list_iter(&a), list_iter(&b)) {
+                let mut out = Vec::with_capacity(la + lb);
+                out.extend(ia);
+                out.extend(ib);
+                return V::List(out);
+            }
+            V::Err("no matching overload for +")
+        }
+        _ => V::Err("no matching overload for arithmetic"),
+    }
+}
+
+fn index<'a>(c: V<'a>, i: V<'a>) -> V<'a> {
+    match &c {
+        V::Json(j) if j.kind() == Kind::Object => match i.as_str() {
+            Some(k) => j.get(k).map_or(V::Err("no such key"), V::from_json),
+            None => V::Err("no such key"),
+        },
+        _ if c.is_list() => {
+            let idx = match i {
+                V::Int(n) => usize::try_from(n).ok(),
+                V::Uint(n) => usize::try_from(n).ok(),
+                V::Double(d)
+                    if d > i64::MIN as f64 && d < i64::MAX as f64 && (d as i64) as f64 == d =>
+                {
+                    usize::try_from(d as i64).ok()
+                }
+                _ => return V::Err("no matching overload for index"),
+            };
+            let Some(idx) = idx else {
+                return V::Err("index out of bounds");
+            };
+            match &c {
+                V::Json(j) => j
+                    .index(idx)
+                    .map_or(V::Err("index out of bounds"), V::from_json),
+                V::Lits(l) => l
+                    .get(idx)
+                    .map_or(V::Err("index out of bounds"), V::from_lit),
+                V::List(l) => l.get(idx).cloned().unwrap_or(V::Err("index out of bounds")),
+                _ => V::Err("no matching overload for index"),
+            }
+        }
+        _ => V::Err("no matching overload for index"),
+    }
+}
+
+fn contains<'a>(needle: &V<'a>, hay: &V<'a>) -> V<'a> {
+    if let Some((_, mut it)) = list_iter(hay) {
+        return V::Bool(it.any(|e| equals(&e, needle)));
+    }
+    if let V::Json(j) = hay
+        && j.kind() == Kind::Object
+    {
+        return match needle {
+            V::Str(s) => V::Bool(j.get(s).is_some()),
+            V::String(s) => V::Bool(j.get(s).is_some()),
+            V::Int(_) | V::Uint(_) | V::Bool(_) | V::Double(_) => V::Bool(false),
+            _ => V::Err("unsupported map key type"),
+        };
+    }
+    V::Err("no matching overload for in")
+}
+
+fn size(v: &V<'_>) -> V<'static> {
+    match v {
+        V::Str(s) => V::Int(s.chars().count() as i64),
+        V::String(s) => V::Int(s.chars().count() as i64),
+        V::Json(j) if j.kind() == Kind::Object => V::Int(map_len(*j) as i64),
+        V::Json(j) => V::Int(j.len() as i64),
+        V::Lits(l) => V::Int(l.len() as i64),
+        V::List(l) => V::Int(l.len() as i64),
+        _ => V::Err("no matching overload for size"),
+    }
+}
+
+fn convert<'a>(c: Conv, v: V<'a>) -> V<'a> {
+    match (c, v) {
+        (Conv::Int, V::Int(i)) => V::Int(i),
+        (Conv::Int, V::Uint(u)) => i64::try_from(u).map_or(V::Err("integer overflow"), V::Int),
+        (Conv::Int, V::Double(d)) => {
+            if d > i64::MIN as f64 && d < i64::MAX as f64 {
+                V::Int(d as i64)
+            } else {
+                V::Err("integer overflow")
+            }
+        }
+        (Conv::Uint, V::Uint(u)) => V::Uint(u),
+        (Conv::Uint, V::Int(i)) => {
+            u64::try_from(i).map_or(V::Err("unsigned integer overflow"), V::Uint)
+        }
+        (Conv::Uint, V::Double(d)) => {
+            if d >= 0.0 && d < u64::MAX as f64 {
+                V::Uint(d as u64)
+            } else {
+                V::Err("unsigned integer overflow")
+            }
+        }
+        (Conv::Double, V::Double(d)) => V::Double(d),
+        (Conv::Double, V::Int(i)) => V::Double(i as f64),
+        (Conv::Double, V::Uint(u)) => V::Double(u as f64),
+        (Conv::String, V::Bool(b)) => V::Str(if b { "true" } else { "false" }),
+        (Conv::String, V::Int(i)) => V::String(i.to_string()),
+        (Conv::String, V::Uint(u)) => V::String(u.to_string()),
+        (Conv::String, V::Double(d)) => V::String(d.to_string()),
+        (Conv::String, v @ (V::Str(_) | V::String(_))) => v,
+        (c, v) => match v.as_str() {
+            Some(s) => match c {
+                Conv::Int => s
+                    .parse::<i64>()
+                    .map_or(V::Err("string parse error"), V::Int),
+                Conv::Uint => s
+                    .parse::<u64>()
+                    .map_or(V::Err("string parse error"), V::Uint),
+                Conv::Double => s
+                    .parse::<f64>()
+                    .map_or(V::Err("string parse error"), V::Double),
+                Conv::String => V::Err("unreachable"),
+            },
+            None => V::Err("no matching overload for conversion"),
+        },
+    }
+}
+
+/// Evaluates `ex` with `ev` bound to `object`.
+pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
+    match ex {
+        Ex::Lit(l) => V::from_lit(l),
+        Ex::Ev => V::Json(ev),
+        Ex::Path(p) => {
+            let mut cur = ev;
+            for seg in p.iter() {
+                if !cur.is_object() {
+                    return V::Err("field selection on a non-map value");
+                }
+                match cur.get(seg) {
+                    Some(n) => cur = n,
+                    None => return V::Err("no such key"),
+                }
+            }
+            V::from_json(cur)
+        }
+        Ex::Select(x, f) => match eval(x, ev) {
+            V::Json(j) if j.kind() == Kind::Object => {
+                j.get(f).map_or(V::Err("no such key"), V::from_json)
+            }
+            e @ V::Err(_) => e,
+            _ => V::Err("field selection on a non-map value"),
+        },
+        Ex::Has(x, f) => match eval(x, ev) {
+            V::Json(j) if j.kind() == Kind::Object => V::Bool(j.get(f).is_some()),
+            e @ V::Err(_) => e,
+            _ => V::Err("has() on a non-map value"),
+        },
+        Ex::Index(b) => {
+            let c = eval(&b[0], ev);
+            if let V::Err(_) = c {
+                return c;
+            }
+            let i = eval(&b[1], ev);
+            if let V::Err(_) = i {
+                return i;
+            }
+            index(c, i)
+        }
+        Ex::Not(x) => match eval(x, ev) {
+            V::Bool(b) => V::Bool(!b),
+            e @ V::Err(_) => e,
+            _ => V::Err("no matching overload for !"),
+        },
+        Ex::Neg(x) => match eval(x, ev) {
+            V::Int(i) => i.checked_neg().map_or(V::Err("integer overflow"), V::Int),
+            V::Double(d) => V::Double(-d),
+            e @ V::Err(_) => e,
+            _ => V::Err("no matching overload for -"),
+        },
+        Ex::And(xs) => {
+            // false if any operand is false; true if all are true; else an error.
+            let mut err = None;
+            for x in xs.iter() {
+                match eval(x, ev) {
+                    V::Bool(false) => return V::Bool(false),
+                    V::Bool(true) => {}
+                    V::Err(e) => err = err.or(Some(e)),
+                    _ => err = err.or(Some("no matching overload for &&")),
+                }
+            }
+            err.map_or(V::Bool(true), V::Err)
+        }
+        Ex::Or(xs) => {
+            let mut err = None;
+            for x in xs.iter() {
+                match eval(x, ev) {
+                    V::Bool(true) => return V::Bool(true),
+                    V::Bool(false) => {}
+                    V::Err(e) => err = err.or(Some(e)),
+                    _ => err = err.or(Some("no matching overload for ||")),
+                }
+            }
+            err.map_or(V::Bool(false), V::Err)
+        }
+        Ex::Cond(b) => match eval(&b[0], ev) {
+            V::Bool(true) => eval(&b[1], ev),
+            V::Bool(false) => eval(&b[2], ev),
+            e @ V::Err(_) => e,
+            _ => V::Err("condition is not a bool"),
+        },
+        Ex::Cmp(op, b) => {
+            let l = eval(&b[0], ev);
+            if let V::Err(_) = l {
+                return l;
+            }
+            let r = eval(&b[1], ev);
+            if let V::Err(_) = r {
+                return r;
+            }
+            match op {
+                CmpOp::Eq => V::Bool(equals(&l, &r)),
+                CmpOp::Ne => V::Bool(!equals(&l, &r)),
+                _ => match compare(&l, &r) {
+                    Ok(o) => V::Bool(match op {
+                        CmpOp::Lt => o == Ordering::Less,
+                        CmpOp::Le => o != Ordering::Greater,
+                        CmpOp::Gt => o == Ordering::Greater,
+                        _ => o != Ordering::Less,
+                    }),
+                    Err(e) => V::Err(e),
+                },
+            }
+        }
+        Ex::Arith(op, b) => {
+            let l = eval(&b[0], ev);
+            if let V::Err(_) = l {
+                return l;
+            }
+            let r = eval(&b[1], ev);
+            if let V::Err(_) = r {
+                return r;
+            }
+            arith(*op, l, r)
+        }
+        Ex::In(b) => {
+            let l = eval(&b[0], ev);
+            if let V::Err(_) = l {
+                return l;
+            }
+            let r = eval(&b[1], ev);
+            if let V::Err(_) = r {
+                return r;
+            }
+            contains(&l, &r)
+        }
+        Ex::InStrSet(x, set) => match eval(x, ev) {
+            V::Str(s) => V::Bool(set.contains(s)),
+            V::String(s) => V::Bool(set.contains(s.as_str())),
+            e @ V::Err(_) => e,
+            _ => V::Bool(false),
+        },
+        Ex::List(xs) => {
+            let mut out = Vec::with_capacity(xs.len());
+            for x in xs.iter() {
+                let v = eval(x, ev);
+                if let V::Err(_) = v {
+                    return v;
+                }
+                out.push(v);
+            }
+            V::List(out)
+        }
+        Ex::Size(x) => match eval(x, ev) {
+            e @ V::Err(_) => e,
+            v => size(&v),
+        },
+        Ex::Str(op, b) => {
+            let l = eval(&b[0], ev);
+            if let V::Err(_) = l {
+                return l;
+            }
+            let r = eval(&b[1], ev);
+            if let V::Err(_) = r {
+                return r;
+            }
+            match (l.as_str(), r.as_str()) {
+                (Some(s), Some(t)) => V::Bool(match op {
+                    StrOp::StartsWith => s.starts_with(t),
+                    StrOp::EndsWith => s.ends_with(t),
+                    StrOp::Contains => s.contains(t),
+                }),
+                _ => V::Err("no matching overload for string function"),
+            }
+        }
+        Ex::Matches(x, re) => match eval(x, ev) {
+            V::Str(s) => V::Bool(re.is_match(s)),
+            V::String(s) => V::Bool(re.is_match(&s)),
+            e @ V::Err(_) => e,
+            _ => V::Err("no matching overload for matches"),
+        },
+        Ex::MatchesDyn(b) => {
+            let l = eval(&b[0], ev);
+            if let V::Err(_) = l {
+                return l;
+            }
+            let r = eval(&b[1], ev);
+            if let V::Err(_) = r {
+                return r;
+            }
+            match (l.as_str(), r.as_str()) {
+                (Some(s), Some(p)) => match Regex::new(p) {
+                    Ok(re) => V::Bool(re.is_match(s)),
+                    Err(_) => V::Err("invalid regex"),
+                },
+                _ => V::Err("no matching overload for matches"),
+            }
+        }
+        Ex::Conv(c, x) => match eval(x, ev) {
+            e @ V::Err(_) => e,
+            v => convert(*c, v),
+        },
+    }
+}
+
+/// Whether a value is an object (for callers outside this module).
+pub fn is_map(v: &V<'_>) -> bool {
+    v.is_map()
+}

@@ -1,0 +1,114 @@
+//! The fallback: the `cel` crate's interpreter, for the constructs the fast
+//! evaluator does not cover (comprehension macros, timestamps, map literals,
+//! ...). It is fed only the fields the expression references, converted from
+//! the tape into CEL values for that one evaluation.
+
+use crate::json::{Json, Kind};
+use cel::objects::{Key, Value};
+use simd_json::{Node, StaticNode};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+thread_local! {
+    /// The root context (standard library) is costly to build (~40 µs): once per thread.
+    static ROOT: cel::Context<'static, 'static> = cel::Context::default();
+}
+
+/// The subset of `ev` an expression reads: a trie of member paths.
+#[derive(Debug, Default, Clone)]
+pub struct PathTrie {
+    /// The whole value at this node is read.
+    pub whole: bool,
+    /// Members read below this node.
+    pub children: Vec<(Box<str>, PathTrie)>,
+}
+
+impl PathTrie {
+    /// Adds a path (empty = the whole value).
+    pub fn insert(&mut self, path: &[String]) {
+        let Some((first, rest)) = path.split_first() else {
+            self.whole = true;
+            return;
+        };
+        let child = match self.children.iter().position(|(n, _)| **n == **first) {
+            Some(i) => &mut self.children[i].1,
+            None => {
+                self.children
+                    .push((first.as_str().into(), PathTrie::default()));
+                &mut self.children.last_mut().expect("just pushed").1
+            }
+        };
+        child.insert(rest);
+    }
+}
+
+/// Converts a tape value into a CEL value (objects keep the first of repeated keys).
+pub fn to_cel(j: Json<'_, '_>) -> Value {
+    match j.node() {
+        Node::String(s) => Value::String(Arc::new(s.to_owned())),
+        Node::Static(StaticNode::Null) => Value::Null,
+        Node::Static(StaticNode::Bool(b)) => Value::Bool(b),
+        Node::Static(StaticNode::I64(i)) => Value::Int(i),
+        Node::Static(StaticNode::U64(u)) => Value::UInt(u),
+        Node::Static(StaticNode::F64(f)) => Value::Float(f),
+        #[allow(unreachable_patterns)]
+        Node::Static(_) => Value::Null,
+        Node::Object { len, .. } => {
+            let mut m: HashMap<Key, Value> = HashMap::with_capacity(len);
+            for (k, v) in j.entries() {
+                m.entry(Key::from(k)).or_insert_with(|| to_cel(v));
+            }
+            Value::Map(m.into())
+        }
+        Node::Array { .. } => Value::List(Arc::new(j.elements().map(to_cel).collect())),
+    }
+}
+
+/// Converts only the parts of `j` that `trie` names.
+pub fn extract(j: Json<'_, '_>, trie: &PathTrie) -> Value {
+    if trie.whole || j.kind() != Kind::Object {
+        return to_cel(j);
+    }
+    let mut m: HashMap<Key, Value> = HashMap::with_capacity(trie.children.len());
+    for (name, sub) in &trie.children {
+        if let Some(v) = j.get(name) {
+            m.insert(Key::from(&**name), extract(v, sub));
+        }
+    }
+    Value::Map(m.into())
+}
+
+/// A program run by the `cel` crate.
+#[derive(Debug)]
+pub struct Fallback {
+    program: cel::Program,
+    reads: PathTrie,
+}
+
+impl Fallback {
+    /// Wraps a compiled program and the paths it reads.
+    pub fn new(program: cel::Program, reads: PathTrie) -> Fallback {
+        Fallback { program, reads }
+    }
+
+    /// Evaluates with `ev` bound to (the referenced parts of) `object`.
+    pub fn eval(&self, object: Json<'_, '_>) -> Result<Value, String> {
+        let ev = extract(object, &self.reads);
+        ROOT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_from_value("ev", ev);
+            self.program.execute(&ctx).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Evaluates a program with `ev` bound to the whole object: the reference the
+/// differential tests compare the fast evaluator against.
+pub fn eval_reference(program: &cel::Program, object: Json<'_, '_>) -> Result<Value, String> {
+    let ev = to_cel(object);
+    ROOT.with(|root| {
+        let mut ctx = root.new_inner_scope();
+        ctx.add_variable_from_value("ev", ev);
+        program.execute(&ctx).map_err(|e| e.to_string())
+    })
+}

@@ -1,0 +1,267 @@
+//! CEL filters over events.
+//!
+//! A filter is a CEL boolean expression in which `ev` is the event's `object`.
+//! [`Filter::compile`] parses it once (with the `cel` crate's parser), checks
+//! that it reads only `ev` and only fields the event type has, and lowers it to
+//! a tree that [`Filter::matches`] evaluates straight against the parsed event
+//! on the simd-json tape: no conversion into CEL values, regexes compiled once,
+//! constants folded, no allocation unless the expression builds strings or
+//! lists. What the fast evaluator does not cover (comprehension macros,
+//! timestamps, map literals, ...) runs in the `cel` crate's interpreter,
+//! fed only the fields the expression reads.
+//!
+//! A missing field or a type error makes the filter fail: the event is not
+//! matched and the failure is counted as a filter error.
+//!
+//! ```
+//! use sluice_engine::cel::{Filter, FilterOptions, Verdict};
+//!
+//! let f = Filter::compile(r#"ev.conn.server_port == 443 && ev.conn.server_name.endsWith(".ngrok.app")"#,
+//!                         &FilterOptions::default()).unwrap();
+//! assert!(f.is_fast());
+//! let mut event = br#"{"conn":{"server_port":443,"server_name":"a.ngrok.app"}}"#.to_vec();
+//! let tape = simd_json::to_tape(&mut event).unwrap();
+//! let object = sluice_engine::json::Json::root(&tape.0).unwrap();
+//! assert_eq!(f.matches(object), Verdict::Match);
+//! ```
+
+pub mod compile;
+pub mod eval;
+pub mod fallback;
+
+use crate::events::EventTypeId;
+use crate::json::Json;
+use compile::Lower;
+use eval::{Ex, V};
+use fallback::Fallback;
+
+/// The outcome of a filter on one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The expression is `true`: deliver.
+    Match,
+    /// The expression is `false`: skip.
+    NoMatch,
+    /// The expression failed (missing field, type error) or is not a bool:
+    /// skip, and count a filter error.
+    Error,
+}
+
+/// A filter that does not compile: what is wrong and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterError {
+    /// What is wrong.
+    pub message: String,
+    /// 1-based line of the offending position.
+    pub line: usize,
+    /// 1-based column (in characters) of the offending position.
+    pub column: usize,
+    /// The filter's source.
+    pub source: String,
+}
+
+impl FilterError {
+    /// The source line of the error with a caret under the position.
+    pub fn snippet(&self) -> String {
+        let line = self
+            .source
+            .lines()
+            .nth(self.line.saturating_sub(1))
+            .unwrap_or("");
+        format!(
+            "  | {line}\n  | {}^",
+            " ".repeat(self.column.saturating_sub(1))
+        )
+    }
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}\n{}",
+            self.line,
+            self.column,
+            self.message,
+            self.snippet()
+        )
+    }
+}
+
+impl std::error::Error for FilterError {}
+
+/// How to compile a filter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FilterOptions {
+    /// The event type the filter applies to: enables checking of the fields
+    /// it reads against the registry.
+    pub event_type: Option<EventTypeId>,
+    /// Allow only the fields ngrok allows in filters (the four `conn.*`
+    /// address fields).
+    pub strict_ngrok: bool,
+}
+
+/// How a compiled filter runs.
+#[derive(Debug)]
+enum Plan {
+    Fast(Ex),
+    Fallback(Fallback, String),
+}
+
+/// A compiled filter.
+#[derive(Debug)]
+pub struct Filter {
+    source: String,
+    parsed: String,
+    plan: Plan,
+    reads: Vec<String>,
+}
+
+impl Filter {
+    /// Compiles `source`, or explains why it does not compile.
+    pub fn compile(source: &str, opts: &FilterOptions) -> Result<Filter, FilterError> {
+        let parsed = compile::parse(source)?;
+        let refs = compile::references(source, &parsed)?;
+        if let Some(t) = opts.event_type {
+            for r in &refs {
+                if let Err(msg) = compile::check_path(t.def(), &r.path, opts.strict_ngrok) {
+                    let (line, column) = parsed
+                        .info
+                        .offset_for(r.id)
+                        .map(|(s, _)| compile::line_col(source, s as usize))
+                        .unwrap_or((1, 1));
+                    return Err(FilterError {
+                        message: msg,
+                        line,
+                        column,
+                        source: source.to_string(),
+                    });
+                }
+            }
+        }
+        let mut reads: Vec<String> = refs
+            .iter()
+            .map(|r| {
+                if r.path.is_empty() {
+                    "ev".to_string()
+                } else {
+                    format!("ev.{}", r.path.join("."))
+                }
+            })
+            .collect();
+        reads.sort();
+        reads.dedup();
+        let plan = match compile::lower(source, &parsed) {
+            Ok(ex) => Plan::Fast(ex),
+            Err(Lower::Invalid(e)) => return Err(e),
+            Err(Lower::Unsupported(why)) => {
+                let program = cel::Program::compile(source).map_err(|e| FilterError {
+                    message: e.to_string(),
+                    line: 1,
+                    column: 1,
+                    source: source.to_string(),
+                })?;
+                Plan::Fallback(Fallback::new(program, compile::reads(&refs)), why)
+            }
+        };
+        Ok(Filter {
+            source: source.to_string(),
+            parsed: compile::unparse(&parsed.expr),
+            plan,
+            reads,
+        })
+    }
+
+    /// The filter as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The parsed expression, fully parenthesized.
+    pub fn parsed(&self) -> &str {
+        &self.parsed
+    }
+
+    /// Whether the fast evaluator runs it (else the `cel` interpreter does).
+    pub fn is_fast(&self) -> bool {
+        matches!(self.plan, Plan::Fast(_))
+    }
+
+    /// Why the filter runs in the interpreter, if it does.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        match &self.plan {
+            Plan::Fast(_) => None,
+            Plan::Fallback(_, why) => Some(why),
+        }
+    }
+
+    /// The paths of `ev` the filter reads (`ev.conn.server_name`, ...).
+    pub fn reads(&self) -> &[String] {
+        &self.reads
+    }
+
+    /// Evaluates the filter with `ev` bound to `object`.
+    #[inline]
+    pub fn matches(&self, object: Json<'_, '_>) -> Verdict {
+        match &self.plan {
+            Plan::Fast(ex) => match eval::eval(ex, object) {
+                V::Bool(true) => Verdict::Match,
+                V::Bool(false) => Verdict::NoMatch,
+                _ => Verdict::Error,
+            },
+            Plan::Fallback(fb, _) => match fb.eval(object) {
+                Ok(cel::Value::Bool(true)) => Verdict::Match,
+                Ok(cel::Value::Bool(false)) => Verdict::NoMatch,
+                _ => Verdict::Error,
+            },
+        }
+    }
+
+    /// Evaluates the filter and returns its value as a CEL value, or the
+    /// error: for `sluice check` and for differential testing.
+    pub fn evaluate(&self, object: Json<'_, '_>) -> Result<cel::Value, String> {
+        match &self.plan {
+            Plan::Fast(ex) => to_cel_value(&eval::eval(ex, object)),
+            Plan::Fallback(fb, _) => fb.eval(object),
+        }
+    }
+}
+
+/// Converts a fast-evaluator value into a CEL value.
+pub fn to_cel_value(v: &V<'_>) -> Result<cel::Value, String> {
+    use std::sync::Arc;
+    Ok(match v {
+        V::Null => cel::Value::Null,
+        V::Bool(b) => cel::Value::Bool(*b),
+        V::Int(i) => cel::Value::Int(*i),
+        V::Uint(u) => cel::Value::UInt(*u),
+        V::Double(d) => cel::Value::Float(*d),
+        V::Str(s) => cel::Value::String(Arc::new((*s).to_string())),
+        V::String(s) => cel::Value::String(Arc::new(s.clone())),
+        V::Json(j) => fallback::to_cel(*j),
+        V::Lits(l) => {
+            let items: Result<Vec<_>, _> = l.iter().map(|x| to_cel_value(&lit_value(x))).collect();
+            cel::Value::List(Arc::new(items?))
+        }
+        V::List(l) => {
+            let items: Result<Vec<_>, _> = l.iter().map(to_cel_value).collect();
+            cel::Value::List(Arc::new(items?))
+        }
+        V::Err(e) => return Err((*e).to_string()),
+    })
+}
+
+fn lit_value(l: &eval::Lit) -> V<'_> {
+    match l {
+        eval::Lit::Null => V::Null,
+        eval::Lit::Bool(b) => V::Bool(*b),
+        eval::Lit::Int(i) => V::Int(*i),
+        eval::Lit::Uint(u) => V::Uint(*u),
+        eval::Lit::Double(d) => V::Double(*d),
+        eval::Lit::Str(s) => V::Str(s),
+        eval::Lit::List(l) => V::Lits(l),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+use super::*;
+use crate::events::EventTypeId;
+
+fn with_object<R>(json: &str, f: impl FnOnce(Json<'_, '_>) -> R) -> R {
+    let mut b = json.as_bytes().to_vec();
+    let tape = simd_json::to_tape(&mut b).unwrap();
+    f(Json::root(&tape.0).unwrap())
+}
+
+fn verdict(expr: &str, obj: &str) -> Verdict {
+    let f = Filter::compile(expr, &FilterOptions::default()).unwrap();
+    with_object(obj, |o| f.matches(o))
+}
+
+const OBJ: &str = r#"{"conn":{"server_name":"api-prod.ngrok.dev","server_port":443,"client_ip":"10.0.0.1"},"http":{"response":{"status_code":503},"request":{"headers":{"User-Agent":["curl/8"]}}}}"#;
+
+#[test]
+fn docs_examples_evaluate() {
+    assert_eq!(
+        verdict(
+            r#"ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && ev.http.response.status_code >= 500"#,
+            OBJ
+        ),
+        Verdict::Match
+    );
+    assert_eq!(
+        verdict(
+            r#"ev.conn.server_name.matches(".*-your-org\\.ngrok\\.dev") && ev.conn.server_port == 80"#,
+            OBJ
+        ),
+        Verdict::NoMatch
+    );
+    assert_eq!(
+        verdict(
+            r#"ev.conn.client_ip != "2601:0:8200:0:4cd7:fd52:0:7823" && ev.conn.server_name == "api-prod.ngrok.dev""#,
+            OBJ
+        ),
+        Verdict::Match
+    );
+}
+
+#[test]
+fn missing_fields_are_errors_and_absorbed_by_short_circuit() {
+    assert_eq!(verdict("ev.nope == 1", OBJ), Verdict::Error);
+    assert_eq!(
+        verdict("ev.nope == 1 || ev.conn.server_port == 443", OBJ),
+        Verdict::Match
+    );
+    assert_eq!(
+        verdict("ev.nope == 1 && ev.conn.server_port == 80", OBJ),
+        Verdict::NoMatch
+    );
+    assert_eq!(
+        verdict("ev.nope == 1 && ev.conn.server_port == 443", OBJ),
+        Verdict::Error
+    );
+    assert_eq!(verdict("has(ev.conn.nope)", OBJ), Verdict::NoMatch);
+    assert_eq!(
+        verdict("ev.conn.server_port", OBJ),
+        Verdict::Error,
+        "not a bool"
+    );
+}
+
+#[test]
+fn compile_errors_carry_the_position() {
+    let e = Filter::compile("ev.conn.server_port == ", &FilterOptions::default()).unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(e.column >= 23, "{e}");
+    let e = Filter::compile("foo.bar == 1", &FilterOptions::default()).unwrap_err();
+    assert_eq!((e.line, e.column), (1, 1), "{e}");
+    assert!(e.message.contains("unknown variable `foo`"));
+    let e = Filter::compile(
+        "ev.conn.server_name.matches('(')",
+        &FilterOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("invalid regular expression"), "{e}");
+    assert_eq!(e.column, 29, "{e}");
+    let opts = FilterOptions {
+        event_type: EventTypeId::from_name("http_request_complete.v0"),
+        strict_ngrok: false,
+    };
+    let e = Filter::compile("ev.conn.server_nam == 'x'", &opts).unwrap_err();
+    assert!(e.message.contains("did you mean `conn.server_name`"), "{e}");
+    let snippet = e.to_string();
+    assert!(
+        snippet.contains("| ev.conn.server_nam == 'x'\n  | ^"),
+        "{snippet}"
+    );
+}
+
+#[test]
+fn uncovered_constructs_fall_back_with_only_the_fields_they_read() {
+    let f = Filter::compile(
+        r#"ev.http.request.headers.exists(k, k == "User-Agent")"#,
+        &FilterOptions::default(),
+    )
+    .unwrap();
+    assert!(!f.is_fast());
+    assert!(f.fallback_reason().unwrap().contains("comprehension"));
+    assert_eq!(f.reads(), ["ev.http.request.headers"]);
+    with_object(OBJ, |o| assert_eq!(f.matches(o), Verdict::Match));
+}
+
+#[test]
+fn constants_fold_and_string_sets_hash() {
+    let f = Filter::compile(
+        r#"ev.conn.server_port == 400 + 43 && ev.conn.client_ip in ["10.0.0.1", "10.0.0.2"]"#,
+        &FilterOptions::default(),
+    )
+    .unwrap();
+    assert!(f.is_fast());
+    with_object(OBJ, |o| assert_eq!(f.matches(o), Verdict::Match));
+    match &f.plan {
+        Plan::Fast(Ex::And(xs)) => {
+            assert!(
+                matches!(&xs[0], Ex::Cmp(_, b) if matches!(b[1], Ex::Lit(eval::Lit::Int(443))))
+            );
+            assert!(matches!(&xs[1], Ex::InStrSet(..)));
+        }
+        other => panic!("unexpected plan {other:?}"),
+    }
+}
+
+#[test]
+fn parsed_expression_is_printed_fully_parenthesized() {
+    let f = Filter::compile(
+        "ev.a == 1 && !(ev.b < 2.5) || ev.c in [1u, 'x']",
+        &FilterOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        f.parsed(),
+        r#"(((ev.a == 1) && !(ev.b < 2.5)) || (ev.c in [1u, "x"]))"#
+    );
+}

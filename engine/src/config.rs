@@ -1,0 +1,506 @@
+//! Pipeline configuration: destinations and subscriptions, read from the
+//! standalone TOML file (`sluice run --config`) or built by the control plane,
+//! and validated against the event registry and the loaded plugins.
+//!
+//! ```toml
+//! strict_ngrok_filters = false     # true: filters may read only ngrok's filterable fields
+//!
+//! [[destination]]
+//! id = "ed_file1"
+//! kind = "file"
+//! config = { path = "out/all.ndjson" }
+//!   [destination.delivery]
+//!   linger_ms = 200
+//!
+//! [[subscription]]
+//! id = "esb_web5xx"
+//! account_id = "ac_123"
+//! destination_ids = ["ed_file1"]
+//!   [[subscription.source]]
+//!   type = "http_request_complete.v0"
+//!   filter = 'ev.http.response.status_code >= 500'
+//!   fields = ["conn.client_ip", "http.response.status_code"]
+//! ```
+
+use crate::cel::{Filter, FilterOptions};
+use crate::events::{EventClass, EventTypeId, closest, type_names};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Delivery settings of one destination (`[destination.delivery]`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Longest a record waits for its batch to fill before the batch is sent.
+    pub linger_ms: u64,
+    /// Batches sent at once per destination.
+    pub max_in_flight: u32,
+    /// Attempts per record before it is dead-lettered (0 = no limit).
+    pub max_attempts: u32,
+    /// Age of a record (since it was encoded) after which it is dead-lettered instead of retried (0 = no limit).
+    pub max_age_s: u64,
+    /// Where dead-lettered records go: `<dir>/<destination id>.ndjson`.
+    pub dead_letter_dir: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            linger_ms: 1000,
+            max_in_flight: 4,
+            max_attempts: 10,
+            max_age_s: 3600,
+            dead_letter_dir: None,
+        }
+    }
+}
+
+/// One destination.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    /// Its id (`ed_...` from the API; any non-empty string in a file).
+    pub id: String,
+    /// The plugin kind that delivers to it.
+    pub kind: String,
+    /// The plugin's configuration, passed to it as JSON.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Delivery settings.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// One source of a subscription: an event type, optionally filtered and projected.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// The event type, e.g. `http_request_complete.v0`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// A CEL expression over `ev` (the event's `object`); traffic types only.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The paths of `object` to keep; traffic types only.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+}
+
+/// One subscription: an account's sources sent to destinations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Its id.
+    pub id: String,
+    /// The account whose events it selects.
+    pub account_id: String,
+    /// Where matched events go.
+    #[serde(default)]
+    pub destination_ids: Vec<String>,
+    /// What it selects.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceSpec>,
+}
+
+/// A whole pipeline configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Restrict filters to the fields ngrok allows in filters.
+    #[serde(default)]
+    pub strict_ngrok_filters: bool,
+    /// Destinations.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationSpec>,
+    /// Subscriptions.
+    #[serde(default, rename = "subscription")]
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// One configuration problem: where and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, if the configuration came from one.
+    pub file: Option<PathBuf>,
+    /// The item: `destination "ed_1"`, `subscription "esb_1", source "x.v0"`.
+    pub item: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if !self.item.is_empty() {
+            write!(f, "{}: ", self.item)?;
+        }
+        write!(f, "{}", self.problem)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Attaches a file name to every error.
+    pub fn in_file(mut self, file: &Path) -> ConfigErrors {
+        for e in &mut self.0 {
+            e.file = Some(file.to_path_buf());
+        }
+        self
+    }
+}
+
+impl PipelineSpec {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<PipelineSpec, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
+            let item = e
+                .span()
+                .map(|s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!("line {line}, column {col}")
+                })
+                .unwrap_or_default();
+            ConfigErrors(vec![ConfigError {
+                file: None,
+                item,
+                problem: e.message().to_string(),
+            }])
+        })
+    }
+
+    /// Reads and parses a TOML file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<PipelineSpec, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: Some(path.to_path_buf()),
+                item: String::new(),
+                problem: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_toml(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Checks everything that does not need the plugins: ids, references,
+    /// event types, filters, fields. Returns every problem found.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = self.validate_structure();
+        for s in &self.subscriptions {
+            for src in &s.sources {
+                if let Err(problem) = check_source(src, self.strict_ngrok_filters) {
+                    errs.push(ConfigError {
+                        file: None,
+                        item: format!("subscription \"{}\", source \"{}\"", s.id, src.event_type),
+                        problem,
+                    });
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// Checks ids, references and duplicates, without compiling sources.
+    pub fn validate_structure(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let mut err = |item: String, problem: String| {
+            errs.push(ConfigError {
+                file: None,
+                item,
+                problem,
+            })
+        };
+        let mut dest_ids = HashSet::new();
+        for d in &self.destinations {
+            let item = format!("destination \"{}\"", d.id);
+            if d.id.trim().is_empty() {
+                err(item.clone(), "`id` must not be empty".into());
+            } else if !dest_ids.insert(d.id.as_str()) {
+                err(item.clone(), "duplicate destination id".into());
+            }
+            if d.kind.trim().is_empty() {
+                err(item.clone(), "`kind` must not be empty".into());
+            }
+            if !d.config.is_object() {
+                err(item, "`config` must be a table (object)".into());
+            }
+        }
+        let mut sub_ids = HashSet::new();
+        for s in &self.subscriptions {
+            let item = format!("subscription \"{}\"", s.id);
+            if s.id.trim().is_empty() {
+                err(item.clone(), "`id` must not be empty".into());
+            } else if !sub_ids.insert(s.id.as_str()) {
+                err(item.clone(), "duplicate subscription id".into());
+            }
+            if s.account_id.trim().is_empty() {
+                err(item.clone(), "`account_id` must not be empty".into());
+            }
+            for d in &s.destination_ids {
+                if !dest_ids.contains(d.as_str()) {
+                    let hint = closest(d, dest_ids.iter().copied())
+                        .map(|c| format!(" (did you mean \"{c}\"?)"))
+                        .unwrap_or_default();
+                    err(item.clone(), format!("unknown destination \"{d}\"{hint}"));
+                }
+            }
+            let mut seen = HashSet::new();
+            for src in &s.sources {
+                if !seen.insert(src.event_type.as_str()) {
+                    err(
+                        format!("{item}, source \"{}\"", src.event_type),
+                        "duplicate source type in this subscription".into(),
+                    );
+                }
+            }
+        }
+        errs
+    }
+}
+
+/// Checks one source: known type, filter and fields allowed and valid.
+/// Returns the problem as a sentence.
+pub fn check_source(src: &SourceSpec, strict: bool) -> Result<(), String> {
+    compile_source(src, strict).map(|_| ())
+}
+
+/// A source compiled: its type, filter and projection.
+#[derive(Debug)]
+pub struct CompiledSource {
+    /// The event type.
+    pub event_type: EventTypeId,
+    /// The filter, if any.
+    pub filter: Option<Filter>,
+    /// The projection, if any.
+    pub fields: Option<crate::encode::Projection>,
+}
+
+/// Compiles one source, or explains what is wrong with it.
+pub fn compile_source(src: &SourceSpec, strict: bool) -> Result<CompiledSource, String> {
+    let t = EventTypeId::from_name(&src.event_type).ok_or_else(|| {
+        match closest(&src.event_type, type_names()) {
+            Some(s) => format!(
+                "unknown event type `{}` (did you mean `{s}`?)",
+                src.event_type
+            ),
+            None => format!(
+                "unknown event type `{}`; `sluice check --list-types` lists them",
+                src.event_type
+            ),
+        }
+    })?;
+    let def = t.def();
+    if def.class == EventClass::Audit {
+        if src.filter.as_deref().is_some_and(|f| !f.trim().is_empty()) {
+            return Err(format!(
+                "{} is an audit type: it may not have a filter (only traffic types can be filtered)",
+                def.name
+            ));
+        }
+        if src.fields.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(format!(
+                "{} is an audit type: it may not select fields (only traffic types can)",
+                def.name
+            ));
+        }
+    }
+    let filter = match src.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        None => None,
+        Some(f) => Some(
+            Filter::compile(
+                f,
+                &FilterOptions {
+                    event_type: Some(t),
+                    strict_ngrok: strict,
+                },
+            )
+            .map_err(|e| format!("filter does not compile at {e}"))?,
+        ),
+    };
+    let fields = match &src.fields {
+        None => None,
+        Some(list) if list.is_empty() => None,
+        Some(list) => {
+            for p in list {
+                let known = def.field(p).is_some()
+                    || def
+                        .fields
+                        .iter()
+                        .any(|f| f.path.starts_with(&format!("{p}.")));
+                if !known {
+                    let hint = closest(p, def.fields.iter().map(|f| f.path))
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "unknown field `{p}` in `fields` of {}{hint}",
+                        def.name
+                    ));
+                }
+            }
+            Some(crate::encode::Projection::new(list))
+        }
+    };
+    Ok(CompiledSource {
+        event_type: t,
+        filter,
+        fields,
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[destination]]
+id = "ed_file1"
+kind = "file"
+config = { path = "out/all.ndjson" }
+
+[[subscription]]
+id = "esb_web5xx"
+account_id = "ac_123"
+destination_ids = ["ed_file1"]
+
+  [[subscription.source]]
+  type = "http_request_complete.v0"
+  filter = 'ev.http.response.status_code >= 500'
+  fields = ["conn.client_ip", "http.response.status_code"]
+"#;
+
+    fn problems(toml: &str) -> Vec<String> {
+        match PipelineSpec::from_toml(toml).and_then(|s| s.validate()) {
+            Ok(()) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_design_example_is_valid() {
+        let spec = PipelineSpec::from_toml(GOOD).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.destinations[0].config["path"], "out/all.ndjson");
+        assert_eq!(spec.destinations[0].delivery, DeliveryConfig::default());
+        assert_eq!(
+            spec.subscriptions[0].sources[0]
+                .fields
+                .as_ref()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn each_problem_is_named_with_its_item() {
+        let cases = [
+            (
+                GOOD.replace("http_request_complete.v0", "http_request_completed.v0"),
+                "subscription \"esb_web5xx\", source \"http_request_completed.v0\": unknown event type `http_request_completed.v0` (did you mean `http_request_complete.v0`?)",
+            ),
+            (
+                GOOD.replace(">= 500", ">= "),
+                "filter does not compile at 1:",
+            ),
+            (
+                GOOD.replace("conn.client_ip\"", "conn.clientip\""),
+                "unknown field `conn.clientip` in `fields` of http_request_complete.v0 (did you mean `conn.client_ip`?)",
+            ),
+            (
+                GOOD.replace(
+                    "destination_ids = [\"ed_file1\"]",
+                    "destination_ids = [\"ed_fil1\"]",
+                ),
+                "subscription \"esb_web5xx\": unknown destination \"ed_fil1\" (did you mean \"ed_file1\"?)",
+            ),
+            (
+                GOOD.replace(
+                    "type = \"http_request_complete.v0\"",
+                    "type = \"ip_policy_created.v0\"",
+                ),
+                "ip_policy_created.v0 is an audit type: it may not have a filter",
+            ),
+            (
+                GOOD.replace("status_code >= 500", "status_cod >= 500"),
+                "unknown field `http.response.status_cod` of http_request_complete.v0 (did you mean `http.response.status_code`?)",
+            ),
+        ];
+        for (toml, want) in cases {
+            let p = problems(&toml);
+            assert!(
+                p.iter().any(|e| e.contains(want)),
+                "want {want:?} in {p:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fields_on_an_audit_type_are_refused() {
+        let toml = GOOD
+            .replace(
+                "type = \"http_request_complete.v0\"",
+                "type = \"ip_policy_created.v0\"",
+            )
+            .replace("filter = 'ev.http.response.status_code >= 500'", "");
+        let p = problems(&toml);
+        assert!(
+            p.iter().any(|e| e.contains("may not select fields")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn strict_mode_allows_only_the_conn_address_fields() {
+        let strict = format!("strict_ngrok_filters = true\n{GOOD}");
+        let p = problems(&strict);
+        assert!(
+            p.iter()
+                .any(|e| e.contains("cannot be used in a filter under strict_ngrok_filters")),
+            "{p:?}"
+        );
+        let ok = strict.replace(
+            "ev.http.response.status_code >= 500",
+            "ev.conn.server_port == 443",
+        );
+        assert_eq!(problems(&ok), Vec::<String>::new());
+    }
+
+    #[test]
+    fn toml_syntax_and_unknown_keys_are_located() {
+        let p = problems("[[destination]]\nid = \"x\"\nkind = \"file\"\nconfgi = {}\n");
+        assert!(p[0].contains("line 4") && p[0].contains("confgi"), "{p:?}");
+    }
+}

@@ -1,0 +1,840 @@
+//! The engine: publishers, filter workers, the live configuration and delivery.
+//!
+//! ```text
+//! publish ──► shard by account ──► worker N: parse ─► route ─► filter ─► encode ──► destination tasks
+//!           (bounded channel of batches)       (snapshot, swapped atomically)        (delivery runtime)
+//! ```
+
+use crate::cel::Verdict;
+use crate::config::{
+    CompiledSource, ConfigError, ConfigErrors, PipelineSpec, SourceSpec, compile_source,
+};
+use crate::delivery::{Chunk, Delivery, DestinationHandle};
+use crate::encode::{Encoder, Record};
+use crate::ingest::{EventParser, RejectReason, Span, lines, shard_of};
+use crate::metrics::Metrics;
+use crate::plugin::{PluginRegistry, SinkInstance};
+use crate::route::{Snapshot, SubscriptionRt};
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Settings of an engine (not of the pipeline it runs).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Filter worker threads (0 = one per available core).
+    pub workers: usize,
+    /// Most events per input batch handed to a worker.
+    pub batch_events: usize,
+    /// Input batches queued per worker before publishers block.
+    pub queue_batches: usize,
+    /// Threads of the delivery runtime.
+    pub delivery_threads: usize,
+    /// Where dead letters go unless a destination says otherwise.
+    pub dead_letter_dir: PathBuf,
+    /// Where rejected events are written with their reason (none: counted only).
+    pub rejects_path: Option<PathBuf>,
+    /// How long shutdown waits for undelivered records before dead-lettering them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 0,
+            batch_events: 1024,
+            queue_batches: 8,
+            delivery_threads: 2,
+            dead_letter_dir: PathBuf::from("dead-letter"),
+            rejects_path: None,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why an engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The pipeline configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// An I/O error (rejects file, threads).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What an engine did, for the line printed on exit.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Events received.
+    pub events_in: u64,
+    /// Events rejected.
+    pub rejected: u64,
+    /// Rejected, by reason (non-zero only).
+    pub rejected_by_reason: Vec<(&'static str, u64)>,
+    /// Valid events no subscription wanted.
+    pub unrouted: u64,
+    /// Records matched (event x subscription).
+    pub matched: u64,
+    /// Filter evaluations that failed.
+    pub filter_errors: u64,
+    /// Records delivered (record x destination).
+    pub delivered: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Time since the engine started.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "{} events in {:.2}s ({:.0} events/s): {} matched, {} delivered, {} rejected",
+            self.events_in,
+            secs,
+            self.events_in as f64 / secs,
+            self.matched,
+            self.delivered,
+            self.rejected
+        )?;
+        if !self.rejected_by_reason.is_empty() {
+            let parts: Vec<String> = self
+                .rejected_by_reason
+                .iter()
+                .map(|(r, n)| format!("{r}: {n}"))
+                .collect();
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        write!(
+            f,
+            ", {} filter errors, {} unrouted, {} dead-lettered",
+            self.filter_errors, self.unrouted, self.dead_lettered
+        )
+    }
+}
+
+struct InputBatch {
+    data: Bytes,
+    spans: Vec<Span>,
+    received: Instant,
+    barrier: Option<Sender<()>>,
+}
+
+struct RejectLine {
+    reason: RejectReason,
+    detail: String,
+    raw: Bytes,
+}
+
+struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    rejects: Option<Sender<RejectLine>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SourceKey {
+    spec: SourceSpec,
+    strict: bool,
+}
+
+struct Control {
+    plugins: Arc<PluginRegistry>,
+    destinations: HashMap<String, Arc<DestinationHandle>>,
+    sources: HashMap<SourceKey, Arc<CompiledSource>>,
+    version: u64,
+}
+
+/// A running engine. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Engine {
+    shared: Arc<Shared>,
+    shards: Vec<Sender<InputBatch>>,
+    workers: Vec<JoinHandle<()>>,
+    delivery: Option<Delivery>,
+    control: Mutex<Control>,
+    cfg: EngineConfig,
+    rejects_thread: Option<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts an engine running `spec`, with sinks from `plugins`.
+    pub fn start(
+        cfg: EngineConfig,
+        plugins: PluginRegistry,
+        spec: &PipelineSpec,
+    ) -> Result<Engine, EngineError> {
+        let workers = if cfg.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.workers
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (rejects, rejects_thread) = match &cfg.rejects_path {
+            Some(path) => {
+                if let Some(dir) = path.parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let file = std::fs::File::create(path)?;
+                let (tx, rx) = bounded::<RejectLine>(4096);
+                let t = std::thread::Builder::new()
+                    .name("sluice-rejects".into())
+                    .spawn(move || write_rejects(file, rx))?;
+                (Some(tx), Some(t))
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            metrics,
+            rejects,
+        });
+        let mut shards = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx, rx) = bounded::<InputBatch>(cfg.queue_batches.max(1));
+            let sh = shared.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-worker-{i}"))
+                    .spawn(move || worker(rx, sh))?,
+            );
+            shards.push(tx);
+        }
+        let delivery = Delivery::new(cfg.delivery_threads, cfg.dead_letter_dir.clone())?;
+        let engine = Engine {
+            shared,
+            shards,
+            workers: handles,
+            delivery: Some(delivery),
+            control: Mutex::new(Control {
+                plugins: Arc::new(plugins),
+                destinations: HashMap::new(),
+                sources: HashMap::new(),
+                version: 0,
+            }),
+            cfg,
+            rejects_thread,
+            started: Instant::now(),
+        };
+        engine.reconfigure(spec)?;
+        Ok(engine)
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The snapshot in effect now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// The loaded plugins.
+    pub fn plugins(&self) -> Arc<PluginRegistry> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .plugins
+            .clone()
+    }
+
+    /// Number of filter workers (= shards).
+    pub fn workers(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Replaces the running configuration. Validates and compiles everything
+    /// first; on any error nothing changes. Destinations whose kind, config and
+    /// delivery settings are unchanged keep their queues and plugin instances;
+    /// a removed destination delivers what it already holds, then stops.
+    /// Events in flight are processed entirely under the old or entirely under
+    /// the new configuration: none is lost or duplicated.
+    pub fn reconfigure(&self, spec: &PipelineSpec) -> Result<(), ConfigErrors> {
+        let mut errs = spec.validate_structure();
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let delivery = self.delivery.as_ref().ok_or_else(|| {
+            ConfigErrors(vec![ConfigError {
+                file: None,
+                item: String::new(),
+                problem: "the engine is shutting down".into(),
+            }])
+        })?;
+        // Compile sources (cached by their text).
+        let mut sources: HashMap<SourceKey, Arc<CompiledSource>> = HashMap::new();
+        let mut compiled_subs: Vec<Vec<Arc<CompiledSource>>> =
+            Vec::with_capacity(spec.subscriptions.len());
+        for s in &spec.subscriptions {
+            let mut list = Vec::with_capacity(s.sources.len());
+            for src in &s.sources {
+                let key = SourceKey {
+                    spec: src.clone(),
+                    strict: spec.strict_ngrok_filters,
+                };
+                if let Some(c) = sources
+                    .get(&key)
+                    .or_else(|| control.sources.get(&key))
+                    .cloned()
+                {
+                    sources.insert(key, c.clone());
+                    list.push(c);
+                    continue;
+                }
+                match compile_source(src, spec.strict_ngrok_filters) {
+                    Ok(c) => {
+                        let c = Arc::new(c);
+                        sources.insert(key, c.clone());
+                        list.push(c);
+                    }
+                    Err(problem) => errs.push(ConfigError {
+                        file: None,
+                        item: format!("subscription \"{}\", source \"{}\"", s.id, src.event_type),
+                        problem,
+                    }),
+                }
+            }
+            compiled_subs.push(list);
+        }
+        // Destinations: reuse unchanged ones, create instances for the others.
+        let mut created: Vec<(String, String, String, SinkInstance)> = Vec::new();
+        let mut fingerprints = HashMap::new();
+        for d in &spec.destinations {
+            let fp = serde_json::to_string(&(&d.kind, &d.config, &d.delivery)).unwrap_or_default();
+            fingerprints.insert(d.id.clone(), fp.clone());
+            if control
+                .destinations
+                .get(&d.id)
+                .is_some_and(|h| h.fingerprint == fp)
+            {
+                continue;
+            }
+            let plugin = match control.plugins.get(&d.kind) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(ConfigError {
+                        file: None,
+                        item: format!("destination \"{}\"", d.id),
+                        problem: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let config = d.config.to_string();
+            match SinkInstance::create(
+                plugin,
+                &d.id,
+                &config,
+                self.shared.metrics.destination(&d.id),
+            ) {
+                Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, inst)),
+                Err(e) => errs.push(ConfigError {
+                    file: None,
+                    item: format!("destination \"{}\"", d.id),
+                    problem: e.to_string(),
+                }),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        let mut handles: HashMap<String, Arc<DestinationHandle>> = HashMap::new();
+        for d in &spec.destinations {
+            if let Some(h) = control.destinations.get(&d.id)
+                && Some(&h.fingerprint) == fingerprints.get(&d.id)
+            {
+                handles.insert(d.id.clone(), h.clone());
+            }
+        }
+        for (id, kind, fp, inst) in created {
+            let Some(d) = spec.destinations.iter().find(|d| d.id == id) else {
+                continue;
+            };
+            let stats = self.shared.metrics.destination(&id);
+            let h = delivery.start(&id, &kind, fp, &d.delivery, inst, stats);
+            handles.insert(id, h);
+        }
+        let subs = spec
+            .subscriptions
+            .iter()
+            .zip(compiled_subs)
+            .map(|(s, compiled)| {
+                let dests: Vec<Arc<DestinationHandle>> = s
+                    .destination_ids
+                    .iter()
+                    .filter_map(|id| handles.get(id).cloned())
+                    .collect();
+                (
+                    SubscriptionRt {
+                        id: s.id.as_str().into(),
+                        account_id: s.account_id.as_str().into(),
+                        destinations: dests.into_boxed_slice(),
+                        stats: self.shared.metrics.subscription(&s.id),
+                    },
+                    compiled,
+                )
+            })
+            .collect();
+        control.version += 1;
+        let mut all: Vec<Arc<DestinationHandle>> = handles.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let snap = Snapshot::new(control.version, subs, all);
+        self.shared.snapshot.store(Arc::new(snap));
+        control.destinations = handles;
+        control.sources = sources;
+        self.shared.metrics.reconfigurations.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn send(&self, shard: usize, batch: InputBatch) {
+        // A send fails only when the worker is gone, i.e. after shutdown began.
+        if let Err(e) = self.shards[shard].send(batch) {
+            let b = e.into_inner();
+            tracing::error!(
+                events = b.spans.len(),
+                "engine is shutting down; events not accepted"
+            );
+        }
+    }
+
+    /// Publishes one event (a JSON object). Blocks while the worker's queue is
+    /// full. For throughput prefer [`Engine::publish_ndjson`] or a [`Publisher`].
+    pub fn publish(&self, event: &[u8]) {
+        self.publish_bytes(Bytes::copy_from_slice(event));
+    }
+
+    /// Publishes one event already held in `Bytes` (no copy).
+    pub fn publish_bytes(&self, event: Bytes) {
+        let len = event.len() as u32;
+        let shard = shard_of(&event, self.shards.len());
+        self.send(
+            shard,
+            InputBatch {
+                data: event,
+                spans: vec![Span { start: 0, len }],
+                received: Instant::now(),
+                barrier: None,
+            },
+        );
+    }
+
+    /// Publishes a buffer of NDJSON (one event per line; blank lines are
+    /// skipped; the last line needs no newline). Blocks while queues are full.
+    /// Returns the number of events queued.
+    pub fn publish_ndjson(&self, buf: Bytes) -> usize {
+        if buf.len() > u32::MAX as usize {
+            // Spans are 32-bit: split at a line end.
+            let mid =
+                memchr::memrchr(b'\n', &buf[..u32::MAX as usize]).map_or(buf.len(), |i| i + 1);
+            return self.publish_ndjson(buf.slice(..mid)) + self.publish_ndjson(buf.slice(mid..));
+        }
+        let n = self.shards.len();
+        let max = self.cfg.batch_events.max(1);
+        let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
+        let received = Instant::now();
+        let mut total = 0;
+        for span in lines(&buf) {
+            let raw = &buf[span.start as usize..(span.start + span.len) as usize];
+            let s = shard_of(raw, n);
+            per[s].push(span);
+            total += 1;
+            if per[s].len() >= max {
+                let spans = std::mem::replace(&mut per[s], Vec::with_capacity(max));
+                self.send(
+                    s,
+                    InputBatch {
+                        data: buf.clone(),
+                        spans,
+                        received,
+                        barrier: None,
+                    },
+                );
+            }
+        }
+        for (s, spans) in per.into_iter().enumerate() {
+            if !spans.is_empty() {
+                self.send(
+                    s,
+                    InputBatch {
+                        data: buf.clone(),
+                        spans,
+                        received,
+                        barrier: None,
+                    },
+                );
+            }
+        }
+        total
+    }
+
+    /// Counts (and writes to the rejects file) a line that was too long to
+    /// be read into memory.
+    pub fn reject_oversized(&self, len: usize, prefix: Bytes) {
+        let m = &self.shared.metrics;
+        m.events_in.fetch_add(1, Relaxed);
+        m.bytes_in.fetch_add(len as u64, Relaxed);
+        m.rejected[RejectReason::TooLarge.index()].fetch_add(1, Relaxed);
+        if let Some(tx) = &self.shared.rejects {
+            let _ = tx.send(RejectLine {
+                reason: RejectReason::TooLarge,
+                detail: format!(
+                    "line is {len} bytes, the limit is {}",
+                    crate::ingest::MAX_EVENT_BYTES
+                ),
+                raw: prefix,
+            });
+        }
+    }
+
+    /// A batching publisher for one producer thread.
+    pub fn publisher(&self) -> Publisher<'_> {
+        Publisher {
+            engine: self,
+            bufs: (0..self.shards.len())
+                .map(|_| (BytesMut::new(), Vec::new()))
+                .collect(),
+        }
+    }
+
+    /// Waits until every event published before this call has been filtered
+    /// and its records handed to delivery.
+    pub fn barrier(&self) {
+        let (tx, rx) = bounded(self.shards.len());
+        for s in 0..self.shards.len() {
+            self.send(
+                s,
+                InputBatch {
+                    data: Bytes::new(),
+                    spans: Vec::new(),
+                    received: Instant::now(),
+                    barrier: Some(tx.clone()),
+                },
+            );
+        }
+        drop(tx);
+        for _ in 0..self.shards.len() {
+            if rx.recv().is_err() {
+                break;
+            }
+        }
+    }
+
+    /// A summary of what the engine did so far.
+    pub fn summary(&self) -> Summary {
+        let m = &self.shared.metrics;
+        let subs = m.subscription_counts();
+        let dests = m.destination_stats();
+        Summary {
+            events_in: m.events_in.load(Relaxed),
+            rejected: m.rejected_total(),
+            rejected_by_reason: RejectReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), m.rejected_for(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            unrouted: m.unrouted.load(Relaxed),
+            matched: subs.iter().map(|s| s.2).sum(),
+            filter_errors: subs.iter().map(|s| s.3).sum(),
+            delivered: dests.iter().map(|(_, d)| d.delivered.load(Relaxed)).sum(),
+            dead_lettered: dests.iter().map(|(_, d)| d.dead_lettered_total()).sum(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+
+    /// Stops taking events, processes everything queued, delivers (or
+    /// dead-letters, after the drain timeout) every record, and returns the
+    /// summary.
+    pub fn shutdown(mut self) -> Summary {
+        self.stop();
+        self.summary()
+    }
+
+    fn stop(&mut self) {
+        self.shards.clear();
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+        self.shared.snapshot.store(Arc::new(Snapshot::default()));
+        {
+            let mut c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+            c.destinations.clear();
+            c.sources.clear();
+        }
+        if let Some(d) = self.delivery.take() {
+            d.shutdown(self.cfg.drain_timeout);
+        }
+        // Close the rejects channel: workers are gone, so only `shared` holds it.
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.rejects = None;
+        }
+        if let Some(t) = self.rejects_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() || self.delivery.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Batches single events per shard for one producer thread; sends a batch
+/// when it is full, on [`Publisher::flush`], and when dropped.
+pub struct Publisher<'e> {
+    engine: &'e Engine,
+    bufs: Vec<(BytesMut, Vec<Span>)>,
+}
+
+impl Publisher<'_> {
+    /// Queues one event (copied).
+    pub fn publish(&mut self, event: &[u8]) {
+        let s = shard_of(event, self.bufs.len());
+        let (buf, spans) = &mut self.bufs[s];
+        spans.push(Span {
+            start: buf.len() as u32,
+            len: event.len() as u32,
+        });
+        buf.extend_from_slice(event);
+        buf.extend_from_slice(b"\n");
+        if spans.len() >= self.engine.cfg.batch_events.max(1) || buf.len() > (32 << 20) {
+            self.flush_shard(s);
+        }
+    }
+
+    fn flush_shard(&mut self, s: usize) {
+        let (buf, spans) = &mut self.bufs[s];
+        if spans.is_empty() {
+            return;
+        }
+        let data = buf.split().freeze();
+        let spans = std::mem::take(spans);
+        self.engine.send(
+            s,
+            InputBatch {
+                data,
+                spans,
+                received: Instant::now(),
+                barrier: None,
+            },
+        );
+    }
+
+    /// Sends everything queued.
+    pub fn flush(&mut self) {
+        for s in 0..self.bufs.len() {
+            self.flush_shard(s);
+        }
+    }
+}
+
+impl Drop for Publisher<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn write_rejects(file: std::fs::File, rx: Receiver<RejectLine>) {
+    let mut w = std::io::BufWriter::new(file);
+    let mut buf = Vec::new();
+    while let Ok(r) = rx.recv() {
+        buf.clear();
+        buf.extend_from_slice(b"{\"reason\":\"");
+        buf.extend_from_slice(r.reason.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"detail\":");
+        crate::json::write_str(&mut buf, &r.detail);
+        buf.extend_from_slice(b",\"event\":");
+        let raw = &r.raw[..r.raw.len().min(64 << 10)];
+        crate::json::write_str(&mut buf, &String::from_utf8_lossy(raw));
+        buf.extend_from_slice(b"}\n");
+        if w.write_all(&buf).is_err() {
+            tracing::error!("cannot write the rejects file");
+        }
+        if rx.is_empty() {
+            let _ = w.flush();
+        }
+    }
+    let _ = w.flush();
+}
+
+/// Per-batch counters of one worker, added to the shared atomics once per batch.
+#[derive(Default)]
+struct Local {
+    rejected: [u64; RejectReason::ALL.len()],
+    unrouted: u64,
+    encoded: u64,
+    per_sub: Vec<[u64; 3]>,
+    touched: Vec<u32>,
+    staged: Vec<Vec<Record>>,
+    staged_touched: Vec<u32>,
+}
+
+impl Local {
+    fn prepare(&mut self, subs: usize) {
+        if self.per_sub.len() < subs {
+            self.per_sub.resize(subs, [0; 3]);
+            self.staged.resize_with(subs, Vec::new);
+        }
+    }
+
+    #[inline]
+    fn count(&mut self, sub: u32, which: usize) {
+        let c = &mut self.per_sub[sub as usize];
+        if *c == [0; 3] {
+            self.touched.push(sub);
+        }
+        c[which] += 1;
+    }
+
+    #[inline]
+    fn stage(&mut self, sub: u32, r: Record) {
+        let v = &mut self.staged[sub as usize];
+        if v.is_empty() {
+            self.staged_touched.push(sub);
+        }
+        v.push(r);
+    }
+}
+
+fn worker(rx: Receiver<InputBatch>, shared: Arc<Shared>) {
+    let mut parser = EventParser::new();
+    let mut enc = Encoder::default();
+    let mut local = Local::default();
+    while let Ok(batch) = rx.recv() {
+        if !batch.spans.is_empty() {
+            let snap = shared.snapshot.load();
+            process(&batch, &snap, &shared, &mut parser, &mut enc, &mut local);
+        }
+        if let Some(b) = batch.barrier {
+            let _ = b.send(());
+        }
+    }
+}
+
+fn process(
+    batch: &InputBatch,
+    snap: &Snapshot,
+    shared: &Shared,
+    parser: &mut EventParser,
+    enc: &mut Encoder,
+    local: &mut Local,
+) {
+    local.prepare(snap.subscriptions.len());
+    let m = &shared.metrics;
+    let mut bytes_in = 0u64;
+    for span in &batch.spans {
+        let (start, end) = (span.start as usize, (span.start + span.len) as usize);
+        let raw = &batch.data[start..end];
+        bytes_in += raw.len() as u64;
+        parser.parse(raw, |res| match res {
+            Err(rej) => {
+                local.rejected[rej.reason.index()] += 1;
+                if let Some(tx) = &shared.rejects {
+                    let _ = tx.send(RejectLine {
+                        reason: rej.reason,
+                        detail: rej.detail,
+                        raw: batch.data.slice(start..end),
+                    });
+                }
+            }
+            Ok(env) => {
+                let routes = snap.routes(env.account_id, env.event_type);
+                if routes.is_empty() {
+                    local.unrouted += 1;
+                    return;
+                }
+                for r in routes {
+                    let verdict = match &r.source.filter {
+                        None => Verdict::Match,
+                        Some(f) => f.matches(env.object),
+                    };
+                    match verdict {
+                        Verdict::Match => {
+                            local.count(r.sub, 1);
+                            let rec = enc.encode(&env, r.source.fields.as_ref());
+                            local.encoded += 1;
+                            local.stage(r.sub, rec);
+                        }
+                        Verdict::NoMatch => local.count(r.sub, 0),
+                        Verdict::Error => local.count(r.sub, 2),
+                    }
+                }
+            }
+        });
+    }
+    // Hand records to their destinations: one chunk per subscription and destination.
+    for sub in std::mem::take(&mut local.staged_touched) {
+        let records = std::mem::take(&mut local.staged[sub as usize]);
+        let rt = &snap.subscriptions[sub as usize];
+        let n = rt.destinations.len();
+        if n == 0 {
+            continue;
+        }
+        let mut records = Some(records);
+        for (i, d) in rt.destinations.iter().enumerate() {
+            let recs = if i + 1 == n {
+                records.take().unwrap_or_default()
+            } else {
+                records.as_ref().cloned().unwrap_or_default()
+            };
+            d.push(Chunk {
+                subscription: rt.id.clone(),
+                records: recs,
+                received: batch.received,
+            });
+        }
+    }
+    // Publish the counters.
+    m.events_in.fetch_add(batch.spans.len() as u64, Relaxed);
+    m.bytes_in.fetch_add(bytes_in, Relaxed);
+    m.batches_processed.fetch_add(1, Relaxed);
+    for (i, n) in local.rejected.iter_mut().enumerate() {
+        if *n > 0 {
+            m.rejected[i].fetch_add(*n, Relaxed);
+            *n = 0;
+        }
+    }
+    if local.unrouted > 0 {
+        m.unrouted
+            .fetch_add(std::mem::take(&mut local.unrouted), Relaxed);
+    }
+    if local.encoded > 0 {
+        m.records_encoded
+            .fetch_add(std::mem::take(&mut local.encoded), Relaxed);
+    }
+    for sub in std::mem::take(&mut local.touched) {
+        let c = std::mem::replace(&mut local.per_sub[sub as usize], [0; 3]);
+        let stats = &snap.subscriptions[sub as usize].stats;
+        let evaluated = c[0] + c[1] + c[2];
+        stats.evaluated.fetch_add(evaluated, Relaxed);
+        if c[1] > 0 {
+            stats.matched.fetch_add(c[1], Relaxed);
+        }
+        if c[2] > 0 {
+            stats.filter_errors.fetch_add(c[2], Relaxed);
+        }
+    }
+}

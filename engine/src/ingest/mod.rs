@@ -1,0 +1,365 @@
+//! Ingest: framing NDJSON into events, choosing each event's shard by account,
+//! and parsing events (see [`parse`]).
+//!
+//! The publisher side does as little as possible per event: it finds line
+//! ends (`memchr`) and scans the envelope just far enough to find
+//! `account_id`, which picks the shard. The full parse happens once, on the
+//! shard's worker thread.
+
+pub mod parse;
+
+pub use parse::{Envelope, EventParser, MAX_DEPTH, MAX_EVENT_BYTES, Reject, RejectReason};
+
+use bytes::{Bytes, BytesMut};
+use std::io::Read;
+
+/// Where one event sits in a batch's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Offset of the first byte.
+    pub start: u32,
+    /// Length in bytes (no line terminator).
+    pub len: u32,
+}
+
+/// Iterates the non-blank lines of an NDJSON buffer as spans, without the
+/// `\n` or `\r\n` terminator. The last line needs no terminator.
+pub fn lines(buf: &[u8]) -> impl Iterator<Item = Span> + '_ {
+    let mut start = 0usize;
+    let mut ends = memchr::memchr_iter(b'\n', buf);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        loop {
+            if done {
+                return None;
+            }
+            let end = match ends.next() {
+                Some(e) => e,
+                None => {
+                    done = true;
+                    buf.len()
+                }
+            };
+            let mut line = &buf[start..end];
+            let s = start;
+            start = end + 1;
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            return Some(Span {
+                start: s as u32,
+                len: line.len() as u32,
+            });
+        }
+    })
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// Given `b[i] == '"'`, returns the end of the string content (index of the
+/// closing quote).
+#[inline]
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[k] == b'"' {
+            return Some(k);
+        }
+        j = k + 2;
+    }
+}
+
+/// Skips one JSON value starting at `b[i]` (no validation), returning the
+/// index just after it.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => Some(string_end(b, i)? + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => j = string_end(b, j)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b' ' | b'\t' | b'\r' | b'\n') {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// Finds the raw bytes of the top-level `"account_id"` string value without
+/// parsing the event. Used only to choose a shard: the worker's full parse is
+/// authoritative. Returns `None` if the event does not look like an envelope.
+pub fn prescan_account(b: &[u8]) -> Option<&[u8]> {
+    let mut i = skip_ws(b, 0);
+    if *b.get(i)? != b'{' {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        if *b.get(i)? != b'"' {
+            return None;
+        }
+        let kend = string_end(b, i)?;
+        let key = &b[i + 1..kend];
+        i = skip_ws(b, kend + 1);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        if key == b"account_id" {
+            if *b.get(i)? != b'"' {
+                return None;
+            }
+            let vend = string_end(b, i)?;
+            return Some(&b[i + 1..vend]);
+        }
+        i = skip_ws(b, skip_value(b, i)?);
+        if *b.get(i)? != b',' {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+/// The shard an event goes to: a hash of its account, so that every event of
+/// an account is handled, in order, by one worker.
+#[inline]
+pub fn shard_of(event: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    match prescan_account(event) {
+        Some(acct) => (rustc_hash::FxHasher::default_hash(acct) % shards as u64) as usize,
+        None => 0,
+    }
+}
+
+trait DefaultHash {
+    fn default_hash(b: &[u8]) -> u64;
+}
+
+impl DefaultHash for rustc_hash::FxHasher {
+    #[inline]
+    fn default_hash(b: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = rustc_hash::FxHasher::default();
+        h.write(b);
+        // Fx mixes poorly in the low bits for short keys; finish with a multiply-shift.
+        h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+    }
+}
+
+/// One item read from an NDJSON stream.
+#[derive(Debug)]
+pub enum Chunk {
+    /// A buffer of complete lines.
+    Lines(Bytes),
+    /// A line longer than [`MAX_EVENT_BYTES`], skipped: its length and first bytes.
+    Oversized {
+        /// Full length of the line.
+        len: usize,
+        /// Its first bytes, for the rejects file.
+        prefix: Bytes,
+    },
+}
+
+/// Reads an NDJSON stream in large chunks of whole lines.
+pub struct NdjsonReader<R> {
+    inner: R,
+    buf: BytesMut,
+    chunk: usize,
+    eof: bool,
+    /// Bytes of an oversized line skipped so far, while still looking for its end.
+    skipping: Option<(usize, Bytes)>,
+}
+
+impl<R: Read> NdjsonReader<R> {
+    /// Reads `inner` in chunks of about `chunk` bytes (at least 64 KiB).
+    pub fn new(inner: R, chunk: usize) -> NdjsonReader<R> {
+        let chunk = chunk.max(64 << 10);
+        NdjsonReader {
+            inner,
+            buf: BytesMut::with_capacity(chunk + MAX_EVENT_BYTES),
+            chunk,
+            eof: false,
+            skipping: None,
+        }
+    }
+
+    /// One `read` call (whatever is available, so that a live stream is not
+    /// held back waiting for a full chunk).
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let start = self.buf.len();
+        self.buf.resize(start + self.chunk, 0);
+        loop {
+            match self.inner.read(&mut self.buf[start..]) {
+                Ok(k) => {
+                    self.buf.truncate(start + k);
+                    if k == 0 {
+                        self.eof = true;
+                    }
+                    return Ok(k);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Iterator for NdjsonReader<R> {
+    type Item = std::io::Result<Chunk>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((len, prefix)) = self.skipping.take() {
+                // Discard up to the end of the oversized line.
+                if let Some(nl) = memchr::memchr(b'\n', &self.buf) {
+                    let _ = self.buf.split_to(nl + 1);
+                    return Some(Ok(Chunk::Oversized {
+                        len: len + nl,
+                        prefix,
+                    }));
+                }
+                let n = self.buf.len();
+                self.buf.clear();
+                if self.eof {
+                    return Some(Ok(Chunk::Oversized {
+                        len: len + n,
+                        prefix,
+                    }));
+                }
+                self.skipping = Some((len + n, prefix));
+                if let Err(e) = self.fill() {
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            if let Some(nl) = memchr::memrchr(b'\n', &self.buf) {
+                // Hand out every complete line, unless the first one is too long.
+                let first_nl = memchr::memchr(b'\n', &self.buf).unwrap_or(nl);
+                if first_nl > MAX_EVENT_BYTES + 1 {
+                    let prefix = Bytes::copy_from_slice(&self.buf[..256]);
+                    let _ = self.buf.split_to(first_nl + 1);
+                    return Some(Ok(Chunk::Oversized {
+                        len: first_nl,
+                        prefix,
+                    }));
+                }
+                let lines = self.buf.split_to(nl + 1).freeze();
+                return Some(Ok(Chunk::Lines(lines)));
+            }
+            if self.buf.len() > MAX_EVENT_BYTES + 1 {
+                let prefix = Bytes::copy_from_slice(&self.buf[..256]);
+                let n = self.buf.len();
+                self.buf.clear();
+                self.skipping = Some((n, prefix));
+                continue;
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                let rest = self.buf.split().freeze();
+                return Some(Ok(Chunk::Lines(rest)));
+            }
+            if let Err(e) = self.fill() {
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_skip_blanks_and_strip_terminators() {
+        let buf = b"a\r\n\n  \nbc\nd";
+        let got: Vec<_> = lines(buf)
+            .map(|s| &buf[s.start as usize..(s.start + s.len) as usize])
+            .collect();
+        assert_eq!(got, [&b"a"[..], b"bc", b"d"]);
+    }
+
+    #[test]
+    fn prescan_finds_the_top_level_account_only() {
+        let ev = br#"{"event_id":"ev_1","principal":{"account_id":"ac_wrong"},"object":{"account_id":"x","s":"}\"{"},"account_id":"ac_right"}"#;
+        assert_eq!(prescan_account(ev), Some(&b"ac_right"[..]));
+        assert_eq!(
+            prescan_account(br#" { "account_id" : "ac_1" } "#),
+            Some(&b"ac_1"[..])
+        );
+        assert_eq!(prescan_account(br#"{"account_id":5}"#), None);
+        assert_eq!(prescan_account(br#"[1]"#), None);
+        assert_eq!(prescan_account(br#"{"a":"unterminated"#), None);
+        assert_eq!(
+            prescan_account(br#"{"a":1,"b":[1,{"x":"]"}],"account_id":"ac_2"}"#),
+            Some(&b"ac_2"[..])
+        );
+    }
+
+    #[test]
+    fn the_same_account_always_goes_to_the_same_shard() {
+        let a = br#"{"account_id":"ac_7","event_id":"1"}"#;
+        let b = br#"{"event_id":"2","account_id":"ac_7"}"#;
+        for shards in 1..8 {
+            assert_eq!(shard_of(a, shards), shard_of(b, shards));
+        }
+        let spread: std::collections::HashSet<_> = (0..100)
+            .map(|i| shard_of(format!(r#"{{"account_id":"ac_{i}"}}"#).as_bytes(), 4))
+            .collect();
+        assert_eq!(spread.len(), 4, "accounts spread over every shard");
+    }
+
+    #[test]
+    fn reader_yields_whole_lines_and_skips_oversized_ones() {
+        let big = "x".repeat(MAX_EVENT_BYTES + 10);
+        let input = format!("l1\nl2\n{big}\nl3\nl4");
+        let items: Vec<_> = NdjsonReader::new(std::io::Cursor::new(input.into_bytes()), 64 << 10)
+            .map(|r| r.unwrap())
+            .collect();
+        let mut text = String::new();
+        let mut oversized = vec![];
+        for it in items {
+            match it {
+                Chunk::Lines(b) => text.push_str(std::str::from_utf8(&b).unwrap()),
+                Chunk::Oversized { len, .. } => oversized.push(len),
+            }
+        }
+        assert_eq!(text, "l1\nl2\nl3\nl4");
+        assert_eq!(oversized, vec![MAX_EVENT_BYTES + 10]);
+    }
+}

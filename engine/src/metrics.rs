@@ -1,0 +1,390 @@
+//! Counters and gauges, rendered as Prometheus text (`sluice_*`).
+//!
+//! Hot-path counters are accumulated per worker and per batch, then added to
+//! these shared atomics once per batch, so that workers never contend on a
+//! cache line per event.
+
+use crate::ingest::RejectReason;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Counters of one subscription, kept across reconfigurations while its id lives.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    /// Events of a wanted type and account that reached this subscription.
+    pub evaluated: AtomicU64,
+    /// Events that passed its filter (or that it takes unfiltered).
+    pub matched: AtomicU64,
+    /// Events whose filter failed (missing field, type error): not matched.
+    pub filter_errors: AtomicU64,
+}
+
+/// Counters of one destination.
+#[derive(Debug, Default)]
+pub struct DestinationStats {
+    /// Records the sink reported delivered.
+    pub delivered: AtomicU64,
+    /// Bytes of those records.
+    pub delivered_bytes: AtomicU64,
+    /// Batches sent (each `send` call).
+    pub batches: AtomicU64,
+    /// Records retried (each retry of each record counts once).
+    pub retried: AtomicU64,
+    /// Records handed to delivery and not yet delivered or dead-lettered.
+    pub queued: AtomicU64,
+    /// Bytes of those.
+    pub queued_bytes: AtomicU64,
+    /// Batches in flight.
+    pub in_flight: AtomicU64,
+    /// Plugin calls that broke the ABI contract (bad outcome code, unset outcome, bad status).
+    pub protocol_errors: AtomicU64,
+    /// Plugin calls that failed as a whole.
+    pub send_errors: AtomicU64,
+    /// 1 while the destination's last call failed as a whole.
+    pub unhealthy: AtomicU64,
+    /// Dead-lettered records by reason.
+    pub dead_lettered: Mutex<BTreeMap<String, u64>>,
+    /// Counters and gauges the plugin reports through the host callbacks.
+    pub plugin: Mutex<BTreeMap<String, PluginValue>>,
+}
+
+/// A value a plugin reported.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PluginValue {
+    /// Monotonic counter.
+    Counter(u64),
+    /// Gauge.
+    Gauge(f64),
+}
+
+impl DestinationStats {
+    /// Counts dead-lettered records under `reason`.
+    pub fn dead_letter(&self, reason: &str, n: u64) {
+        let mut m = self.dead_lettered.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(reason.to_string()).or_default() += n;
+    }
+
+    /// Total dead-lettered records.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+/// Every metric of an engine.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Events received (lines of NDJSON, or single events).
+    pub events_in: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Rejected events by reason, indexed by [`RejectReason::index`].
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Events parsed that no subscription wanted (no route for account and type).
+    pub unrouted: AtomicU64,
+    /// Records encoded (one per event and matching subscription).
+    pub records_encoded: AtomicU64,
+    /// Configuration snapshots applied.
+    pub reconfigurations: AtomicU64,
+    /// Input batches processed by workers.
+    pub batches_processed: AtomicU64,
+    subscriptions: Mutex<BTreeMap<String, Arc<SubscriptionStats>>>,
+    destinations: Mutex<BTreeMap<String, Arc<DestinationStats>>>,
+}
+
+impl Metrics {
+    /// The counters of subscription `id` (created on first use).
+    pub fn subscription(&self, id: &str) -> Arc<SubscriptionStats> {
+        let mut m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    /// The counters of destination `id` (created on first use).
+    pub fn destination(&self, id: &str) -> Arc<DestinationStats> {
+        let mut m = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    /// A copy of every subscription's counters: (id, evaluated, matched, filter errors).
+    pub fn subscription_counts(&self) -> Vec<(String, u64, u64, u64)> {
+        let m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    s.evaluated.load(Relaxed),
+                    s.matched.load(Relaxed),
+                    s.filter_errors.load(Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// Every destination's counters.
+    pub fn destination_stats(&self) -> Vec<(String, Arc<DestinationStats>)> {
+        let m = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Total rejected events.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Rejected events of one reason.
+    pub fn rejected_for(&self, r: RejectReason) -> u64 {
+        self.rejected[r.index()].load(Relaxed)
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        let counter = |s: &mut String, name: &str, help: &str| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        counter(&mut s, "sluice_events_in_total", "Events received.");
+        let _ = writeln!(s, "sluice_events_in_total {}", self.events_in.load(Relaxed));
+        counter(&mut s, "sluice_bytes_in_total", "Bytes of events received.");
+        let _ = writeln!(s, "sluice_bytes_in_total {}", self.bytes_in.load(Relaxed));
+        counter(
+            &mut s,
+            "sluice_events_rejected_total",
+            "Events rejected, by reason.",
+        );
+        for r in RejectReason::ALL {
+            let _ = writeln!(
+                s,
+                "sluice_events_rejected_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.rejected[r.index()].load(Relaxed)
+            );
+        }
+        counter(
+            &mut s,
+            "sluice_events_unrouted_total",
+            "Valid events no subscription wanted.",
+        );
+        let _ = writeln!(
+            s,
+            "sluice_events_unrouted_total {}",
+            self.unrouted.load(Relaxed)
+        );
+        counter(
+            &mut s,
+            "sluice_records_encoded_total",
+            "Records encoded (event x matching subscription).",
+        );
+        let _ = writeln!(
+            s,
+            "sluice_records_encoded_total {}",
+            self.records_encoded.load(Relaxed)
+        );
+        counter(
+            &mut s,
+            "sluice_reconfigurations_total",
+            "Configuration snapshots applied.",
+        );
+        let _ = writeln!(
+            s,
+            "sluice_reconfigurations_total {}",
+            self.reconfigurations.load(Relaxed)
+        );
+
+        let subs = self.subscription_counts();
+        counter(
+            &mut s,
+            "sluice_subscription_evaluated_total",
+            "Events offered to a subscription's source.",
+        );
+        for (id, e, _, _) in &subs {
+            let _ = writeln!(
+                s,
+                "sluice_subscription_evaluated_total{{subscription=\"{}\"}} {e}",
+                esc(id)
+            );
+        }
+        counter(
+            &mut s,
+            "sluice_subscription_matched_total",
+            "Events that matched a subscription.",
+        );
+        for (id, _, m, _) in &subs {
+            let _ = writeln!(
+                s,
+                "sluice_subscription_matched_total{{subscription=\"{}\"}} {m}",
+                esc(id)
+            );
+        }
+        counter(
+            &mut s,
+            "sluice_subscription_filter_errors_total",
+            "Filter evaluations that failed (counted as not matched).",
+        );
+        for (id, _, _, f) in &subs {
+            let _ = writeln!(
+                s,
+                "sluice_subscription_filter_errors_total{{subscription=\"{}\"}} {f}",
+                esc(id)
+            );
+        }
+
+        let dests = self.destination_stats();
+        let per_dest: [(&str, &str, &str, fn(&DestinationStats) -> u64); 9] = [
+            (
+                "sluice_destination_delivered_total",
+                "counter",
+                "Records delivered.",
+                |d| d.delivered.load(Relaxed),
+            ),
+            (
+                "sluice_destination_delivered_bytes_total",
+                "counter",
+                "Bytes of records delivered.",
+                |d| d.delivered_bytes.load(Relaxed),
+            ),
+            (
+                "sluice_destination_batches_total",
+                "counter",
+                "Batches sent.",
+                |d| d.batches.load(Relaxed),
+            ),
+            (
+                "sluice_destination_retried_total",
+                "counter",
+                "Record retries.",
+                |d| d.retried.load(Relaxed),
+            ),
+            (
+                "sluice_destination_send_errors_total",
+                "counter",
+                "Sends that failed as a whole.",
+                |d| d.send_errors.load(Relaxed),
+            ),
+            (
+                "sluice_destination_protocol_errors_total",
+                "counter",
+                "Plugin calls that broke the ABI contract.",
+                |d| d.protocol_errors.load(Relaxed),
+            ),
+            (
+                "sluice_destination_queued_records",
+                "gauge",
+                "Records waiting for delivery.",
+                |d| d.queued.load(Relaxed),
+            ),
+            (
+                "sluice_destination_queued_bytes",
+                "gauge",
+                "Bytes waiting for delivery.",
+                |d| d.queued_bytes.load(Relaxed),
+            ),
+            (
+                "sluice_destination_in_flight_batches",
+                "gauge",
+                "Batches being sent.",
+                |d| d.in_flight.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in per_dest {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (id, d) in &dests {
+                let _ = writeln!(s, "{name}{{destination=\"{}\"}} {}", esc(id), get(d));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP sluice_destination_unhealthy 1 while the destination's last send failed as a whole.\n# TYPE sluice_destination_unhealthy gauge"
+        );
+        for (id, d) in &dests {
+            let _ = writeln!(
+                s,
+                "sluice_destination_unhealthy{{destination=\"{}\"}} {}",
+                esc(id),
+                d.unhealthy.load(Relaxed)
+            );
+        }
+        counter(
+            &mut s,
+            "sluice_destination_dead_lettered_total",
+            "Records dead-lettered, by reason.",
+        );
+        for (id, d) in &dests {
+            let m = d.dead_lettered.lock().unwrap_or_else(|p| p.into_inner());
+            for (reason, n) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "sluice_destination_dead_lettered_total{{destination=\"{}\",reason=\"{}\"}} {n}",
+                    esc(id),
+                    esc(reason)
+                );
+            }
+        }
+        for (id, d) in &dests {
+            let m = d.plugin.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, v) in m.iter() {
+                match v {
+                    PluginValue::Counter(c) => {
+                        let _ = writeln!(
+                            s,
+                            "sluice_plugin_{}_total{{destination=\"{}\"}} {c}",
+                            sanitize(name),
+                            esc(id)
+                        );
+                    }
+                    PluginValue::Gauge(g) => {
+                        let _ = writeln!(
+                            s,
+                            "sluice_plugin_{}{{destination=\"{}\"}} {g}",
+                            sanitize(name),
+                            esc(id)
+                        );
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labels_escaped_and_every_reason() {
+        let m = Metrics::default();
+        m.rejected[RejectReason::BadJson.index()].fetch_add(3, Relaxed);
+        m.subscription("esb_\"x\"").matched.fetch_add(2, Relaxed);
+        m.destination("ed_1").dead_letter("too \"big\"", 1);
+        let text = m.render_prometheus();
+        assert!(text.contains("sluice_events_rejected_total{reason=\"bad_json\"} 3"));
+        assert!(text.contains("sluice_events_rejected_total{reason=\"too_deep\"} 0"));
+        assert!(
+            text.contains("sluice_subscription_matched_total{subscription=\"esb_\\\"x\\\"\"} 2")
+        );
+        assert!(text.contains("reason=\"too \\\"big\\\"\"} 1"));
+    }
+}

@@ -1,0 +1,119 @@
+//! `faulty`: a sink that misbehaves on purpose, so that tests can check the
+//! engine contains it. Not for production use.
+//!
+//! Configuration: `{"mode": M, "every": N, "path": P}` where `mode` is one of
+//! * `panic`: panics inside `send` on every Nth call;
+//! * `error`: returns a retryable error on every Nth call;
+//! * `unset`: leaves every outcome unreported on every Nth call;
+//! * `reject`: rejects every record of every Nth call;
+//! * `ok`: behaves.
+//!
+//! Calls that behave append the records to `path` (if given), one per line,
+//! so tests can check what was finally delivered.
+
+use serde::Deserialize;
+use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    mode: String,
+    #[serde(default = "one")]
+    every: u64,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    panic_in_create: bool,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The misbehaving sink.
+pub struct Faulty {
+    config: Config,
+    calls: AtomicU64,
+    out: Mutex<Option<std::fs::File>>,
+}
+
+impl Sink for Faulty {
+    fn info() -> SinkInfo {
+        SinkInfo {
+            kind: "faulty",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "misbehaves on purpose (tests only)",
+            config_schema: r#"{"type":"object","required":["mode"]}"#,
+            limits: Limits {
+                max_records: 100,
+                ..Limits::default()
+            },
+            thread_safe: true,
+        }
+    }
+
+    fn create(config: &str, _host: Host) -> Result<Self, Error> {
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| Error::fatal(format!("faulty: {e}")))?;
+        if config.panic_in_create {
+            panic!("faulty: panic in create, as configured");
+        }
+        if !["panic", "error", "unset", "reject", "ok"].contains(&config.mode.as_str()) {
+            return Err(Error::fatal(format!(
+                "faulty: unknown mode {}",
+                config.mode
+            )));
+        }
+        let out = match &config.path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::fatal(format!("faulty: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Faulty {
+            config,
+            calls: AtomicU64::new(0),
+            out: Mutex::new(out),
+        })
+    }
+
+    fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let misbehave = self.config.every > 0 && n.is_multiple_of(self.config.every);
+        if misbehave {
+            match self.config.mode.as_str() {
+                "panic" => panic!("faulty: panic in send #{n}, as configured"),
+                "error" => return Err(Error::retry(format!("faulty: error in send #{n}"))),
+                "unset" => return Ok(()),
+                "reject" => {
+                    for i in 0..batch.len() {
+                        outcomes.reject(i, "faulty: rejected as configured");
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = out.as_mut() {
+            let mut buf = Vec::new();
+            for r in batch.iter() {
+                buf.extend_from_slice(r.data());
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)
+                .map_err(|e| Error::retry(format!("faulty: {e}")))?;
+        }
+        outcomes.all_ok();
+        Ok(())
+    }
+}
+
+sluice_sdk::export_sink!(Faulty);
