@@ -1,1 +1,178 @@
-fn main() {}
+//! `sluice`: thin glue from the command line to the engine and harness libraries.
+
+mod check;
+mod demo;
+mod metrics_http;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Filter account events with CEL and export them to sinks", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a standalone configuration over NDJSON events from a file or stdin.
+    Run(run::RunArgs),
+    /// Validate a configuration, or compile a filter and show how it runs.
+    Check(check::CheckArgs),
+    /// Generate realistic traffic and export it through sample subscriptions into ./sluice-demo/.
+    Demo(demo::DemoArgs),
+    /// Generate realistic, high-cardinality events as NDJSON.
+    Gen(GenArgs),
+    /// Inspect sink plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Number of events.
+    #[arg(long)]
+    events: u64,
+    /// Seed (the same seed gives the same events).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of accounts.
+    #[arg(long, default_value_t = 100)]
+    accounts: u32,
+    /// Pad HTTP events towards this size in bytes (0: natural size, ~1 KB).
+    #[arg(long, default_value_t = 0)]
+    size: usize,
+    /// Share of audit events.
+    #[arg(long, default_value_t = 0.01)]
+    audit_share: f64,
+    /// Share of traffic events that are TCP connections.
+    #[arg(long, default_value_t = 0.1)]
+    tcp_share: f64,
+    /// Share of HTTP requests to each account's *-prod.ngrok.dev domain.
+    #[arg(long, default_value_t = 0.3)]
+    prod_share: f64,
+    /// Share of HTTP responses that are 5xx.
+    #[arg(long, default_value_t = 0.03)]
+    error_share: f64,
+    /// Output file, or - for stdout.
+    #[arg(long, default_value = "-")]
+    out: String,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List the plugins found in the plugin directories.
+    List {
+        /// Extra plugin directory, searched first.
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn generate(a: GenArgs) -> Result<(), String> {
+    use sluice_bench::traffic::{GenConfig, Generator};
+    let mut g = Generator::new(GenConfig {
+        seed: a.seed,
+        accounts: a.accounts,
+        target_size: a.size,
+        audit_share: a.audit_share,
+        tcp_share: a.tcp_share,
+        prod_share: a.prod_share,
+        error_share: a.error_share,
+        ..GenConfig::default()
+    });
+    let result = if a.out == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        g.write_ndjson(a.events, &mut lock)
+    } else {
+        let f = std::fs::File::create(&a.out).map_err(|e| format!("{}: {e}", a.out))?;
+        let mut w = std::io::BufWriter::new(f);
+        g.write_ndjson(a.events, &mut w)
+            .and_then(|_| std::io::Write::flush(&mut w))
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("writing events: {e}")),
+    }
+}
+
+fn plugin_list(dir: Option<PathBuf>) -> Result<(), String> {
+    let dirs = sluice_engine::plugin::plugin_dirs(&dir.into_iter().collect::<Vec<_>>());
+    let reg = sluice_engine::plugin::PluginRegistry::discover(&dirs);
+    println!(
+        "{:<22} {:<9} {:>8} {:>10} {:>10}  {}",
+        "KIND", "VERSION", "RECORDS", "BATCH", "RECORD", "PATH"
+    );
+    for p in reg.all() {
+        let l = p.info.limits;
+        let bytes = |n: u64| {
+            if n == 0 {
+                "-".to_string()
+            } else {
+                format!("{}", n)
+            }
+        };
+        println!(
+            "{:<22} {:<9} {:>8} {:>10} {:>10}  {}",
+            p.info.kind,
+            p.info.version,
+            if l.max_records == 0 {
+                "-".into()
+            } else {
+                l.max_records.to_string()
+            },
+            bytes(l.max_batch_bytes),
+            bytes(l.max_record_bytes),
+            p.path.display()
+        );
+        println!("    {}", p.info.description);
+    }
+    for e in &reg.errors {
+        eprintln!("refused: {e}");
+    }
+    if reg.all().next().is_none() {
+        eprintln!(
+            "no plugins found in: {}",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Check(a) => check::check(a),
+        Command::Demo(a) => demo::demo(a),
+        Command::Gen(a) => generate(a).map(|_| ExitCode::SUCCESS),
+        Command::Plugin(PluginCommand::List { plugin_dir }) => {
+            plugin_list(plugin_dir).map(|_| ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("sluice: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

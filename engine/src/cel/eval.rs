@@ -175,7 +175,11 @@ impl<'a> V<'a> {
             Node::Static(StaticNode::Null) => V::Null,
             Node::Static(StaticNode::Bool(b)) => V::Bool(b),
             Node::Static(StaticNode::I64(i)) => V::Int(i),
-            Node::Static(StaticNode::U64(u)) => V::Uint(u),
+            // JSON has no unsigned type: an integer is a CEL int when it fits.
+            Node::Static(StaticNode::U64(u)) => match i64::try_from(u) {
+                Ok(i) => V::Int(i),
+                Err(_) => V::Uint(u),
+            },
             Node::Static(StaticNode::F64(f)) => V::Double(f),
             #[allow(unreachable_patterns)]
             Node::Static(_) => V::Err("unsupported number"),

@@ -42,14 +42,19 @@ impl PathTrie {
     }
 }
 
-/// Converts a tape value into a CEL value (objects keep the first of repeated keys).
+/// Converts a tape value into a CEL value (objects keep the first of repeated
+/// keys; integers are `int` when they fit 64 signed bits, else `uint`).
 pub fn to_cel(j: Json<'_, '_>) -> Value {
     match j.node() {
         Node::String(s) => Value::String(Arc::new(s.to_owned())),
         Node::Static(StaticNode::Null) => Value::Null,
         Node::Static(StaticNode::Bool(b)) => Value::Bool(b),
         Node::Static(StaticNode::I64(i)) => Value::Int(i),
-        Node::Static(StaticNode::U64(u)) => Value::UInt(u),
+        // As in the fast evaluator: an integer is an int when it fits.
+        Node::Static(StaticNode::U64(u)) => match i64::try_from(u) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::UInt(u),
+        },
         Node::Static(StaticNode::F64(f)) => Value::Float(f),
         #[allow(unreachable_patterns)]
         Node::Static(_) => Value::Null,

@@ -1,0 +1,195 @@
+//! `sluice check`: validate a configuration, or compile one filter and show
+//! how it runs (and, given an event, what it evaluates to).
+
+use sluice_engine::PipelineSpec;
+use sluice_engine::cel::{Filter, FilterOptions, Verdict};
+use sluice_engine::config::compile_source;
+use sluice_engine::events::{EVENT_TYPES, EventClass, EventTypeId};
+use sluice_engine::json::Json;
+use sluice_engine::plugin::{PluginRegistry, plugin_dirs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["config", "filter", "list_types"])))]
+pub struct CheckArgs {
+    /// A TOML configuration to validate.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A CEL filter to compile (`ev` is the event's object).
+    #[arg(long)]
+    filter: Option<String>,
+    /// The event type the filter is for: enables checking of the fields it reads.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Allow only the fields ngrok allows in filters.
+    #[arg(long)]
+    strict: bool,
+    /// Evaluate the filter on this event (a JSON envelope, or just its object).
+    #[arg(long)]
+    event: Option<String>,
+    /// List every event type and the fields of the traffic types.
+    #[arg(long)]
+    list_types: bool,
+    /// Directory searched first for sink plugins (to check destination kinds).
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+}
+
+pub fn check(a: CheckArgs) -> Result<ExitCode, String> {
+    if a.list_types {
+        list_types();
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(path) = &a.config {
+        return check_config(path, a.plugin_dir.clone());
+    }
+    let Some(src) = &a.filter else {
+        return Err("give --config, --filter or --list-types".into());
+    };
+    let event_type = match &a.event_type {
+        None => None,
+        Some(t) => Some(EventTypeId::from_name(t).ok_or_else(|| {
+            let hint = sluice_engine::events::closest(t, sluice_engine::events::type_names())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            format!("unknown event type `{t}`{hint}")
+        })?),
+    };
+    let f = match Filter::compile(
+        src,
+        &FilterOptions {
+            event_type,
+            strict_ngrok: a.strict,
+        },
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: filter does not compile at {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    println!("parsed:  {}", f.parsed());
+    match f.fallback_reason() {
+        None => println!("runs on: the fast path (evaluated on the parsed event, no conversion)"),
+        Some(why) => println!("runs on: the cel interpreter, fed only the fields it reads ({why})"),
+    }
+    println!(
+        "reads:   {}",
+        if f.reads().is_empty() {
+            "nothing".to_string()
+        } else {
+            f.reads().join(", ")
+        }
+    );
+    if let Some(ev) = &a.event {
+        let mut bytes = ev.clone().into_bytes();
+        let tape = simd_json::to_tape(&mut bytes)
+            .map_err(|e| format!("--event is not valid JSON: {e}"))?;
+        let root = Json::root(&tape.0).ok_or("--event is empty")?;
+        let object = if root.get("event_type").is_some() {
+            root.get("object")
+                .ok_or("--event is an envelope without `object`")?
+        } else {
+            root
+        };
+        let value = f.evaluate(object);
+        let verdict = f.matches(object);
+        match value {
+            Ok(v) => println!("value:   {v:?}"),
+            Err(e) => println!("value:   error: {e}"),
+        }
+        println!(
+            "verdict: {}",
+            match verdict {
+                Verdict::Match => "match (the event is delivered)",
+                Verdict::NoMatch => "no match (the event is skipped)",
+                Verdict::Error => "error (the event is skipped and counted as a filter error)",
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(path: &PathBuf, plugin_dir: Option<PathBuf>) -> Result<ExitCode, String> {
+    let spec = match PipelineSpec::from_file(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut problems: Vec<String> = match spec.validate() {
+        Ok(()) => vec![],
+        Err(e) => e.in_file(path).0.iter().map(|e| e.to_string()).collect(),
+    };
+    let dirs = plugin_dirs(&plugin_dir.into_iter().collect::<Vec<_>>());
+    let plugins = PluginRegistry::discover(&dirs);
+    for d in &spec.destinations {
+        if let Err(e) = plugins.get(&d.kind) {
+            problems.push(format!("{}: destination \"{}\": {e}", path.display(), d.id));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    let (mut sources, mut filters, mut fast) = (0, 0, 0);
+    for s in &spec.subscriptions {
+        for src in &s.sources {
+            sources += 1;
+            if let Ok(c) = compile_source(src, spec.strict_ngrok_filters)
+                && let Some(f) = &c.filter
+            {
+                filters += 1;
+                if f.is_fast() {
+                    fast += 1;
+                }
+            }
+        }
+        if s.destination_ids.is_empty() {
+            eprintln!(
+                "warning: {}: subscription \"{}\" has no destinations; its events go nowhere",
+                path.display(),
+                s.id
+            );
+        }
+    }
+    println!(
+        "{}: ok: {} destinations, {} subscriptions, {} sources, {} filters ({} on the fast path, {} in the interpreter)",
+        path.display(),
+        spec.destinations.len(),
+        spec.subscriptions.len(),
+        sources,
+        filters,
+        fast,
+        filters - fast
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_types() {
+    for t in EVENT_TYPES {
+        match t.class {
+            EventClass::Audit => println!("{:<40} audit    {}", t.name, t.description),
+            EventClass::Traffic => {
+                println!("{:<40} traffic  {}", t.name, t.description);
+                for f in t.fields {
+                    println!(
+                        "    {:<34} {:<26} {}{}",
+                        f.path,
+                        f.ty.name(),
+                        if f.filterable {
+                            "[ngrok filterable] "
+                        } else {
+                            ""
+                        },
+                        f.description
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use sluice_engine::plugin::{PluginRegistry, plugin_dirs};
+use std::path::{Path, PathBuf};
+
+/// The plugins built by `cargo build`/`cargo test` next to the test binary.
+pub fn plugins() -> PluginRegistry {
+    let reg = PluginRegistry::discover(&plugin_dirs(&[]));
+    for kind in ["file", "blackhole", "faulty"] {
+        assert!(
+            reg.get(kind).is_ok(),
+            "the `{kind}` plugin is not built: run `cargo build --workspace` (or `cargo test --workspace`) first; loaded: {:?}",
+            reg.kinds()
+        );
+    }
+    reg
+}
+
+/// Compiles `engine/tests/plugins/<name>.c` into a shared library in `dir`.
+pub fn compile_c(name: &str, dir: &Path, out_name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/plugins").join(format!("{name}.c"));
+    let include = root.join("../sdk/include");
+    let out = dir.join(out_name);
+    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg("-I")
+        .arg(&include)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) is needed for the C plugin tests");
+    assert!(status.success(), "compiling {}", src.display());
+    out
+}
+
+/// An event line.
+pub fn event(id: &str, account: &str, ty: &str, object: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","event_type":"{ty}","event_timestamp":"2026-11-01T00:00:00Z","account_id":"{account}","object":{object}}}"#
+    )
+}
+
+/// Reads an NDJSON file into parsed values (empty if missing).
+pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => s
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display()))
+            })
+            .collect(),
+        Err(_) => vec![],
+    }
+}

@@ -1,0 +1,685 @@
+//! The engine end to end: real plugins (built cdylibs, and C plugins compiled
+//! here), real files, the real worker threads and delivery runtime.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use sluice_engine::config::{
+    DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec, SubscriptionSpec,
+};
+use sluice_engine::ingest::RejectReason;
+use sluice_engine::plugin::{PluginError, PluginLibrary};
+use sluice_engine::{Engine, EngineConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+fn delivery() -> DeliveryConfig {
+    DeliveryConfig {
+        linger_ms: 10,
+        max_in_flight: 1,
+        max_attempts: 20,
+        ..DeliveryConfig::default()
+    }
+}
+
+fn file_dest(id: &str, path: &Path) -> DestinationSpec {
+    DestinationSpec {
+        id: id.into(),
+        kind: "file".into(),
+        config: serde_json::json!({ "path": path }),
+        delivery: delivery(),
+    }
+}
+
+fn sub(id: &str, account: &str, dests: &[&str], sources: Vec<SourceSpec>) -> SubscriptionSpec {
+    SubscriptionSpec {
+        id: id.into(),
+        account_id: account.into(),
+        destination_ids: dests.iter().map(|d| d.to_string()).collect(),
+        sources,
+    }
+}
+
+fn source(ty: &str, filter: Option<&str>, fields: Option<&[&str]>) -> SourceSpec {
+    SourceSpec {
+        event_type: ty.into(),
+        filter: filter.map(str::to_string),
+        fields: fields.map(|f| f.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+fn engine_cfg(dir: &Path) -> EngineConfig {
+    EngineConfig {
+        workers: 2,
+        dead_letter_dir: dir.join("dead-letter"),
+        rejects_path: Some(dir.join("rejects.ndjson")),
+        drain_timeout: Duration::from_secs(20),
+        ..EngineConfig::default()
+    }
+}
+
+const HTTP: &str = "http_request_complete.v0";
+
+fn body_length(n: i64) -> String {
+    format!(r#"{{"http":{{"response":{{"body_length":{n}}}}}}}"#)
+}
+
+#[test]
+fn malformed_events_are_rejected_by_reason_and_the_pipeline_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let spec = PipelineSpec {
+        destinations: vec![file_dest("ed_1", &out)],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_1"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/malformed");
+    let mut expected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut good = 0;
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+    {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let reason = name.split("--").next().unwrap();
+        let r = RejectReason::ALL
+            .iter()
+            .find(|r| r.as_str() == reason)
+            .unwrap_or_else(|| panic!("{name}: unknown reason"));
+        let bytes = std::fs::read(path).unwrap();
+        let lines = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as u64;
+        *expected.entry(r.as_str()).or_default() += lines;
+        // Each bad line is followed by a good event: nothing stops the pipeline.
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            engine.publish(line);
+            good += 1;
+            engine.publish(event(&format!("ev_good_{good}"), "ac_1", HTTP, "{}").as_bytes());
+        }
+    }
+    let big = format!(r#"{{"event_id":"{}"}}"#, "x".repeat(1 << 20));
+    engine.publish(big.as_bytes());
+    *expected.entry("too_large").or_default() += 1;
+    let m = engine.metrics().clone();
+    let summary = engine.shutdown();
+    for (reason, n) in &expected {
+        let r = RejectReason::ALL
+            .iter()
+            .find(|r| r.as_str() == *reason)
+            .unwrap();
+        assert_eq!(m.rejected_for(*r), *n, "reason {reason}");
+    }
+    assert_eq!(summary.rejected, expected.values().sum::<u64>());
+    assert_eq!(
+        read_ndjson(&out).len(),
+        good,
+        "every good event was delivered"
+    );
+    let rejects = read_ndjson(&dir.path().join("rejects.ndjson"));
+    assert_eq!(
+        rejects.len() as u64,
+        summary.rejected,
+        "every reject is in the rejects file"
+    );
+    assert!(
+        rejects
+            .iter()
+            .all(|r| r["reason"].is_string() && r["detail"].is_string() && r["event"].is_string())
+    );
+    assert!(rejects.iter().any(|r| {
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `account_id`")
+    }));
+}
+
+#[test]
+fn delivered_records_are_the_envelope_with_the_projected_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
+    let spec = PipelineSpec {
+        destinations: vec![file_dest("ed_a", &a), file_dest("ed_b", &b)],
+        subscriptions: vec![
+            sub(
+                "esb_proj",
+                "ac_1",
+                &["ed_a", "ed_b"],
+                vec![source(
+                    HTTP,
+                    Some("ev.http.response.status_code >= 500"),
+                    Some(&["conn.client_ip", "http.response.status_code"]),
+                )],
+            ),
+            sub(
+                "esb_all",
+                "ac_1",
+                &["ed_b"],
+                vec![source("ip_policy_created.v0", None, None)],
+            ),
+        ],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    let obj = r#"{"conn":{"client_ip":"1.2.3.4","server_name":"x.ngrok.app"},"http":{"request":{"method":"get"},"response":{"status_code":502,"body_length":5}}}"#;
+    engine.publish(event("ev_1", "ac_1", HTTP, obj).as_bytes());
+    engine.publish(event("ev_2", "ac_1", HTTP, &obj.replace("502", "200")).as_bytes());
+    let audit = r#"{"event_id":"ev_3","event_type":"ip_policy_created.v0","event_timestamp":"2022-02-23T23:29:29Z","account_id":"ac_1","principal":{"id":"usr_1","source":"API"},"object":{"id":"ipp_1","action":"allow"},"unknown_top_level":1}"#;
+    engine.publish(audit.as_bytes());
+    engine.shutdown();
+    let want = r#"{"event_id":"ev_1","event_type":"http_request_complete.v0","event_timestamp":"2026-11-01T00:00:00Z","account_id":"ac_1","object":{"conn":{"client_ip":"1.2.3.4"},"http":{"response":{"status_code":502}}}}"#;
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), format!("{want}\n"));
+    let b_text = std::fs::read_to_string(&b).unwrap();
+    let mut lines: Vec<&str> = b_text.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![
+            want,
+            r#"{"event_id":"ev_3","event_type":"ip_policy_created.v0","event_timestamp":"2022-02-23T23:29:29Z","account_id":"ac_1","principal":{"id":"usr_1","source":"API"},"object":{"id":"ipp_1","action":"allow"}}"#,
+        ]
+    );
+}
+
+#[test]
+fn filter_errors_are_counted_per_subscription_and_not_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.ndjson");
+    let spec = PipelineSpec {
+        destinations: vec![file_dest("ed_1", &out)],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_1"],
+            vec![source(HTTP, Some("ev.conn.server_port == 443"), None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    engine.publish(event("ev_1", "ac_1", HTTP, r#"{"conn":{"server_port":443}}"#).as_bytes());
+    engine.publish(event("ev_2", "ac_1", HTTP, r#"{"conn":{}}"#).as_bytes());
+    engine.publish(event("ev_3", "ac_1", HTTP, r#"{"conn":{"server_port":80}}"#).as_bytes());
+    engine.publish(event("ev_4", "ac_2", HTTP, r#"{"conn":{"server_port":443}}"#).as_bytes());
+    let m = engine.metrics().clone();
+    let summary = engine.shutdown();
+    let counts = m.subscription_counts();
+    assert_eq!(counts, vec![("esb_1".to_string(), 3, 1, 1)]);
+    assert_eq!(
+        (
+            summary.matched,
+            summary.filter_errors,
+            summary.unrouted,
+            summary.delivered
+        ),
+        (1, 1, 1, 1)
+    );
+    let text = m.render_prometheus();
+    assert!(
+        text.contains("sluice_subscription_filter_errors_total{subscription=\"esb_1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_destination_delivered_total{destination=\"ed_1\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn each_accounts_order_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let accounts: Vec<String> = (0..8).map(|i| format!("ac_{i}")).collect();
+    let mut spec = PipelineSpec::default();
+    for a in &accounts {
+        spec.destinations.push(file_dest(
+            &format!("ed_{a}"),
+            &dir.path().join(format!("{a}.ndjson")),
+        ));
+        spec.subscriptions.push(sub(
+            &format!("esb_{a}"),
+            a,
+            &[&format!("ed_{a}")],
+            vec![source(HTTP, None, None)],
+        ));
+    }
+    let engine = Engine::start(
+        EngineConfig {
+            batch_events: 7,
+            ..engine_cfg(dir.path())
+        },
+        plugins(),
+        &spec,
+    )
+    .unwrap();
+    let mut buf = String::new();
+    for i in 0..20_000 {
+        let a = &accounts[(i * 7919) % accounts.len()];
+        buf.push_str(&event(
+            &format!("ev_{i}"),
+            a,
+            HTTP,
+            &format!(r#"{{"n":{i}}}"#),
+        ));
+        buf.push('\n');
+        if i % 997 == 0 {
+            engine.publish_ndjson(bytes::Bytes::from(std::mem::take(&mut buf)));
+        }
+    }
+    engine.publish_ndjson(bytes::Bytes::from(buf));
+    engine.shutdown();
+    let mut total = 0;
+    for a in &accounts {
+        let ns: Vec<i64> = read_ndjson(&dir.path().join(format!("{a}.ndjson")))
+            .iter()
+            .map(|v| v["object"]["n"].as_i64().unwrap())
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{a} out of order");
+        total += ns.len();
+    }
+    assert_eq!(total, 20_000);
+}
+
+#[test]
+fn reconfigure_under_load_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
+    let accounts = ["ac_1", "ac_2", "ac_3", "ac_4"];
+    // Both configurations deliver every event exactly once, but differ in the
+    // destination's file (a new plugin instance), the filters (recompiled) and
+    // an extra unrelated subscription.
+    let config = |variant: usize| {
+        let path = if variant % 2 == 0 { &pa } else { &pb };
+        let filter = if variant % 2 == 0 {
+            "ev.http.response.body_length >= 0"
+        } else {
+            "ev.http.response.body_length < 0 || ev.http.response.body_length >= 0"
+        };
+        let mut subs: Vec<SubscriptionSpec> = accounts
+            .iter()
+            .map(|a| {
+                sub(
+                    &format!("esb_{a}"),
+                    a,
+                    &["ed_out"],
+                    vec![source(HTTP, Some(filter), None)],
+                )
+            })
+            .collect();
+        if variant % 3 == 0 {
+            subs.push(sub(
+                "esb_other",
+                "ac_none",
+                &["ed_out"],
+                vec![source(HTTP, None, None)],
+            ));
+        }
+        PipelineSpec {
+            destinations: vec![file_dest("ed_out", path)],
+            subscriptions: subs,
+            ..Default::default()
+        }
+    };
+    let engine =
+        std::sync::Arc::new(Engine::start(engine_cfg(dir.path()), plugins(), &config(0)).unwrap());
+    const N: usize = 200_000;
+    let publisher = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let mut buf = String::with_capacity(1 << 20);
+            for i in 0..N {
+                buf.push_str(&event(
+                    &format!("ev_{i}"),
+                    accounts[i % 4],
+                    HTTP,
+                    &body_length(i as i64),
+                ));
+                buf.push('\n');
+                if i % 1000 == 999 {
+                    engine.publish_ndjson(bytes::Bytes::from(std::mem::take(&mut buf)));
+                }
+            }
+            engine.publish_ndjson(bytes::Bytes::from(buf));
+        })
+    };
+    let mut reconfigs = 0;
+    while !publisher.is_finished() || reconfigs < 20 {
+        reconfigs += 1;
+        engine.reconfigure(&config(reconfigs)).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    publisher.join().unwrap();
+    let engine = std::sync::Arc::into_inner(engine).unwrap();
+    let summary = engine.shutdown();
+    let mut seen: HashMap<String, u32> = HashMap::with_capacity(N);
+    for v in read_ndjson(&pa).into_iter().chain(read_ndjson(&pb)) {
+        *seen
+            .entry(v["event_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dups.is_empty(), "duplicated: {dups:?}");
+    assert_eq!(
+        seen.len(),
+        N,
+        "lost {} events over {reconfigs} reconfigurations",
+        N - seen.len()
+    );
+    assert_eq!(summary.delivered, N as u64);
+    assert!(reconfigs >= 20);
+}
+
+#[test]
+fn abi_mismatches_and_non_plugins_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let case = |name: &str| {
+        PluginLibrary::load(&compile_c(name, d, &format!("libsluice_sink_{name}.so"))).unwrap_err()
+    };
+    let e = case("abi_v2");
+    assert!(matches!(e, PluginError::AbiMismatch { .. }), "{e}");
+    assert!(
+        e.to_string().contains("built for sink ABI v2")
+            && e.to_string().contains("supports ABI v1"),
+        "{e}"
+    );
+    let e = case("bad_major");
+    assert!(
+        matches!(e, PluginError::AbiMismatch { .. })
+            && e.to_string().contains("v2.3 (declared in its vtable)"),
+        "{e}"
+    );
+    let e = case("small_vtable");
+    assert!(e.to_string().contains("vtable is 16 bytes"), "{e}");
+    let e = case("null_entry");
+    assert!(e.to_string().contains("returned null"), "{e}");
+    let e = case("no_entry");
+    assert!(matches!(e, PluginError::NoEntry { .. }), "{e}");
+    let e = case("missing_send");
+    assert!(
+        e.to_string().contains("required functions are null: send"),
+        "{e}"
+    );
+    std::fs::write(d.join("libsluice_sink_text.so"), "not a library").unwrap();
+    let e = PluginLibrary::load(&d.join("libsluice_sink_text.so")).unwrap_err();
+    assert!(matches!(e, PluginError::NotALibrary { .. }), "{e}");
+    // Discovery loads the good ones and reports the others.
+    compile_c("garbage", d, "libsluice_sink_garbage.so");
+    let reg = sluice_engine::plugin::PluginRegistry::discover(&[d.to_path_buf()]);
+    assert_eq!(reg.kinds(), vec!["garbage".to_string()]);
+    assert_eq!(reg.errors.len(), 7);
+}
+
+fn faulty(id: &str, mode: &str, every: u32, out: &Path, max_attempts: u32) -> DestinationSpec {
+    DestinationSpec {
+        id: id.into(),
+        kind: "faulty".into(),
+        config: serde_json::json!({ "mode": mode, "every": every, "path": out }),
+        delivery: DeliveryConfig {
+            max_attempts,
+            ..delivery()
+        },
+    }
+}
+
+fn publish_n(engine: &Engine, account: &str, n: usize) {
+    let mut buf = String::new();
+    for i in 0..n {
+        buf.push_str(&event(
+            &format!("ev_{i}"),
+            account,
+            HTTP,
+            &format!(r#"{{"n":{i}}}"#),
+        ));
+        buf.push('\n');
+    }
+    engine.publish_ndjson(bytes::Bytes::from(buf));
+}
+
+fn unique_ids(path: &Path) -> (usize, usize) {
+    let all = read_ndjson(path);
+    let set: std::collections::HashSet<String> = all
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap().to_string())
+        .collect();
+    (all.len(), set.len())
+}
+
+#[test]
+fn a_panicking_plugin_is_contained_and_its_records_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fo, bo) = (
+        dir.path().join("faulty.ndjson"),
+        dir.path().join("fine.ndjson"),
+    );
+    let spec = PipelineSpec {
+        destinations: vec![
+            faulty("ed_panic", "panic", 2, &fo, 50),
+            file_dest("ed_fine", &bo),
+        ],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_panic", "ed_fine"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    for _ in 0..5 {
+        publish_n(&engine, "ac_1", 400);
+        engine.barrier();
+    }
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    let d = m.destination("ed_panic");
+    assert!(
+        d.send_errors.load(Relaxed) > 0,
+        "panics were reported as failed sends"
+    );
+    assert_eq!(d.dead_lettered_total(), 0);
+    assert_eq!(
+        unique_ids(&fo).1,
+        400,
+        "every record reached the panicking destination in the end"
+    );
+    assert_eq!(
+        read_ndjson(&bo).len(),
+        2000,
+        "the other destination got everything"
+    );
+}
+
+#[test]
+fn unreported_outcomes_are_retried_and_rejects_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uo, ro) = (
+        dir.path().join("unset.ndjson"),
+        dir.path().join("reject.ndjson"),
+    );
+    let spec = PipelineSpec {
+        destinations: vec![
+            faulty("ed_unset", "unset", 2, &uo, 50),
+            faulty("ed_reject", "reject", 1, &ro, 50),
+        ],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_unset", "ed_reject"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 300);
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    assert!(m.destination("ed_unset").protocol_errors.load(Relaxed) > 0);
+    assert_eq!(unique_ids(&uo).1, 300);
+    assert_eq!(m.destination("ed_reject").dead_lettered_total(), 300);
+    let dl = read_ndjson(&dir.path().join("dead-letter/ed_reject.ndjson"));
+    assert_eq!(dl.len(), 300);
+    assert!(dl.iter().all(
+        |l| l["reason"] == "rejected: faulty: rejected as configured"
+            && l["attempts"] == 1
+            && l["subscription"] == "esb_1"
+    ));
+    assert!(
+        dl.iter()
+            .all(|l| l["record"]["event_id"].as_str().unwrap().starts_with("ev_"))
+    );
+}
+
+#[test]
+fn a_plugin_returning_garbage_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = compile_c("garbage", dir.path(), "libsluice_sink_garbage.so");
+    let mut reg = plugins();
+    reg.insert(PluginLibrary::load(&lib).unwrap());
+    let fine = dir.path().join("fine.ndjson");
+    let spec = PipelineSpec {
+        destinations: vec![
+            DestinationSpec {
+                id: "ed_garbage".into(),
+                kind: "garbage".into(),
+                config: serde_json::json!({}),
+                delivery: DeliveryConfig {
+                    max_attempts: 3,
+                    ..delivery()
+                },
+            },
+            file_dest("ed_fine", &fine),
+        ],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_garbage", "ed_fine"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), reg, &spec).unwrap();
+    publish_n(&engine, "ac_1", 120);
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    let g = m.destination("ed_garbage");
+    assert!(g.protocol_errors.load(Relaxed) > 0);
+    assert_eq!(g.delivered.load(Relaxed), 0);
+    assert_eq!(
+        g.dead_lettered_total(),
+        120,
+        "nothing is lost: out of attempts, every record is dead-lettered"
+    );
+    assert_eq!(read_ndjson(&fine).len(), 120);
+    let dl = read_ndjson(&dir.path().join("dead-letter/ed_garbage.ndjson"));
+    assert!(
+        dl.iter().any(|l| l["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid outcome code 77")),
+        "{:?}",
+        dl.first()
+    );
+    assert!(dl.iter().any(|l| {
+        l["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not report an outcome")
+    }));
+}
+
+#[test]
+fn a_plugin_that_panics_in_create_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_x".into(),
+            kind: "faulty".into(),
+            config: serde_json::json!({"mode": "ok", "panic_in_create": true}),
+            delivery: delivery(),
+        }],
+        ..Default::default()
+    };
+    let err = Engine::start(engine_cfg(dir.path()), plugins(), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("destination \"ed_x\"") && err.contains("panicked in create"),
+        "{err}"
+    );
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_y".into(),
+            kind: "file".into(),
+            config: serde_json::json!({"pth": "x"}),
+            delivery: delivery(),
+        }],
+        ..Default::default()
+    };
+    let err = Engine::start(engine_cfg(dir.path()), plugins(), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `pth`"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever the subscriptions and events, a subscription receives exactly
+    /// the events of its own account that its filter accepts, and no other.
+    #[test]
+    fn accounts_are_isolated(
+        subs in prop::collection::vec((0usize..4, 1i64..4, 0i64..3), 1..6),
+        events in prop::collection::vec((0usize..5, 0i64..1000, prop::bool::ANY), 0..80),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let acct = |i: usize| format!("ac_{i}");
+        let mut spec = PipelineSpec::default();
+        for (i, (a, m, r)) in subs.iter().enumerate() {
+            let id = format!("ed_{i}");
+            spec.destinations.push(file_dest(&id, &dir.path().join(format!("{i}.ndjson"))));
+            let filter = format!("ev.http.response.body_length % {m} == {}", r % m);
+            spec.subscriptions.push(sub(&format!("esb_{i}"), &acct(*a), &[&id], vec![source(HTTP, Some(&filter), None)]));
+        }
+        let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+        let mut buf = String::new();
+        for (k, (a, n, tcp)) in events.iter().enumerate() {
+            let ty = if *tcp { "tcp_connection_closed.v0" } else { HTTP };
+            buf.push_str(&event(&format!("ev_{k}"), &acct(*a), ty, &body_length(*n)));
+            buf.push('\n');
+        }
+        engine.publish_ndjson(bytes::Bytes::from(buf));
+        engine.shutdown();
+        for (i, (a, m, r)) in subs.iter().enumerate() {
+            let want: Vec<String> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, (ea, n, tcp))| ea == a && !tcp && n % m == r % m)
+                .map(|(k, _)| format!("ev_{k}"))
+                .collect();
+            let got: Vec<String> = read_ndjson(&dir.path().join(format!("{i}.ndjson")))
+                .iter()
+                .map(|v| {
+                    assert_eq!(v["account_id"].as_str().unwrap(), acct(*a), "another account's event reached esb_{i}");
+                    v["event_id"].as_str().unwrap().to_string()
+                })
+                .collect();
+            prop_assert_eq!(got, want, "subscription esb_{}", i);
+        }
+    }
+}
