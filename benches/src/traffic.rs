@@ -486,7 +486,7 @@ impl Generator {
         out.extend_from_slice(b"\",\"event_type\":\"");
         out.extend_from_slice(type_name.as_bytes());
         out.extend_from_slice(b"\",\"event_timestamp\":\"");
-        out.extend_from_slice(Self::ts(ms, 0)[..19].as_bytes());
+        out.extend_from_slice(&Self::ts(ms, 0).as_bytes()[..19]);
         out.extend_from_slice(b"Z\",\"account_id\":\"");
         out.extend_from_slice(self.accounts[acct].id.as_bytes());
         out.push(b'"');

@@ -826,7 +826,7 @@ fn process(
             .fetch_add(std::mem::take(&mut local.encoded), Relaxed);
     }
     for sub in std::mem::take(&mut local.touched) {
-        let c = std::mem::replace(&mut local.per_sub[sub as usize], [0; 3]);
+        let c = std::mem::take(&mut local.per_sub[sub as usize]);
         let stats = &snap.subscriptions[sub as usize].stats;
         let evaluated = c[0] + c[1] + c[2];
         stats.evaluated.fetch_add(evaluated, Relaxed);

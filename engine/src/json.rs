@@ -355,12 +355,33 @@ pub fn write_value<O: Out>(out: &mut O, v: Json<'_, '_>) {
     write_nodes(out, v.0);
 }
 
+/// Whether the key at `key_idx` already appeared in the object whose head is
+/// at `obj`. Allocation-free (objects are small; this is a short scan).
+fn repeated_key(nodes: &[Node<'_>], obj: usize, key_idx: usize) -> bool {
+    let Node::String(key) = nodes[key_idx] else {
+        return false;
+    };
+    let mut i = obj + 1;
+    while i < key_idx {
+        if let Node::String(k) = nodes[i]
+            && k == key
+        {
+            return true;
+        }
+        i += 1 + span(&nodes[i + 1]);
+    }
+    false
+}
+
 fn write_nodes<O: Out>(out: &mut O, nodes: &[Node<'_>]) {
-    // Iterative: a stack of (remaining children, is_object, expecting_key).
+    // Iterative, with a stack of open containers. A key repeated within an
+    // object is written once, with its first value: the value lookups (and so
+    // filters) see, whatever a reader of the output would pick.
     struct Frame {
         left: usize,
         object: bool,
         first: bool,
+        start: usize,
     }
     let mut stack: Vec<Frame> = Vec::new();
     let mut i = 0;
@@ -372,11 +393,15 @@ fn write_nodes<O: Out>(out: &mut O, nodes: &[Node<'_>]) {
                 stack.pop();
                 continue;
             }
+            top.left -= 1;
+            if top.object && repeated_key(nodes, top.start, i) {
+                i += 1 + span(&nodes[i + 1]);
+                continue;
+            }
             if !top.first {
                 out.put_byte(b',');
             }
             top.first = false;
-            top.left -= 1;
             if top.object {
                 if let Node::String(k) = nodes[i] {
                     write_str(out, k);
@@ -394,6 +419,7 @@ fn write_nodes<O: Out>(out: &mut O, nodes: &[Node<'_>]) {
                     left: len,
                     object: true,
                     first: true,
+                    start: i,
                 });
             }
             Node::Array { len, .. } => {
@@ -402,6 +428,7 @@ fn write_nodes<O: Out>(out: &mut O, nodes: &[Node<'_>]) {
                     left: len,
                     object: false,
                     first: true,
+                    start: i,
                 });
             }
         }
@@ -439,6 +466,10 @@ mod tests {
         assert_eq!(roundtrip("1.5"), "1.5");
         assert_eq!(roundtrip("-7"), "-7");
         assert_eq!(roundtrip("18446744073709551615"), "18446744073709551615");
+        assert_eq!(
+            roundtrip(r#"{"a":1,"b":{"x":[1],"x":2},"a":{"c":3},"d":4}"#),
+            r#"{"a":1,"b":{"x":[1]},"d":4}"#
+        );
     }
 
     #[test]

@@ -234,7 +234,13 @@ impl Metrics {
         }
 
         let dests = self.destination_stats();
-        let per_dest: [(&str, &str, &str, fn(&DestinationStats) -> u64); 9] = [
+        type Row = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&DestinationStats) -> u64,
+        );
+        let per_dest: [Row; 9] = [
             (
                 "sluice_destination_delivered_total",
                 "counter",

@@ -40,12 +40,15 @@ pub struct SubscriptionRt {
     pub stats: Arc<SubscriptionStats>,
 }
 
+/// For one account: the routes of each event type it has sources for.
+type AccountRoutes = Vec<(EventTypeId, Box<[Route]>)>;
+
 /// An immutable, complete routing configuration.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Increases with every reconfiguration.
     pub version: u64,
-    index: FxHashMap<Box<str>, Vec<(EventTypeId, Box<[Route]>)>>,
+    index: FxHashMap<Box<str>, AccountRoutes>,
     /// Every subscription, by dense index.
     pub subscriptions: Vec<SubscriptionRt>,
     /// Every destination.

@@ -304,8 +304,8 @@ fn reconfigure_under_load_loses_and_duplicates_nothing() {
     // destination's file (a new plugin instance), the filters (recompiled) and
     // an extra unrelated subscription.
     let config = |variant: usize| {
-        let path = if variant % 2 == 0 { &pa } else { &pb };
-        let filter = if variant % 2 == 0 {
+        let path = if variant.is_multiple_of(2) { &pa } else { &pb };
+        let filter = if variant.is_multiple_of(2) {
             "ev.http.response.body_length >= 0"
         } else {
             "ev.http.response.body_length < 0 || ev.http.response.body_length >= 0"
@@ -321,7 +321,7 @@ fn reconfigure_under_load_loses_and_duplicates_nothing() {
                 )
             })
             .collect();
-        if variant % 3 == 0 {
+        if variant.is_multiple_of(3) {
             subs.push(sub(
                 "esb_other",
                 "ac_none",

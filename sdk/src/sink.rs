@@ -540,7 +540,7 @@ unsafe extern "C" fn send<T: Sink>(
         let (sink, raw) = unsafe { (&*(sink as *const T), &*batch) };
         // SAFETY: the engine lends the records for the call.
         let batch = unsafe { Batch::from_raw(raw) };
-        let slots: &mut [SluiceOutcome] = if outcomes.is_null() || batch.len() == 0 {
+        let slots: &mut [SluiceOutcome] = if outcomes.is_null() || batch.is_empty() {
             &mut []
         } else {
             // SAFETY: the engine provides `len` outcome slots.

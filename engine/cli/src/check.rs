@@ -111,7 +111,7 @@ pub fn check(a: CheckArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(path: &PathBuf, plugin_dir: Option<PathBuf>) -> Result<ExitCode, String> {
+fn check_config(path: &std::path::Path, plugin_dir: Option<PathBuf>) -> Result<ExitCode, String> {
     let spec = match PipelineSpec::from_file(path) {
         Ok(s) => s,
         Err(e) => {

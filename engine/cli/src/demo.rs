@@ -251,8 +251,8 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     let total_time = start.elapsed();
 
     println!(
-        "\n{:<22} {:<31} {:>10} {:>9} {:>7}  {}",
-        "SUBSCRIPTION", "ACCOUNT", "EVALUATED", "MATCHED", "ERRORS", "DESTINATION"
+        "\n{:<22} {:<31} {:>10} {:>9} {:>7}  DESTINATION",
+        "SUBSCRIPTION", "ACCOUNT", "EVALUATED", "MATCHED", "ERRORS"
     );
     let subs = metrics.subscription_counts();
     for s in &spec.subscriptions {

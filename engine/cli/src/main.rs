@@ -114,8 +114,8 @@ fn plugin_list(dir: Option<PathBuf>) -> Result<(), String> {
     let dirs = sluice_engine::plugin::plugin_dirs(&dir.into_iter().collect::<Vec<_>>());
     let reg = sluice_engine::plugin::PluginRegistry::discover(&dirs);
     println!(
-        "{:<22} {:<9} {:>8} {:>10} {:>10}  {}",
-        "KIND", "VERSION", "RECORDS", "BATCH", "RECORD", "PATH"
+        "{:<22} {:<9} {:>8} {:>10} {:>10}  PATH",
+        "KIND", "VERSION", "RECORDS", "BATCH", "RECORD"
     );
     for p in reg.all() {
         let l = p.info.limits;

@@ -518,7 +518,10 @@ impl Lowerer<'_> {
         let p = self.lower(pattern)?;
         if let Ex::Lit(Lit::Str(pat)) = &p {
             return match Regex::new(pat) {
-                Ok(re) => Ok(Ex::Matches(Box::new(s), Box::new(re))),
+                Ok(re) => Ok(match literal_plan(pat) {
+                    Some((op, lit)) => Ex::Str(op, Box::new([s, Ex::Lit(Lit::Str(lit.into()))])),
+                    None => Ex::Matches(Box::new(s), Box::new(re)),
+                }),
                 Err(err) => Err(self.invalid(
                     pattern.id,
                     format!(
@@ -530,6 +533,59 @@ impl Lowerer<'_> {
         }
         Ok(Ex::MatchesDyn(Box::new([s, p])))
     }
+}
+
+/// When a constant pattern only ever matches a literal, the string operation
+/// that decides `matches` the same way: `"-prod\\.ngrok\\.dev"` is `contains`,
+/// `"^/api"` is `startsWith`, `"\\.dev$"` is `endsWith`, `"^x$"` is equality.
+/// Unanchored, a leading or trailing `X*` can always match empty, so it is
+/// dropped (`".*-prod\\.ngrok\\.dev"` is `contains`).
+pub fn literal_plan(pattern: &str) -> Option<(StrOp, String)> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    let items: &[Hir] = match hir.kind() {
+        HirKind::Concat(xs) => xs,
+        _ => std::slice::from_ref(&hir),
+    };
+    let (mut i, mut j) = (0, items.len());
+    let (mut start, mut end) = (false, false);
+    if i < j && matches!(items[i].kind(), HirKind::Look(Look::Start)) {
+        start = true;
+        i += 1;
+    }
+    if j > i && matches!(items[j - 1].kind(), HirKind::Look(Look::End)) {
+        end = true;
+        j -= 1;
+    }
+    let optional = |h: &Hir| matches!(h.kind(), HirKind::Repetition(r) if r.min == 0);
+    if !start {
+        while i < j && optional(&items[i]) {
+            i += 1;
+        }
+    }
+    if !end {
+        while j > i && optional(&items[j - 1]) {
+            j -= 1;
+        }
+    }
+    let mut lit = Vec::new();
+    for h in &items[i..j] {
+        match h.kind() {
+            HirKind::Literal(l) => lit.extend_from_slice(&l.0),
+            HirKind::Empty => {}
+            _ => return None,
+        }
+    }
+    let lit = String::from_utf8(lit).ok()?;
+    Some((
+        match (start, end) {
+            (false, false) => StrOp::Contains,
+            (true, false) => StrOp::StartsWith,
+            (false, true) => StrOp::EndsWith,
+            (true, true) => StrOp::Equals,
+        },
+        lit,
+    ))
 }
 
 fn cmp_op(op: &str) -> Option<CmpOp> {
@@ -647,11 +703,11 @@ fn unparse_into(e: &IdedExpr, s: &mut String) {
                     s.push(')');
                 }
                 (None, operators::LOGICAL_NOT, [a]) => {
-                    s.push_str("!");
+                    s.push('!');
                     unparse_into(a, s);
                 }
                 (None, operators::NEGATE, [a]) => {
-                    s.push_str("-");
+                    s.push('-');
                     unparse_into(a, s);
                 }
                 (None, operators::CONDITIONAL, [a, b, c]) => {

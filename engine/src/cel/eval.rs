@@ -73,6 +73,9 @@ pub enum StrOp {
     EndsWith,
     /// `contains`
     Contains,
+    /// Equality that, unlike `==`, fails on non-strings: what
+    /// `matches("^literal$")` becomes.
+    Equals,
 }
 
 /// Type conversions.
@@ -654,6 +657,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
                     StrOp::StartsWith => s.starts_with(t),
                     StrOp::EndsWith => s.ends_with(t),
                     StrOp::Contains => s.contains(t),
+                    StrOp::Equals => s == t,
                 }),
                 _ => V::Err("no matching overload for string function"),
             }

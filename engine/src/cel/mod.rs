@@ -26,6 +26,7 @@
 //! ```
 
 pub mod compile;
+pub mod differential;
 pub mod eval;
 pub mod fallback;
 

@@ -135,3 +135,47 @@ fn parsed_expression_is_printed_fully_parenthesized() {
         r#"(((ev.a == 1) && !(ev.b < 2.5)) || (ev.c in [1u, "x"]))"#
     );
 }
+
+#[test]
+fn literal_patterns_become_string_operations() {
+    use compile::literal_plan;
+    use eval::StrOp::*;
+    let plan = literal_plan;
+    assert_eq!(
+        plan(r".*-prod\.ngrok\.dev"),
+        Some((Contains, "-prod.ngrok.dev".into()))
+    );
+    assert_eq!(
+        plan(r"ngrok-docs-examples\.ngrok\.dev"),
+        Some((Contains, "ngrok-docs-examples.ngrok.dev".into()))
+    );
+    assert_eq!(plan("^/api/"), Some((StartsWith, "/api/".into())));
+    assert_eq!(plan(r"\.dev$"), Some((EndsWith, ".dev".into())));
+    assert_eq!(plan("^get$"), Some((Equals, "get".into())));
+    assert_eq!(plan(".*"), Some((Contains, String::new())));
+    assert_eq!(plan("[a-z]*x.*"), Some((Contains, "x".into())));
+    assert_eq!(plan("^.*x"), None, "anchored .* does not cross newlines");
+    assert_eq!(plan("a|b"), None);
+    assert_eq!(plan("(?i)abc"), None);
+    assert_eq!(plan("(?m)^abc"), None);
+    assert_eq!(plan("a+b"), None);
+    let f = Filter::compile(
+        r#"ev.s.matches(".*-prod\\.ngrok\\.dev")"#,
+        &FilterOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        matches!(&f.plan, Plan::Fast(Ex::Str(Contains, _))),
+        "{:?}",
+        f.plan
+    );
+    // Same answers as the regex, including on non-strings and newlines.
+    for (obj, want) in [
+        (r#"{"s":"a-prod.ngrok.dev"}"#, Verdict::Match),
+        (r#"{"s":"x\n-prod.ngrok.dev"}"#, Verdict::Match),
+        (r#"{"s":"a-prodXngrok.dev"}"#, Verdict::NoMatch),
+        (r#"{"s":5}"#, Verdict::Error),
+    ] {
+        with_object(obj, |o| assert_eq!(f.matches(o), want, "{obj}"));
+    }
+}

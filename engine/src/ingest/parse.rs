@@ -32,11 +32,13 @@ pub enum RejectReason {
     UnknownEventType,
     /// `event_timestamp` is not RFC 3339.
     BadTimestamp,
+    /// An envelope field appears more than once (which one is meant is ambiguous).
+    DuplicateField,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order (for metrics).
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::TooLarge,
         RejectReason::InvalidUtf8,
         RejectReason::BadJson,
@@ -46,6 +48,7 @@ impl RejectReason {
         RejectReason::IllTypedField,
         RejectReason::UnknownEventType,
         RejectReason::BadTimestamp,
+        RejectReason::DuplicateField,
     ];
 
     /// The label used in metrics and the rejects file.
@@ -60,6 +63,7 @@ impl RejectReason {
             RejectReason::IllTypedField => "ill_typed_field",
             RejectReason::UnknownEventType => "unknown_event_type",
             RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::DuplicateField => "duplicate_field",
         }
     }
 
@@ -231,9 +235,15 @@ fn envelope<'t, 'i>(tape: &'t Tape<'i>) -> Result<Envelope<'t, 'i>, Reject> {
             "object" => &mut object,
             _ => continue,
         };
-        if slot.is_none() {
-            *slot = Some(v);
+        if slot.is_some() {
+            // JSON readers disagree on which of two equal keys wins; for the
+            // envelope (whose account is it?) the only safe answer is none.
+            return Err(Reject {
+                reason: RejectReason::DuplicateField,
+                detail: format!("envelope field `{k}` appears more than once"),
+            });
         }
+        *slot = Some(v);
     }
     let string = |v: Option<Json<'t, 'i>>, name: &str| -> Result<&'i str, Reject> {
         let v = v.ok_or_else(|| missing(name))?;

@@ -1,0 +1,254 @@
+//! Micro-benchmarks of the engine core, per event.
+//!
+//! Run: `cargo build --release --workspace && cargo bench -p sluice-bench --bench core`
+//! (the ABI benchmark needs the blackhole plugin next to the bench binary's
+//! directory, which the release build puts in target/release).
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use sluice_bench::traffic::{GenConfig, Generator};
+use sluice_engine::cel::{Filter, FilterOptions};
+use sluice_engine::config::{SourceSpec, compile_source};
+use sluice_engine::encode::{Encoder, Projection};
+use sluice_engine::events::EventTypeId;
+use sluice_engine::ingest::EventParser;
+use sluice_engine::json::Json;
+use sluice_engine::metrics::{DestinationStats, SubscriptionStats};
+use sluice_engine::plugin::{PluginRegistry, RecordRef, SinkInstance, plugin_dirs};
+use sluice_engine::route::{Snapshot, SubscriptionRt};
+use std::hint::black_box;
+use std::sync::Arc;
+
+fn events(target: usize, n: usize) -> Vec<Vec<u8>> {
+    let mut g = Generator::new(GenConfig {
+        target_size: target,
+        audit_share: 0.0,
+        tcp_share: 0.0,
+        prod_share: 0.5,
+        error_share: 0.1,
+        ..GenConfig::default()
+    });
+    (0..n)
+        .map(|_| {
+            let mut v = Vec::new();
+            g.next_event(&mut v);
+            v
+        })
+        .collect()
+}
+
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    for (name, target) in [("650B", 650), ("1200B", 1200)] {
+        let evs = events(target, 256);
+        let avg = evs.iter().map(|e| e.len()).sum::<usize>() / evs.len();
+        group.throughput(Throughput::Elements(1));
+        let mut p = EventParser::new();
+        let mut i = 0;
+        group.bench_function(format!("{name} (avg {avg} bytes)"), |b| {
+            b.iter(|| {
+                i = (i + 1) % evs.len();
+                p.parse(&evs[i], |r| {
+                    black_box(r.map(|e| e.timestamp_ms).unwrap_or(0))
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+const FILTERS: &[(&str, &str)] = &[
+    (
+        "eq_string",
+        r#"ev.conn.server_name == "acme0-prod.ngrok.dev""#,
+    ),
+    ("cmp_int", "ev.http.response.status_code >= 500"),
+    (
+        "regex_and_cmp (docs style)",
+        r#"ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && ev.http.response.status_code >= 500"#,
+    ),
+    (
+        "endswith_and_cmp",
+        r#"ev.conn.server_name.endsWith("-prod.ngrok.dev") && ev.http.response.status_code >= 500"#,
+    ),
+    (
+        "three_clauses",
+        r#"ev.conn.server_port == 443 && ev.http.request.method == "get" && ev.conn.client_ip.startsWith("10.")"#,
+    ),
+    (
+        "in_set",
+        r#"ev.http.request.method in ["post", "put", "patch", "delete"]"#,
+    ),
+    (
+        "header_index",
+        r#"ev.http.request.headers["User-Agent"][0].startsWith("curl/")"#,
+    ),
+    (
+        "interpreter_exists",
+        r#"ev.http.request.headers.exists(k, k == "X-Request-Id")"#,
+    ),
+];
+
+fn filter(c: &mut Criterion) {
+    let evs = events(1200, 256);
+    // Parse once; keep the tapes.
+    let mut bufs: Vec<Vec<u8>> = evs.clone();
+    let tapes: Vec<simd_json::Tape<'_>> = bufs
+        .iter_mut()
+        .map(|b| simd_json::to_tape(b).unwrap())
+        .collect();
+    let objects: Vec<Json<'_, '_>> = tapes
+        .iter()
+        .map(|t| Json::root(&t.0).unwrap().get("object").unwrap())
+        .collect();
+    let mut group = c.benchmark_group("filter");
+    group.throughput(Throughput::Elements(1));
+    let opts = FilterOptions {
+        event_type: EventTypeId::from_name("http_request_complete.v0"),
+        strict_ngrok: false,
+    };
+    for (name, src) in FILTERS {
+        let f = Filter::compile(src, &opts).unwrap();
+        let mut i = 0;
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                i = (i + 1) % objects.len();
+                black_box(f.matches(objects[i]))
+            })
+        });
+    }
+    // The naive way, for scale: convert the whole object to CEL values and interpret.
+    let program = cel::Program::compile(FILTERS[2].1).unwrap();
+    let mut i = 0;
+    group.bench_function(
+        "naive: convert object + cel interpreter (regex_and_cmp)",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % objects.len();
+                black_box(
+                    sluice_engine::cel::fallback::eval_reference(&program, objects[i]).is_ok(),
+                )
+            })
+        },
+    );
+    group.finish();
+}
+
+fn route(c: &mut Criterion) {
+    let mut subs = Vec::new();
+    let src = Arc::new(
+        compile_source(
+            &SourceSpec {
+                event_type: "http_request_complete.v0".into(),
+                filter: None,
+                fields: None,
+            },
+            false,
+        )
+        .unwrap(),
+    );
+    for a in 0..1000 {
+        for s in 0..10 {
+            subs.push((
+                SubscriptionRt {
+                    id: format!("esb_{a}_{s}").into(),
+                    account_id: format!("ac_{a:027}").into(),
+                    destinations: Box::new([]),
+                    stats: Arc::new(SubscriptionStats::default()),
+                },
+                vec![src.clone()],
+            ));
+        }
+    }
+    let snap = Snapshot::new(1, subs, vec![]);
+    let t = EventTypeId::from_name("http_request_complete.v0").unwrap();
+    let keys: Vec<String> = (0..4096)
+        .map(|i| format!("ac_{:027}", (i * 7919) % 1500))
+        .collect();
+    let mut group = c.benchmark_group("route");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    group.bench_function("lookup, 10k subscriptions over 1k accounts", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(snap.routes(&keys[i], t).len())
+        })
+    });
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let evs = events(1200, 256);
+    let mut p = EventParser::new();
+    let mut enc = Encoder::default();
+    let proj = Projection::new(&[
+        "conn.client_ip",
+        "conn.server_name",
+        "http.request.method",
+        "http.request.url.path",
+        "http.response.status_code",
+    ]);
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    group.bench_function("envelope, whole object (parse included)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            p.parse(&evs[i], |r| black_box(enc.encode(&r.unwrap(), None)))
+        })
+    });
+    group.bench_function("envelope, 5 projected fields (parse included)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            p.parse(&evs[i], |r| black_box(enc.encode(&r.unwrap(), Some(&proj))))
+        })
+    });
+    group.bench_function("parse only, for subtraction", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            p.parse(&evs[i], |r| black_box(r.is_ok()))
+        })
+    });
+    group.finish();
+}
+
+fn abi(c: &mut Criterion) {
+    let reg = PluginRegistry::discover(&plugin_dirs(&[]));
+    let Ok(lib) = reg.get("blackhole") else {
+        eprintln!("abi: blackhole plugin not found; build the workspace in release first");
+        return;
+    };
+    let sink =
+        SinkInstance::create(lib, "ed_bench", "{}", Arc::new(DestinationStats::default())).unwrap();
+    let evs = events(650, 500);
+    let mut group = c.benchmark_group("abi");
+    group.throughput(Throughput::Elements(500));
+    group.bench_function("blackhole send, batch of 500 records", |b| {
+        b.iter_batched(
+            || {
+                evs.iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.as_slice(), i))
+                    .collect::<Vec<_>>()
+            },
+            |recs| {
+                let refs: Vec<RecordRef<'_>> = recs
+                    .iter()
+                    .map(|(d, _)| RecordRef {
+                        data: d,
+                        account_id: "ac_1",
+                        event_id: "ev_1",
+                        event_type: "http_request_complete.v0",
+                        subscription_id: "esb_1",
+                        timestamp_ms: 0,
+                    })
+                    .collect();
+                black_box(sink.send(&refs).outcomes.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, filter, route, encode, abi);
+criterion_main!(benches);

@@ -1,0 +1,404 @@
+//! The `sluice` command end to end: real process, real plugins, real files.
+
+use sluice_e2e::*;
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const HTTP: &str = "http_request_complete.v0";
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("sluice.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const CONFIG: &str = r#"
+[[destination]]
+id = "ed_file1"
+kind = "file"
+config = { path = "out/web5xx.ndjson" }
+delivery = { linger_ms = 50 }
+
+[[subscription]]
+id = "esb_web5xx"
+account_id = "ac_123"
+destination_ids = ["ed_file1"]
+
+  [[subscription.source]]
+  type = "http_request_complete.v0"
+  filter = 'ev.http.response.status_code >= 500'
+  fields = ["conn.client_ip", "http.response.status_code"]
+"#;
+
+#[test]
+fn run_filters_projects_rejects_and_summarizes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG);
+    let mut input = String::new();
+    for (i, status) in [200, 503, 500, 404].iter().enumerate() {
+        input.push_str(&event(
+            &format!("ev_{i}"),
+            "ac_123",
+            HTTP,
+            &format!(r#"{{"conn":{{"client_ip":"10.0.0.{i}","server_name":"x"}},"http":{{"response":{{"status_code":{status}}}}}}}"#),
+        ));
+        input.push('\n');
+    }
+    input.push_str("{not json\n\n");
+    input.push_str(&event(
+        "ev_other",
+        "ac_999",
+        HTTP,
+        r#"{"http":{"response":{"status_code":500}}}"#,
+    ));
+    input.push('\n');
+    std::fs::write(dir.path().join("in.ndjson"), &input).unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            "sluice.toml",
+            "--input",
+            "in.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+        ],
+    );
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("6 events in")
+            && err.contains("2 matched, 2 delivered, 1 rejected (bad_json: 1)"),
+        "{err}"
+    );
+    assert!(err.contains("1 unrouted"), "{err}");
+    let recs = read_ndjson(&dir.path().join("out/web5xx.ndjson"));
+    let ids: Vec<&str> = recs
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ev_1", "ev_2"]);
+    assert_eq!(
+        recs[0]["object"],
+        serde_json::json!({"conn":{"client_ip":"10.0.0.1"},"http":{"response":{"status_code":503}}})
+    );
+    let rejects = read_ndjson(&dir.path().join("rejects.ndjson"));
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0]["reason"], "bad_json");
+    assert_eq!(rejects[0]["event"], "{not json");
+}
+
+#[test]
+fn run_reads_stdin_and_serves_metrics_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG);
+    let child = cmd(dir.path())
+        .args([
+            "run",
+            "--config",
+            "sluice.toml",
+            "--input",
+            "-",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut stdin = child.0.stdin.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
+    // The first stderr line names the metrics address.
+    let mut first = Vec::new();
+    let mut b = [0u8; 1];
+    while stderr.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        first.push(b[0]);
+    }
+    let first = String::from_utf8(first).unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    for i in 0..10 {
+        writeln!(
+            stdin,
+            "{}",
+            event(
+                &format!("ev_{i}"),
+                "ac_123",
+                HTTP,
+                r#"{"http":{"response":{"status_code":502}}}"#
+            )
+        )
+        .unwrap();
+    }
+    stdin.flush().unwrap();
+    // Scrape until the counters show the events (they are live, the run is not over).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        if resp.contains("sluice_destination_delivered_total{destination=\"ed_file1\"} 10")
+            || Instant::now() > deadline
+        {
+            break resp;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("sluice_events_in_total 10"), "{body}");
+    assert!(
+        body.contains("sluice_subscription_matched_total{subscription=\"esb_web5xx\"} 10"),
+        "{body}"
+    );
+    assert!(
+        body.contains("sluice_destination_delivered_total{destination=\"ed_file1\"} 10"),
+        "{body}"
+    );
+    drop(stdin);
+    let status = child.0.wait().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("10 events in"), "{rest}");
+}
+
+#[test]
+fn config_errors_name_the_file_the_item_and_the_problem() {
+    let cases = [
+        (
+            CONFIG.replace("http_request_complete.v0", "http_request_completed.v0"),
+            "sluice.toml: subscription \"esb_web5xx\", source \"http_request_completed.v0\": unknown event type `http_request_completed.v0` (did you mean `http_request_complete.v0`?)",
+        ),
+        (
+            CONFIG.replace(">= 500", ">= 500 &&"),
+            "filter does not compile at 1:",
+        ),
+        (
+            CONFIG.replace("\"conn.client_ip\"", "\"conn.client\""),
+            "unknown field `conn.client` in `fields`",
+        ),
+        (
+            CONFIG.replace(
+                "destination_ids = [\"ed_file1\"]",
+                "destination_ids = [\"ed_nope\"]",
+            ),
+            "subscription \"esb_web5xx\": unknown destination \"ed_nope\"",
+        ),
+        (
+            CONFIG.replace(
+                "type = \"http_request_complete.v0\"",
+                "type = \"ip_policy_created.v0\"",
+            ),
+            "ip_policy_created.v0 is an audit type: it may not have a filter",
+        ),
+        (
+            CONFIG.replace("kind = \"file\"", "kind = \"fil\""),
+            "destination \"ed_file1\": no plugin for destination kind `fil`",
+        ),
+        (
+            CONFIG.replace(
+                "config = { path = \"out/web5xx.ndjson\" }",
+                "config = { paht = \"x\" }",
+            ),
+            "destination \"ed_file1\": plugin `file` refused the configuration",
+        ),
+    ];
+    for (config, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        write_config(dir.path(), &config);
+        std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
+        let out = run(
+            dir.path(),
+            &["run", "--config", "sluice.toml", "--input", "in.ndjson"],
+        );
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("sluice.toml") && err.contains(want),
+            "want {want:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn check_shows_the_parsed_filter_or_a_caret_under_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "check",
+            "--filter",
+            r#"ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && ev.http.response.status_code >= 500"#,
+            "--type",
+            HTTP,
+        ],
+    );
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{e}");
+    assert!(o.contains(r#"parsed:  (ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && (ev.http.response.status_code >= 500))"#), "{o}");
+    assert!(o.contains("runs on: the fast path"), "{o}");
+    assert!(
+        o.contains("reads:   ev.conn.server_name, ev.http.response.status_code"),
+        "{o}"
+    );
+
+    let out = run(
+        dir.path(),
+        &[
+            "check",
+            "--filter",
+            "ev.conn.server_port == 443 &&",
+            "--type",
+            HTTP,
+        ],
+    );
+    let (_, e) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(e.contains("  | ev.conn.server_port == 443 &&\n  |"), "{e}");
+    assert!(e.lines().any(|l| l.trim_end().ends_with('^')), "{e}");
+
+    let out = run(
+        dir.path(),
+        &[
+            "check",
+            "--filter",
+            "ev.conn.server_nme == 'x'",
+            "--type",
+            HTTP,
+        ],
+    );
+    let (_, e) = text(&out);
+    assert!(
+        e.contains("did you mean `conn.server_name`")
+            && e.contains("  | ev.conn.server_nme == 'x'\n  | ^"),
+        "{e}"
+    );
+
+    let out = run(
+        dir.path(),
+        &[
+            "check",
+            "--filter",
+            "ev.http.response.status_code >= 500",
+            "--strict",
+            "--type",
+            HTTP,
+        ],
+    );
+    assert!(text(&out).1.contains("strict_ngrok_filters"));
+
+    let ev = event(
+        "ev_1",
+        "ac_1",
+        HTTP,
+        r#"{"http":{"response":{"status_code":503}}}"#,
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "check",
+            "--filter",
+            "ev.http.response.status_code >= 500",
+            "--event",
+            &ev,
+        ],
+    );
+    let (o, _) = text(&out);
+    assert!(
+        o.contains("value:   Bool(true)") && o.contains("verdict: match"),
+        "{o}"
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "check",
+            "--filter",
+            "ev.tls.version == '1.3'",
+            "--event",
+            &ev,
+        ],
+    );
+    assert!(text(&out).0.contains("verdict: error"));
+}
+
+#[test]
+fn check_config_and_list_types() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG);
+    let out = run(dir.path(), &["check", "--config", "sluice.toml"]);
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{e}");
+    assert!(o.contains("ok: 1 destinations, 1 subscriptions, 1 sources, 1 filters (1 on the fast path, 0 in the interpreter)"), "{o}");
+    let out = run(dir.path(), &["check", "--list-types"]);
+    let (o, _) = text(&out);
+    assert_eq!(o.lines().filter(|l| !l.starts_with(' ')).count(), 55);
+    assert!(o.contains("conn.server_port") && o.contains("[ngrok filterable]"));
+}
+
+#[test]
+fn gen_is_deterministic_and_demo_runs_the_whole_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = run(dir.path(), &["gen", "--events", "500", "--seed", "9"]);
+    let b = run(dir.path(), &["gen", "--events", "500", "--seed", "9"]);
+    assert!(a.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(a.stdout.iter().filter(|c| **c == b'\n').count(), 500);
+
+    let out = run(dir.path(), &["demo", "--events", "30000", "--quiet"]);
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{e}");
+    assert!(
+        o.contains("esb_prod_errors") && o.contains("events/s"),
+        "{o}"
+    );
+    let demo = dir.path().join("sluice-demo");
+    let prod = read_ndjson(&demo.join("prod-errors.ndjson"));
+    assert!(!prod.is_empty());
+    for r in &prod {
+        assert!(
+            r["object"]["conn"]["server_name"]
+                .as_str()
+                .unwrap()
+                .ends_with("-prod.ngrok.dev")
+        );
+        assert!(
+            r["object"]["http"]["response"]["status_code"]
+                .as_i64()
+                .unwrap()
+                >= 500
+        );
+    }
+    assert!(!read_ndjson(&demo.join("audit.ndjson")).is_empty());
+    // The demo leaves a configuration and sample input that `sluice run` accepts.
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            "sluice-demo/sluice.toml",
+            "--input",
+            "sluice-demo/sample-events.ndjson",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[test]
+fn plugin_list_shows_the_built_in_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["plugin", "list"]);
+    let (o, _) = text(&out);
+    assert!(out.status.success());
+    for kind in ["file", "blackhole"] {
+        assert!(o.lines().any(|l| l.starts_with(kind)), "{o}");
+    }
+}
