@@ -16,7 +16,7 @@ pub fn sluice() -> PathBuf {
     let p = target_dir().join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
     assert!(
         p.exists(),
-        "{} is not built: run `cargo build --workspace` or `cargo test --workspace`",
+        "{} is not built: run `cargo build --workspace` first",
         p.display()
     );
     p

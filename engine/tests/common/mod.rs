@@ -10,7 +10,7 @@ pub fn plugins() -> PluginRegistry {
     for kind in ["file", "blackhole", "faulty"] {
         assert!(
             reg.get(kind).is_ok(),
-            "the `{kind}` plugin is not built: run `cargo build --workspace` (or `cargo test --workspace`) first; loaded: {:?}",
+            "the `{kind}` plugin is not built: run `cargo build --workspace` first; loaded: {:?}",
             reg.kinds()
         );
     }
