@@ -71,9 +71,9 @@ fn leaf() -> impl Strategy<Value = String> {
             "ev.neg",
             "ev.missing",
             "ev.conn.missing",
+            // Maps with one key only as bare values: the cel crate iterates
+            // maps in hash order, so `list + map` has no defined order otherwise.
             "ev.http.request.headers",
-            "ev",
-            "ev.conn",
         ])
         .prop_map(str::to_string),
         // Literals.
@@ -347,10 +347,17 @@ fn fast_path_and_interpreter_agree_on_generated_expressions() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
+    // A fixed seed keeps CI reproducible; SLUICE_DIFF_SEED explores others
+    // (and the fuzz target explores without end).
+    let seed: u64 = std::env::var("SLUICE_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5_1CE);
     let config = Config {
         cases,
         failure_persistence: None,
         rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         ..Config::default()
     };
     // Untyped expressions explore odd corners (errors, mixed types); typed
@@ -406,6 +413,8 @@ fn regression_cases() {
         "int(ev.f)",
         "ev.s + ev.s",
         "ev.l[2.0]",
+        "size(ev.l + ev.http.request.headers)",
+        "(ev.l + ev.m)[3] == 'k'",
     ] {
         if let Err(e) = run(expr, &evs) {
             panic!("{e}");

@@ -683,3 +683,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_file_sink_rotates_by_size_and_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rot/out.ndjson");
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_rot".into(),
+            kind: "file".into(),
+            config: serde_json::json!({ "path": out, "max_bytes": 4000 }),
+            delivery: delivery(),
+        }],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_rot"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 500);
+    engine.shutdown();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("rot"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() > 5, "rotated into several files: {files:?}");
+    let mut ids = std::collections::HashSet::new();
+    for f in &files {
+        let len = std::fs::metadata(f).unwrap().len();
+        assert!(len <= 4000, "{} is {len} bytes", f.display());
+        for v in read_ndjson(f) {
+            assert!(ids.insert(v["event_id"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(ids.len(), 500);
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with("out.ndjson.1"))
+    );
+}

@@ -376,6 +376,16 @@ fn arith<'a>(op: ArithOp, a: V<'a>, b: V<'a>) -> V<'a> {
                 out.extend(ib);
                 return V::List(out);
             }
+            // A list plus a map appends the map's keys (as the cel crate
+            // does; it iterates its hash map, we keep document order).
+            if let (Some((la, ia)), V::Json(m)) = (list_iter(&a), &b)
+                && m.kind() == Kind::Object
+            {
+                let mut out = Vec::with_capacity(la + m.len());
+                out.extend(ia);
+                out.extend(unique_entries(*m).map(|(k, _)| V::Str(k)));
+                return V::List(out);
+            }
             V::Err("no matching overload for +")
         }
         _ => V::Err("no matching overload for arithmetic"),
