@@ -402,3 +402,88 @@ fn plugin_list_shows_the_built_in_plugins() {
         assert!(o.lines().any(|l| l.starts_with(kind)), "{o}");
     }
 }
+
+#[test]
+fn bench_runs_a_scenario_records_plots_and_compares() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = r#"
+name = "tiny"
+description = "a tiny scenario for the test"
+[generator]
+events = 20000
+accounts = 3
+size = 650
+prod_share = 0.5
+error_share = 0.1
+[run]
+repeat = 2
+baseline_events = 2000
+[[destination]]
+id = "ed_bh"
+kind = "blackhole"
+delivery = { linger_ms = 5 }
+[[subscriptions]]
+destination_ids = ["ed_bh"]
+  [[subscriptions.source]]
+  type = "http_request_complete.v0"
+  filter = 'ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && ev.http.response.status_code >= 500'
+"#;
+    std::fs::write(dir.path().join("tiny.toml"), scenario).unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "bench",
+            "tiny.toml",
+            "--quiet",
+            "--baseline",
+            "--json",
+            "a.json",
+            "--plot",
+            "a.svg",
+            "--data-dir",
+            "data",
+        ],
+    );
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{o}\n{e}");
+    for want in [
+        "throughput:",
+        "latency ingest -> sink ack: p50",
+        "CPU: ",
+        "worker time by stage",
+        "peak RSS",
+        "allocations per event",
+        "Sluice is",
+    ] {
+        assert!(o.contains(want), "{want} missing in:\n{o}");
+    }
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a.json")).unwrap()).unwrap();
+    assert_eq!(rec["scenario"], "tiny");
+    assert_eq!(rec["runs"].as_array().unwrap().len(), 2);
+    let run0 = &rec["runs"][0];
+    assert_eq!(run0["events"], 20000);
+    assert!(run0["delivered"].as_u64().unwrap() > 0);
+    assert_eq!(run0["delivered"], run0["matched"]);
+    assert!(run0["latency_us"]["count"].as_u64().unwrap() == run0["delivered"].as_u64().unwrap());
+    assert!(
+        run0["allocs_per_event"].as_f64().is_some(),
+        "the counting allocator is installed"
+    );
+    assert!(rec["baseline"]["ratio"].as_f64().unwrap() > 1.0);
+    assert!(
+        std::fs::read_to_string(dir.path().join("a.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+    // The same scenario against itself is within the noise; a doctored record is a regression.
+    let out = run(dir.path(), &["bench", "--compare", "a.json", "a.json"]);
+    assert!(out.status.success(), "{}", text(&out).0);
+    let mut worse = rec.clone();
+    let eps = worse["summary"]["events_per_s"]["median"].as_f64().unwrap();
+    worse["summary"]["events_per_s"]["median"] = serde_json::json!(eps / 3.0);
+    std::fs::write(dir.path().join("b.json"), worse.to_string()).unwrap();
+    let out = run(dir.path(), &["bench", "--compare", "a.json", "b.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).0.contains("REGRESSION"));
+}

@@ -1,8 +1,18 @@
 //! # sluice-bench
 //!
 //! The traffic generator behind `sluice gen` and `sluice demo`, and the
-//! benchmark and load-test harness behind `sluice bench`.
+//! benchmark and load-test harness behind `sluice bench`: scenario files,
+//! in-process runs with throughput, latency, CPU, memory and allocation
+//! figures, the naive baseline, JSON records with a regression guard, and
+//! SVG plots.
 
 #![warn(missing_docs)]
 
+pub mod alloc;
+pub mod baseline;
+pub mod harness;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+pub mod sysinfo;
 pub mod traffic;

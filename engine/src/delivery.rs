@@ -573,6 +573,13 @@ impl Task {
                 }
             }
         }
+        if !ok.is_empty() {
+            let mut h = self.stats.latency.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &ok {
+                let us = now.saturating_duration_since(p.first).as_micros().max(1) as u64;
+                h.saturating_record(us);
+            }
+        }
         self.release(&ok);
         self.stats.delivered.fetch_add(delivered, Relaxed);
         self.stats

@@ -21,8 +21,18 @@ pub struct SubscriptionStats {
     pub filter_errors: AtomicU64,
 }
 
+/// Latency from ingest (the batch's receive time) to the sink's ack, in
+/// microseconds, 1 µs to 1 hour at 3 significant digits.
+pub type LatencyHistogram = hdrhistogram::Histogram<u64>;
+
+/// A new, empty latency histogram.
+pub fn latency_histogram() -> LatencyHistogram {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("constant bounds that hdrhistogram accepts")
+}
+
 /// Counters of one destination.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DestinationStats {
     /// Records the sink reported delivered.
     pub delivered: AtomicU64,
@@ -48,6 +58,28 @@ pub struct DestinationStats {
     pub dead_lettered: Mutex<BTreeMap<String, u64>>,
     /// Counters and gauges the plugin reports through the host callbacks.
     pub plugin: Mutex<BTreeMap<String, PluginValue>>,
+    /// Ingest-to-ack latency of delivered records.
+    pub latency: Mutex<LatencyHistogram>,
+}
+
+impl Default for DestinationStats {
+    fn default() -> Self {
+        DestinationStats {
+            delivered: AtomicU64::new(0),
+            delivered_bytes: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            unhealthy: AtomicU64::new(0),
+            dead_lettered: Mutex::new(BTreeMap::new()),
+            plugin: Mutex::new(BTreeMap::new()),
+            latency: Mutex::new(latency_histogram()),
+        }
+    }
 }
 
 /// A value a plugin reported.
@@ -93,11 +125,38 @@ pub struct Metrics {
     pub reconfigurations: AtomicU64,
     /// Input batches processed by workers.
     pub batches_processed: AtomicU64,
+    /// Sampled time spent per stage (with `EngineConfig::stage_sampling`).
+    pub stages: StageTimes,
     subscriptions: Mutex<BTreeMap<String, Arc<SubscriptionStats>>>,
     destinations: Mutex<BTreeMap<String, Arc<DestinationStats>>>,
 }
 
+/// Time spent in each worker stage, sampled on one event in 64.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    /// Sampled events.
+    pub samples: AtomicU64,
+    /// Nanoseconds parsing (simd-json and envelope checks).
+    pub parse_ns: AtomicU64,
+    /// Nanoseconds looking up routes.
+    pub route_ns: AtomicU64,
+    /// Nanoseconds evaluating filters.
+    pub filter_ns: AtomicU64,
+    /// Nanoseconds encoding records.
+    pub encode_ns: AtomicU64,
+}
+
 impl Metrics {
+    /// The ingest-to-ack latency of every destination, merged.
+    pub fn latency(&self) -> LatencyHistogram {
+        let mut all = latency_histogram();
+        for (_, d) in self.destination_stats() {
+            let h = d.latency.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = all.add(&*h);
+        }
+        all
+    }
+
     /// The counters of subscription `id` (created on first use).
     pub fn subscription(&self, id: &str) -> Arc<SubscriptionStats> {
         let mut m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,6 +388,27 @@ impl Metrics {
                     esc(reason)
                 );
             }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP sluice_destination_latency_seconds Ingest-to-ack latency of delivered records.\n# TYPE sluice_destination_latency_seconds summary"
+        );
+        for (id, d) in &dests {
+            let h = d.latency.lock().unwrap_or_else(|p| p.into_inner());
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let _ = writeln!(
+                    s,
+                    "sluice_destination_latency_seconds{{destination=\"{}\",quantile=\"{q}\"}} {}",
+                    esc(id),
+                    h.value_at_quantile(q) as f64 / 1e6
+                );
+            }
+            let _ = writeln!(
+                s,
+                "sluice_destination_latency_seconds_count{{destination=\"{}\"}} {}",
+                esc(id),
+                h.len()
+            );
         }
         for (id, d) in &dests {
             let m = d.plugin.lock().unwrap_or_else(|p| p.into_inner());

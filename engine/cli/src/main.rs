@@ -1,11 +1,16 @@
 //! `sluice`: thin glue from the command line to the engine and harness libraries.
 
+mod bench;
 mod check;
 mod demo;
 mod metrics_http;
 mod run;
 
 use clap::{Parser, Subcommand};
+
+/// Counts allocations while `sluice bench` measures a run (off otherwise).
+#[global_allocator]
+static ALLOCATOR: sluice_bench::alloc::CountingAllocator = sluice_bench::alloc::CountingAllocator;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,6 +34,8 @@ enum Command {
     /// Inspect sink plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run a benchmark scenario and report throughput, latency, CPU, memory.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +64,9 @@ struct GenArgs {
     /// Share of HTTP responses that are 5xx.
     #[arg(long, default_value_t = 0.03)]
     error_share: f64,
+    /// Emit at this many events per second (open loop, paced every 10 ms); 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Output file, or - for stdout.
     #[arg(long, default_value = "-")]
     out: String,
@@ -83,6 +93,7 @@ fn init_tracing() {
 
 fn generate(a: GenArgs) -> Result<(), String> {
     use sluice_bench::traffic::{GenConfig, Generator};
+    use std::io::Write as _;
     let mut g = Generator::new(GenConfig {
         seed: a.seed,
         accounts: a.accounts,
@@ -93,15 +104,27 @@ fn generate(a: GenArgs) -> Result<(), String> {
         error_share: a.error_share,
         ..GenConfig::default()
     });
-    let result = if a.out == "-" {
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        g.write_ndjson(a.events, &mut lock)
+    let mut out: Box<dyn std::io::Write> = if a.out == "-" {
+        Box::new(std::io::stdout().lock())
     } else {
         let f = std::fs::File::create(&a.out).map_err(|e| format!("{}: {e}", a.out))?;
-        let mut w = std::io::BufWriter::new(f);
-        g.write_ndjson(a.events, &mut w)
-            .and_then(|_| std::io::Write::flush(&mut w))
+        Box::new(std::io::BufWriter::new(f))
+    };
+    let result = if a.rate == 0 {
+        g.write_ndjson(a.events, &mut out).and_then(|_| out.flush())
+    } else {
+        // Open loop: every 10 ms, whatever is due by then, flushed at once.
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        let mut r = Ok(());
+        while sent < a.events && r.is_ok() {
+            let due = ((start.elapsed().as_secs_f64() + 0.01) * a.rate as f64) as u64;
+            let n = due.min(a.events).saturating_sub(sent);
+            r = g.write_ndjson(n, &mut out).and_then(|_| out.flush());
+            sent += n;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        r
     };
     match result {
         Ok(()) => Ok(()),
@@ -157,6 +180,7 @@ fn plugin_list(dir: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    sluice_bench::alloc::mark_installed();
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -167,6 +191,7 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::List { plugin_dir }) => {
             plugin_list(plugin_dir).map(|_| ExitCode::SUCCESS)
         }
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,342 @@
+//! Running a scenario through the engine in this process and measuring it.
+//!
+//! Input is pre-generated NDJSON (see [`crate::scenario::data_path`]) streamed
+//! from the file in 1 MiB chunks, so the harness holds little in memory and
+//! peak RSS is the engine's. Closed loop publishes as fast as the engine takes
+//! events; open loop (`rate > 0`) publishes slices of events at their
+//! scheduled times and stamps them with that time, so that latency counts any
+//! delay of the harness itself (no coordinated omission).
+
+use crate::scenario::Scenario;
+use crate::sysinfo;
+use crate::traffic::Generator;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sluice_engine::ingest::{Chunk, NdjsonReader};
+use sluice_engine::plugin::PluginRegistry;
+use sluice_engine::{Engine, EngineConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Plugin directories.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Override the scenario's offered rate.
+    pub rate: Option<u64>,
+    /// Override the scenario's worker count.
+    pub workers: Option<usize>,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th.
+    pub p99: u64,
+    /// 99.9th.
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+    /// Records measured.
+    pub count: u64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    /// Events published.
+    pub events: u64,
+    /// Bytes of those events.
+    pub bytes_in: u64,
+    /// From the first publish to the last record delivered.
+    pub elapsed_s: f64,
+    /// Events per second.
+    pub events_per_s: f64,
+    /// Input megabytes (10^6) per second.
+    pub mb_in_per_s: f64,
+    /// Delivered megabytes per second.
+    pub mb_out_per_s: f64,
+    /// Offered rate (0: as fast as possible).
+    pub offered_rate: u64,
+    /// Records matched.
+    pub matched: u64,
+    /// Records delivered.
+    pub delivered: u64,
+    /// Bytes delivered.
+    pub delivered_bytes: u64,
+    /// Events rejected.
+    pub rejected: u64,
+    /// Filter errors.
+    pub filter_errors: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Ingest-to-ack latency.
+    pub latency_us: Latency,
+    /// (percentile, microseconds) pairs, for plots.
+    pub latency_curve: Vec<(f64, u64)>,
+    /// (seconds since start, events/s over the last interval), for plots.
+    pub timeline: Vec<(f64, f64)>,
+    /// Peak resident memory during the run.
+    pub peak_rss_mib: Option<f64>,
+    /// Heap allocations per event (the whole process).
+    pub allocs_per_event: Option<f64>,
+    /// CPU seconds by role.
+    pub cpu_s: BTreeMap<String, f64>,
+    /// Share of the worker time per stage (sampled one event in 64).
+    pub stage_share: BTreeMap<String, f64>,
+}
+
+fn percentiles(h: &sluice_engine::metrics::LatencyHistogram) -> (Latency, Vec<(f64, u64)>) {
+    if h.is_empty() {
+        return (Latency::default(), vec![]);
+    }
+    let l = Latency {
+        p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        count: h.len(),
+    };
+    let curve = [
+        0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+    ]
+    .iter()
+    .map(|p| (*p, h.value_at_percentile(*p)))
+    .collect();
+    (l, curve)
+}
+
+/// Splits a buffer of whole lines into slices of `n` lines (zero-copy).
+fn slices(b: bytes::Bytes, n: usize) -> Vec<bytes::Bytes> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut count = 0;
+    for nl in memchr::memchr_iter(b'\n', &b) {
+        count += 1;
+        if count == n {
+            out.push(b.slice(start..nl + 1));
+            start = nl + 1;
+            count = 0;
+        }
+    }
+    if start < b.len() {
+        out.push(b.slice(start..));
+    }
+    out
+}
+
+/// Runs the scenario once, in process, on the input in `data`.
+pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunResult, String> {
+    let accounts = Generator::new(s.generator.gen_config()).account_ids();
+    let spec = s.pipeline(&accounts)?;
+    let plugins = PluginRegistry::discover(&o.plugin_dirs);
+    let dead =
+        std::env::temp_dir().join(format!("sluice-bench-dead-letter-{}", std::process::id()));
+    let cfg = EngineConfig {
+        workers: o.workers.unwrap_or(s.run.workers),
+        stage_sampling: true,
+        dead_letter_dir: dead.clone(),
+        drain_timeout: Duration::from_secs(120),
+        ..EngineConfig::default()
+    };
+    let bytes_total = std::fs::metadata(data)
+        .map_err(|e| format!("{}: {e}", data.display()))?
+        .len();
+    sysinfo::reset_peak_rss();
+    let engine = Engine::start(cfg, plugins, &spec).map_err(|e| e.to_string())?;
+    let metrics = engine.metrics().clone();
+    let rate = o.rate.unwrap_or(s.run.rate);
+
+    let bar = if o.progress {
+        ProgressBar::new(s.generator.events)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  {spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let timeline = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = sysinfo::thread_cpu();
+    let a0 = crate::alloc::start();
+    let t0 = Instant::now();
+    let sampler = {
+        let (timeline, stop, metrics, bar) =
+            (timeline.clone(), stop.clone(), metrics.clone(), bar.clone());
+        std::thread::Builder::new()
+            .name("sluice-bench-sampler".into())
+            .spawn(move || {
+                let mut last = (0.0f64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let t = t0.elapsed().as_secs_f64();
+                    let n = metrics.events_in.load(Relaxed);
+                    bar.set_position(n);
+                    if t > last.0 {
+                        timeline
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((t, (n - last.1) as f64 / (t - last.0)));
+                    }
+                    last = (t, n);
+                }
+            })
+            .map_err(|e| e.to_string())?
+    };
+
+    let file = std::fs::File::open(data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let mut published: u64 = 0;
+    let step = if rate == 0 {
+        0
+    } else {
+        (rate / 1000).max(1) as usize
+    };
+    for chunk in NdjsonReader::new(file, 1 << 20) {
+        match chunk.map_err(|e| format!("reading {}: {e}", data.display()))? {
+            Chunk::Lines(b) if rate == 0 => published += engine.publish_ndjson(b) as u64,
+            Chunk::Lines(b) => {
+                for piece in slices(b, step) {
+                    let due = t0 + Duration::from_secs_f64(published as f64 / rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    published += engine.publish_ndjson_at(piece, due) as u64;
+                }
+            }
+            Chunk::Oversized { len, prefix } => engine.reject_oversized(len, prefix),
+        }
+    }
+    engine.barrier();
+    // Wait for delivery to finish what it holds.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let busy = metrics
+            .destination_stats()
+            .iter()
+            .any(|(_, d)| d.queued.load(Relaxed) > 0 || d.in_flight.load(Relaxed) > 0);
+        if !busy || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    let a1 = crate::alloc::stop();
+    let cpu1 = sysinfo::thread_cpu();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    bar.finish_and_clear();
+
+    let mut cpu_s: BTreeMap<String, f64> = BTreeMap::new();
+    for (tid, (name, secs)) in &cpu1 {
+        let before = cpu0.get(tid).map_or(0.0, |(_, s)| *s);
+        *cpu_s.entry(sysinfo::role(name).to_string()).or_default() += (secs - before).max(0.0);
+    }
+    let st = &metrics.stages;
+    let parts = [
+        ("parse", st.parse_ns.load(Relaxed)),
+        ("route", st.route_ns.load(Relaxed)),
+        ("filter", st.filter_ns.load(Relaxed)),
+        ("encode", st.encode_ns.load(Relaxed)),
+    ];
+    let total_ns: u64 = parts.iter().map(|p| p.1).sum();
+    let stage_share = parts
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                if total_ns == 0 {
+                    0.0
+                } else {
+                    *v as f64 / total_ns as f64
+                },
+            )
+        })
+        .collect();
+    let (latency_us, latency_curve) = percentiles(&metrics.latency());
+    let summary = engine.summary();
+    let delivered_bytes: u64 = metrics
+        .destination_stats()
+        .iter()
+        .map(|(_, d)| d.delivered_bytes.load(Relaxed))
+        .sum();
+    let peak = sysinfo::peak_rss_bytes();
+    let _ = engine.shutdown();
+    let _ = std::fs::remove_dir_all(&dead);
+    let events = summary.events_in;
+    Ok(RunResult {
+        events,
+        bytes_in: bytes_total,
+        elapsed_s: elapsed,
+        events_per_s: events as f64 / elapsed,
+        mb_in_per_s: bytes_total as f64 / 1e6 / elapsed,
+        mb_out_per_s: delivered_bytes as f64 / 1e6 / elapsed,
+        offered_rate: rate,
+        matched: summary.matched,
+        delivered: summary.delivered,
+        delivered_bytes,
+        rejected: summary.rejected,
+        filter_errors: summary.filter_errors,
+        dead_lettered: summary.dead_lettered,
+        latency_us,
+        latency_curve,
+        timeline: std::mem::take(&mut *timeline.lock().unwrap_or_else(|p| p.into_inner())),
+        peak_rss_mib: peak.map(|b| b as f64 / (1 << 20) as f64),
+        allocs_per_event: match (a0, a1) {
+            (Some(a), Some(b)) if events > 0 => Some((b - a) as f64 / events as f64),
+            _ => None,
+        },
+        cpu_s,
+        stage_share,
+    })
+}
+
+/// Generates the scenario's input into `path` unless it is already there.
+pub fn ensure_data(s: &Scenario, path: &Path, progress: bool) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("partial");
+    let bar = if progress {
+        ProgressBar::new(s.generator.events)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("  generating {wide_bar} {human_pos}/{human_len} events")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut g = Generator::new(s.generator.gen_config());
+    let f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(4 << 20, f);
+    let mut left = s.generator.events;
+    while left > 0 {
+        let n = left.min(50_000);
+        g.write_ndjson(n, &mut w).map_err(|e| e.to_string())?;
+        left -= n;
+        bar.inc(n);
+    }
+    std::io::Write::flush(&mut w).map_err(|e| e.to_string())?;
+    drop(w);
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! Benchmark records (`sluice bench --json`), the text report, and the
+//! regression guard that compares two records against their measured noise.
+
+use crate::baseline::BaselineResult;
+use crate::harness::RunResult;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// A statistic over repeated runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// (max - min) / median, in percent: the noise this record measured.
+    pub spread_pct: f64,
+}
+
+impl Stat {
+    /// The statistic of `values` (empty: all zero).
+    pub fn of(values: &[f64]) -> Stat {
+        if values.is_empty() {
+            return Stat::default();
+        }
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        let (min, max) = (v[0], v[v.len() - 1]);
+        Stat {
+            median,
+            min,
+            max,
+            spread_pct: if median > 0.0 {
+                (max - min) / median * 100.0
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// The summary of a record.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Events per second.
+    pub events_per_s: Stat,
+    /// Input MB/s.
+    pub mb_in_per_s: Stat,
+    /// Delivered MB/s.
+    pub mb_out_per_s: Stat,
+    /// Latency p50 (µs), median over runs.
+    pub latency_p50_us: f64,
+    /// Latency p99 (µs), median over runs.
+    pub latency_p99_us: f64,
+    /// Latency p99.9 (µs), median over runs.
+    pub latency_p999_us: f64,
+    /// Largest latency of any run (µs).
+    pub latency_max_us: f64,
+    /// Largest peak RSS of any run (MiB).
+    pub peak_rss_mib: Option<f64>,
+    /// Allocations per event, median over runs.
+    pub allocs_per_event: Option<f64>,
+    /// CPU share by role, over all runs.
+    pub cpu_share: BTreeMap<String, f64>,
+    /// Worker time per stage, over all runs.
+    pub stage_share: BTreeMap<String, f64>,
+}
+
+/// The baseline and Sluice's ratio to it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BaselineReport {
+    /// What the baseline did.
+    pub result: BaselineResult,
+    /// Sluice's median events/s over the baseline's.
+    pub ratio: f64,
+}
+
+/// A benchmark record: one scenario, several runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Scenario name.
+    pub scenario: String,
+    /// What it shows.
+    pub description: String,
+    /// Git commit.
+    pub commit: String,
+    /// Machine.
+    pub machine: String,
+    /// When (RFC 3339).
+    pub date: String,
+    /// Events per run.
+    pub events: u64,
+    /// Average event size in bytes.
+    pub event_bytes: f64,
+    /// Accounts in the traffic.
+    pub accounts: u32,
+    /// Subscriptions after expansion.
+    pub subscriptions: usize,
+    /// `in-process` or `http`.
+    pub mode: String,
+    /// Filter workers.
+    pub workers: usize,
+    /// The runs.
+    pub runs: Vec<RunResult>,
+    /// Their summary.
+    pub summary: Summary,
+    /// The naive baseline, if run.
+    pub baseline: Option<BaselineReport>,
+}
+
+impl Record {
+    /// Fills `summary` (and the baseline ratio) from `runs`.
+    pub fn summarize(&mut self) {
+        let col = |f: fn(&RunResult) -> f64| -> Vec<f64> { self.runs.iter().map(f).collect() };
+        let eps = Stat::of(&col(|r| r.events_per_s));
+        let med = |f: fn(&RunResult) -> f64| Stat::of(&col(f)).median;
+        let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
+        let mut stages: BTreeMap<String, f64> = BTreeMap::new();
+        for r in &self.runs {
+            for (k, v) in &r.cpu_s {
+                *cpu.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &r.stage_share {
+                *stages.entry(k.clone()).or_default() += v / self.runs.len().max(1) as f64;
+            }
+        }
+        let total: f64 = cpu.values().sum();
+        for v in cpu.values_mut() {
+            *v = if total > 0.0 { *v / total } else { 0.0 };
+        }
+        let allocs: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.allocs_per_event)
+            .collect();
+        self.summary = Summary {
+            events_per_s: eps.clone(),
+            mb_in_per_s: Stat::of(&col(|r| r.mb_in_per_s)),
+            mb_out_per_s: Stat::of(&col(|r| r.mb_out_per_s)),
+            latency_p50_us: med(|r| r.latency_us.p50 as f64),
+            latency_p99_us: med(|r| r.latency_us.p99 as f64),
+            latency_p999_us: med(|r| r.latency_us.p999 as f64),
+            latency_max_us: self
+                .runs
+                .iter()
+                .map(|r| r.latency_us.max as f64)
+                .fold(0.0, f64::max),
+            peak_rss_mib: self
+                .runs
+                .iter()
+                .filter_map(|r| r.peak_rss_mib)
+                .reduce(f64::max),
+            allocs_per_event: (!allocs.is_empty()).then(|| Stat::of(&allocs).median),
+            cpu_share: cpu,
+            stage_share: stages,
+        };
+        if let Some(b) = &mut self.baseline {
+            b.ratio = if b.result.events_per_s > 0.0 {
+                eps.median / b.result.events_per_s
+            } else {
+                0.0
+            };
+        }
+    }
+
+    /// The human-readable report.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let s_ = &self.summary;
+        let _ = writeln!(
+            s,
+            "scenario {}: {}\n  {} events of {:.0} bytes, accounts: {}, subscriptions: {}, workers: {}, {} (commit {}, {})",
+            self.scenario,
+            self.description,
+            self.events,
+            self.event_bytes,
+            self.accounts,
+            self.subscriptions,
+            self.workers,
+            self.mode,
+            self.commit,
+            self.machine
+        );
+        for (i, r) in self.runs.iter().enumerate() {
+            let offered = if r.offered_rate > 0 {
+                format!(" (offered {})", group(r.offered_rate as f64))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "  run {}: {} events/s{offered}, {:.0} MB/s in, {:.1} MB/s out, {} delivered, latency p50 {} p99 {} max {}",
+                i + 1,
+                group(r.events_per_s),
+                r.mb_in_per_s,
+                r.mb_out_per_s,
+                r.delivered,
+                ms(r.latency_us.p50 as f64),
+                ms(r.latency_us.p99 as f64),
+                ms(r.latency_us.max as f64),
+            );
+        }
+        let e = &s_.events_per_s;
+        let _ = writeln!(
+            s,
+            "  throughput: {} events/s median (min {}, max {}, spread {:.1}%), {:.0} MB/s in, {:.1} MB/s out",
+            group(e.median),
+            group(e.min),
+            group(e.max),
+            e.spread_pct,
+            s_.mb_in_per_s.median,
+            s_.mb_out_per_s.median
+        );
+        let _ = writeln!(
+            s,
+            "  latency ingest -> sink ack: p50 {}, p99 {}, p99.9 {}, max {}",
+            ms(s_.latency_p50_us),
+            ms(s_.latency_p99_us),
+            ms(s_.latency_p999_us),
+            ms(s_.latency_max_us)
+        );
+        let cpu: Vec<String> = s_
+            .cpu_share
+            .iter()
+            .filter(|(_, v)| **v >= 0.005)
+            .map(|(k, v)| format!("{k} {:.0}%", v * 100.0))
+            .collect();
+        let _ = writeln!(s, "  CPU: {}", cpu.join(", "));
+        let order = ["parse", "route", "filter", "encode"];
+        let st: Vec<String> = order
+            .iter()
+            .filter_map(|k| {
+                s_.stage_share
+                    .get(*k)
+                    .map(|v| format!("{k} {:.0}%", v * 100.0))
+            })
+            .collect();
+        let _ = writeln!(s, "  worker time by stage (sampled): {}", st.join(", "));
+        let _ = writeln!(
+            s,
+            "  peak RSS {}, {} allocations per event",
+            s_.peak_rss_mib
+                .map_or("n/a".into(), |m| format!("{m:.0} MiB")),
+            s_.allocs_per_event
+                .map_or("n/a".into(), |a| format!("{a:.4}"))
+        );
+        if let Some(b) = &self.baseline {
+            let _ = writeln!(
+                s,
+                "  baseline (serde_json + cel values + cel + serde_json, {} threads, {} events): {} events/s; Sluice is {:.1}x faster",
+                b.result.threads,
+                b.result.events,
+                group(b.result.events_per_s),
+                b.ratio
+            );
+        }
+        s
+    }
+}
+
+fn group(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// One metric compared between two records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delta {
+    /// The metric.
+    pub metric: &'static str,
+    /// Old value.
+    pub old: f64,
+    /// New value.
+    pub new: f64,
+    /// Change in percent.
+    pub change_pct: f64,
+    /// Noise in percent (the larger spread of the two records, at least 2%).
+    pub noise_pct: f64,
+    /// Whether the change is a regression beyond the noise.
+    pub regression: bool,
+    /// Whether it is an improvement beyond the noise.
+    pub improvement: bool,
+}
+
+/// Compares two records of the same scenario. Throughput falling, or latency
+/// or memory rising, by more than the noise the records measured is a
+/// regression.
+pub fn compare(old: &Record, new: &Record) -> Vec<Delta> {
+    let noise = old
+        .summary
+        .events_per_s
+        .spread_pct
+        .max(new.summary.events_per_s.spread_pct)
+        .max(2.0);
+    // Latency tails are noisier than throughput: allow twice the noise.
+    let rows: [(&'static str, f64, f64, bool, f64); 5] = [
+        (
+            "events/s",
+            old.summary.events_per_s.median,
+            new.summary.events_per_s.median,
+            true,
+            noise,
+        ),
+        (
+            "MB/s out",
+            old.summary.mb_out_per_s.median,
+            new.summary.mb_out_per_s.median,
+            true,
+            noise,
+        ),
+        (
+            "latency p99 (µs)",
+            old.summary.latency_p99_us,
+            new.summary.latency_p99_us,
+            false,
+            2.0 * noise,
+        ),
+        (
+            "peak RSS (MiB)",
+            old.summary.peak_rss_mib.unwrap_or(0.0),
+            new.summary.peak_rss_mib.unwrap_or(0.0),
+            false,
+            noise,
+        ),
+        (
+            "allocations/event",
+            old.summary.allocs_per_event.unwrap_or(0.0),
+            new.summary.allocs_per_event.unwrap_or(0.0),
+            false,
+            noise,
+        ),
+    ];
+    rows.iter()
+        .map(|(metric, o, n, higher_is_better, noise)| {
+            let change = if *o != 0.0 { (n - o) / o * 100.0 } else { 0.0 };
+            let worse = if *higher_is_better { -change } else { change };
+            Delta {
+                metric,
+                old: *o,
+                new: *n,
+                change_pct: change,
+                noise_pct: *noise,
+                regression: worse > *noise,
+                improvement: -worse > *noise,
+            }
+        })
+        .collect()
+}
+
+/// The comparison as text.
+pub fn compare_text(old: &Record, new: &Record, deltas: &[Delta]) -> String {
+    let mut s = format!(
+        "{}: {} ({}) -> {} ({})\n",
+        new.scenario, old.commit, old.date, new.commit, new.date
+    );
+    for d in deltas {
+        let verdict = if d.regression {
+            "REGRESSION"
+        } else if d.improvement {
+            "improved"
+        } else {
+            "within noise"
+        };
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>14.1} -> {:>14.1}  {:+6.1}%  (noise ±{:.1}%)  {verdict}",
+            d.metric, d.old, d.new, d.change_pct, d.noise_pct
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(eps: &[f64], p99: u64) -> Record {
+        let mut r = Record {
+            scenario: "s".into(),
+            runs: eps
+                .iter()
+                .map(|e| RunResult {
+                    events_per_s: *e,
+                    latency_us: crate::harness::Latency {
+                        p99,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        r.summarize();
+        r
+    }
+
+    #[test]
+    fn stats_give_median_and_spread() {
+        let s = Stat::of(&[100.0, 90.0, 110.0]);
+        assert_eq!((s.median, s.min, s.max), (100.0, 90.0, 110.0));
+        assert!((s.spread_pct - 20.0).abs() < 1e-9);
+        assert_eq!(Stat::of(&[1.0, 3.0]).median, 2.0);
+    }
+
+    #[test]
+    fn a_drop_beyond_the_noise_is_a_regression_and_within_it_is_not() {
+        let old = rec(&[1000.0, 980.0, 1020.0], 100);
+        let slower = rec(&[800.0, 790.0, 810.0], 100);
+        let d = compare(&old, &slower);
+        assert!(d[0].regression, "{d:?}");
+        let same = rec(&[990.0, 1010.0, 1000.0], 100);
+        assert!(!compare(&old, &same)[0].regression);
+        let noisy = rec(&[600.0, 1000.0, 1400.0], 100);
+        assert!(
+            !compare(&old, &noisy)[0].regression,
+            "an 80% spread hides a 0% change"
+        );
+        let faster = rec(&[1300.0, 1290.0, 1310.0], 100);
+        assert!(compare(&old, &faster)[0].improvement);
+        let laggy = rec(&[1000.0, 990.0, 1010.0], 500);
+        assert!(compare(&old, &laggy)[2].regression);
+    }
+}

@@ -1,0 +1,167 @@
+//! `sluice bench`: run a scenario, report, record, plot, compare.
+
+use sluice_bench::harness::{RunOptions, ensure_data, run_in_process};
+use sluice_bench::report::{BaselineReport, Record, compare, compare_text};
+use sluice_bench::scenario::{Mode, Scenario, data_path};
+use sluice_bench::{baseline, plot, sysinfo};
+use sluice_engine::plugin::plugin_dirs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// The scenario file (see benches/scenarios/).
+    #[arg(required_unless_present = "compare")]
+    scenario: Option<PathBuf>,
+    /// Write the record as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also run the naive pipeline (serde_json, CEL values, cel) on the same events.
+    #[arg(long)]
+    baseline: bool,
+    /// Draw throughput over time and the latency distribution to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Runs (overrides the scenario).
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Events per run (overrides the scenario).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Offered events/s, open loop (overrides the scenario; 0 = as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Filter workers (overrides the scenario).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Compare two JSON records; exits 1 on a regression beyond their noise.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "scenario")]
+    compare: Option<Vec<PathBuf>>,
+    /// Where generated inputs are cached.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Directory searched first for sink plugins.
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn load_record(p: &PathBuf) -> Result<Record, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a sluice bench record: {e}", p.display()))
+}
+
+pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+    if let Some(files) = &a.compare {
+        let (old, new) = (load_record(&files[0])?, load_record(&files[1])?);
+        if old.scenario != new.scenario {
+            return Err(format!(
+                "the records are of different scenarios: {} and {}",
+                old.scenario, new.scenario
+            ));
+        }
+        let deltas = compare(&old, &new);
+        print!("{}", compare_text(&old, &new, &deltas));
+        return Ok(if deltas.iter().any(|d| d.regression) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let path = a.scenario.clone().ok_or("give a scenario file")?;
+    let mut s = Scenario::load(&path)?;
+    if let Some(n) = a.events {
+        s.generator.events = n;
+    }
+    if let Some(r) = a.repeat {
+        s.run.repeat = r;
+    }
+    if s.run.mode == Mode::Http {
+        return Err(format!(
+            "{}: mode = \"http\" needs `sluice serve`, which this build does not have yet",
+            path.display()
+        ));
+    }
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("sluice-bench-data"));
+    let data = data_path(&dir, &s.generator);
+    let progress = !a.quiet;
+    ensure_data(&s, &data, progress)?;
+    let bytes = std::fs::metadata(&data).map_err(|e| e.to_string())?.len();
+    let opts = RunOptions {
+        plugin_dirs: plugin_dirs(&a.plugin_dir.iter().cloned().collect::<Vec<_>>()),
+        progress,
+        rate: a.rate,
+        workers: a.workers,
+    };
+    let accounts = sluice_bench::traffic::Generator::new(s.generator.gen_config()).account_ids();
+    let workers = match a.workers.unwrap_or(s.run.workers) {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let mut record = Record {
+        scenario: s.name.clone(),
+        description: s.description.clone(),
+        commit: sysinfo::commit(),
+        machine: sysinfo::machine(),
+        date: sluice_engine::events::format_rfc3339_ms(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        ),
+        events: s.generator.events,
+        event_bytes: bytes as f64 / s.generator.events as f64,
+        accounts: s.generator.accounts,
+        subscriptions: s.pipeline(&accounts)?.subscriptions.len(),
+        mode: "in-process".into(),
+        workers,
+        ..Default::default()
+    };
+    println!(
+        "sluice bench: {} ({} runs of {} events)",
+        s.name,
+        s.run.repeat.max(1),
+        s.generator.events
+    );
+    for i in 0..s.run.repeat.max(1) {
+        let r = run_in_process(&s, &data, &opts)?;
+        println!(
+            "  run {}: {:.0} events/s, p99 {:.1} ms, {} delivered",
+            i + 1,
+            r.events_per_s,
+            r.latency_us.p99 as f64 / 1000.0,
+            r.delivered
+        );
+        record.runs.push(r);
+    }
+    if a.baseline {
+        let b = baseline::run_baseline(
+            &s,
+            &data,
+            s.run.baseline_events.min(s.generator.events),
+            workers,
+        )?;
+        record.baseline = Some(BaselineReport {
+            result: b,
+            ratio: 0.0,
+        });
+    }
+    record.summarize();
+    println!();
+    print!("{}", record.text());
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+        std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        println!("  record written to {}", p.display());
+    }
+    if let Some(p) = &a.plot {
+        std::fs::write(p, plot::svg(&record)).map_err(|e| format!("{}: {e}", p.display()))?;
+        println!("  plot written to {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
