@@ -42,6 +42,9 @@ pub struct DeliveryConfig {
     pub max_age_s: u64,
     /// Where dead-lettered records go: `<dir>/<destination id>.ndjson`.
     pub dead_letter_dir: Option<PathBuf>,
+    /// Most bytes of records held in memory (queued, in flight, waiting to
+    /// retry) before the destination pushes back on the workers.
+    pub buffer_max_bytes: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -52,6 +55,7 @@ impl Default for DeliveryConfig {
             max_attempts: 10,
             max_age_s: 3600,
             dead_letter_dir: None,
+            buffer_max_bytes: 64 << 20,
         }
     }
 }

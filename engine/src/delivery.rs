@@ -12,9 +12,11 @@
 //! and records refused for good, too big for the sink, or out of attempts go
 //! to the dead-letter file with the reason. Nothing is dropped silently.
 //!
-//! Memory is bounded per destination: once `max_buffered_bytes` are held
-//! (queued, in flight or waiting to retry), the task stops taking chunks, the
-//! channel fills and workers block, which pushes back to ingest.
+//! Memory is bounded per destination: a worker handing over a chunk takes its
+//! bytes from the destination's budget (`buffer_max_bytes`) and blocks while
+//! the budget is spent; the bytes come back as records are delivered or
+//! dead-lettered. A blocked worker stops taking input, which pushes back to
+//! the publishers.
 //!
 //! Order: records of one subscription reach a destination in order when
 //! `max_in_flight = 1` and nothing is retried; with more batches in flight, or
@@ -46,6 +48,48 @@ pub struct Chunk {
     pub received: Instant,
 }
 
+/// The bytes of records a destination holds (queued, in flight, waiting to
+/// retry), bounded: taking more blocks until records leave.
+#[derive(Debug)]
+pub struct ByteBudget {
+    used: Mutex<u64>,
+    freed: std::sync::Condvar,
+    max: u64,
+}
+
+impl ByteBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: u64) -> ByteBudget {
+        ByteBudget {
+            used: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Takes `n` bytes, waiting while that would exceed the budget (a chunk
+    /// bigger than the whole budget is let through when nothing else is held).
+    pub fn acquire(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + n > self.max {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+    }
+
+    /// Gives `n` bytes back.
+    pub fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The engine's side of a destination: where workers push chunks.
 #[derive(Debug)]
 pub struct DestinationHandle {
@@ -60,19 +104,22 @@ pub struct DestinationHandle {
     pub stats: Arc<DestinationStats>,
     tx: mpsc::Sender<Chunk>,
     dead: Arc<DeadLetters>,
+    budget: Arc<ByteBudget>,
 }
 
 impl DestinationHandle {
-    /// Hands a chunk to the destination; blocks while its queue is full.
-    /// Must not be called from inside the delivery runtime.
+    /// Hands a chunk to the destination; blocks while the destination holds
+    /// its `buffer_max_bytes`. Must not be called from inside the delivery runtime.
     pub fn push(&self, chunk: Chunk) {
         let n = chunk.records.len() as u64;
         let bytes: u64 = chunk.records.iter().map(|r| r.data().len() as u64).sum();
+        self.budget.acquire(bytes);
         self.stats.queued.fetch_add(n, Relaxed);
         self.stats.queued_bytes.fetch_add(bytes, Relaxed);
         if let Err(mpsc::error::SendError(chunk)) = self.tx.blocking_send(chunk) {
             // The task is gone (it only ends once every handle is dropped, or
             // if it panicked): keep the records rather than lose them.
+            self.budget.release(bytes);
             self.stats.queued.fetch_sub(n, Relaxed);
             self.stats.queued_bytes.fetch_sub(bytes, Relaxed);
             let pending: Vec<Pending> = chunk
@@ -224,9 +271,6 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-/// Most bytes of records a destination holds in memory before pushing back.
-pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 64 << 20;
-
 impl Delivery {
     /// Starts the runtime; dead letters go under `dead_letter_dir` unless a
     /// destination says otherwise.
@@ -245,14 +289,16 @@ impl Delivery {
         })
     }
 
-    /// Starts delivering to a destination through `sink`.
+    /// Starts delivering to a destination through `sink`, or, when `sink` is
+    /// an error (its plugin is not loaded), dead-lettering its records with
+    /// that reason.
     pub fn start(
         &self,
         id: &str,
         kind: &str,
         fingerprint: String,
         cfg: &DeliveryConfig,
-        sink: SinkInstance,
+        sink: Result<SinkInstance, String>,
         stats: Arc<DestinationStats>,
     ) -> Arc<DestinationHandle> {
         let id: Arc<str> = id.into();
@@ -261,11 +307,15 @@ impl Delivery {
             .clone()
             .unwrap_or_else(|| self.dead_letter_dir.clone());
         let dead = Arc::new(DeadLetters::new(&dir, id.clone()));
-        let (tx, rx) = mpsc::channel(256);
-        let limits = sink.plugin().info.limits;
+        let (tx, rx) = mpsc::channel(1024);
+        let budget = Arc::new(ByteBudget::new(cfg.buffer_max_bytes));
+        let limits = sink
+            .as_ref()
+            .map(|s| s.plugin().info.limits)
+            .unwrap_or_default();
         let task = Task {
             id: id.clone(),
-            sink: Arc::new(sink),
+            sink: sink.map(Arc::new),
             limits,
             cfg: cfg.clone(),
             stats: stats.clone(),
@@ -275,8 +325,7 @@ impl Delivery {
             ready: VecDeque::new(),
             retries: BinaryHeap::new(),
             retry_seq: 0,
-            buffered_bytes: 0,
-            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            budget: budget.clone(),
             rng: seed(),
             drain_deadline: self.drain_deadline.clone(),
         };
@@ -292,6 +341,7 @@ impl Delivery {
             stats,
             tx,
             dead,
+            budget,
         })
     }
 
@@ -336,7 +386,7 @@ struct Lane {
 
 struct Task {
     id: Arc<str>,
-    sink: Arc<SinkInstance>,
+    sink: Result<Arc<SinkInstance>, String>,
     limits: sluice_sdk::abi::SluiceLimits,
     cfg: DeliveryConfig,
     stats: Arc<DestinationStats>,
@@ -346,8 +396,7 @@ struct Task {
     ready: VecDeque<(Arc<str>, Vec<Pending>)>,
     retries: BinaryHeap<Reverse<(Instant, u64, RetryBatch)>>,
     retry_seq: u64,
-    buffered_bytes: u64,
-    max_buffered_bytes: u64,
+    budget: Arc<ByteBudget>,
     rng: u64,
     drain_deadline: Arc<Mutex<Option<Instant>>>,
 }
@@ -393,7 +442,7 @@ impl Task {
         let bytes: u64 = records.iter().map(|p| p.rec.data().len() as u64).sum();
         self.stats.queued.fetch_sub(n, Relaxed);
         self.stats.queued_bytes.fetch_sub(bytes, Relaxed);
-        self.buffered_bytes = self.buffered_bytes.saturating_sub(bytes);
+        self.budget.release(bytes);
     }
 
     fn dead_letter(&mut self, sub: &str, records: Vec<Pending>, reason: &str) {
@@ -613,8 +662,15 @@ impl Task {
             if batch.is_empty() {
                 continue;
             }
+            let sink = match &self.sink {
+                Ok(s) => s.clone(),
+                Err(why) => {
+                    let why = why.clone();
+                    self.dead_letter(&sub, batch, &why);
+                    continue;
+                }
+            };
             self.stats.in_flight.fetch_add(1, Relaxed);
-            let sink = self.sink.clone();
             inflight.spawn_blocking(move || {
                 let refs: Vec<RecordRef<'_>> = batch
                     .iter()
@@ -685,7 +741,7 @@ impl Task {
                     break;
                 }
             }
-            let accepting = !closed && self.buffered_bytes < self.max_buffered_bytes;
+            let accepting = !closed;
             let wake = self
                 .next_wakeup()
                 .unwrap_or(now + Duration::from_secs(3600));
@@ -707,8 +763,6 @@ impl Task {
                 },
                 msg = rx.recv(), if accepting => match msg {
                     Some(chunk) => {
-                        let bytes: u64 = chunk.records.iter().map(|r| r.data().len() as u64).sum();
-                        self.buffered_bytes += bytes;
                         let received = chunk.received;
                         let recs = chunk.records.into_iter().map(|r| Pending::new(r, received)).collect();
                         self.add(chunk.subscription, recs);
@@ -718,13 +772,14 @@ impl Task {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
-        let sink = self.sink.clone();
-        let id = self.id.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = sink.flush() {
-                tracing::warn!(destination = %id, "flush failed: {e}");
-            }
-        })
-        .await;
+        if let Ok(sink) = self.sink.clone() {
+            let id = self.id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = sink.flush() {
+                    tracing::warn!(destination = %id, "flush failed: {e}");
+                }
+            })
+            .await;
+        }
     }
 }

@@ -46,6 +46,66 @@ pub struct EngineConfig {
     /// Time the worker stages on one event in 64 (`Metrics::stages`); costs
     /// about 2 ns per event. For benchmarks.
     pub stage_sampling: bool,
+    /// What a destination whose plugin is not loaded does.
+    pub missing_plugin: MissingPlugin,
+}
+
+/// What happens to a destination whose plugin kind is not loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingPlugin {
+    /// The configuration is refused (`sluice run`: a typo should stop you).
+    #[default]
+    Refuse,
+    /// The destination is accepted and its records are dead-lettered with the
+    /// reason (`sluice serve`: the API accepts any valid ngrok target).
+    DeadLetter,
+}
+
+/// What became of the events of one tracked publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Events accepted (parsed and routed, or unrouted).
+    pub accepted: u64,
+    /// Events rejected: (byte offset of the line in the buffer, reason, detail).
+    pub rejected: Vec<(u32, RejectReason, String)>,
+}
+
+/// Called once with the report of a tracked publish.
+type Done = Box<dyn FnOnce(PublishReport) + Send>;
+
+struct Ticket {
+    remaining: std::sync::atomic::AtomicUsize,
+    accepted: std::sync::atomic::AtomicU64,
+    rejected: Mutex<Vec<(u32, RejectReason, String)>>,
+    done: Mutex<Option<Done>>,
+}
+
+impl Ticket {
+    fn finish_batch(&self, accepted: u64, mut rejected: Vec<(u32, RejectReason, String)>) {
+        self.accepted.fetch_add(accepted, Relaxed);
+        if !rejected.is_empty() {
+            self.rejected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&mut rejected);
+        }
+        if self
+            .remaining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            let mut rej =
+                std::mem::take(&mut *self.rejected.lock().unwrap_or_else(|p| p.into_inner()));
+            rej.sort_by_key(|r| r.0);
+            let report = PublishReport {
+                accepted: self.accepted.load(Relaxed),
+                rejected: rej,
+            };
+            if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                done(report);
+            }
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -59,6 +119,7 @@ impl Default for EngineConfig {
             rejects_path: None,
             drain_timeout: Duration::from_secs(30),
             stage_sampling: false,
+            missing_plugin: MissingPlugin::Refuse,
         }
     }
 }
@@ -131,6 +192,7 @@ struct InputBatch {
     spans: Vec<Span>,
     received: Instant,
     barrier: Option<Sender<()>>,
+    ticket: Option<Arc<Ticket>>,
 }
 
 struct RejectLine {
@@ -322,7 +384,7 @@ impl Engine {
             compiled_subs.push(list);
         }
         // Destinations: reuse unchanged ones, create instances for the others.
-        let mut created: Vec<(String, String, String, SinkInstance)> = Vec::new();
+        let mut created: Vec<(String, String, String, Result<SinkInstance, String>)> = Vec::new();
         let mut fingerprints = HashMap::new();
         for d in &spec.destinations {
             let fp = serde_json::to_string(&(&d.kind, &d.config, &d.delivery)).unwrap_or_default();
@@ -336,6 +398,12 @@ impl Engine {
             }
             let plugin = match control.plugins.get(&d.kind) {
                 Ok(p) => p,
+                Err(e) if self.cfg.missing_plugin == MissingPlugin::DeadLetter => {
+                    tracing::warn!(destination = %d.id, "{e}; its records will be dead-lettered");
+                    let why = format!("no plugin for destination kind `{}` is loaded", d.kind);
+                    created.push((d.id.clone(), d.kind.clone(), fp, Err(why)));
+                    continue;
+                }
                 Err(e) => {
                     errs.push(ConfigError {
                         file: None,
@@ -352,7 +420,7 @@ impl Engine {
                 &config,
                 self.shared.metrics.destination(&d.id),
             ) {
-                Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, inst)),
+                Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, Ok(inst))),
                 Err(e) => errs.push(ConfigError {
                     file: None,
                     item: format!("destination \"{}\"", d.id),
@@ -439,6 +507,7 @@ impl Engine {
                 spans: vec![Span { start: 0, len }],
                 received: Instant::now(),
                 barrier: None,
+                ticket: None,
             },
         );
     }
@@ -455,16 +524,57 @@ impl Engine {
     /// passes the time it *meant* to send, so that its own delays are not
     /// hidden from the latency figures (no coordinated omission).
     pub fn publish_ndjson_at(&self, buf: Bytes, received: Instant) -> usize {
+        self.publish_lines(buf, received, None)
+    }
+
+    /// Publishes a buffer of NDJSON and calls `done`, on a worker thread, once
+    /// every event of it has been parsed and routed, with what was accepted
+    /// and what was rejected (offset of the line in `buf`, reason, detail).
+    /// Returns the number of events queued.
+    pub fn publish_ndjson_tracked(
+        &self,
+        buf: Bytes,
+        done: impl FnOnce(PublishReport) + Send + 'static,
+    ) -> usize {
+        let ticket = Arc::new(Ticket {
+            remaining: std::sync::atomic::AtomicUsize::new(0),
+            accepted: std::sync::atomic::AtomicU64::new(0),
+            rejected: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(Box::new(done))),
+        });
+        self.publish_lines(buf, Instant::now(), Some(ticket))
+    }
+
+    /// How full the fullest worker queue is, from 0 to 1. HTTP ingest refuses
+    /// new requests (429) above a threshold instead of accepting part of one.
+    pub fn pressure(&self) -> f64 {
+        let cap = self.cfg.queue_batches.max(1) as f64;
+        self.shards
+            .iter()
+            .map(|s| s.len() as f64 / cap)
+            .fold(0.0, f64::max)
+    }
+
+    fn publish_lines(&self, buf: Bytes, received: Instant, ticket: Option<Arc<Ticket>>) -> usize {
         if buf.len() > u32::MAX as usize {
-            // Spans are 32-bit: split at a line end.
-            let mid =
-                memchr::memrchr(b'\n', &buf[..u32::MAX as usize]).map_or(buf.len(), |i| i + 1);
-            return self.publish_ndjson_at(buf.slice(..mid), received)
-                + self.publish_ndjson_at(buf.slice(mid..), received);
+            return match ticket {
+                Some(_) => {
+                    tracing::error!("tracked publishes are limited to 4 GiB");
+                    0
+                }
+                None => {
+                    // Spans are 32-bit: split at a line end.
+                    let mid = memchr::memrchr(b'\n', &buf[..u32::MAX as usize])
+                        .map_or(buf.len(), |i| i + 1);
+                    self.publish_lines(buf.slice(..mid), received, None)
+                        + self.publish_lines(buf.slice(mid..), received, None)
+                }
+            };
         }
         let n = self.shards.len();
         let max = self.cfg.batch_events.max(1);
         let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
+        let mut full: Vec<(usize, Vec<Span>)> = Vec::new();
         let mut total = 0;
         for span in lines(&buf) {
             let raw = &buf[span.start as usize..(span.start + span.len) as usize];
@@ -473,29 +583,47 @@ impl Engine {
             total += 1;
             if per[s].len() >= max {
                 let spans = std::mem::replace(&mut per[s], Vec::with_capacity(max));
-                self.send(
-                    s,
-                    InputBatch {
-                        data: buf.clone(),
-                        spans,
-                        received,
-                        barrier: None,
-                    },
-                );
+                if ticket.is_some() {
+                    full.push((s, spans));
+                } else {
+                    self.send(
+                        s,
+                        InputBatch {
+                            data: buf.clone(),
+                            spans,
+                            received,
+                            barrier: None,
+                            ticket: None,
+                        },
+                    );
+                }
             }
         }
-        for (s, spans) in per.into_iter().enumerate() {
-            if !spans.is_empty() {
-                self.send(
-                    s,
-                    InputBatch {
-                        data: buf.clone(),
-                        spans,
-                        received,
-                        barrier: None,
-                    },
-                );
+        full.extend(
+            per.into_iter()
+                .enumerate()
+                .filter(|(_, spans)| !spans.is_empty()),
+        );
+        if let Some(t) = &ticket {
+            // The count is set before any batch is sent, so no worker can see 0 early.
+            t.remaining
+                .store(full.len(), std::sync::atomic::Ordering::Release);
+            if full.is_empty() {
+                t.remaining.store(1, std::sync::atomic::Ordering::Release);
+                t.finish_batch(0, Vec::new());
             }
+        }
+        for (s, spans) in full {
+            self.send(
+                s,
+                InputBatch {
+                    data: buf.clone(),
+                    spans,
+                    received,
+                    barrier: None,
+                    ticket: ticket.clone(),
+                },
+            );
         }
         total
     }
@@ -541,6 +669,7 @@ impl Engine {
                     spans: Vec::new(),
                     received: Instant::now(),
                     barrier: Some(tx.clone()),
+                    ticket: None,
                 },
             );
         }
@@ -653,6 +782,7 @@ impl Publisher<'_> {
                 spans,
                 received: Instant::now(),
                 barrier: None,
+                ticket: None,
             },
         );
     }
@@ -698,6 +828,7 @@ fn write_rejects(file: std::fs::File, rx: Receiver<RejectLine>) {
 #[derive(Default)]
 struct Local {
     sample_tick: u64,
+    tracked_rejects: Vec<(u32, RejectReason, String)>,
     rejected: [u64; RejectReason::ALL.len()],
     unrouted: u64,
     encoded: u64,
@@ -757,6 +888,11 @@ fn process_sampled(
         match res {
             Err(rej) => {
                 local.rejected[rej.reason.index()] += 1;
+                if batch.ticket.is_some() {
+                    local
+                        .tracked_rejects
+                        .push((start as u32, rej.reason, rej.detail.clone()));
+                }
                 if let Some(tx) = &shared.rejects {
                     let _ = tx.send(RejectLine {
                         reason: rej.reason,
@@ -811,6 +947,10 @@ fn worker(rx: Receiver<InputBatch>, shared: Arc<Shared>) {
             let snap = shared.snapshot.load();
             process(&batch, &snap, &shared, &mut parser, &mut enc, &mut local);
         }
+        if let Some(t) = &batch.ticket {
+            let rejected = std::mem::take(&mut local.tracked_rejects);
+            t.finish_batch(batch.spans.len() as u64 - rejected.len() as u64, rejected);
+        }
         if let Some(b) = batch.barrier {
             let _ = b.send(());
         }
@@ -840,6 +980,11 @@ fn process(
         parser.parse(raw, |res| match res {
             Err(rej) => {
                 local.rejected[rej.reason.index()] += 1;
+                if batch.ticket.is_some() {
+                    local
+                        .tracked_rejects
+                        .push((start as u32, rej.reason, rej.detail.clone()));
+                }
                 if let Some(tx) = &shared.rejects {
                     let _ = tx.send(RejectLine {
                         reason: rej.reason,

@@ -48,9 +48,13 @@ pub mod json;
 pub mod metrics;
 pub mod plugin;
 pub mod route;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use config::{
     ConfigError, ConfigErrors, DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec,
     SubscriptionSpec,
 };
-pub use engine::{Engine, EngineConfig, EngineError, Publisher, Summary};
+pub use engine::{
+    Engine, EngineConfig, EngineError, MissingPlugin, PublishReport, Publisher, Summary,
+};

@@ -72,3 +72,136 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
         })
         .unwrap_or_default()
 }
+
+/// A running `sluice serve` on a free loopback port, stopped when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The data directory.
+    pub data_dir: std::path::PathBuf,
+    /// The API key printed on first start (empty on later starts).
+    pub key: String,
+    /// The account created on first start.
+    pub account: String,
+    /// The ingest token.
+    pub ingest_token: String,
+    /// Everything the server printed on stdout so far.
+    pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    extra_args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` (created empty if missing).
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            key: String::new(),
+            account: String::new(),
+            ingest_token: String::new(),
+            stdout: Default::default(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        use std::io::BufRead;
+        let mut child = cmd(self.data_dir.parent().unwrap_or(Path::new("/")))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawning sluice serve");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let buf = self.stdout.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                buf.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut prev = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "sluice serve did not start; it printed:\n{}",
+                    self.stdout.lock().unwrap()
+                )
+            });
+            if prev.contains("created account") {
+                self.key = line.trim().to_string();
+                self.account = prev
+                    .split("created account ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or("")
+                    .to_string();
+            }
+            if let Some(t) = line.split("Bearer ...): ").nth(1) {
+                self.ingest_token = t.trim().to_string();
+            }
+            if let Some(u) = line.strip_prefix("sluice serve: listening on ") {
+                self.url = u.trim().to_string();
+                break;
+            }
+            prev = line;
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops the server with SIGTERM and waits for it (it drains the engine).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("sluice serve did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and starts again on the same data directory.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "sluice serve exited with {status}");
+        let (key, account, token) = (
+            self.key.clone(),
+            self.account.clone(),
+            self.ingest_token.clone(),
+        );
+        self.spawn();
+        self.key = key;
+        self.account = account;
+        if self.ingest_token.is_empty() {
+            self.ingest_token = token;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -36,6 +36,11 @@ enum Command {
     Plugin(PluginCommand),
     /// Run a benchmark scenario and report throughput, latency, CPU, memory.
     Bench(bench::BenchArgs),
+    /// Serve the ngrok-compatible API (destinations, subscriptions, sources), HTTP ingest and metrics.
+    Serve(ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 #[derive(clap::Args)]
@@ -70,6 +75,61 @@ struct GenArgs {
     /// Output file, or - for stdout.
     #[arg(long, default_value = "-")]
     out: String,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Where the SQLite database and dead letters live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Directory searched first for sink plugins.
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// Token POST /ingest requires (default: $SLUICE_INGEST_TOKEN, else generated once and printed).
+    #[arg(long)]
+    ingest_token: Option<String>,
+    /// Allow only the fields ngrok allows in filters.
+    #[arg(long)]
+    strict_ngrok_filters: bool,
+    /// Filter worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key for an account (created if new); prints the key alone on stdout.
+    Create {
+        /// The data directory of `sluice serve`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The account id (ac_...).
+        #[arg(long)]
+        account: String,
+    },
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode, String> {
+    let opts = sluice_engine::serve::ServeOptions {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        plugin_dirs: sluice_engine::plugin::plugin_dirs(
+            &a.plugin_dir.into_iter().collect::<Vec<_>>(),
+        ),
+        ingest_token: a.ingest_token,
+        strict_ngrok_filters: a.strict_ngrok_filters,
+        engine: sluice_engine::EngineConfig {
+            workers: a.workers,
+            ..Default::default()
+        },
+    };
+    sluice_engine::serve::run(opts, |addr| {
+        println!("sluice serve: listening on http://{addr}")
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -192,6 +252,13 @@ fn main() -> ExitCode {
             plugin_list(plugin_dir).map(|_| ExitCode::SUCCESS)
         }
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve(a),
+        Command::Keys(KeysCommand::Create { data_dir, account }) => {
+            sluice_engine::serve::create_key(&data_dir, &account).map(|token| {
+                println!("{token}");
+                ExitCode::SUCCESS
+            })
+        }
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 //! * `error`: returns a retryable error on every Nth call;
 //! * `unset`: leaves every outcome unreported on every Nth call;
 //! * `reject`: rejects every record of every Nth call;
+//! * `slow`: sleeps `delay_ms` in every `send`, then behaves;
 //! * `ok`: behaves.
 //!
 //! Calls that behave append the records to `path` (if given), one per line,
@@ -27,6 +28,8 @@ struct Config {
     path: Option<String>,
     #[serde(default)]
     panic_in_create: bool,
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 fn one() -> u64 {
@@ -61,7 +64,7 @@ impl Sink for Faulty {
         if config.panic_in_create {
             panic!("faulty: panic in create, as configured");
         }
-        if !["panic", "error", "unset", "reject", "ok"].contains(&config.mode.as_str()) {
+        if !["panic", "error", "unset", "reject", "slow", "ok"].contains(&config.mode.as_str()) {
             return Err(Error::fatal(format!(
                 "faulty: unknown mode {}",
                 config.mode
@@ -86,6 +89,9 @@ impl Sink for Faulty {
 
     fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.config.mode == "slow" {
+            std::thread::sleep(std::time::Duration::from_millis(self.config.delay_ms));
+        }
         let misbehave = self.config.every > 0 && n.is_multiple_of(self.config.every);
         if misbehave {
             match self.config.mode.as_str() {

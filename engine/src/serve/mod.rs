@@ -1,0 +1,168 @@
+//! `sluice serve`: the engine behind an HTTP API compatible with the public
+//! ngrok API v2 for event destinations, subscriptions and sources, with
+//! HTTP ingest, persisted in SQLite and applied to the running engine live.
+//!
+//! Changes are serialized: each one is validated, the engine is reconfigured
+//! with the resulting configuration (a new snapshot, swapped atomically), the
+//! change is written to SQLite, and only then is it acknowledged. If the
+//! engine refuses the configuration (a plugin rejects its config) nothing is
+//! stored. A deleted destination first delivers what it already holds (or
+//! dead-letters it after the delivery policy), then stops.
+
+pub mod api;
+pub mod error;
+pub mod ids;
+pub mod list_filter;
+pub mod model;
+pub mod store;
+
+use crate::plugin::PluginRegistry;
+use crate::{Engine, EngineConfig, MissingPlugin};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on (`127.0.0.1:8080`; port 0 picks one).
+    pub listen: String,
+    /// Where the database and dead letters live.
+    pub data_dir: PathBuf,
+    /// Plugin directories.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The token `POST /ingest` requires (else `$SLUICE_INGEST_TOKEN`, else
+    /// the stored one, else a new one, printed).
+    pub ingest_token: Option<String>,
+    /// Restrict filters to ngrok's filterable fields.
+    pub strict_ngrok_filters: bool,
+    /// Engine settings.
+    pub engine: EngineConfig,
+}
+
+/// Creates an API key for `account` in the store under `data_dir` and
+/// returns the token (shown once).
+pub fn create_key(data_dir: &std::path::Path, account: &str) -> Result<String, String> {
+    if !ids::is_id(account, "ac") {
+        return Err(format!(
+            "'{account}' is not an account id (ac_ followed by 27 letters and digits)"
+        ));
+    }
+    let store = store::Store::open(data_dir)?;
+    let (_, token) = store.create_key(account, "created by sluice keys create", &now())?;
+    Ok(token)
+}
+
+fn now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let s = crate::events::format_rfc3339_ms(ms);
+    format!("{}Z", &s[..19])
+}
+
+/// Runs the server until SIGINT or SIGTERM, then drains the engine.
+/// `on_ready` receives the bound address once the server accepts requests.
+pub fn run(opts: ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr)) -> Result<(), String> {
+    let store = store::Store::open(&opts.data_dir)?;
+    let mut state = store.load()?;
+    if state.accounts.is_empty() && state.keys.is_empty() {
+        let account = ids::new_id("ac");
+        let (key, token) = store.create_key(&account, "default key", &now())?;
+        println!(
+            "sluice serve: first start: created account {account} with API key\n  {token}\n(it is shown only once; make more with `sluice keys create --data-dir {} --account {account}`)",
+            opts.data_dir.display()
+        );
+        state.keys.insert(key.id.clone(), key);
+        state.accounts.entry(account).or_default().created_at = now();
+    }
+    let ingest_token = match opts.ingest_token.clone().or_else(|| {
+        std::env::var("SLUICE_INGEST_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    }) {
+        Some(t) => t,
+        None => match store.setting("ingest_token")? {
+            Some(t) => t,
+            None => {
+                let t = ids::secret(40);
+                store.set_setting("ingest_token", &t)?;
+                println!(
+                    "sluice serve: ingest token (POST /ingest, Authorization: Bearer ...): {t}"
+                );
+                t
+            }
+        },
+    };
+    let plugins = PluginRegistry::discover(&opts.plugin_dirs);
+    let plugin_kinds = plugins.kinds();
+    let mut cfg = opts.engine.clone();
+    cfg.missing_plugin = MissingPlugin::DeadLetter;
+    if cfg.dead_letter_dir == EngineConfig::default().dead_letter_dir {
+        cfg.dead_letter_dir = opts.data_dir.join("dead-letter");
+    }
+    let spec = state.pipeline(opts.strict_ngrok_filters);
+    let engine = Arc::new(
+        Engine::start(cfg, plugins, &spec)
+            .map_err(|e| format!("the stored configuration does not start: {e}"))?,
+    );
+    let app = Arc::new(api::App {
+        engine: engine.clone(),
+        store,
+        state: RwLock::new(state),
+        write: Mutex::new(()),
+        plugin_kinds,
+        strict_ngrok_filters: opts.strict_ngrok_filters,
+        ingest_token,
+        ingest_pressure_limit: 0.75,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-api")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .map_err(|e| format!("--listen {}: {e}", opts.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        on_ready(addr);
+        axum::serve(listener, api::router(app))
+            .with_graceful_shutdown(async {
+                let ctrl_c = tokio::signal::ctrl_c();
+                #[cfg(unix)]
+                {
+                    let mut term = match tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    ) {
+                        Ok(s) => s,
+                        Err(_) => {
+                            let _ = ctrl_c.await;
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = ctrl_c.await;
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())
+    });
+    drop(rt);
+    match Arc::try_unwrap(engine) {
+        Ok(e) => {
+            let summary = e.shutdown();
+            eprintln!("sluice serve: {summary}");
+        }
+        Err(_) => eprintln!(
+            "sluice serve: the engine was still in use at exit; queued records were not drained"
+        ),
+    }
+    result
+}

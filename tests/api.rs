@@ -1,0 +1,965 @@
+//! `sluice serve` over HTTP: the ngrok API v2 for event destinations,
+//! subscriptions and sources; HTTP ingest; persistence; isolation; audit
+//! events; and the official Python client, unchanged.
+
+use serde_json::{Value, json};
+use sluice_e2e::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+struct Api {
+    http: reqwest::blocking::Client,
+    url: String,
+    key: String,
+}
+
+impl Api {
+    fn new(s: &Server) -> Api {
+        Api::with_key(s, &s.key)
+    }
+
+    fn with_key(s: &Server, key: &str) -> Api {
+        Api {
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            url: s.url.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    fn full(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.url)
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self
+            .http
+            .request(m, self.full(path))
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("ngrok-version", "2");
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+        };
+        (status, v)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+        let (s, v) = self.call(method, path, body);
+        assert_eq!(s, want, "{method} {path}: {v}");
+        v
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error_code"].as_str().unwrap_or("")
+}
+
+fn kinesis() -> Value {
+    json!({"kinesis":{"auth":{"role":{"role_arn":"arn:aws:iam::123456789012:role/example"}},"stream_arn":"arn:aws:kinesis:us-east-2:123456789012:stream/mystream"}})
+}
+
+fn file_target(path: &Path) -> Value {
+    json!({"plugin":{"kind":"file","config":{"path": path},"delivery":{"linger_ms": 20}}})
+}
+
+fn is_error_body(v: &Value, status: u16) {
+    assert_eq!(v["status_code"], status, "{v}");
+    assert!(v["msg"].is_string(), "{v}");
+    assert!(
+        v["details"]["operation_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("op_"),
+        "{v}"
+    );
+}
+
+#[test]
+fn destinations_have_every_key_absolute_uris_and_page_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&s);
+    let d = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"description":"kinesis dev stream","format":"json","metadata":"{\"environment\":\"dev\"}","target": kinesis()})),
+        201,
+    );
+    let id = d["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("ed_") && id.len() == 30, "{id}");
+    for k in [
+        "created_at",
+        "description",
+        "format",
+        "id",
+        "metadata",
+        "target",
+        "uri",
+    ] {
+        assert!(d.get(k).is_some(), "missing {k}");
+    }
+    for k in [
+        "azure_logs_ingestion",
+        "cloudwatch_logs",
+        "datadog",
+        "firehose",
+    ] {
+        assert_eq!(d["target"][k], Value::Null);
+    }
+    assert_eq!(d["target"]["kinesis"]["auth"]["creds"], Value::Null);
+    assert_eq!(d["uri"], format!("{}/event_destinations/{id}", s.url));
+    assert!(d["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        api.ok("GET", &format!("/event_destinations/{id}"), None, 200),
+        d
+    );
+    // PATCH changes only what is given; "" clears.
+    let u = api.ok(
+        "PATCH",
+        &format!("/event_destinations/{id}"),
+        Some(json!({"description":"kinesis dev stream 1 of 3"})),
+        200,
+    );
+    assert_eq!(u["description"], "kinesis dev stream 1 of 3");
+    assert_eq!(u["metadata"], d["metadata"]);
+    let u = api.ok(
+        "PATCH",
+        &format!("/event_destinations/{id}"),
+        Some(json!({"metadata":""})),
+        200,
+    );
+    assert_eq!(u["metadata"], "");
+    // Paging: 7 more, limit 3, following next_page_uri verbatim.
+    let mut created = vec![id.clone()];
+    for i in 0..7 {
+        let v = api.ok(
+            "POST",
+            "/event_destinations",
+            Some(json!({"description": format!("d{i}"), "format":"json", "target": kinesis()})),
+            201,
+        );
+        created.push(v["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut next = format!("{}/event_destinations?limit=3", s.url);
+    let mut pages = 0;
+    loop {
+        let page = api.ok("GET", &next, None, 200);
+        assert_eq!(page["uri"], format!("{}/event_destinations", s.url));
+        let items = page["event_destinations"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_string()));
+        pages += 1;
+        match &page["next_page_uri"] {
+            Value::Null => break,
+            Value::String(u) => {
+                assert!(u.starts_with(&s.url), "absolute: {u}");
+                next = u.clone();
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(pages, 3);
+    created.reverse();
+    assert_eq!(seen, created, "newest first, each once");
+    // Filtered listing (CEL over obj), also paged.
+    let (st, v) = api.call(
+        "GET",
+        "/event_destinations?filter=obj.description%20%3D%3D%20%22d3%22",
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["event_destinations"].as_array().unwrap().len(), 1);
+    assert_eq!(v["event_destinations"][0]["description"], "d3");
+    let v = api.ok(
+        "GET",
+        "/event_destinations?limit=2&filter=obj.description.startsWith(%22d%22)",
+        None,
+        200,
+    );
+    assert!(
+        v["next_page_uri"]
+            .as_str()
+            .unwrap()
+            .contains("filter=obj.description.startsWith%28%22d%22%29"),
+        "{v}"
+    );
+    // Delete: 204 without a body, then 404.
+    let resp = api
+        .http
+        .delete(format!("{}/event_destinations/{id}", s.url))
+        .header("authorization", format!("Bearer {}", api.key))
+        .header("ngrok-version", "2")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(resp.text().unwrap().is_empty());
+    let (st, v) = api.call("GET", &format!("/event_destinations/{id}"), None);
+    assert_eq!((st, code(&v)), (404, "ERR_NGROK_5103"));
+}
+
+#[test]
+fn subscriptions_and_sources_follow_the_patch_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&s);
+    let d1 = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"format":"json","target": kinesis()})),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d2 = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"format":"json","target": kinesis()})),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sub = api.ok(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"description":"ip policy creations","metadata":"{\"environment\": \"staging\"}","sources":[{"type":"ip_policy_created.v0"}],"destination_ids":[d1]})),
+        201,
+    );
+    let id = sub["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("esb_"));
+    assert_eq!(
+        sub["destinations"],
+        json!([{"id": d1, "uri": format!("{}/event_destinations/{d1}", s.url)}])
+    );
+    assert_eq!(
+        sub["sources"],
+        json!([{"type":"ip_policy_created.v0","uri": format!("{}/event_subscriptions/{id}/sources/ip_policy_created.v0", s.url)}])
+    );
+    // What the Python client sends on update: "sources": [] means unchanged.
+    let u = api.ok(
+        "PATCH",
+        &format!("/event_subscriptions/{id}"),
+        Some(json!({"description":"new","sources":[]})),
+        200,
+    );
+    assert_eq!(u["description"], "new");
+    assert_eq!(u["sources"], sub["sources"]);
+    let u = api.ok(
+        "PATCH",
+        &format!("/event_subscriptions/{id}"),
+        Some(json!({"destination_ids": null, "sources": null})),
+        200,
+    );
+    assert_eq!(u["destinations"], sub["destinations"]);
+    // A non-empty list replaces.
+    let u = api.ok("PATCH", &format!("/event_subscriptions/{id}"), Some(json!({"destination_ids":[d2, d1], "sources":[{"type":"http_request_complete.v0","filter":"ev.conn.server_port == 443","fields":["conn.client_ip"]}]})), 200);
+    assert_eq!(u["destinations"][0]["id"], d2.as_str());
+    assert_eq!(
+        u["sources"],
+        json!([{"type":"http_request_complete.v0","filter":"ev.conn.server_port == 443","fields":["conn.client_ip"],"uri": format!("{}/event_subscriptions/{id}/sources/http_request_complete.v0", s.url)}])
+    );
+    // Sources sub-resource.
+    let base = format!("/event_subscriptions/{id}/sources");
+    let src = api.ok(
+        "POST",
+        &base,
+        Some(json!({"type":"ip_policy_updated.v0"})),
+        201,
+    );
+    assert_eq!(
+        src,
+        json!({"type":"ip_policy_updated.v0","uri": format!("{}{base}/ip_policy_updated.v0", s.url)})
+    );
+    let list = api.ok("GET", &base, None, 200);
+    assert_eq!(list["uri"], format!("{}{base}", s.url));
+    assert_eq!(list["sources"].as_array().unwrap().len(), 2);
+    assert!(list.get("next_page_uri").is_none());
+    assert_eq!(
+        api.ok("GET", &format!("{base}/ip_policy_updated.v0"), None, 200),
+        src
+    );
+    // PATCH with no body and no content type (the Python client), and with {} (Go).
+    let resp = api
+        .http
+        .patch(format!("{}{base}/ip_policy_updated.v0", s.url))
+        .header("authorization", format!("Bearer {}", api.key))
+        .header("ngrok-version", "2")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    api.ok(
+        "PATCH",
+        &format!("{base}/ip_policy_updated.v0"),
+        Some(json!({})),
+        200,
+    );
+    let f = api.ok(
+        "PATCH",
+        &format!("{base}/http_request_complete.v0"),
+        Some(json!({"filter":"ev.conn.server_port == 80"})),
+        200,
+    );
+    assert_eq!(f["filter"], "ev.conn.server_port == 80");
+    assert_eq!(f["fields"], json!(["conn.client_ip"]), "fields kept");
+    api.ok("DELETE", &format!("{base}/ip_policy_updated.v0"), None, 204);
+    let (st, v) = api.call("GET", &format!("{base}/ip_policy_updated.v0"), None);
+    assert_eq!((st, code(&v)), (404, "ERR_NGROK_5125"));
+    // Lists, get, delete.
+    let l = api.ok("GET", "/event_subscriptions", None, 200);
+    assert_eq!(l["event_subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(l["next_page_uri"], Value::Null);
+    api.ok("DELETE", &format!("/event_subscriptions/{id}"), None, 204);
+    let (st, v) = api.call("GET", &format!("/event_subscriptions/{id}"), None);
+    assert_eq!((st, code(&v)), (404, "ERR_NGROK_5123"));
+}
+
+#[test]
+fn every_protocol_and_validation_error_has_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&s);
+    let raw =
+        |method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>| -> (u16, Value) {
+            let mut r = api.http.request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", s.url),
+            );
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            if let Some(b) = body {
+                r = r.body(b.to_string());
+            }
+            let resp = r.send().unwrap();
+            let st = resp.status().as_u16();
+            (
+                st,
+                serde_json::from_str(&resp.text().unwrap()).unwrap_or(Value::Null),
+            )
+        };
+    let auth = format!("Bearer {}", s.key);
+    let good = [("authorization", auth.as_str()), ("ngrok-version", "2")];
+    let cases: Vec<(u16, &str, (u16, Value))> = vec![
+        (401, "ERR_NGROK_200", raw("GET", "/event_destinations", &[("ngrok-version", "2")], None)),
+        (401, "ERR_NGROK_201", raw("GET", "/event_destinations", &[("authorization", "Basic abc"), ("ngrok-version", "2")], None)),
+        (401, "ERR_NGROK_202", raw("GET", "/event_destinations", &[("authorization", "Bearer nonsense"), ("ngrok-version", "2")], None)),
+        (401, "ERR_NGROK_203", raw("GET", "/event_destinations", &[("authorization", &format!("Bearer {}x", s.key)), ("ngrok-version", "2")], None)),
+        (401, "ERR_NGROK_208", raw("GET", "/event_destinations", &[("authorization", "Bearer ak_0ERYUfBkgnKZCUQtnIXuUvfafS6"), ("ngrok-version", "2")], None)),
+        (400, "ERR_NGROK_218", raw("GET", "/event_destinations", &[("authorization", &auth)], None)),
+        (400, "ERR_NGROK_217", raw("GET", "/event_destinations", &[("authorization", &auth), ("ngrok-version", "3")], None)),
+        (400, "ERR_NGROK_216", raw("POST", "/event_destinations", &good, Some("{}"))),
+        (400, "ERR_NGROK_210", raw("POST", "/event_destinations", &[good[0], good[1], ("content-type", "text/plain")], Some("{}"))),
+        (400, "ERR_NGROK_211", raw("GET", "/event_destinations", &[good[0], good[1], ("content-type", "application/json")], Some("{\"a\":1}"))),
+        (400, "ERR_NGROK_213", raw("POST", "/event_destinations", &[good[0], good[1], ("content-type", "application/json")], Some("{nope"))),
+        (400, "ERR_NGROK_214", api.call("POST", "/event_destinations", Some(json!({"target": kinesis(), "colour": "red"})))),
+        (400, "ERR_NGROK_227", api.call("GET", "/event_destinations/esb_0ERYUfBkgnKZCUQtnIXuUvfafS6", None)),
+        (400, "ERR_NGROK_223", api.call("GET", "/event_destinations/notanid", None)),
+        (404, "ERR_NGROK_5103", api.call("GET", "/event_destinations/ed_0ERYUfBkgnKZCUQtnIXuUvfafS6", None)),
+        (404, "ERR_NGROK_5103", api.call("GET", "/event_destinations/ed_doesnotexist00000000000000", None)),
+        (404, "ERR_NGROK_5123", api.call("GET", "/event_subscriptions/esb_0ERYUfBkgnKZCUQtnIXuUvfafS6", None)),
+        (400, "ERR_NGROK_5100", api.call("POST", "/event_destinations", Some(json!({"format":"json"})))),
+        (400, "ERR_NGROK_5100", api.call("POST", "/event_destinations", Some(json!({"target":{}})))),
+        (400, "ERR_NGROK_5115", api.call("POST", "/event_destinations", Some(json!({"target":{"kinesis": kinesis()["kinesis"], "datadog":{"api_key":"k"}}})))),
+        (400, "ERR_NGROK_5116", api.call("POST", "/event_destinations", Some(json!({"target":{"kinesis":{"auth":{"role":{"role_arn":"arn:aws:iam::123456789012:role/x"},"creds":{"aws_access_key_id":"a","aws_secret_access_key":"b"}},"stream_arn":"arn:aws:kinesis:us-east-1:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5106", api.call("POST", "/event_destinations", Some(json!({"target":{"firehose":{"delivery_stream_arn":"arn:aws:firehose:us-east-1:123456789012:deliverystream/s"}}})))),
+        (400, "ERR_NGROK_5104", api.call("POST", "/event_destinations", Some(json!({"target":{"kinesis":{"auth":{"role":{"role_arn":"not-an-arn"}},"stream_arn":"arn:aws:kinesis:us-east-1:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5118", api.call("POST", "/event_destinations", Some(json!({"target":{"kinesis":{"auth": kinesis()["kinesis"]["auth"], "stream_arn":"arn:gcp:kinesis:us-east-1:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5119", api.call("POST", "/event_destinations", Some(json!({"target":{"kinesis":{"auth": kinesis()["kinesis"]["auth"], "stream_arn":"arn:aws:bigtable:us-east-1:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5129", api.call("POST", "/event_destinations", Some(json!({"target":{"cloudwatch_logs":{"auth": kinesis()["kinesis"]["auth"], "log_group_arn":"arn:aws:kinesis:us-east-1:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5130", api.call("POST", "/event_destinations", Some(json!({"target":{"firehose":{"auth": kinesis()["kinesis"]["auth"], "delivery_stream_arn":"arn:aws:firehose:us-east-1:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5120", api.call("POST", "/event_destinations", Some(json!({"target":{"kinesis":{"auth": kinesis()["kinesis"]["auth"], "stream_arn":"arn:aws:kinesis:nowhere:123456789012:stream/s"}}})))),
+        (400, "ERR_NGROK_5133", api.call("POST", "/event_destinations", Some(json!({"target":{"datadog":{"ddsite":"datadoghq.eu"}}})))),
+        (400, "ERR_NGROK_5134", api.call("POST", "/event_destinations", Some(json!({"target":{"datadog":{"api_key":"k","ddsite":"datadog.example"}}})))),
+        (400, "ERR_NGROK_5136", api.call("POST", "/event_destinations", Some(json!({"target":{"azure_logs_ingestion":{"tenant_id":"t","client_id":"c","client_secret":"s","logs_ingestion_uri":"https://x","data_collection_rule_id":"","data_collection_stream_name":"Custom-X"}}})))),
+        (400, "ERR_NGROK_5137", api.call("POST", "/event_destinations", Some(json!({"target":{"azure_logs_ingestion":{"tenant_id":"t","client_id":"c","client_secret":"s","logs_ingestion_uri":"https://x","data_collection_rule_id":"dcr-000000000000","data_collection_stream_name":""}}})))),
+        (400, "ERR_NGROK_5138", api.call("POST", "/event_destinations", Some(json!({"target":{"azure_logs_ingestion":{"tenant_id":"t","client_id":"c","client_secret":"s","logs_ingestion_uri":"ftp:x","data_collection_rule_id":"dcr-000000000000","data_collection_stream_name":"Custom-X"}}})))),
+        (400, "ERR_NGROK_5139", api.call("POST", "/event_destinations", Some(json!({"target":{"azure_logs_ingestion":{"tenant_id":"","client_id":"c","client_secret":"s","logs_ingestion_uri":"https://x","data_collection_rule_id":"dcr-000000000000","data_collection_stream_name":"Custom-X"}}})))),
+        (400, "ERR_NGROK_235", api.call("POST", "/event_destinations", Some(json!({"format":"xml","target": kinesis()})))),
+        (400, "ERR_NGROK_215", api.call("POST", "/event_destinations", Some(json!({"metadata": "m".repeat(4097), "target": kinesis()})))),
+        (400, "ERR_NGROK_215", api.call("POST", "/event_destinations", Some(json!({"description": "d".repeat(256), "target": kinesis()})))),
+        (400, "ERR_NGROK_238", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_made.v0"}]})))),
+        (400, "ERR_NGROK_5127", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_created.v0"},{"type":"ip_policy_created.v0"}]})))),
+        (400, "ERR_NGROK_5402", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_created.v0","filter":"ev.id == 'x'"}]})))),
+        (400, "ERR_NGROK_5401", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_created.v0","fields":["id"]}]})))),
+        (400, "ERR_NGROK_5403", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","fields":["conn.nope"]}]})))),
+        (400, "ERR_NGROK_5404", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.conn.server_port =="}]})))),
+        (404, "ERR_NGROK_5103", api.call("POST", "/event_subscriptions", Some(json!({"destination_ids":["ed_0ERYUfBkgnKZCUQtnIXuUvfafS6"]})))),
+        (400, "ERR_NGROK_233", api.call("GET", "/event_destinations?limit=0", None)),
+        (400, "ERR_NGROK_233", api.call("GET", "/event_destinations?limit=101", None)),
+        (400, "ERR_NGROK_231", api.call("GET", "/event_destinations?colour=red", None)),
+        (400, "ERR_NGROK_232", api.call("GET", "/event_destinations?limit=1&limit=2", None)),
+        (400, "ERR_NGROK_250", api.call("GET", "/event_destinations?filter=obj.target%20%3D%3D%201", None)),
+    ];
+    let mut failures = Vec::new();
+    for (i, (want_status, want_code, (status, body))) in cases.iter().enumerate() {
+        if status != want_status || code(body) != *want_code {
+            failures.push(format!(
+                "case {i}: want {want_status} {want_code}, got {status} {body}"
+            ));
+        } else {
+            is_error_body(body, *status);
+        }
+    }
+    // The filter error says where.
+    let (_, v) = api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.conn.server_port == 'x' &&"}]})));
+    assert!(v["msg"].as_str().unwrap().contains("line 1, column"), "{v}");
+    // In-use destination, target type change.
+    let d = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"target": kinesis()})),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.ok(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"sources":[{"type":"ip_policy_created.v0"}],"destination_ids":[d]})),
+        201,
+    );
+    let (st, v) = api.call("DELETE", &format!("/event_destinations/{d}"), None);
+    if (st, code(&v)) != (400, "ERR_NGROK_5112") {
+        failures.push(format!("in use: {st} {v}"));
+    }
+    let (st, v) = api.call(
+        "PATCH",
+        &format!("/event_destinations/{d}"),
+        Some(json!({"target":{"datadog":{"api_key":"k"}}})),
+    );
+    if (st, code(&v)) != (400, "ERR_NGROK_5108") {
+        failures.push(format!("type change: {st} {v}"));
+    }
+    // Unknown paths and methods still answer JSON errors.
+    let (st, v) = api.call("GET", "/nope", None);
+    assert_eq!(st, 404);
+    is_error_body(&v, 404);
+    let (st, v) = api.call("PUT", "/event_destinations", Some(json!({})));
+    assert_eq!(st, 405);
+    is_error_body(&v, 405);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn secrets_are_write_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&s);
+    let secrets = [
+        "AWS-SECRET-0123",
+        "DD-KEY-4567",
+        "AZ-SECRET-89AB",
+        "PLUGIN-TOKEN-CDEF",
+    ];
+    let targets = [
+        json!({"firehose":{"auth":{"creds":{"aws_access_key_id":"AKIA1","aws_secret_access_key": secrets[0]}},"delivery_stream_arn":"arn:aws:firehose:us-east-1:123456789012:deliverystream/s"}}),
+        json!({"datadog":{"api_key": secrets[1],"ddsite":"datadoghq.eu","service":"svc","ddtags":"env:prod"}}),
+        json!({"azure_logs_ingestion":{"tenant_id":"t","client_id":"c","client_secret": secrets[2],"logs_ingestion_uri":"https://x.ingest.monitor.azure.com","data_collection_rule_id":"dcr-0123456789","data_collection_stream_name":"Custom-X_CL"}}),
+        json!({"plugin":{"kind":"blackhole","config":{"reject_every":0}}}),
+    ];
+    let mut ids = vec![];
+    for t in &targets {
+        let v = api.ok(
+            "POST",
+            "/event_destinations",
+            Some(json!({"target": t})),
+            201,
+        );
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let all = api.ok("GET", "/event_destinations", None, 200).to_string();
+    for sec in &secrets {
+        assert!(!all.contains(sec), "{sec} leaked in {all}");
+    }
+    let v = api.ok("GET", &format!("/event_destinations/{}", ids[0]), None, 200);
+    assert_eq!(
+        v["target"]["firehose"]["auth"]["creds"]["aws_access_key_id"],
+        "AKIA1"
+    );
+    assert_eq!(
+        v["target"]["firehose"]["auth"]["creds"]["aws_secret_access_key"],
+        ""
+    );
+    let v = api.ok("GET", &format!("/event_destinations/{}", ids[1]), None, 200);
+    assert_eq!(
+        v["target"]["datadog"],
+        json!({"api_key":"","ddsite":"datadoghq.eu","ddtags":"env:prod","service":"svc"})
+    );
+    // Sending the redacted read back keeps the secret (a PATCH of the description).
+    api.ok(
+        "PATCH",
+        &format!("/event_destinations/{}", ids[1]),
+        Some(json!({"description":"x","target": v["target"]})),
+        200,
+    );
+    // Nothing in the server's output either.
+    let printed = s.stdout.lock().unwrap().clone();
+    for sec in &secrets {
+        assert!(!printed.contains(sec));
+    }
+}
+
+#[test]
+fn changes_persist_keys_are_per_account_and_accounts_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start(&data, &[]);
+    let api = Api::new(&s);
+    let d = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"description":"mine","target": kinesis()})),
+        201,
+    );
+    let did = d["id"].as_str().unwrap().to_string();
+    let sub = api.ok("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.conn.server_port == 443"}],"destination_ids":[did]})), 201);
+    let sid = sub["id"].as_str().unwrap().to_string();
+    // A second account, keyed while the server runs.
+    let other_account = "ac_0ERYUfBkgnKZCUQtnIXuUvfafS6";
+    let out = run(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--account",
+            other_account,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let other_key = text(&out).0.trim().to_string();
+    assert_eq!(other_key.lines().count(), 1, "the key alone on stdout");
+    let other = Api::with_key(&s, &other_key);
+    assert_eq!(
+        other.ok("GET", "/event_destinations", None, 200)["event_destinations"],
+        json!([])
+    );
+    assert_eq!(
+        other.ok("GET", "/event_subscriptions", None, 200)["event_subscriptions"],
+        json!([])
+    );
+    for (m, p, body) in [
+        ("GET", format!("/event_destinations/{did}"), None),
+        (
+            "PATCH",
+            format!("/event_destinations/{did}"),
+            Some(json!({"description":"stolen"})),
+        ),
+        ("DELETE", format!("/event_destinations/{did}"), None),
+        ("GET", format!("/event_subscriptions/{sid}"), None),
+        ("DELETE", format!("/event_subscriptions/{sid}"), None),
+        ("GET", format!("/event_subscriptions/{sid}/sources"), None),
+    ] {
+        let (st, v) = other.call(m, &p, body);
+        assert_eq!(st, 404, "{m} {p}: {v}");
+    }
+    let (st, v) = other.call(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"destination_ids":[did]})),
+    );
+    assert_eq!(
+        (st, code(&v)),
+        (404, "ERR_NGROK_5103"),
+        "cannot point at another account's destination"
+    );
+    // Restart: everything is still there, both keys work.
+    let printed_before = s.stdout.lock().unwrap().len();
+    s.restart();
+    let api = Api::new(&s);
+    assert_eq!(
+        api.ok("GET", &format!("/event_destinations/{did}"), None, 200)["description"],
+        "mine"
+    );
+    assert_eq!(
+        api.ok("GET", &format!("/event_subscriptions/{sid}"), None, 200),
+        {
+            let mut v = sub.clone();
+            v["uri"] = json!(format!("{}/event_subscriptions/{sid}", s.url));
+            v["destinations"][0]["uri"] = json!(format!("{}/event_destinations/{did}", s.url));
+            v["sources"][0]["uri"] = json!(format!(
+                "{}/event_subscriptions/{sid}/sources/http_request_complete.v0",
+                s.url
+            ));
+            v
+        }
+    );
+    let other = Api::with_key(&s, &other_key);
+    other.ok("GET", "/event_destinations", None, 200);
+    assert!(
+        !s.stdout.lock().unwrap()[printed_before..].contains("first start: created account"),
+        "no new account on restart"
+    );
+}
+
+fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = read_ndjson(path);
+        if v.len() >= n || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ingest(s: &Server, body: Vec<u8>, gzip: bool) -> (u16, Value, Option<String>) {
+    let mut r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest", s.url))
+        .header("authorization", format!("Bearer {}", s.ingest_token))
+        .header("content-type", "application/x-ndjson");
+    let body = if gzip {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&body).unwrap();
+        r = r.header("content-encoding", "gzip");
+        e.finish().unwrap()
+    } else {
+        body
+    };
+    let resp = r.body(body).send().unwrap();
+    let st = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (st, resp.json().unwrap_or(Value::Null), retry)
+}
+
+#[test]
+fn changes_apply_live_emit_audit_events_and_ingest_reports_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&s);
+    let (audit_out, traffic_out) = (
+        dir.path().join("audit.ndjson"),
+        dir.path().join("traffic.ndjson"),
+    );
+    let da = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"description":"audit file","target": file_target(&audit_out)})),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let audit_types = [
+        "event_destination_created.v0",
+        "event_destination_updated.v0",
+        "event_destination_deleted.v0",
+        "event_subscription_created.v0",
+        "event_subscription_updated.v0",
+        "event_subscription_deleted.v0",
+    ];
+    let sources: Vec<Value> = audit_types.iter().map(|t| json!({"type": t})).collect();
+    api.ok(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"description":"audit","sources": sources, "destination_ids":[da]})),
+        201,
+    );
+    // Now every change is exported.
+    let dt = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"description":"traffic file","target": file_target(&traffic_out)})),
+        201,
+    );
+    let dt_id = dt["id"].as_str().unwrap().to_string();
+    let sub = api.ok(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.http.response.status_code >= 500","fields":["http.response.status_code"]}],"destination_ids":[dt_id]})),
+        201,
+    );
+    api.ok(
+        "PATCH",
+        &format!("/event_destinations/{dt_id}"),
+        Some(json!({"metadata":"{\"team\":\"sre\"}"})),
+        200,
+    );
+    let audits = wait_for_lines(&audit_out, 4);
+    let kinds: Vec<&str> = audits
+        .iter()
+        .map(|a| a["event_type"].as_str().unwrap())
+        .collect();
+    // The audit subscription exports its own creation, then what follows.
+    assert_eq!(
+        kinds,
+        [
+            "event_subscription_created.v0",
+            "event_destination_created.v0",
+            "event_subscription_created.v0",
+            "event_destination_updated.v0"
+        ],
+        "{audits:?}"
+    );
+    let audits = &audits[1..];
+    let created = &audits[0];
+    assert_eq!(
+        created["object"], dt,
+        "the object is the API representation"
+    );
+    assert_eq!(created["account_id"], s.account.as_str());
+    assert!(created["event_id"].as_str().unwrap().starts_with("ev_"));
+    assert!(
+        created["principal"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("ak_")
+    );
+    assert_eq!(created["principal"]["source"], "API");
+    assert_eq!(audits[1]["object"], sub);
+    // Ingest: the new subscription is live; rejects are reported by line.
+    let acct = s.account.clone();
+    let mut body = String::new();
+    for (i, status) in [503, 200, 500].iter().enumerate() {
+        body.push_str(&event(
+            &format!("ev_{i}"),
+            &acct,
+            "http_request_complete.v0",
+            &format!(r#"{{"http":{{"response":{{"status_code":{status}}}}}}}"#),
+        ));
+        body.push('\n');
+    }
+    body.push_str("{broken\n\n");
+    body.push_str(&event("ev_x", &acct, "http_request_complete.v9", "{}"));
+    body.push('\n');
+    let (st, v, _) = ingest(&s, body.clone().into_bytes(), false);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (
+            v["events"].as_u64(),
+            v["accepted"].as_u64(),
+            v["rejected"].as_u64()
+        ),
+        (Some(5), Some(3), Some(2)),
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["line"], 4);
+    assert_eq!(v["errors"][0]["reason"], "bad_json");
+    assert_eq!(v["errors"][1]["line"], 6);
+    assert_eq!(v["errors"][1]["reason"], "unknown_event_type");
+    let (st, v, _) = ingest(&s, body.into_bytes(), true);
+    assert_eq!((st, v["accepted"].as_u64()), (200, Some(3)), "gzip: {v}");
+    let traffic = wait_for_lines(&traffic_out, 4);
+    let ids: Vec<&str> = traffic
+        .iter()
+        .map(|t| t["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ev_0", "ev_2", "ev_0", "ev_2"]);
+    assert_eq!(
+        traffic[0]["object"],
+        json!({"http":{"response":{"status_code":503}}})
+    );
+    // A bad ingest token.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest", s.url))
+        .header("authorization", "Bearer wrong")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // Deleting the subscription stops the traffic at once.
+    api.ok(
+        "DELETE",
+        &format!("/event_subscriptions/{}", sub["id"].as_str().unwrap()),
+        None,
+        204,
+    );
+    let (_, v, _) = ingest(
+        &s,
+        event(
+            "ev_9",
+            &acct,
+            "http_request_complete.v0",
+            r#"{"http":{"response":{"status_code":500}}}"#,
+        )
+        .into_bytes(),
+        false,
+    );
+    assert_eq!(v["accepted"], 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        read_ndjson(&traffic_out).len(),
+        4,
+        "no record after the subscription was deleted"
+    );
+    let audits = wait_for_lines(&audit_out, 5);
+    assert_eq!(
+        audits.last().unwrap()["event_type"],
+        "event_subscription_deleted.v0"
+    );
+    // Metrics and health.
+    let m = reqwest::blocking::get(format!("{}/metrics", s.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        m.contains("sluice_events_rejected_total{reason=\"bad_json\"} 2"),
+        "{m}"
+    );
+    let h: Value = reqwest::blocking::get(format!("{}/healthz", s.url))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(h["status"], "ok");
+}
+
+#[test]
+fn ingest_pushes_back_with_429_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--workers", "1"]);
+    let api = Api::new(&s);
+    let out = dir.path().join("slow.ndjson");
+    let target = json!({"plugin":{"kind":"faulty","config":{"mode":"slow","delay_ms":200,"path": out},"delivery":{"linger_ms":1,"max_in_flight":1,"buffer_max_bytes":20000}}});
+    let d = api.ok(
+        "POST",
+        "/event_destinations",
+        Some(json!({"target": target})),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.ok(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"sources":[{"type":"http_request_complete.v0"}],"destination_ids":[d]})),
+        201,
+    );
+    // Sixteen clients at once: the slow destination fills its budget, the
+    // worker blocks, its queue fills, and new requests are refused with 429.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<(Value, Option<String>)>));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::scope(|scope| {
+        for c in 0..16 {
+            let (accepted, refused, s) = (accepted.clone(), refused.clone(), &s);
+            scope.spawn(move || {
+                let mut n = 0;
+                while refused.lock().unwrap().is_none() && Instant::now() < deadline {
+                    let mut body = String::new();
+                    for _ in 0..200 {
+                        body.push_str(&event(
+                            &format!("ev_{c}_{n}"),
+                            &s.account,
+                            "http_request_complete.v0",
+                            r#"{"conn":{"server_port":443}}"#,
+                        ));
+                        body.push('\n');
+                        n += 1;
+                    }
+                    let (st, v, retry) = ingest(s, body.into_bytes(), false);
+                    match st {
+                        200 => {
+                            accepted.fetch_add(
+                                v["accepted"].as_u64().unwrap(),
+                                std::sync::atomic::Ordering::SeqCst,
+                            );
+                        }
+                        429 => *refused.lock().unwrap() = Some((v, retry)),
+                        other => panic!("{other}: {v}"),
+                    }
+                }
+            });
+        }
+    });
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let got_429 = refused.lock().unwrap().clone();
+    if let Some((v, retry)) = &got_429 {
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(v["error_code"], "ERR_NGROK_226");
+    }
+    assert!(
+        got_429.is_some(),
+        "never pushed back after {accepted} events"
+    );
+    // Everything accepted is delivered, in the end.
+    let delivered = wait_for_lines(&out, accepted as usize);
+    assert_eq!(delivered.len() as u64, accepted);
+}
+
+#[test]
+fn cors_preflight_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let resp = reqwest::blocking::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/event_destinations", s.url),
+        )
+        .header("origin", "https://dashboard.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, ngrok-version",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let h = resp.headers();
+    assert_eq!(
+        h["access-control-allow-origin"],
+        "https://dashboard.example"
+    );
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization, ngrok-version"
+    );
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PATCH")
+    );
+}
+
+/// The official Python client (`ngrok-api` from PyPI), unchanged, against
+/// `sluice serve`. `.ci/run` installs it in `.venv-ngrok`.
+#[test]
+fn the_official_python_client_works_unchanged() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = root.join(".venv-ngrok/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run .ci/run, or: python3 -m venv .venv-ngrok && .venv-ngrok/bin/pip install ngrok-api==0.19.0",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/python/ngrok_client.py"))
+        .arg(&s.url)
+        .arg(&s.key)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
+    assert!(o.contains("all checks passed"), "{o}");
+}
