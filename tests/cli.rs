@@ -487,3 +487,77 @@ destination_ids = ["ed_bh"]
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).0.contains("REGRESSION"));
 }
+
+#[test]
+fn bench_over_http_delivers_what_in_process_does_and_measures_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+[generator]
+events = 30000
+accounts = 5
+size = 650
+prod_share = 0.5
+error_share = 0.1
+[[destination]]
+id = "ed_bh"
+kind = "blackhole"
+delivery = { linger_ms = 5 }
+[[subscriptions]]
+destination_ids = ["ed_bh"]
+  [[subscriptions.source]]
+  type = "http_request_complete.v0"
+  filter = 'ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && ev.http.response.status_code >= 500'
+"#;
+    std::fs::write(
+        dir.path().join("local.toml"),
+        format!("name = \"t\"\n[run]\nrepeat = 1\n{body}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("http.toml"),
+        format!(
+            "name = \"t\"\n[run]\nrepeat = 1\nmode = \"http\"\nconnections = 3\n[api]\nsubscriptions = 300\nclients = 8\nseconds = 1\nchanges = 3\n{body}"
+        ),
+    )
+    .unwrap();
+    let mut recs = Vec::new();
+    for name in ["local", "http"] {
+        let out = run(
+            dir.path(),
+            &[
+                "bench",
+                &format!("{name}.toml"),
+                "--quiet",
+                "--json",
+                &format!("{name}.json"),
+                "--data-dir",
+                "data",
+            ],
+        );
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "{o}\n{e}");
+        let rec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        recs.push(rec);
+    }
+    let (local, http) = (&recs[0]["runs"][0], &recs[1]["runs"][0]);
+    assert_eq!(
+        http["events"], 30000,
+        "every event went through HTTP ingest"
+    );
+    assert!(local["delivered"].as_u64().unwrap() > 0);
+    assert_eq!(http["matched"], local["matched"]);
+    assert_eq!(http["delivered"], local["delivered"]);
+    assert!(
+        http["latency_us"]["p99"].as_u64().unwrap() > 0,
+        "latency scraped from /metrics"
+    );
+    assert!(recs[1]["mode"].as_str().unwrap().starts_with("http"));
+    let api = &recs[1]["api"];
+    assert!(api["get"]["count"].as_u64().unwrap() > 0, "{api}");
+    assert!(api["list"]["count"].as_u64().unwrap() > 0, "{api}");
+    assert_eq!(api["change"]["count"], 3);
+    assert!(api["change_to_first_record_ms"].as_f64().unwrap() > 0.0);
+}

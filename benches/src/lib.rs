@@ -14,5 +14,6 @@ pub mod harness;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod serve_harness;
 pub mod sysinfo;
 pub mod traffic;

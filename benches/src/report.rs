@@ -114,6 +114,9 @@ pub struct Record {
     pub summary: Summary,
     /// The naive baseline, if run.
     pub baseline: Option<BaselineReport>,
+    /// The control-plane benchmark, if the scenario has one.
+    #[serde(default)]
+    pub api: Option<crate::serve_harness::ApiResult>,
 }
 
 impl Record {
@@ -174,21 +177,55 @@ impl Record {
     /// The human-readable report.
     pub fn text(&self) -> String {
         let mut s = String::new();
-        let s_ = &self.summary;
         let _ = writeln!(
             s,
-            "scenario {}: {}\n  {} events of {:.0} bytes, accounts: {}, subscriptions: {}, workers: {}, {} (commit {}, {})",
+            "scenario {}: {}\n  {}subscriptions: {}, workers: {}, {} (commit {}, {})",
             self.scenario,
             self.description,
-            self.events,
-            self.event_bytes,
-            self.accounts,
+            if self.events > 0 {
+                format!(
+                    "{} events of {:.0} bytes, accounts: {}, ",
+                    self.events, self.event_bytes, self.accounts
+                )
+            } else {
+                String::new()
+            },
             self.subscriptions,
             self.workers,
             self.mode,
             self.commit,
             self.machine
         );
+        if !self.runs.is_empty() {
+            self.traffic_text(&mut s);
+        }
+        if let Some(api) = &self.api {
+            let _ = writeln!(
+                s,
+                "  API, {} subscriptions, {} clients: {} requests/s\n    GET one:  p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} requests)\n    GET list: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} requests)\n    PATCH a filter (stored and live when it returns): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} changes)\n    PATCH to the first record its new filter selects, delivered: {:.1} ms",
+                api.subscriptions,
+                api.clients,
+                group(api.requests_per_s),
+                api.get.p50,
+                api.get.p99,
+                api.get.max,
+                api.get.count,
+                api.list.p50,
+                api.list.p99,
+                api.list.max,
+                api.list.count,
+                api.change.p50,
+                api.change.p99,
+                api.change.max,
+                api.change.count,
+                api.change_to_first_record_ms
+            );
+        }
+        s
+    }
+
+    fn traffic_text(&self, s: &mut String) {
+        let s_ = &self.summary;
         for (i, r) in self.runs.iter().enumerate() {
             let offered = if r.offered_rate > 0 {
                 format!(" (offered {})", group(r.offered_rate as f64))
@@ -262,7 +299,6 @@ impl Record {
                 b.ratio
             );
         }
-        s
     }
 }
 
@@ -317,7 +353,7 @@ pub fn compare(old: &Record, new: &Record) -> Vec<Delta> {
         .max(new.summary.events_per_s.spread_pct)
         .max(2.0);
     // Latency tails are noisier than throughput: allow twice the noise.
-    let rows: [(&'static str, f64, f64, bool, f64); 5] = [
+    let mut rows: Vec<(&'static str, f64, f64, bool, f64)> = vec![
         (
             "events/s",
             old.summary.events_per_s.median,
@@ -354,6 +390,36 @@ pub fn compare(old: &Record, new: &Record) -> Vec<Delta> {
             noise,
         ),
     ];
+    if old.runs.is_empty() || new.runs.is_empty() {
+        rows.clear();
+    }
+    if let (Some(o), Some(n)) = (&old.api, &new.api) {
+        // One API run has no spread of its own, and the tail latency of a
+        // few thousand requests on a shared machine is noisy: at least 10%.
+        let api = noise.max(10.0);
+        rows.push(("API GET p99 (ms)", o.get.p99, n.get.p99, false, 2.0 * api));
+        rows.push((
+            "API list p99 (ms)",
+            o.list.p99,
+            n.list.p99,
+            false,
+            2.0 * api,
+        ));
+        rows.push((
+            "API change p99 (ms)",
+            o.change.p99,
+            n.change.p99,
+            false,
+            2.0 * api,
+        ));
+        rows.push((
+            "API requests/s",
+            o.requests_per_s,
+            n.requests_per_s,
+            true,
+            api,
+        ));
+    }
     rows.iter()
         .map(|(metric, o, n, higher_is_better, noise)| {
             let change = if *o != 0.0 { (n - o) / o * 100.0 } else { 0.0 };

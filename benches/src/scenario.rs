@@ -191,6 +191,9 @@ pub struct Scenario {
     /// Subscription templates.
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionTemplate>,
+    /// The control-plane benchmark (needs `sluice serve`).
+    #[serde(default)]
+    pub api: Option<crate::serve_harness::ApiSpec>,
 }
 
 impl Scenario {
@@ -198,6 +201,12 @@ impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if s.subscriptions.is_empty() && s.api.is_none() {
+            return Err(format!(
+                "{}: no [[subscriptions]] and no [api]: nothing to run",
+                path.display()
+            ));
+        }
         if s.generator.events == 0 {
             return Err(format!("{}: generator.events must be > 0", path.display()));
         }

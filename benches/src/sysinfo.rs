@@ -31,8 +31,14 @@ pub fn reset_peak_rss() -> bool {
 
 /// CPU time (seconds) of every thread of this process, by thread id, with its name.
 pub fn thread_cpu() -> BTreeMap<u64, (String, f64)> {
+    thread_cpu_of("self")
+}
+
+/// CPU time (seconds) of every thread of process `pid` (`"self"` for this
+/// one), by thread id, with its name.
+pub fn thread_cpu_of(pid: &str) -> BTreeMap<u64, (String, f64)> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
     for e in dir.flatten() {

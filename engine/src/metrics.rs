@@ -395,7 +395,7 @@ impl Metrics {
         );
         for (id, d) in &dests {
             let h = d.latency.lock().unwrap_or_else(|p| p.into_inner());
-            for q in [0.5, 0.9, 0.99, 0.999] {
+            for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
                 let _ = writeln!(
                     s,
                     "sluice_destination_latency_seconds{{destination=\"{}\",quantile=\"{q}\"}} {}",

@@ -3,7 +3,7 @@
 use sluice_bench::harness::{RunOptions, ensure_data, run_in_process};
 use sluice_bench::report::{BaselineReport, Record, compare, compare_text};
 use sluice_bench::scenario::{Mode, Scenario, data_path};
-use sluice_bench::{baseline, plot, sysinfo};
+use sluice_bench::{baseline, plot, serve_harness, sysinfo};
 use sluice_engine::plugin::plugin_dirs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,20 +79,18 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     if let Some(r) = a.repeat {
         s.run.repeat = r;
     }
-    if s.run.mode == Mode::Http {
-        return Err(format!(
-            "{}: mode = \"http\" needs `sluice serve`, which this build does not have yet",
-            path.display()
-        ));
-    }
+    let sluice = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let traffic = !s.subscriptions.is_empty();
     let dir = a
         .data_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("sluice-bench-data"));
     let data = data_path(&dir, &s.generator);
     let progress = !a.quiet;
-    ensure_data(&s, &data, progress)?;
-    let bytes = std::fs::metadata(&data).map_err(|e| e.to_string())?.len();
+    if traffic {
+        ensure_data(&s, &data, progress)?;
+    }
+    let bytes = std::fs::metadata(&data).map_or(0, |m| m.len());
     let opts = RunOptions {
         plugin_dirs: plugin_dirs(&a.plugin_dir.iter().cloned().collect::<Vec<_>>()),
         progress,
@@ -114,22 +112,33 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         ),
-        events: s.generator.events,
+        events: if traffic { s.generator.events } else { 0 },
         event_bytes: bytes as f64 / s.generator.events as f64,
         accounts: s.generator.accounts,
-        subscriptions: s.pipeline(&accounts)?.subscriptions.len(),
-        mode: "in-process".into(),
+        subscriptions: match &s.api {
+            Some(api) if !traffic => api.subscriptions,
+            _ => s.pipeline(&accounts)?.subscriptions.len(),
+        },
+        mode: match s.run.mode {
+            Mode::InProcess => "in-process".into(),
+            Mode::Http => format!("http, {} connections", s.run.connections.max(1)),
+        },
         workers,
         ..Default::default()
     };
-    println!(
-        "sluice bench: {} ({} runs of {} events)",
-        s.name,
-        s.run.repeat.max(1),
-        s.generator.events
-    );
-    for i in 0..s.run.repeat.max(1) {
-        let r = run_in_process(&s, &data, &opts)?;
+    if traffic {
+        println!(
+            "sluice bench: {} ({} runs of {} events)",
+            s.name,
+            s.run.repeat.max(1),
+            s.generator.events
+        );
+    }
+    for i in 0..if traffic { s.run.repeat.max(1) } else { 0 } {
+        let r = match s.run.mode {
+            Mode::InProcess => run_in_process(&s, &data, &opts)?,
+            Mode::Http => serve_harness::run_http(&s, &data, &opts, &sluice, s.run.connections)?,
+        };
         println!(
             "  run {}: {:.0} events/s, p99 {:.1} ms, {} delivered",
             i + 1,
@@ -139,7 +148,14 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         );
         record.runs.push(r);
     }
-    if a.baseline {
+    if let Some(api) = &s.api {
+        println!(
+            "sluice bench: {}: API with {} subscriptions, {} clients for {} s, {} changes",
+            s.name, api.subscriptions, api.clients, api.seconds, api.changes
+        );
+        record.api = Some(serve_harness::run_api(api, &opts, &sluice)?);
+    }
+    if a.baseline && traffic {
         let b = baseline::run_baseline(
             &s,
             &data,

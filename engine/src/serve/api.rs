@@ -5,8 +5,8 @@ use super::error::ApiError;
 use super::ids;
 use super::list_filter::ListFilter;
 use super::model::{
-    Destination, Subscription, check_format, check_lengths, member, only_keys, parse_target,
-    source_json, string,
+    Destination, Subscription, SubscriptionJson, check_format, check_lengths, member, only_keys,
+    parse_target, source_json, string,
 };
 use super::store::{AccountState, State, Store, sha256_hex, split_token};
 use crate::config::SourceSpec;
@@ -952,11 +952,37 @@ async fn list_subscriptions(
         |s: &Subscription| (&s.id, &s.created_at, &s.description, &s.metadata),
         &uri,
     );
-    let list: Vec<Value> = page.iter().map(|s| s.to_json(&ctx.base)).collect();
-    Ok(
-        Json(json!({ "event_subscriptions": list, "next_page_uri": next, "uri": uri }))
-            .into_response(),
+    // Written straight from the state, without a `Value` per subscription.
+    let mut out = Vec::with_capacity(512 * page.len() + 256);
+    out.extend_from_slice(b"{\"event_subscriptions\":[");
+    for (i, s) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(
+            &mut out,
+            &SubscriptionJson {
+                sub: s,
+                base: &ctx.base,
+            },
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    out.extend_from_slice(b"],\"next_page_uri\":");
+    serde_json::to_writer(&mut out, &next).map_err(|e| ApiError::internal(e.to_string()))?;
+    out.extend_from_slice(b",\"uri\":");
+    serde_json::to_writer(&mut out, &uri).map_err(|e| ApiError::internal(e.to_string()))?;
+    out.push(b'}');
+    Ok(json_response(out))
+}
+
+/// A 200 response of JSON already serialized.
+fn json_response(body: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
     )
+        .into_response()
 }
 
 fn find_subscription(app: &App, ctx: &Ctx, id: &str) -> Result<Subscription, ApiError> {
@@ -978,7 +1004,13 @@ async fn get_subscription(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ctx = app.prelude(&headers, &Method::GET, &body)?;
-    Ok(Json(find_subscription(&app, &ctx, &id)?.to_json(&ctx.base)).into_response())
+    let s = find_subscription(&app, &ctx, &id)?;
+    let out = serde_json::to_vec(&SubscriptionJson {
+        sub: &s,
+        base: &ctx.base,
+    })
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(json_response(out))
 }
 
 /// Stores a changed subscription and reports it.

@@ -355,15 +355,7 @@ impl Destination {
 impl Subscription {
     /// The API representation.
     pub fn to_json(&self, base: &str) -> Value {
-        json!({
-            "created_at": self.created_at,
-            "description": self.description,
-            "destinations": self.destination_ids.iter().map(|d| json!({ "id": d, "uri": format!("{base}/event_destinations/{d}") })).collect::<Vec<_>>(),
-            "id": self.id,
-            "metadata": self.metadata,
-            "sources": self.sources.iter().map(|s| source_json(base, &self.id, s)).collect::<Vec<_>>(),
-            "uri": format!("{base}/event_subscriptions/{}", self.id),
-        })
+        serde_json::to_value(SubscriptionJson { sub: self, base }).unwrap_or(Value::Null)
     }
 
     /// What the engine runs for it.
@@ -379,14 +371,126 @@ impl Subscription {
 
 /// An `EventSource` object.
 pub fn source_json(base: &str, sub: &str, s: &SourceSpec) -> Value {
-    let mut v = json!({ "type": s.event_type, "uri": format!("{base}/event_subscriptions/{sub}/sources/{}", s.event_type) });
-    if let Some(f) = &s.filter {
-        v["filter"] = Value::String(f.clone());
+    serde_json::to_value(SourceJson {
+        base,
+        sub,
+        source: s,
+    })
+    .unwrap_or(Value::Null)
+}
+
+/// `base` and path parts, written as one string without building it.
+struct Uri<'a>(&'a [&'a str]);
+
+impl Serialize for Uri<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        struct Joined<'a>(&'a [&'a str]);
+        impl std::fmt::Display for Joined<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.iter().try_for_each(|p| f.write_str(p))
+            }
+        }
+        ser.collect_str(&Joined(self.0))
     }
-    if let Some(f) = &s.fields {
-        v["fields"] = json!(f);
+}
+
+/// A subscription as the API shows it, serialized straight to the output:
+/// lists of 100 subscriptions are the API's hottest path, and building a
+/// `Value` tree for each costs more than the rest of the request.
+pub struct SubscriptionJson<'a> {
+    /// The subscription.
+    pub sub: &'a Subscription,
+    /// `scheme://host` of the request.
+    pub base: &'a str,
+}
+
+impl Serialize for SubscriptionJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Refs<'a>(&'a [String], &'a str);
+        impl Serialize for Refs<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut seq = ser.serialize_seq(Some(self.0.len()))?;
+                for d in self.0 {
+                    seq.serialize_element(&DestinationRef {
+                        id: d,
+                        base: self.1,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        struct DestinationRef<'a> {
+            id: &'a str,
+            base: &'a str,
+        }
+        impl Serialize for DestinationRef<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut m = ser.serialize_map(Some(2))?;
+                m.serialize_entry("id", self.id)?;
+                m.serialize_entry("uri", &Uri(&[self.base, "/event_destinations/", self.id]))?;
+                m.end()
+            }
+        }
+        struct Sources<'a>(&'a Subscription, &'a str);
+        impl Serialize for Sources<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut seq = ser.serialize_seq(Some(self.0.sources.len()))?;
+                for s in &self.0.sources {
+                    seq.serialize_element(&SourceJson {
+                        base: self.1,
+                        sub: &self.0.id,
+                        source: s,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let s = self.sub;
+        // Keys in sorted order, as the `Value` form had them.
+        let mut m = ser.serialize_map(Some(7))?;
+        m.serialize_entry("created_at", &s.created_at)?;
+        m.serialize_entry("description", &s.description)?;
+        m.serialize_entry("destinations", &Refs(&s.destination_ids, self.base))?;
+        m.serialize_entry("id", &s.id)?;
+        m.serialize_entry("metadata", &s.metadata)?;
+        m.serialize_entry("sources", &Sources(s, self.base))?;
+        m.serialize_entry("uri", &Uri(&[self.base, "/event_subscriptions/", &s.id]))?;
+        m.end()
     }
-    v
+}
+
+/// An `EventSource` as the API shows it.
+struct SourceJson<'a> {
+    base: &'a str,
+    sub: &'a str,
+    source: &'a SourceSpec,
+}
+
+impl Serialize for SourceJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let s = self.source;
+        let mut m = ser.serialize_map(None)?;
+        if let Some(f) = &s.fields {
+            m.serialize_entry("fields", f)?;
+        }
+        if let Some(f) = &s.filter {
+            m.serialize_entry("filter", f)?;
+        }
+        m.serialize_entry("type", &s.event_type)?;
+        m.serialize_entry(
+            "uri",
+            &Uri(&[
+                self.base,
+                "/event_subscriptions/",
+                self.sub,
+                "/sources/",
+                &s.event_type,
+            ]),
+        )?;
+        m.end()
+    }
 }
 
 // ---------------------------------------------------------------- parsing

@@ -1,0 +1,693 @@
+//! Benchmarks against a `sluice serve` child process: scenarios over HTTP
+//! ingest with N concurrent connections, and the control-plane API under
+//! concurrent clients.
+//!
+//! The server's store is seeded directly (SQLite) before it starts, so that a
+//! scenario with 10,000 subscriptions starts in a second instead of making
+//! 10,000 API calls that each reconfigure the engine.
+
+use crate::harness::{Latency, RunOptions, RunResult};
+use crate::scenario::Scenario;
+use crate::traffic::Generator;
+use serde::{Deserialize, Serialize};
+use sluice_engine::ingest::{Chunk, NdjsonReader};
+use sluice_engine::serve::ids::new_id;
+use sluice_engine::serve::model::{Destination, Subscription, Target};
+use sluice_engine::serve::store::Store;
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A `sluice serve` child on a free loopback port; killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its API key, when it printed one (first start).
+    pub key: Option<String>,
+}
+
+impl ServerProcess {
+    /// Starts `sluice serve` on `data_dir`.
+    pub fn start(
+        sluice: &Path,
+        data_dir: &Path,
+        plugin_dirs: &[PathBuf],
+        extra: &[&str],
+    ) -> Result<ServerProcess, String> {
+        let mut cmd = Command::new(sluice);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(d) = plugin_dirs.first() {
+            cmd.arg("--plugin-dir").arg(d);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", sluice.display()))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut key = None;
+        let mut prev = String::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| "sluice serve did not start".to_string())?;
+            if prev.contains("created account") {
+                key = Some(line.trim().to_string());
+            }
+            if let Some(u) = line.strip_prefix("sluice serve: listening on ") {
+                return Ok(ServerProcess {
+                    child,
+                    url: u.trim().to_string(),
+                    key,
+                });
+            }
+            prev = line;
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it with SIGTERM (it drains) and waits.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    format!("{}Z", &sluice_engine::events::format_rfc3339_ms(ms)[..19])
+}
+
+/// Writes the scenario's pipeline into a fresh store under `data_dir`: its
+/// destinations as plugin targets of the first account, its subscriptions
+/// under their accounts. Returns the ingest token.
+pub fn seed(data_dir: &Path, s: &Scenario) -> Result<String, String> {
+    let accounts = Generator::new(s.generator.gen_config()).account_ids();
+    let spec = s.pipeline(&accounts)?;
+    let store = Store::open(data_dir)?;
+    let t = now();
+    let owner = accounts.first().cloned().ok_or("no accounts")?;
+    for a in &accounts {
+        store.put_account(a, &t)?;
+    }
+    let (_, _) = store.create_key(&owner, "bench", &t)?;
+    let mut ids: HashMap<String, String> = HashMap::new();
+    for d in &spec.destinations {
+        let id = new_id("ed");
+        ids.insert(d.id.clone(), id.clone());
+        store.put_destination(&Destination {
+            id,
+            account_id: owner.clone(),
+            created_at: t.clone(),
+            description: d.id.clone(),
+            metadata: String::new(),
+            format: "json".into(),
+            target: Target::Plugin {
+                kind: d.kind.clone(),
+                config: d.config.clone(),
+                delivery: Some(d.delivery.clone()),
+            },
+        })?;
+    }
+    for sub in &spec.subscriptions {
+        store.put_subscription(&Subscription {
+            id: new_id("esb"),
+            account_id: sub.account_id.clone(),
+            created_at: t.clone(),
+            description: sub.id.clone(),
+            metadata: String::new(),
+            destination_ids: sub
+                .destination_ids
+                .iter()
+                .filter_map(|d| ids.get(d).cloned())
+                .collect(),
+            sources: sub.sources.clone(),
+        })?;
+    }
+    let token = sluice_engine::serve::ids::secret(32);
+    store.set_setting("ingest_token", &token)?;
+    Ok(token)
+}
+
+/// Sums of the Prometheus samples of `text`, by metric name.
+pub fn scrape(text: &str) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let key = match name.split_once('{') {
+            // Keep the quantile label: it is not to be summed.
+            Some((n, labels)) if labels.contains("quantile=") => {
+                let q = labels
+                    .split("quantile=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("");
+                format!("{n}{{quantile={q}}}")
+            }
+            Some((n, _)) => n.to_string(),
+            None => name.to_string(),
+        };
+        let e = out.entry(key.clone()).or_default();
+        *e = if key.contains("quantile=") {
+            e.max(v)
+        } else {
+            *e + v
+        };
+    }
+    out
+}
+
+fn metrics(http: &reqwest::blocking::Client, url: &str) -> BTreeMap<String, f64> {
+    http.get(format!("{url}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .map(|t| scrape(&t))
+        .unwrap_or_default()
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with(key))?;
+    l[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn proc_cpu(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (name, secs) in crate::sysinfo::thread_cpu_of(&pid.to_string()).into_values() {
+        let role = if name.starts_with("sluice-api") {
+            "API and HTTP ingest"
+        } else {
+            crate::sysinfo::role(&name)
+        };
+        *out.entry(role.to_string()).or_default() += secs;
+    }
+    out
+}
+
+/// Runs a scenario against a `sluice serve` child over HTTP ingest, with
+/// `connections` concurrent clients posting 1 MiB chunks of the input.
+pub fn run_http(
+    s: &Scenario,
+    data: &Path,
+    o: &RunOptions,
+    sluice: &Path,
+    connections: usize,
+) -> Result<RunResult, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bench-serve-{}-{}",
+        std::process::id(),
+        new_id("r")
+    ));
+    let token = seed(&dir, s)?;
+    let server = ServerProcess::start(sluice, &dir, &o.plugin_dirs, &[])?;
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(connections)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let bytes_total = std::fs::metadata(data).map_err(|e| e.to_string())?.len();
+    let reader = Mutex::new(NdjsonReader::new(
+        std::fs::File::open(data).map_err(|e| e.to_string())?,
+        1 << 20,
+    ));
+    let (published, refused) = (AtomicU64::new(0), AtomicU64::new(0));
+    let failed = Mutex::new(None::<String>);
+    let t0 = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..connections.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let chunk = match reader.lock().unwrap_or_else(|p| p.into_inner()).next() {
+                        Some(Ok(Chunk::Lines(b))) => b,
+                        Some(Ok(Chunk::Oversized { .. })) => continue,
+                        Some(Err(e)) => {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            return;
+                        }
+                        None => return,
+                    };
+                    loop {
+                        let r = http
+                            .post(format!("{}/ingest", server.url))
+                            .header("authorization", format!("Bearer {token}"))
+                            .body(chunk.clone())
+                            .send();
+                        match r {
+                            Ok(resp) if resp.status().as_u16() == 429 => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            Ok(resp) if resp.status().is_success() => {
+                                let v: serde_json::Value = resp.json().unwrap_or_default();
+                                published.fetch_add(
+                                    v["events"].as_u64().unwrap_or(0),
+                                    Ordering::Relaxed,
+                                );
+                                break;
+                            }
+                            Ok(resp) => {
+                                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(format!("ingest answered {}", resp.status()));
+                                return;
+                            }
+                            Err(e) => {
+                                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(e.to_string());
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    // Wait for delivery to catch up with what matched.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let published = published.load(Ordering::Relaxed) as f64;
+    let m = loop {
+        let m = metrics(&http, &server.url);
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        let processed = get("sluice_events_in_total") >= published;
+        let matched = get("sluice_subscription_matched_total");
+        let done = get("sluice_destination_delivered_total")
+            + get("sluice_destination_dead_lettered_total");
+        if processed && done >= matched {
+            break m;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "sluice serve did not catch up within 300 s: {} of {published} events processed, {done} of {matched} records delivered or dead-lettered",
+                get("sluice_events_in_total")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    let cpu_s = proc_cpu(server.pid());
+    let peak = proc_status_kb(server.pid(), "VmHWM:").map(|kb| kb as f64 / 1024.0);
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    let q = |p: &str| {
+        (m.get(&format!(
+            "sluice_destination_latency_seconds{{quantile={p}}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+            * 1e6) as u64
+    };
+    let delivered_bytes = get("sluice_destination_delivered_bytes_total") as u64;
+    let events = get("sluice_events_in_total") as u64;
+    let result = RunResult {
+        events,
+        bytes_in: bytes_total,
+        elapsed_s: elapsed,
+        events_per_s: events as f64 / elapsed,
+        mb_in_per_s: bytes_total as f64 / 1e6 / elapsed,
+        mb_out_per_s: delivered_bytes as f64 / 1e6 / elapsed,
+        offered_rate: 0,
+        matched: get("sluice_subscription_matched_total") as u64,
+        delivered: get("sluice_destination_delivered_total") as u64,
+        delivered_bytes,
+        rejected: get("sluice_events_rejected_total") as u64,
+        filter_errors: get("sluice_subscription_filter_errors_total") as u64,
+        dead_lettered: get("sluice_destination_dead_lettered_total") as u64,
+        latency_us: Latency {
+            p50: q("0.5"),
+            p90: q("0.9"),
+            p99: q("0.99"),
+            p999: q("0.999"),
+            max: q("1"),
+            count: get("sluice_destination_latency_seconds_count") as u64,
+        },
+        latency_curve: vec![
+            (50.0, q("0.5")),
+            (90.0, q("0.9")),
+            (99.0, q("0.99")),
+            (99.9, q("0.999")),
+            (100.0, q("1")),
+        ],
+        timeline: vec![],
+        peak_rss_mib: peak,
+        allocs_per_event: None,
+        cpu_s,
+        stage_share: BTreeMap::new(),
+    };
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
+
+/// The control-plane benchmark of a scenario's `[api]` table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSpec {
+    /// Subscriptions stored (in one account).
+    pub subscriptions: usize,
+    /// Concurrent clients for get and list.
+    pub clients: usize,
+    /// How long they run.
+    pub seconds: u64,
+    /// Changes timed one after the other.
+    pub changes: usize,
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        ApiSpec {
+            subscriptions: 10_000,
+            clients: 64,
+            seconds: 10,
+            changes: 20,
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Millis {
+    /// Requests measured.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// What the API benchmark measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ApiResult {
+    /// Subscriptions stored.
+    pub subscriptions: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// GET /event_subscriptions/{id}.
+    pub get: Millis,
+    /// GET /event_subscriptions?limit=100 (random pages).
+    pub list: Millis,
+    /// Requests per second over both.
+    pub requests_per_s: f64,
+    /// PATCH of a subscription's filter: stored and live in the engine when it returns.
+    pub change: Millis,
+    /// A change checked end to end: from the PATCH to the first record its new filter selects, delivered.
+    pub change_to_first_record_ms: f64,
+}
+
+fn millis(h: &hdrhistogram::Histogram<u64>) -> Millis {
+    Millis {
+        count: h.len(),
+        p50: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+        max: h.max() as f64 / 1000.0,
+    }
+}
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant bounds")
+}
+
+type Histograms = (
+    hdrhistogram::Histogram<u64>,
+    hdrhistogram::Histogram<u64>,
+    u64,
+    f64,
+);
+
+/// `clients` concurrent closed-loop clients reading for `duration`: 70% GET
+/// of a random subscription, 30% a page of 100 before a random one. One
+/// thread drives them all (as an external load generator would, rather than
+/// 64 threads competing with the server for the 2 cores). Returns the GET
+/// and list histograms (µs), the failures and the seconds elapsed.
+fn load_reads(
+    url: &str,
+    key: &str,
+    sub_ids: &[String],
+    clients: usize,
+    duration: Duration,
+) -> Result<Histograms, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let end = t0 + duration;
+        let mut tasks = Vec::with_capacity(clients);
+        for c in 0..clients {
+            let (http, url, key, ids) = (
+                http.clone(),
+                url.to_string(),
+                format!("Bearer {key}"),
+                sub_ids.to_vec(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut rng = crate::traffic::Rng::new(c as u64 + 1);
+                let (mut g, mut l, mut failed) = (histogram(), histogram(), 0u64);
+                while Instant::now() < end {
+                    let list = rng.chance(0.3);
+                    let id = &ids[rng.below(ids.len() as u64) as usize];
+                    let path = if list {
+                        format!("{url}/event_subscriptions?limit=100&before_id={id}")
+                    } else {
+                        format!("{url}/event_subscriptions/{id}")
+                    };
+                    let start = Instant::now();
+                    let ok = match http
+                        .get(&path)
+                        .header("authorization", &key)
+                        .header("ngrok-version", "2")
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let us = start.elapsed().as_micros() as u64;
+                    failed += u64::from(!ok);
+                    if list {
+                        l.saturating_record(us)
+                    } else {
+                        g.saturating_record(us)
+                    }
+                }
+                (g, l, failed)
+            }));
+        }
+        let (mut g, mut l, mut failed) = (histogram(), histogram(), 0);
+        for t in tasks {
+            let (tg, tl, f) = t.await.map_err(|e| e.to_string())?;
+            let _ = g.add(&tg);
+            let _ = l.add(&tl);
+            failed += f;
+        }
+        Ok((g, l, failed, t0.elapsed().as_secs_f64()))
+    })
+}
+
+/// Runs the API benchmark against a `sluice serve` child.
+pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResult, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bench-api-{}-{}",
+        std::process::id(),
+        new_id("r")
+    ));
+    let out_file = dir.join("live.ndjson");
+    // One account with a file destination and N subscriptions on it.
+    let account = new_id("ac");
+    let t = now();
+    let (sub_ids, key, token) = {
+        let store = Store::open(&dir)?;
+        store.put_account(&account, &t)?;
+        let (_, key) = store.create_key(&account, "bench", &t)?;
+        let dest = new_id("ed");
+        store.put_destination(&Destination {
+            id: dest.clone(),
+            account_id: account.clone(),
+            created_at: t.clone(),
+            description: "bench".into(),
+            metadata: String::new(),
+            format: "json".into(),
+            target: Target::Plugin {
+                kind: "file".into(),
+                config: serde_json::json!({ "path": out_file }),
+                delivery: Some(sluice_engine::DeliveryConfig {
+                    linger_ms: 1,
+                    ..Default::default()
+                }),
+            },
+        })?;
+        let mut ids = Vec::with_capacity(spec.subscriptions);
+        for i in 0..spec.subscriptions.max(1) {
+            let id = new_id("esb");
+            store.put_subscription(&Subscription {
+                id: id.clone(),
+                account_id: account.clone(),
+                created_at: t.clone(),
+                description: format!("subscription {i}"),
+                metadata: String::new(),
+                destination_ids: vec![dest.clone()],
+                sources: vec![sluice_engine::SourceSpec {
+                    event_type: "http_request_complete.v0".into(),
+                    filter: Some(format!("ev.http.response.status_code == {}", 1000 + i)),
+                    fields: None,
+                }],
+            })?;
+            ids.push(id);
+        }
+        let token = sluice_engine::serve::ids::secret(32);
+        store.set_setting("ingest_token", &token)?;
+        (ids, key, token)
+    };
+    let server = ServerProcess::start(sluice, &dir, &o.plugin_dirs, &[])?;
+    let url = server.url.clone();
+    let (get_h, list_h, failures, elapsed) = load_reads(
+        &url,
+        &key,
+        &sub_ids,
+        spec.clients.max(1),
+        Duration::from_secs(spec.seconds.max(1)),
+    )?;
+    if failures > 0 {
+        return Err(format!("{failures} API requests failed"));
+    }
+    // Changes, one after the other: each reconfigures the engine over N subscriptions.
+    let http = reqwest::blocking::Client::new();
+    let mut ch = histogram();
+    for i in 0..spec.changes.max(1) {
+        let id = &sub_ids[i % sub_ids.len()];
+        let start = Instant::now();
+        let r = http
+            .patch(format!("{url}/event_subscriptions/{id}"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("ngrok-version", "2")
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"sources":[{"type":"http_request_complete.v0","filter": format!("ev.http.response.status_code == {}", 2000 + i)}]}).to_string())
+            .send()
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("PATCH answered {}", r.status()));
+        }
+        ch.saturating_record(start.elapsed().as_micros() as u64);
+    }
+    // End to end: change a filter, then send an event only the new filter selects.
+    let start = Instant::now();
+    let id = &sub_ids[0];
+    let r = http
+        .patch(format!("{url}/event_subscriptions/{id}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("ngrok-version", "2")
+        .header("content-type", "application/json")
+        .body(r#"{"sources":[{"type":"http_request_complete.v0","filter":"ev.http.response.status_code == 299"}]}"#)
+        .send()
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("PATCH answered {}", r.status()));
+    }
+    let ev = format!(
+        r#"{{"event_id":"ev_live","event_type":"http_request_complete.v0","event_timestamp":"2026-11-01T00:00:00Z","account_id":"{account}","object":{{"http":{{"response":{{"status_code":299}}}}}}}}"#
+    );
+    http.post(format!("{url}/ingest"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(ev)
+        .send()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&out_file)
+        .unwrap_or_default()
+        .contains("ev_live")
+    {
+        if Instant::now() > deadline {
+            return Err("the changed filter did not select its event within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let live = start.elapsed().as_secs_f64() * 1000.0;
+    let (get, list) = (millis(&get_h), millis(&list_h));
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ApiResult {
+        subscriptions: spec.subscriptions,
+        clients: spec.clients,
+        requests_per_s: (get.count + list.count) as f64 / elapsed,
+        get,
+        list,
+        change: millis(&ch),
+        change_to_first_record_ms: live,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_sums_labels_and_keeps_quantiles() {
+        let m = scrape(
+            "# HELP x\nsluice_destination_delivered_total{destination=\"a\"} 3\nsluice_destination_delivered_total{destination=\"b\"} 4\nsluice_destination_latency_seconds{destination=\"a\",quantile=\"0.99\"} 0.5\nsluice_destination_latency_seconds{destination=\"b\",quantile=\"0.99\"} 0.25\nsluice_events_in_total 9\n",
+        );
+        assert_eq!(m["sluice_destination_delivered_total"], 7.0);
+        assert_eq!(m["sluice_destination_latency_seconds{quantile=0.99}"], 0.5);
+        assert_eq!(m["sluice_events_in_total"], 9.0);
+    }
+}
