@@ -280,7 +280,9 @@ impl Record {
                     .map(|v| format!("{k} {:.0}%", v * 100.0))
             })
             .collect();
-        let _ = writeln!(s, "  worker time by stage (sampled): {}", st.join(", "));
+        if !st.is_empty() {
+            let _ = writeln!(s, "  worker time by stage (sampled): {}", st.join(", "));
+        }
         let _ = writeln!(
             s,
             "  peak RSS {}, {} allocations per event",

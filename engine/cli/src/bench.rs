@@ -120,6 +120,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             _ => s.pipeline(&accounts)?.subscriptions.len(),
         },
         mode: match s.run.mode {
+            _ if !traffic => "sluice serve".into(),
             Mode::InProcess => "in-process".into(),
             Mode::Http => format!("http, {} connections", s.run.connections.max(1)),
         },
