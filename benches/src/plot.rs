@@ -167,9 +167,10 @@ pub fn svg(r: &Record) -> String {
         })
         .collect();
     let title = format!(
-        "{}: events/s over time ({} runs, commit {})",
+        "{}: events/s over time ({} run{}, commit {})",
         r.scenario,
         r.runs.len(),
+        if r.runs.len() == 1 { "" } else { "s" },
         r.commit
     );
     axes(&mut s, &p1, &title, "seconds since start", &xt, &yt);

@@ -267,9 +267,31 @@ pub fn run_http(
     let (published, refused) = (AtomicU64::new(0), AtomicU64::new(0));
     let failed = Mutex::new(None::<String>);
     let t0 = Instant::now();
+    let sending = std::sync::atomic::AtomicBool::new(true);
+    let timeline = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
+        // Throughput over time, from the server's own counter.
+        scope.spawn(|| {
+            let mut last = (0.0f64, 0.0f64);
+            while sending.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let t = t0.elapsed().as_secs_f64();
+                let n = metrics(&http, &server.url)
+                    .get("sluice_events_in_total")
+                    .copied()
+                    .unwrap_or(last.1);
+                if t > last.0 {
+                    timeline
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((t, (n - last.1) / (t - last.0)));
+                }
+                last = (t, n);
+            }
+        });
+        let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
-            scope.spawn(|| {
+            clients.push(scope.spawn(|| {
                 loop {
                     let chunk = match reader.lock().unwrap_or_else(|p| p.into_inner()).next() {
                         Some(Ok(Chunk::Lines(b))) => b,
@@ -312,8 +334,12 @@ pub fn run_http(
                         }
                     }
                 }
-            });
+            }));
         }
+        for c in clients {
+            let _ = c.join();
+        }
+        sending.store(false, Ordering::Relaxed);
     });
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
@@ -382,7 +408,7 @@ pub fn run_http(
             (99.9, q("0.999")),
             (100.0, q("1")),
         ],
-        timeline: vec![],
+        timeline: timeline.into_inner().unwrap_or_else(|p| p.into_inner()),
         peak_rss_mib: peak,
         allocs_per_event: None,
         cpu_s,

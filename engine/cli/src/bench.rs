@@ -176,7 +176,12 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         println!("  record written to {}", p.display());
     }
-    if let Some(p) = &a.plot {
+    if let Some(p) = a.plot.as_ref().filter(|_| record.runs.is_empty()) {
+        println!(
+            "  no plot written to {}: the scenario has no traffic runs",
+            p.display()
+        );
+    } else if let Some(p) = &a.plot {
         std::fs::write(p, plot::svg(&record)).map_err(|e| format!("{}: {e}", p.display()))?;
         println!("  plot written to {}", p.display());
     }
