@@ -28,36 +28,161 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-/// Delivery settings of one destination (`[destination.delivery]`).
+/// Delivery settings of one destination (`[destination.delivery]` in TOML,
+/// `target.plugin.delivery` in the API). Every field is optional; this is the
+/// one place the defaults are defined (see `Default`), and `docs/delivery.md`
+/// explains them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Longest a record waits for its batch to fill before the batch is sent.
+    /// Default 1000.
     pub linger_ms: u64,
-    /// Batches sent at once per destination.
+    /// Most batches in flight at once to the destination. With
+    /// `adaptive_concurrency` the engine finds the best number between 1 and
+    /// this; without, it always uses this many. Default 16.
     pub max_in_flight: u32,
-    /// Attempts per record before it is dead-lettered (0 = no limit).
+    /// Adapt the number of batches in flight (AIMD, like TCP congestion
+    /// control): grow while send latency is steady, halve on throttling or
+    /// errors. Default true.
+    pub adaptive_concurrency: bool,
+    /// Most records per batch (0 = the sink's limit; never above it).
+    pub batch_max_records: u32,
+    /// Most bytes per batch as the sink counts them (0 = the sink's limit;
+    /// never above it).
+    pub batch_max_bytes: u64,
+    /// Attempts per record before it is dead-lettered (0 = no limit). Default 10.
     pub max_attempts: u32,
-    /// Age of a record (since it was encoded) after which it is dead-lettered instead of retried (0 = no limit).
+    /// Age of a record (since it was received) after which it is
+    /// dead-lettered instead of retried (0 = no limit). Default 3600.
     pub max_age_s: u64,
-    /// Where dead-lettered records go: `<dir>/<destination id>.ndjson`.
-    pub dead_letter_dir: Option<PathBuf>,
-    /// Most bytes of records held in memory (queued, in flight, waiting to
-    /// retry) before the destination pushes back on the workers.
+    /// Longest wait between two attempts of a record (the backoff is
+    /// exponential from 100 ms with full jitter, capped here; a sink's
+    /// retry-after may be longer). Default 30000.
+    pub retry_max_backoff_ms: u64,
+    /// Where accepted records wait for delivery: `memory` (lost if the
+    /// process dies) or `disk` (an append-only segment log, replayed on
+    /// restart). Default memory.
+    pub durability: Durability,
+    /// With `durability = "disk"`: when the log is fsynced. Default interval.
+    pub fsync: Fsync,
+    /// With `fsync = "interval"`: the interval. Default 200.
+    pub fsync_interval_ms: u64,
+    /// What happens when the buffer is full: `block` the workers (which
+    /// pushes back to every publisher) or `drop_newest` (shed, and count, the
+    /// records that do not fit). Default block.
+    pub when_full: WhenFull,
+    /// Most bytes of records held in memory (queued, batching, in flight,
+    /// waiting to retry). With `durability = "memory"` this is the buffer;
+    /// with `disk` it is the window read from disk. Default 64 MiB.
     pub buffer_max_bytes: u64,
+    /// With `durability = "disk"`: most bytes of the log on disk. Default 1 GiB.
+    pub disk_max_bytes: u64,
+    /// Where the disk buffer lives: `<dir>/<destination id>/` (default: the
+    /// engine's buffer directory).
+    pub buffer_dir: Option<PathBuf>,
+    /// Where dead-lettered records go: `<dir>/<destination id>.ndjson`
+    /// (default: the engine's dead-letter directory).
+    pub dead_letter_dir: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             linger_ms: 1000,
-            max_in_flight: 4,
+            max_in_flight: 16,
+            adaptive_concurrency: true,
+            batch_max_records: 0,
+            batch_max_bytes: 0,
             max_attempts: 10,
             max_age_s: 3600,
-            dead_letter_dir: None,
+            retry_max_backoff_ms: 30_000,
+            durability: Durability::Memory,
+            fsync: Fsync::Interval,
+            fsync_interval_ms: 200,
+            when_full: WhenFull::Block,
             buffer_max_bytes: 64 << 20,
+            disk_max_bytes: 1 << 30,
+            buffer_dir: None,
+            dead_letter_dir: None,
         }
     }
+}
+
+impl DeliveryConfig {
+    /// Checks the values that have limits; says which one is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.linger_ms > 3_600_000 {
+            return Err(format!(
+                "delivery.linger_ms = {} is over an hour",
+                self.linger_ms
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 1024 {
+            return Err(format!(
+                "delivery.max_in_flight = {} must be between 1 and 1024",
+                self.max_in_flight
+            ));
+        }
+        if self.buffer_max_bytes < 1024 {
+            return Err(format!(
+                "delivery.buffer_max_bytes = {} is under 1 KiB",
+                self.buffer_max_bytes
+            ));
+        }
+        if self.durability == Durability::Disk && self.disk_max_bytes < 1 << 20 {
+            return Err(format!(
+                "delivery.disk_max_bytes = {} is under 1 MiB",
+                self.disk_max_bytes
+            ));
+        }
+        if self.fsync_interval_ms == 0 || self.fsync_interval_ms > 60_000 {
+            return Err(format!(
+                "delivery.fsync_interval_ms = {} must be between 1 and 60000",
+                self.fsync_interval_ms
+            ));
+        }
+        if self.retry_max_backoff_ms == 0 {
+            return Err("delivery.retry_max_backoff_ms must be over 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where accepted records wait for delivery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// In memory: fast; lost if the process dies.
+    #[default]
+    Memory,
+    /// In an append-only segment log with a CRC per record, replayed on restart.
+    Disk,
+}
+
+/// When the disk buffer is fsynced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// After every chunk of records appended (one per input batch and
+    /// subscription), before it is acknowledged to the publisher.
+    EveryBatch,
+    /// Every `fsync_interval_ms`; acknowledgements wait for it.
+    #[default]
+    Interval,
+}
+
+/// What a full buffer does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Workers wait for room: every publisher is pushed back, and every other
+    /// destination waits too.
+    #[default]
+    Block,
+    /// Records that do not fit are shed and counted
+    /// (`sluice_destination_dropped_total`); nothing else slows down.
+    DropNewest,
 }
 
 /// One destination.
@@ -252,7 +377,10 @@ impl PipelineSpec {
                 err(item.clone(), "`kind` must not be empty".into());
             }
             if !d.config.is_object() {
-                err(item, "`config` must be a table (object)".into());
+                err(item.clone(), "`config` must be a table (object)".into());
+            }
+            if let Err(problem) = d.delivery.check() {
+                err(item, problem);
             }
         }
         let mut sub_ids = HashSet::new();

@@ -1,36 +1,48 @@
-//! Delivery: from encoded records to sink plugin calls.
+//! Delivery: from encoded records to sink plugin calls. `docs/delivery.md`
+//! is the user-facing description; this is how it is built.
 //!
 //! Each destination has one task on the delivery runtime. Workers hand it
-//! chunks of records (one chunk per input batch and subscription) through a
-//! bounded channel. The task keeps one *lane* per subscription, forms batches
-//! within the limits the sink declares (records, total bytes, bytes per record
-//! counted with the sink's per-record overhead) or when the lane's linger time
-//! expires, and sends up to `max_in_flight` batches at once on blocking
-//! threads. Each record's outcome is read back: delivered records are counted,
+//! chunks of records (one chunk per input batch and subscription):
+//!
+//! - `durability = "memory"`: through a bounded channel, after taking the
+//!   chunk's bytes from the destination's [`ByteBudget`]. A full budget
+//!   blocks the worker (`when_full = "block"`, which pushes back to every
+//!   publisher) or sheds the chunk and counts it (`drop_newest`).
+//! - `durability = "disk"`: by appending them to the destination's
+//!   [`DiskBuffer`]; the task reads them back while its memory budget allows.
+//!   A full disk buffer blocks or sheds the same way.
+//!
+//! The task keeps one *lane* per subscription, forms batches within the limits
+//! the sink declares (records, total bytes, bytes per record counted with the
+//! sink's per-record overhead; lowered by `batch_max_*`) or when the lane's
+//! linger time expires, and sends batches on blocking threads, as many at once
+//! as the adaptive concurrency allows (AIMD: +1 per round trip while send
+//! latency is steady and the limit is in use, halved on throttling or
+//! failure, between 1 and `max_in_flight`). Each record's outcome is read
+//! back: delivered records are counted (and acknowledged in the disk buffer),
 //! records to retry are retried alone (never the whole batch) after an
 //! exponential backoff with full jitter, honouring the plugin's retry-after,
 //! and records refused for good, too big for the sink, or out of attempts go
 //! to the dead-letter file with the reason. Nothing is dropped silently.
 //!
-//! Memory is bounded per destination: a worker handing over a chunk takes its
-//! bytes from the destination's budget (`buffer_max_bytes`) and blocks while
-//! the budget is spent; the bytes come back as records are delivered or
-//! dead-lettered. A blocked worker stops taking input, which pushes back to
-//! the publishers.
-//!
-//! Order: records of one subscription reach a destination in order when
-//! `max_in_flight = 1` and nothing is retried; with more batches in flight, or
-//! after a retry, batches may overtake each other.
+//! Order: a sink that declares `FLAG_ORDERED` gets at most one batch per lane
+//! at a time, and a lane waiting to retry sends nothing else meanwhile, so
+//! each subscription's records arrive in order (records of a partially failed
+//! batch arrive after their batch-mates). Other sinks get batches of a lane
+//! concurrently, and retried records after later ones.
 
-use crate::config::DeliveryConfig;
+use crate::ack::Hold;
+use crate::config::{DeliveryConfig, Durability, WhenFull};
+use crate::disk_buffer::{AppendError, DiskBuffer, DiskEntry, DiskOptions, SyncSignal};
 use crate::encode::Record;
 use crate::metrics::DestinationStats;
 use crate::plugin::{RecordOutcome, RecordRef, SinkInstance};
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,35 +58,75 @@ pub struct Chunk {
     pub records: Vec<Record>,
     /// When the input batch was received (for latency).
     pub received: Instant,
+    /// Keeps a durable publish unacknowledged until these records are safe.
+    pub hold: Option<Hold>,
 }
 
-/// The bytes of records a destination holds (queued, in flight, waiting to
-/// retry), bounded: taking more blocks until records leave.
+/// When the engine stops: shared by the runtime, the budgets and the syncer.
+#[derive(Debug, Default)]
+struct Stopping {
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Stopping {
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn past(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// The bytes of records a destination holds in memory (queued, batching, in
+/// flight, waiting to retry), bounded.
 #[derive(Debug)]
 pub struct ByteBudget {
     used: Mutex<u64>,
     freed: std::sync::Condvar,
     max: u64,
+    stopping: Arc<Stopping>,
 }
 
 impl ByteBudget {
-    /// A budget of `max` bytes.
-    pub fn new(max: u64) -> ByteBudget {
+    fn new(max: u64, stopping: Arc<Stopping>) -> ByteBudget {
         ByteBudget {
             used: Mutex::new(0),
             freed: std::sync::Condvar::new(),
             max: max.max(1),
+            stopping,
         }
     }
 
     /// Takes `n` bytes, waiting while that would exceed the budget (a chunk
-    /// bigger than the whole budget is let through when nothing else is held).
+    /// bigger than the whole budget is let through when nothing else is
+    /// held). Once the engine's drain deadline has passed it stops waiting:
+    /// the records are then dead-lettered by the task rather than kept.
     pub fn acquire(&self, n: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && *used + n > self.max {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + n > self.max && !self.stopping.past() {
+            used = self
+                .freed
+                .wait_timeout(used, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         *used += n;
+    }
+
+    /// Takes `n` bytes if they fit now.
+    pub fn try_acquire(&self, n: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if *used > 0 && *used + n > self.max {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    /// Takes `n` bytes whatever the budget says.
+    fn force(&self, n: u64) {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) += n;
     }
 
     /// Gives `n` bytes back.
@@ -82,6 +134,12 @@ impl ByteBudget {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         *used = used.saturating_sub(n);
         self.freed.notify_all();
+    }
+
+    /// Bytes that may be taken now.
+    pub fn available(&self) -> u64 {
+        self.max
+            .saturating_sub(*self.used.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Bytes held now.
@@ -105,15 +163,55 @@ pub struct DestinationHandle {
     tx: mpsc::Sender<Chunk>,
     dead: Arc<DeadLetters>,
     budget: Arc<ByteBudget>,
+    disk: Option<Arc<DiskBuffer>>,
+    when_full: WhenFull,
 }
 
 impl DestinationHandle {
-    /// Hands a chunk to the destination; blocks while the destination holds
-    /// its `buffer_max_bytes`. Must not be called from inside the delivery runtime.
+    /// Hands a chunk to the destination. With `when_full = "block"` this
+    /// blocks while the destination's buffer is full. Must not be called
+    /// from inside the delivery runtime.
     pub fn push(&self, chunk: Chunk) {
         let n = chunk.records.len() as u64;
+        if n == 0 {
+            return;
+        }
+        if let Some(disk) = &self.disk {
+            let received_us =
+                DiskBuffer::now_us().saturating_sub(chunk.received.elapsed().as_micros() as u64);
+            match disk.append(
+                &chunk.subscription,
+                &chunk.records,
+                received_us,
+                chunk.hold.clone(),
+            ) {
+                Ok(()) => {}
+                Err(AppendError::Full) if self.when_full == WhenFull::DropNewest => {
+                    self.drop_chunk(&chunk);
+                }
+                Err(e) => {
+                    let why = match e {
+                        AppendError::Full => {
+                            "the disk buffer was full when the engine stopped".to_string()
+                        }
+                        AppendError::Io(e) => format!("writing the disk buffer failed: {e}"),
+                    };
+                    let (sub, records) = pending(chunk);
+                    self.dead.write(&self.stats, &sub, &records, &why);
+                }
+            }
+            return;
+        }
         let bytes: u64 = chunk.records.iter().map(|r| r.data().len() as u64).sum();
-        self.budget.acquire(bytes);
+        match self.when_full {
+            WhenFull::Block => self.budget.acquire(bytes),
+            WhenFull::DropNewest => {
+                if !self.budget.try_acquire(bytes) {
+                    self.drop_chunk(&chunk);
+                    return;
+                }
+            }
+        }
         self.stats.queued.fetch_add(n, Relaxed);
         self.stats.queued_bytes.fetch_add(bytes, Relaxed);
         if let Err(mpsc::error::SendError(chunk)) = self.tx.blocking_send(chunk) {
@@ -122,19 +220,40 @@ impl DestinationHandle {
             self.budget.release(bytes);
             self.stats.queued.fetch_sub(n, Relaxed);
             self.stats.queued_bytes.fetch_sub(bytes, Relaxed);
-            let pending: Vec<Pending> = chunk
-                .records
-                .into_iter()
-                .map(|r| Pending::new(r, chunk.received))
-                .collect();
-            self.dead.write(
-                &self.stats,
-                &chunk.subscription,
-                &pending,
-                "destination task stopped",
-            );
+            let (sub, records) = pending(chunk);
+            self.dead
+                .write(&self.stats, &sub, &records, "destination task stopped");
         }
     }
+
+    fn drop_chunk(&self, chunk: &Chunk) {
+        let n = chunk.records.len() as u64;
+        self.stats.dropped.fetch_add(n, Relaxed);
+        if let Some(h) = &chunk.hold {
+            h.dropped(n);
+        }
+        tracing::debug!(destination = %self.id, records = n, "buffer full: records dropped (when_full = drop_newest)");
+    }
+
+    /// The destination's disk buffer, if it has one.
+    pub fn disk(&self) -> Option<&Arc<DiskBuffer>> {
+        self.disk.as_ref()
+    }
+}
+
+/// A chunk's subscription and records as pending records.
+fn pending(chunk: Chunk) -> (Arc<str>, Vec<Pending>) {
+    let Chunk {
+        subscription,
+        records,
+        received,
+        hold,
+    } = chunk;
+    let records = records
+        .into_iter()
+        .map(|r| Pending::new(r, received, 0, hold.clone()))
+        .collect();
+    (subscription, records)
 }
 
 /// Writes dead-lettered records to `<dir>/<destination>.ndjson`.
@@ -145,21 +264,24 @@ pub struct DeadLetters {
     file: Mutex<Option<std::fs::File>>,
 }
 
+/// A destination id as a file name.
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl DeadLetters {
     /// Dead letters of `destination` under `dir`.
     pub fn new(dir: &Path, destination: Arc<str>) -> DeadLetters {
-        let safe: String = destination
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         DeadLetters {
-            path: dir.join(format!("{safe}.ndjson")),
+            path: dir.join(format!("{}.ndjson", file_safe(&destination))),
             destination,
             file: Mutex::new(None),
         }
@@ -243,55 +365,134 @@ struct Pending {
     rec: Record,
     attempts: u32,
     first: Instant,
+    /// Sequence number in the disk buffer (0 in memory).
+    seq: u64,
+    /// Released (dropped) when the record is safe: see `ack`.
+    _hold: Option<Hold>,
 }
 
 impl Pending {
-    fn new(rec: Record, first: Instant) -> Pending {
+    fn new(rec: Record, first: Instant, seq: u64, hold: Option<Hold>) -> Pending {
         Pending {
             rec,
             attempts: 0,
             first,
+            seq,
+            _hold: hold,
         }
     }
 }
 
-/// The delivery runtime: one task per destination.
+/// The delivery runtime: one task per destination, and the syncer thread of
+/// the disk buffers.
 pub struct Delivery {
     rt: tokio::runtime::Runtime,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    drain_deadline: Arc<Mutex<Option<Instant>>>,
+    stopping: Arc<Stopping>,
     dead_letter_dir: PathBuf,
+    buffer_dir: PathBuf,
+    disks: Arc<Mutex<HashMap<PathBuf, Arc<DiskBuffer>>>>,
+    sync_signal: Arc<SyncSignal>,
+    syncer_stop: Arc<AtomicBool>,
+    syncer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
             .field("dead_letter_dir", &self.dead_letter_dir)
+            .field("buffer_dir", &self.buffer_dir)
             .finish()
     }
 }
 
 impl Delivery {
-    /// Starts the runtime; dead letters go under `dead_letter_dir` unless a
-    /// destination says otherwise.
-    pub fn new(threads: usize, dead_letter_dir: PathBuf) -> std::io::Result<Delivery> {
+    /// Starts the runtime; dead letters go under `dead_letter_dir` and disk
+    /// buffers under `buffer_dir` unless a destination says otherwise.
+    pub fn new(
+        threads: usize,
+        dead_letter_dir: PathBuf,
+        buffer_dir: PathBuf,
+    ) -> std::io::Result<Delivery> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .max_blocking_threads(64)
             .thread_name("sluice-delivery")
             .enable_time()
             .build()?;
+        let stopping = Arc::new(Stopping::default());
+        let disks: Arc<Mutex<HashMap<PathBuf, Arc<DiskBuffer>>>> = Arc::default();
+        let sync_signal = Arc::new(SyncSignal::default());
+        let syncer_stop = Arc::new(AtomicBool::new(false));
+        let syncer = {
+            let (disks, signal, stop, stopping) = (
+                disks.clone(),
+                sync_signal.clone(),
+                syncer_stop.clone(),
+                stopping.clone(),
+            );
+            std::thread::Builder::new()
+                .name("sluice-fsync".into())
+                .spawn(move || syncer_loop(disks, signal, stop, stopping))?
+        };
         Ok(Delivery {
             rt,
             tasks: Mutex::new(Vec::new()),
-            drain_deadline: Arc::new(Mutex::new(None)),
+            stopping,
             dead_letter_dir,
+            buffer_dir,
+            disks,
+            sync_signal,
+            syncer_stop,
+            syncer: Some(syncer),
         })
+    }
+
+    /// Opens the disk buffer a destination with `cfg` needs (none for
+    /// `durability = "memory"`), or returns the one already open for it.
+    /// Replays and repairs happen here; what was found is logged.
+    pub fn open_disk(
+        &self,
+        id: &str,
+        cfg: &DeliveryConfig,
+        stats: &Arc<DestinationStats>,
+    ) -> Result<Option<Arc<DiskBuffer>>, String> {
+        if cfg.durability != Durability::Disk {
+            return Ok(None);
+        }
+        let dir = cfg
+            .buffer_dir
+            .clone()
+            .unwrap_or_else(|| self.buffer_dir.clone())
+            .join(file_safe(id));
+        let opts = DiskOptions {
+            fsync: cfg.fsync,
+            fsync_interval: Duration::from_millis(cfg.fsync_interval_ms.max(1)),
+            max_bytes: cfg.disk_max_bytes,
+            when_full: cfg.when_full,
+            segment_bytes: DiskOptions::segment_size_for(cfg.disk_max_bytes),
+        };
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = disks.get(&dir) {
+            d.set_options(opts);
+            return Ok(Some(d.clone()));
+        }
+        let (d, report) = DiskBuffer::open(&dir, opts, stats.clone(), self.sync_signal.clone())
+            .map_err(|e| format!("cannot open the disk buffer {}: {e}", dir.display()))?;
+        for p in &report.problems {
+            tracing::warn!(destination = %id, "disk buffer: {p}");
+        }
+        if report.replay > 0 {
+            tracing::info!(destination = %id, records = report.replay, "disk buffer: replaying records not acknowledged before the last stop");
+        }
+        disks.insert(dir, d.clone());
+        Ok(Some(d))
     }
 
     /// Starts delivering to a destination through `sink`, or, when `sink` is
     /// an error (its plugin is not loaded), dead-lettering its records with
-    /// that reason.
+    /// that reason. `disk` comes from [`Delivery::open_disk`].
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
         id: &str,
@@ -300,6 +501,7 @@ impl Delivery {
         cfg: &DeliveryConfig,
         sink: Result<SinkInstance, String>,
         stats: Arc<DestinationStats>,
+        disk: Option<Arc<DiskBuffer>>,
     ) -> Arc<DestinationHandle> {
         let id: Arc<str> = id.into();
         let dir = cfg
@@ -308,15 +510,31 @@ impl Delivery {
             .unwrap_or_else(|| self.dead_letter_dir.clone());
         let dead = Arc::new(DeadLetters::new(&dir, id.clone()));
         let (tx, rx) = mpsc::channel(1024);
-        let budget = Arc::new(ByteBudget::new(cfg.buffer_max_bytes));
-        let limits = sink
+        let budget = Arc::new(ByteBudget::new(cfg.buffer_max_bytes, self.stopping.clone()));
+        let (mut limits, ordered) = sink
             .as_ref()
-            .map(|s| s.plugin().info.limits)
+            .map(|s| (s.plugin().info.limits, s.plugin().info.ordered))
             .unwrap_or_default();
+        let lower = |sink: u64, ours: u64| match (sink, ours) {
+            (0, o) => o,
+            (s, 0) => s,
+            (s, o) => s.min(o),
+        };
+        limits.max_records = lower(
+            u64::from(limits.max_records),
+            u64::from(cfg.batch_max_records),
+        ) as u32;
+        limits.max_batch_bytes = lower(limits.max_batch_bytes, cfg.batch_max_bytes);
+        if let Some(d) = &disk {
+            d.consumers.fetch_add(1, Relaxed);
+        }
+        let aimd = Aimd::new(cfg.max_in_flight, cfg.adaptive_concurrency);
+        stats.concurrency_limit.store(aimd.limit() as u64, Relaxed);
         let task = Task {
             id: id.clone(),
             sink: sink.map(Arc::new),
             limits,
+            ordered,
             cfg: cfg.clone(),
             stats: stats.clone(),
             dead: dead.clone(),
@@ -327,7 +545,11 @@ impl Delivery {
             retry_seq: 0,
             budget: budget.clone(),
             rng: seed(),
-            drain_deadline: self.drain_deadline.clone(),
+            stopping: self.stopping.clone(),
+            disk: disk.clone(),
+            disks: self.disks.clone(),
+            aimd,
+            read_buf: Vec::new(),
         };
         let handle = self.rt.spawn(task.run(rx));
         self.tasks
@@ -342,18 +564,32 @@ impl Delivery {
             tx,
             dead,
             budget,
+            disk,
+            when_full: cfg.when_full,
         })
     }
 
-    /// Waits until every destination task has finished (each finishes once all
-    /// handles to it are dropped and its records are delivered or
-    /// dead-lettered). Records still undelivered `drain` after this call are
-    /// dead-lettered with reason "engine stopped before delivery".
-    pub fn shutdown(self, drain: Duration) {
-        *self
-            .drain_deadline
+    /// Sets the drain deadline: from then on, once it passes, workers waiting
+    /// for room stop waiting and the tasks stop delivering (memory:
+    /// dead-letter what is left; disk: leave it in the buffer for the next
+    /// start).
+    pub fn begin_shutdown(&self, drain: Duration) {
+        let mut d = self
+            .stopping
+            .deadline
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + drain);
+            .unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            *d = Some(Instant::now() + drain);
+        }
+    }
+
+    /// Waits until every destination task has finished (each finishes once
+    /// all handles to it are dropped and its records are delivered,
+    /// dead-lettered or, in a disk buffer, kept for the next start), then
+    /// syncs the disk buffers a last time.
+    pub fn shutdown(mut self, drain: Duration) {
+        self.begin_shutdown(drain);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         self.rt.block_on(async {
             for t in tasks {
@@ -362,12 +598,77 @@ impl Delivery {
                 }
             }
         });
-        self.rt.shutdown_timeout(Duration::from_secs(5));
+        self.syncer_stop.store(true, Relaxed);
+        self.sync_signal.wake();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        for d in self
+            .disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if let Err(e) = d.finish() {
+                tracing::error!(dir = %d.dir().display(), "disk buffer: last sync failed: {e}");
+            }
+        }
+        let rt = std::mem::replace(
+            &mut self.rt,
+            match tokio::runtime::Builder::new_current_thread().build() {
+                Ok(rt) => rt,
+                Err(_) => return,
+            },
+        );
+        rt.shutdown_timeout(Duration::from_secs(5));
     }
 
     /// A handle to the runtime, for tasks that belong with delivery.
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.syncer_stop.store(true, Relaxed);
+        self.sync_signal.wake();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// fsyncs the disk buffers on their schedule, deletes their delivered
+/// segments, and, once the drain deadline passes, releases blocked writers.
+fn syncer_loop(
+    disks: Arc<Mutex<HashMap<PathBuf, Arc<DiskBuffer>>>>,
+    signal: Arc<SyncSignal>,
+    stop: Arc<AtomicBool>,
+    stopping: Arc<Stopping>,
+) {
+    while !stop.load(Relaxed) {
+        let list: Vec<Arc<DiskBuffer>> = disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        let past = stopping.past();
+        let mut sleep = Duration::from_millis(200);
+        for d in &list {
+            if past {
+                d.close();
+            }
+            if d.sync_due(now)
+                && let Err(e) = d.sync()
+            {
+                tracing::error!(dir = %d.dir().display(), "disk buffer: fsync failed: {e}");
+            }
+            sleep = sleep.min(d.sync_interval());
+        }
+        signal.wait(sleep.max(Duration::from_millis(1)));
     }
 }
 
@@ -378,27 +679,97 @@ fn seed() -> u64 {
     t ^ (std::process::id() as u64).rotate_left(32) | 1
 }
 
+/// Additive-increase, multiplicative-decrease of the batches in flight.
+#[derive(Debug)]
+struct Aimd {
+    limit: f64,
+    max: f64,
+    adaptive: bool,
+    rtt_ewma: Option<f64>,
+    last_cut: Option<Instant>,
+}
+
+impl Aimd {
+    fn new(max: u32, adaptive: bool) -> Aimd {
+        let max = f64::from(max.max(1));
+        Aimd {
+            limit: if adaptive { 1.0 } else { max },
+            max,
+            adaptive,
+            rtt_ewma: None,
+            last_cut: None,
+        }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.floor().max(1.0) as usize
+    }
+
+    /// A batch came back after `rtt`; `congested` when the sink throttled or
+    /// failed; `busy` when every slot was in use as it was sent.
+    fn observe(&mut self, rtt: Duration, congested: bool, busy: bool) {
+        if !self.adaptive {
+            return;
+        }
+        let rtt = rtt.as_secs_f64();
+        let ewma = self.rtt_ewma.unwrap_or(rtt);
+        if congested {
+            // At most one cut per round trip: the batches already in flight
+            // saw the same congestion.
+            if self
+                .last_cut
+                .is_none_or(|t| t.elapsed().as_secs_f64() > ewma)
+            {
+                self.limit = (self.limit / 2.0).max(1.0);
+                self.last_cut = Some(Instant::now());
+            }
+        } else if busy && rtt <= ewma * 1.5 + 0.001 {
+            self.limit = (self.limit + 1.0 / self.limit).min(self.max);
+        }
+        self.rtt_ewma = Some(0.9 * ewma + 0.1 * rtt);
+    }
+}
+
+#[derive(Default)]
 struct Lane {
-    batch: Vec<Pending>,
+    /// The batch being filled.
+    filling: Vec<Pending>,
     bytes: u64,
     deadline: Option<Instant>,
+    /// Closed batches waiting to be sent (retries at the front).
+    queued: VecDeque<Vec<Pending>>,
+    in_flight: u32,
+    /// Ordered sinks: a retry of this lane is waiting.
+    blocked: bool,
+}
+
+impl Lane {
+    fn idle(&self) -> bool {
+        self.filling.is_empty() && self.queued.is_empty() && self.in_flight == 0 && !self.blocked
+    }
 }
 
 struct Task {
     id: Arc<str>,
     sink: Result<Arc<SinkInstance>, String>,
     limits: sluice_sdk::abi::SluiceLimits,
+    ordered: bool,
     cfg: DeliveryConfig,
     stats: Arc<DestinationStats>,
     dead: Arc<DeadLetters>,
     lanes: FxHashMap<Arc<str>, Lane>,
     deadlines: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
-    ready: VecDeque<(Arc<str>, Vec<Pending>)>,
+    /// One entry per queued batch, naming its lane.
+    ready: VecDeque<Arc<str>>,
     retries: BinaryHeap<Reverse<(Instant, u64, RetryBatch)>>,
     retry_seq: u64,
     budget: Arc<ByteBudget>,
     rng: u64,
-    drain_deadline: Arc<Mutex<Option<Instant>>>,
+    stopping: Arc<Stopping>,
+    disk: Option<Arc<DiskBuffer>>,
+    disks: Arc<Mutex<HashMap<PathBuf, Arc<DiskBuffer>>>>,
+    aimd: Aimd,
+    read_buf: Vec<DiskEntry>,
 }
 
 struct RetryBatch(Arc<str>, Vec<Pending>);
@@ -420,7 +791,26 @@ impl Ord for RetryBatch {
     }
 }
 
-type Flight = (Arc<str>, Vec<Pending>, crate::plugin::SendReport);
+/// A finished send: lane, records, report, when it was sent, whether every
+/// slot was in use then.
+type Flight = (
+    Arc<str>,
+    Vec<Pending>,
+    crate::plugin::SendReport,
+    Instant,
+    bool,
+);
+
+/// Why a task stops taking records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closed {
+    /// Still open.
+    No,
+    /// Its handles are gone and the engine is stopping.
+    Stopping,
+    /// Its handles are gone: the destination was removed or replaced.
+    Removed,
+}
 
 impl Task {
     fn cost(&self, r: &Record) -> u64 {
@@ -429,14 +819,16 @@ impl Task {
 
     fn fits(&self, lane: &Lane, cost: u64) -> bool {
         let l = &self.limits;
-        (l.max_records == 0 || lane.batch.len() < l.max_records as usize)
+        (l.max_records == 0 || lane.filling.len() < l.max_records as usize)
             && (l.max_batch_bytes == 0 || lane.bytes + cost <= l.max_batch_bytes)
     }
 
     fn full(&self, lane: &Lane) -> bool {
-        self.limits.max_records != 0 && lane.batch.len() >= self.limits.max_records as usize
+        self.limits.max_records != 0 && lane.filling.len() >= self.limits.max_records as usize
     }
 
+    /// Records leave the engine's memory (delivered, dead-lettered, or left
+    /// in the disk buffer at shutdown).
     fn release(&mut self, records: &[Pending]) {
         let n = records.len() as u64;
         let bytes: u64 = records.iter().map(|p| p.rec.data().len() as u64).sum();
@@ -445,12 +837,36 @@ impl Task {
         self.budget.release(bytes);
     }
 
-    fn dead_letter(&mut self, sub: &str, records: Vec<Pending>, reason: &str) {
-        self.release(&records);
-        self.dead.write(&self.stats, sub, &records, reason);
+    /// Records are done for good: delivered or dead-lettered.
+    fn settle(&mut self, records: &[Pending]) {
+        self.release(records);
+        if let Some(d) = &self.disk {
+            d.ack(records.iter().map(|p| p.seq));
+        }
     }
 
-    /// Adds records to their lane, moving full batches to `ready`.
+    fn dead_letter(&mut self, sub: &str, records: Vec<Pending>, reason: &str) {
+        self.dead.write(&self.stats, sub, &records, reason);
+        self.settle(&records);
+    }
+
+    fn lane(&mut self, sub: &Arc<str>) -> &mut Lane {
+        self.lanes.entry(sub.clone()).or_default()
+    }
+
+    fn close_filling(&mut self, sub: &Arc<str>) {
+        let lane = self.lane(sub);
+        if lane.filling.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut lane.filling);
+        lane.bytes = 0;
+        lane.deadline = None;
+        lane.queued.push_back(batch);
+        self.ready.push_back(sub.clone());
+    }
+
+    /// Adds records to their lane, closing full batches.
     fn add(&mut self, sub: Arc<str>, records: Vec<Pending>) {
         let linger = Duration::from_millis(self.cfg.linger_ms);
         for p in records {
@@ -463,44 +879,45 @@ impl Task {
                 self.dead_letter(&sub, vec![p], &reason);
                 continue;
             }
-            let mut lane = self.lanes.remove(&sub).unwrap_or(Lane {
-                batch: Vec::new(),
-                bytes: 0,
-                deadline: None,
-            });
-            if !lane.batch.is_empty() && !self.fits(&lane, cost) {
-                self.ready
-                    .push_back((sub.clone(), std::mem::take(&mut lane.batch)));
-                lane.bytes = 0;
-                lane.deadline = None;
+            let fits = self
+                .lanes
+                .get(&sub)
+                .is_none_or(|l| l.filling.is_empty() || self.fits(l, cost));
+            if !fits {
+                self.close_filling(&sub);
             }
-            if lane.deadline.is_none() {
-                let d = Instant::now() + linger;
-                lane.deadline = Some(d);
+            let mut new_deadline = None;
+            {
+                let lane = self.lanes.entry(sub.clone()).or_default();
+                if lane.deadline.is_none() {
+                    let d = Instant::now() + linger;
+                    lane.deadline = Some(d);
+                    new_deadline = Some(d);
+                }
+                lane.bytes += cost;
+                lane.filling.push(p);
+            }
+            if let Some(d) = new_deadline {
                 self.deadlines.push(Reverse((d, sub.clone())));
             }
-            lane.bytes += cost;
-            lane.batch.push(p);
-            if self.full(&lane) {
-                self.ready
-                    .push_back((sub.clone(), std::mem::take(&mut lane.batch)));
-                lane.bytes = 0;
-                lane.deadline = None;
+            let full = self.lanes.get(&sub).is_some_and(|l| self.full(l));
+            if full {
+                self.close_filling(&sub);
             }
-            self.lanes.insert(sub.clone(), lane);
         }
     }
 
-    /// Moves lanes whose linger expired (or every lane, when draining) to `ready`.
+    /// Closes batches whose linger expired (or every batch, when draining).
     fn expire(&mut self, now: Instant, all: bool) {
         if all {
-            let subs: Vec<Arc<str>> = self.lanes.keys().cloned().collect();
+            let subs: Vec<Arc<str>> = self
+                .lanes
+                .iter()
+                .filter(|(_, l)| !l.filling.is_empty())
+                .map(|(s, _)| s.clone())
+                .collect();
             for s in subs {
-                if let Some(mut lane) = self.lanes.remove(&s)
-                    && !lane.batch.is_empty()
-                {
-                    self.ready.push_back((s, std::mem::take(&mut lane.batch)));
-                }
+                self.close_filling(&s);
             }
             self.deadlines.clear();
             return;
@@ -512,19 +929,13 @@ impl Task {
             let Some(Reverse((d, sub))) = self.deadlines.pop() else {
                 break;
             };
-            if let Some(lane) = self.lanes.get_mut(&sub)
-                && lane.deadline == Some(d)
-            {
-                let batch = std::mem::take(&mut lane.batch);
-                lane.bytes = 0;
-                lane.deadline = None;
-                if !batch.is_empty() {
-                    self.ready.push_back((sub, batch));
-                }
+            if self.lanes.get(&sub).is_some_and(|l| l.deadline == Some(d)) {
+                self.close_filling(&sub);
             }
         }
     }
 
+    /// Puts retries that are due (all, when draining) back at the front of their lanes.
     fn due_retries(&mut self, now: Instant, all: bool) {
         while let Some(Reverse((due, _, _))) = self.retries.peek() {
             if !all && *due > now {
@@ -533,8 +944,10 @@ impl Task {
             let Some(Reverse((_, _, RetryBatch(sub, recs)))) = self.retries.pop() else {
                 break;
             };
-            // Re-batch within limits (a retried batch is never bigger than it was).
-            self.ready.push_back((sub, recs));
+            let lane = self.lane(&sub);
+            lane.blocked = false;
+            lane.queued.push_front(recs);
+            self.ready.push_front(sub);
         }
     }
 
@@ -557,10 +970,11 @@ impl Task {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(n-1))].
+    /// Exponential backoff with full jitter: uniform in
+    /// [0, min(cap, 100 ms * 2^(n-1))].
     fn backoff(&mut self, attempts: u32) -> Duration {
         let base_ms: u64 = 100;
-        let cap_ms: u64 = 30_000;
+        let cap_ms = self.cfg.retry_max_backoff_ms.max(1);
         let exp = base_ms.saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
         let ceiling = exp.min(cap_ms);
         Duration::from_millis(self.rand() % (ceiling + 1))
@@ -572,9 +986,12 @@ impl Task {
                 && now.duration_since(p.first) > Duration::from_secs(self.cfg.max_age_s))
     }
 
-    fn handle(&mut self, (sub, batch, report): Flight) {
+    fn handle(&mut self, (sub, batch, report, sent, busy): Flight) {
         self.stats.in_flight.fetch_sub(1, Relaxed);
         self.stats.batches.fetch_add(1, Relaxed);
+        if let Some(l) = self.lanes.get_mut(&sub) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+        }
         if report.protocol_errors > 0 {
             self.stats
                 .protocol_errors
@@ -594,7 +1011,6 @@ impl Task {
             }
         }
         let now = Instant::now();
-        let mut delivered = 0u64;
         let mut delivered_bytes = 0u64;
         let mut retry: Vec<Pending> = Vec::new();
         let mut retry_after = Duration::ZERO;
@@ -606,7 +1022,6 @@ impl Task {
             p.attempts += 1;
             match outcome {
                 RecordOutcome::Ok => {
-                    delivered += 1;
                     delivered_bytes += p.rec.data().len() as u64;
                     ok.push(p);
                 }
@@ -622,6 +1037,11 @@ impl Task {
                 }
             }
         }
+        let congested = report.failure.is_some() || !retry.is_empty() || !exhausted.is_empty();
+        self.aimd.observe(now.duration_since(sent), congested, busy);
+        self.stats
+            .concurrency_limit
+            .store(self.aimd.limit() as u64, Relaxed);
         if !ok.is_empty() {
             let mut h = self.stats.latency.lock().unwrap_or_else(|p| p.into_inner());
             for p in &ok {
@@ -629,11 +1049,12 @@ impl Task {
                 h.saturating_record(us);
             }
         }
-        self.release(&ok);
-        self.stats.delivered.fetch_add(delivered, Relaxed);
+        self.settle(&ok);
+        self.stats.delivered.fetch_add(ok.len() as u64, Relaxed);
         self.stats
             .delivered_bytes
             .fetch_add(delivered_bytes, Relaxed);
+        drop(ok);
         for (p, reason) in rejected {
             self.dead_letter(&sub, vec![p], &format!("rejected: {reason}"));
         }
@@ -643,21 +1064,46 @@ impl Task {
         }
         if !retry.is_empty() {
             self.stats.retried.fetch_add(retry.len() as u64, Relaxed);
+            if self.disk.is_some() {
+                // Read from disk, they share a read block: do not pin it while waiting.
+                for p in &mut retry {
+                    p.rec = p.rec.detached();
+                }
+            }
             let wait = self.backoff(min_attempts).max(retry_after);
             self.retry_seq += 1;
+            if self.ordered {
+                self.lane(&sub).blocked = true;
+            }
             self.retries.push(Reverse((
                 now + wait,
                 self.retry_seq,
-                RetryBatch(sub, retry),
+                RetryBatch(sub.clone(), retry),
             )));
+        }
+        if self.lanes.get(&sub).is_some_and(Lane::idle) {
+            self.lanes.remove(&sub);
         }
     }
 
     fn dispatch(&mut self, inflight: &mut JoinSet<Flight>) {
-        let max = self.cfg.max_in_flight.max(1) as usize;
-        while inflight.len() < max {
-            let Some((sub, batch)) = self.ready.pop_front() else {
+        let limit = self.aimd.limit();
+        let mut scan = self.ready.len();
+        while inflight.len() < limit && scan > 0 {
+            scan -= 1;
+            let Some(sub) = self.ready.pop_front() else {
                 break;
+            };
+            let ordered = self.ordered;
+            let Some(lane) = self.lanes.get_mut(&sub) else {
+                continue;
+            };
+            if ordered && (lane.in_flight > 0 || lane.blocked) {
+                self.ready.push_back(sub);
+                continue;
+            }
+            let Some(batch) = lane.queued.pop_front() else {
+                continue;
             };
             if batch.is_empty() {
                 continue;
@@ -670,8 +1116,11 @@ impl Task {
                     continue;
                 }
             };
+            lane.in_flight += 1;
             self.stats.in_flight.fetch_add(1, Relaxed);
+            let busy = inflight.len() + 1 >= limit;
             inflight.spawn_blocking(move || {
+                let sent = Instant::now();
                 let refs: Vec<RecordRef<'_>> = batch
                     .iter()
                     .map(|p| RecordRef {
@@ -701,7 +1150,7 @@ impl Task {
                             protocol_errors: 0,
                         });
                 drop(refs);
-                (sub, batch, report)
+                (sub, batch, report, sent, busy)
             });
         }
     }
@@ -710,47 +1159,129 @@ impl Task {
         inflight.is_empty()
             && self.ready.is_empty()
             && self.retries.is_empty()
-            && self.lanes.values().all(|l| l.batch.is_empty())
+            && self.lanes.values().all(|l| l.filling.is_empty())
     }
 
-    fn abandon_all(&mut self, reason: &str) {
+    /// Everything still held, out of the lanes and retry queue.
+    fn take_all(&mut self) -> Vec<(Arc<str>, Vec<Pending>)> {
         self.expire(Instant::now(), true);
         self.due_retries(Instant::now(), true);
-        while let Some((sub, batch)) = self.ready.pop_front() {
-            self.dead_letter(&sub, batch, reason);
+        let mut out = Vec::new();
+        while let Some(sub) = self.ready.pop_front() {
+            if let Some(batch) = self.lanes.get_mut(&sub).and_then(|l| l.queued.pop_front()) {
+                out.push((sub, batch));
+            }
+        }
+        out
+    }
+
+    /// At the drain deadline: memory records are dead-lettered; records of
+    /// the disk buffer stay there (unacknowledged) for the next start.
+    fn abandon_all(&mut self) {
+        for (sub, batch) in self.take_all() {
+            if self.disk.is_some() {
+                self.release(&batch);
+            } else {
+                self.dead_letter(&sub, batch, "engine stopped before delivery");
+            }
+        }
+    }
+
+    /// Reads from the disk buffer while the memory budget allows.
+    fn fill_from_disk(&mut self) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        loop {
+            let room = self.budget.available();
+            if room == 0 || !disk.unread() {
+                return;
+            }
+            let mut entries = std::mem::take(&mut self.read_buf);
+            let got = match disk.read(room.min(4 << 20), &mut entries) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.stats.disk_errors.fetch_add(1, Relaxed);
+                    tracing::error!(destination = %self.id, "reading the disk buffer failed: {e}");
+                    0
+                }
+            };
+            if entries.is_empty() {
+                self.read_buf = entries;
+                return;
+            }
+            self.budget.force(got);
+            self.stats.queued.fetch_add(entries.len() as u64, Relaxed);
+            self.stats.queued_bytes.fetch_add(got, Relaxed);
+            let now = Instant::now();
+            let now_us = DiskBuffer::now_us();
+            let mut run: Option<(Arc<str>, Vec<Pending>)> = None;
+            for e in entries.drain(..) {
+                let age = Duration::from_micros(now_us.saturating_sub(e.received_unix_us));
+                let first = now.checked_sub(age).unwrap_or(now);
+                let p = Pending::new(e.record, first, e.seq, None);
+                match &mut run {
+                    Some((s, v)) if *s == e.subscription => v.push(p),
+                    _ => {
+                        if let Some((s, v)) = run.take() {
+                            self.add(s, v);
+                        }
+                        run = Some((e.subscription, vec![p]));
+                    }
+                }
+            }
+            if let Some((s, v)) = run {
+                self.add(s, v);
+            }
+            self.read_buf = entries;
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) {
         let mut inflight: JoinSet<Flight> = JoinSet::new();
-        let mut closed = false;
+        let mut closed = Closed::No;
+        let mut abandoned = false;
         loop {
             let now = Instant::now();
-            self.expire(now, closed);
+            let draining = closed != Closed::No;
+            // A replaced destination hands its disk buffer to its successor.
+            let handed_over = draining
+                && closed == Closed::Removed
+                && self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.consumers.load(Relaxed) > 1);
+            if !abandoned && !handed_over {
+                self.fill_from_disk();
+            }
+            self.expire(now, draining);
             self.due_retries(now, false);
-            self.dispatch(&mut inflight);
-            if closed {
-                let deadline = *self
-                    .drain_deadline
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if deadline.is_some_and(|d| now >= d) {
-                    self.abandon_all("engine stopped before delivery");
-                }
-                if self.idle(&inflight) {
+            if closed == Closed::Stopping && !abandoned && self.stopping.past() {
+                self.abandon_all();
+                abandoned = true;
+            }
+            if !abandoned {
+                self.dispatch(&mut inflight);
+            }
+            if draining {
+                let disk_done =
+                    abandoned || handed_over || self.disk.as_ref().is_none_or(|d| !d.unread());
+                if self.idle(&inflight) && disk_done {
                     break;
                 }
             }
-            let accepting = !closed;
             let wake = self
                 .next_wakeup()
                 .unwrap_or(now + Duration::from_secs(3600));
             // While draining, check the drain deadline regularly.
-            let wake = if closed {
+            let wake = if draining {
                 wake.min(now + Duration::from_millis(100))
             } else {
                 wake
             };
+            let disk = self.disk.clone();
+            let want_disk =
+                disk.is_some() && !abandoned && !handed_over && self.budget.available() > 0;
             tokio::select! {
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
                     Ok(flight) => self.handle(flight),
@@ -761,14 +1292,16 @@ impl Task {
                         tracing::error!(destination = %self.id, "send task failed: {e}");
                     }
                 },
-                msg = rx.recv(), if accepting => match msg {
+                msg = rx.recv(), if closed == Closed::No => match msg {
                     Some(chunk) => {
-                        let received = chunk.received;
-                        let recs = chunk.records.into_iter().map(|r| Pending::new(r, received)).collect();
-                        self.add(chunk.subscription, recs);
+                        let (sub, records) = pending(chunk);
+                        self.add(sub, records);
                     }
-                    None => closed = true,
+                    None => {
+                        closed = if self.stopping.deadline().is_some() { Closed::Stopping } else { Closed::Removed };
+                    }
                 },
+                _ = async { if let Some(d) = &disk { d.written_since_read().await } }, if want_disk => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
@@ -780,6 +1313,20 @@ impl Task {
                 }
             })
             .await;
+        }
+        if let Some(d) = self.disk.take() {
+            let last = d.consumers.fetch_sub(1, Relaxed) == 1;
+            // A removed destination whose buffer is empty and unclaimed: delete it.
+            if last && closed == Closed::Removed && d.drained() {
+                let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+                if d.consumers.load(Relaxed) == 0 {
+                    disks.remove(d.dir());
+                    drop(disks);
+                    if let Err(e) = d.remove() {
+                        tracing::warn!(dir = %d.dir().display(), "cannot delete the disk buffer of a removed destination: {e}");
+                    }
+                }
+            }
         }
     }
 }

@@ -172,6 +172,33 @@ impl Record {
         self.bytes.len() + std::mem::size_of::<Record>()
     }
 
+    /// A record over bytes laid out as `data`, account id, event id (read
+    /// back from the disk buffer without a copy).
+    pub fn from_shared(
+        bytes: Bytes,
+        data_len: usize,
+        account_len: usize,
+        event_type: EventTypeId,
+        timestamp_ms: i64,
+    ) -> Record {
+        Record {
+            bytes,
+            data_len: data_len as u32,
+            account_len: account_len as u32,
+            event_type,
+            timestamp_ms,
+        }
+    }
+
+    /// The same record in its own allocation (a record read from disk
+    /// shares its read block; one kept long, for a retry, should not pin it).
+    pub fn detached(&self) -> Record {
+        Record {
+            bytes: Bytes::copy_from_slice(&self.bytes),
+            ..self.clone()
+        }
+    }
+
     /// Builds a record from parts (tests, replay from disk).
     pub fn from_parts(
         data: &[u8],

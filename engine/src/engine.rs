@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub delivery_threads: usize,
     /// Where dead letters go unless a destination says otherwise.
     pub dead_letter_dir: PathBuf,
+    /// Where disk buffers live (`<dir>/<destination id>/`) unless a
+    /// destination says otherwise.
+    pub buffer_dir: PathBuf,
     /// Where rejected events are written with their reason (none: counted only).
     pub rejects_path: Option<PathBuf>,
     /// How long shutdown waits for undelivered records before dead-lettering them.
@@ -61,52 +64,8 @@ pub enum MissingPlugin {
     DeadLetter,
 }
 
-/// What became of the events of one tracked publish.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PublishReport {
-    /// Events accepted (parsed and routed, or unrouted).
-    pub accepted: u64,
-    /// Events rejected: (byte offset of the line in the buffer, reason, detail).
-    pub rejected: Vec<(u32, RejectReason, String)>,
-}
-
-/// Called once with the report of a tracked publish.
-type Done = Box<dyn FnOnce(PublishReport) + Send>;
-
-struct Ticket {
-    remaining: std::sync::atomic::AtomicUsize,
-    accepted: std::sync::atomic::AtomicU64,
-    rejected: Mutex<Vec<(u32, RejectReason, String)>>,
-    done: Mutex<Option<Done>>,
-}
-
-impl Ticket {
-    fn finish_batch(&self, accepted: u64, mut rejected: Vec<(u32, RejectReason, String)>) {
-        self.accepted.fetch_add(accepted, Relaxed);
-        if !rejected.is_empty() {
-            self.rejected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .append(&mut rejected);
-        }
-        if self
-            .remaining
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            let mut rej =
-                std::mem::take(&mut *self.rejected.lock().unwrap_or_else(|p| p.into_inner()));
-            rej.sort_by_key(|r| r.0);
-            let report = PublishReport {
-                accepted: self.accepted.load(Relaxed),
-                rejected: rej,
-            };
-            if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                done(report);
-            }
-        }
-    }
-}
+pub use crate::ack::PublishReport;
+use crate::ack::Ticket;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -116,6 +75,7 @@ impl Default for EngineConfig {
             queue_batches: 8,
             delivery_threads: 2,
             dead_letter_dir: PathBuf::from("dead-letter"),
+            buffer_dir: PathBuf::from("buffer"),
             rejects_path: None,
             drain_timeout: Duration::from_secs(30),
             stage_sampling: false,
@@ -288,7 +248,11 @@ impl Engine {
             );
             shards.push(tx);
         }
-        let delivery = Delivery::new(cfg.delivery_threads, cfg.dead_letter_dir.clone())?;
+        let delivery = Delivery::new(
+            cfg.delivery_threads,
+            cfg.dead_letter_dir.clone(),
+            cfg.buffer_dir.clone(),
+        )?;
         let engine = Engine {
             shared,
             shards,
@@ -384,7 +348,14 @@ impl Engine {
             compiled_subs.push(list);
         }
         // Destinations: reuse unchanged ones, create instances for the others.
-        let mut created: Vec<(String, String, String, Result<SinkInstance, String>)> = Vec::new();
+        type Created = (
+            String,
+            String,
+            String,
+            Result<SinkInstance, String>,
+            Option<Arc<crate::disk_buffer::DiskBuffer>>,
+        );
+        let mut created: Vec<Created> = Vec::new();
         let mut fingerprints = HashMap::new();
         for d in &spec.destinations {
             let fp = serde_json::to_string(&(&d.kind, &d.config, &d.delivery)).unwrap_or_default();
@@ -401,7 +372,7 @@ impl Engine {
                 Err(e) if self.cfg.missing_plugin == MissingPlugin::DeadLetter => {
                     tracing::warn!(destination = %d.id, "{e}; its records will be dead-lettered");
                     let why = format!("no plugin for destination kind `{}` is loaded", d.kind);
-                    created.push((d.id.clone(), d.kind.clone(), fp, Err(why)));
+                    created.push((d.id.clone(), d.kind.clone(), fp, Err(why), None));
                     continue;
                 }
                 Err(e) => {
@@ -414,13 +385,20 @@ impl Engine {
                 }
             };
             let config = d.config.to_string();
-            match SinkInstance::create(
-                plugin,
-                &d.id,
-                &config,
-                self.shared.metrics.destination(&d.id),
-            ) {
-                Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, Ok(inst))),
+            let stats = self.shared.metrics.destination(&d.id);
+            let disk = match delivery.open_disk(&d.id, &d.delivery, &stats) {
+                Ok(disk) => disk,
+                Err(problem) => {
+                    errs.push(ConfigError {
+                        file: None,
+                        item: format!("destination \"{}\"", d.id),
+                        problem,
+                    });
+                    continue;
+                }
+            };
+            match SinkInstance::create(plugin, &d.id, &config, stats) {
+                Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, Ok(inst), disk)),
                 Err(e) => errs.push(ConfigError {
                     file: None,
                     item: format!("destination \"{}\"", d.id),
@@ -439,12 +417,25 @@ impl Engine {
                 handles.insert(d.id.clone(), h.clone());
             }
         }
-        for (id, kind, fp, inst) in created {
+        for (id, kind, fp, inst, disk) in created {
             let Some(d) = spec.destinations.iter().find(|d| d.id == id) else {
                 continue;
             };
             let stats = self.shared.metrics.destination(&id);
-            let h = delivery.start(&id, &kind, fp, &d.delivery, inst, stats);
+            let disk = match (disk, &inst) {
+                (Some(d), _) => Some(d),
+                // A destination whose plugin is missing still keeps its records on disk.
+                (None, Err(_)) => {
+                    delivery
+                        .open_disk(&id, &d.delivery, &stats)
+                        .unwrap_or_else(|e| {
+                            tracing::error!(destination = %id, "{e}");
+                            None
+                        })
+                }
+                (None, Ok(_)) => None,
+            };
+            let h = delivery.start(&id, &kind, fp, &d.delivery, inst, stats, disk);
             handles.insert(id, h);
         }
         let subs = spec
@@ -536,13 +527,35 @@ impl Engine {
         buf: Bytes,
         done: impl FnOnce(PublishReport) + Send + 'static,
     ) -> usize {
-        let ticket = Arc::new(Ticket {
-            remaining: std::sync::atomic::AtomicUsize::new(0),
-            accepted: std::sync::atomic::AtomicU64::new(0),
-            rejected: Mutex::new(Vec::new()),
-            done: Mutex::new(Some(Box::new(done))),
-        });
-        self.publish_lines(buf, Instant::now(), Some(ticket))
+        self.publish_lines(
+            buf,
+            Instant::now(),
+            Some(Ticket::new(false, Box::new(done))),
+        )
+    }
+
+    /// Publishes a buffer of NDJSON and calls `done` once every record it
+    /// produced is safe: written and fsynced to its destination's disk
+    /// buffer (`durability = "disk"`), or delivered or dead-lettered
+    /// (`memory`), or shed by a full `drop_newest` destination (counted in
+    /// the report). An upstream queue acknowledges its messages then. Events
+    /// no subscription selects are safe at once. Returns the number of
+    /// events queued.
+    ///
+    /// ```no_run
+    /// # fn f(engine: &sluice_engine::Engine, buf: bytes::Bytes) {
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// engine.publish_ndjson_durable(buf, move |report| { let _ = tx.send(report); });
+    /// let report = rx.recv().unwrap(); // now commit the upstream offset
+    /// assert_eq!(report.dropped, 0);
+    /// # }
+    /// ```
+    pub fn publish_ndjson_durable(
+        &self,
+        buf: Bytes,
+        done: impl FnOnce(PublishReport) + Send + 'static,
+    ) -> usize {
+        self.publish_lines(buf, Instant::now(), Some(Ticket::new(true, Box::new(done))))
     }
 
     /// How full the fullest worker queue is, from 0 to 1. HTTP ingest refuses
@@ -606,12 +619,7 @@ impl Engine {
         );
         if let Some(t) = &ticket {
             // The count is set before any batch is sent, so no worker can see 0 early.
-            t.remaining
-                .store(full.len(), std::sync::atomic::Ordering::Release);
-            if full.is_empty() {
-                t.remaining.store(1, std::sync::atomic::Ordering::Release);
-                t.finish_batch(0, Vec::new());
-            }
+            t.expect(full.len());
         }
         for (s, spans) in full {
             self.send(
@@ -712,6 +720,11 @@ impl Engine {
     }
 
     fn stop(&mut self) {
+        // The drain deadline runs from here: workers blocked on a full
+        // destination stop waiting once it passes.
+        if let Some(d) = &self.delivery {
+            d.begin_shutdown(self.cfg.drain_timeout);
+        }
         self.shards.clear();
         for w in self.workers.drain(..) {
             if w.join().is_err() {
@@ -1026,6 +1039,12 @@ fn process(
         if n == 0 {
             continue;
         }
+        // A durable publish is acknowledged only once these records are safe.
+        let hold = batch
+            .ticket
+            .as_ref()
+            .filter(|t| t.durable)
+            .map(|t| t.hold());
         let mut records = Some(records);
         for (i, d) in rt.destinations.iter().enumerate() {
             let recs = if i + 1 == n {
@@ -1037,6 +1056,7 @@ fn process(
                 subscription: rt.id.clone(),
                 records: recs,
                 received: batch.received,
+                hold: hold.clone(),
             });
         }
     }

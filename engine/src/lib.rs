@@ -37,9 +37,11 @@
 
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod cel;
 pub mod config;
 pub mod delivery;
+pub mod disk_buffer;
 pub mod encode;
 pub mod engine;
 pub mod events;

@@ -54,6 +54,22 @@ pub struct DestinationStats {
     pub send_errors: AtomicU64,
     /// 1 while the destination's last call failed as a whole.
     pub unhealthy: AtomicU64,
+    /// Records shed because the buffer was full (`when_full = "drop_newest"`).
+    pub dropped: AtomicU64,
+    /// Batches the adaptive concurrency allows in flight now.
+    pub concurrency_limit: AtomicU64,
+    /// Bytes of the disk buffer's segment files.
+    pub disk_bytes: AtomicU64,
+    /// Records in the disk buffer not yet delivered or dead-lettered.
+    pub disk_records: AtomicU64,
+    /// Records read back from the disk buffer after a restart.
+    pub disk_replayed: AtomicU64,
+    /// Damaged disk-buffer data found and cut off (torn tails, bad CRCs), in bytes.
+    pub disk_repaired_bytes: AtomicU64,
+    /// Records lost to disk-buffer damage (known from the gap in sequence numbers).
+    pub disk_lost_records: AtomicU64,
+    /// Disk-buffer writes or fsyncs that failed.
+    pub disk_errors: AtomicU64,
     /// Dead-lettered records by reason.
     pub dead_lettered: Mutex<BTreeMap<String, u64>>,
     /// Counters and gauges the plugin reports through the host callbacks.
@@ -75,6 +91,14 @@ impl Default for DestinationStats {
             protocol_errors: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             unhealthy: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            concurrency_limit: AtomicU64::new(0),
+            disk_bytes: AtomicU64::new(0),
+            disk_records: AtomicU64::new(0),
+            disk_replayed: AtomicU64::new(0),
+            disk_repaired_bytes: AtomicU64::new(0),
+            disk_lost_records: AtomicU64::new(0),
+            disk_errors: AtomicU64::new(0),
             dead_lettered: Mutex::new(BTreeMap::new()),
             plugin: Mutex::new(BTreeMap::new()),
             latency: Mutex::new(latency_histogram()),
@@ -299,7 +323,7 @@ impl Metrics {
             &'static str,
             fn(&DestinationStats) -> u64,
         );
-        let per_dest: [Row; 9] = [
+        let per_dest: [Row; 17] = [
             (
                 "sluice_destination_delivered_total",
                 "counter",
@@ -353,6 +377,54 @@ impl Metrics {
                 "gauge",
                 "Batches being sent.",
                 |d| d.in_flight.load(Relaxed),
+            ),
+            (
+                "sluice_destination_concurrency_limit",
+                "gauge",
+                "Batches the adaptive concurrency allows in flight.",
+                |d| d.concurrency_limit.load(Relaxed),
+            ),
+            (
+                "sluice_destination_dropped_total",
+                "counter",
+                "Records shed because the buffer was full (when_full = drop_newest).",
+                |d| d.dropped.load(Relaxed),
+            ),
+            (
+                "sluice_destination_disk_buffer_bytes",
+                "gauge",
+                "Bytes of the disk buffer's segment files.",
+                |d| d.disk_bytes.load(Relaxed),
+            ),
+            (
+                "sluice_destination_disk_buffer_records",
+                "gauge",
+                "Records in the disk buffer not yet delivered or dead-lettered.",
+                |d| d.disk_records.load(Relaxed),
+            ),
+            (
+                "sluice_destination_disk_replayed_total",
+                "counter",
+                "Records read back from the disk buffer after a restart.",
+                |d| d.disk_replayed.load(Relaxed),
+            ),
+            (
+                "sluice_destination_disk_repaired_bytes_total",
+                "counter",
+                "Damaged disk-buffer bytes found and cut off (torn tails, bad CRCs).",
+                |d| d.disk_repaired_bytes.load(Relaxed),
+            ),
+            (
+                "sluice_destination_disk_lost_records_total",
+                "counter",
+                "Records lost to disk-buffer damage.",
+                |d| d.disk_lost_records.load(Relaxed),
+            ),
+            (
+                "sluice_destination_disk_errors_total",
+                "counter",
+                "Disk-buffer writes or fsyncs that failed.",
+                |d| d.disk_errors.load(Relaxed),
             ),
         ];
         for (name, kind, help, get) in per_dest {

@@ -94,6 +94,8 @@ pub struct PluginInfo {
     pub limits: abi::SluiceLimits,
     /// Whether `send` may run concurrently on one instance.
     pub thread_safe: bool,
+    /// Whether each subscription's records must reach the sink in order.
+    pub ordered: bool,
     /// ABI minor version it was built with.
     pub abi_minor: u32,
     /// Size of its vtable.
@@ -249,6 +251,7 @@ impl PluginLibrary {
             config_schema: static_str(&vtable.config_schema, "config_schema", path)?,
             limits: vtable.limits,
             thread_safe: vtable.flags & abi::FLAG_THREAD_SAFE != 0,
+            ordered: vtable.flags & abi::FLAG_ORDERED != 0,
             abi_minor: minor,
             vtable_size: size,
         };

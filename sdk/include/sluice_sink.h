@@ -20,11 +20,13 @@ extern "C" {
 #endif
 
 #define SLUICE_ABI_MAJOR 1u
-#define SLUICE_ABI_MINOR 0u
+#define SLUICE_ABI_MINOR 1u
 #define SLUICE_ENTRY_SYMBOL "sluice_sink_entry_v1"
 
 /* SluiceSinkVTable.flags */
 #define SLUICE_FLAG_THREAD_SAFE 1u
+/* One batch per subscription at a time; retries keep their place (ABI 1.1). */
+#define SLUICE_FLAG_ORDERED 2u
 
 /* Status returned by create, send, flush and verify. */
 #define SLUICE_STATUS_OK 0

@@ -22,7 +22,7 @@ use std::ffi::c_void;
 /// Major version of this ABI. A plugin is loaded only if it declares the same.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: grows when fields are appended; never breaks older plugins.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 /// The symbol every plugin exports (NUL-terminated, for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"sluice_sink_entry_v1\0";
 /// Prefix of the entry symbol of any major version (`sluice_sink_entry_v<N>`).
@@ -31,6 +31,11 @@ pub const ENTRY_SYMBOL_PREFIX: &str = "sluice_sink_entry_v";
 /// The plugin's `send` may be called from several threads at once on the same
 /// instance. Without it the engine serializes every call on an instance.
 pub const FLAG_THREAD_SAFE: u32 = 1;
+/// The destination needs the records of one subscription in order (CloudWatch
+/// Logs): the engine sends at most one batch per subscription at a time, and
+/// a retried record goes before any later record of its subscription.
+/// (ABI 1.1; an engine of ABI 1.0 ignores it.)
+pub const FLAG_ORDERED: u32 = 2;
 
 /// Status returned by `create`, `send`, `flush` and `verify`: success.
 pub const STATUS_OK: i32 = 0;

@@ -19,6 +19,7 @@
 //!             config_schema: r#"{"type":"object"}"#,
 //!             limits: Limits { max_records: 500, ..Limits::default() },
 //!             thread_safe: true,
+//!             ordered: false,
 //!         }
 //!     }
 //!     fn create(_config: &str, _host: Host) -> Result<Self, Error> {

@@ -47,6 +47,9 @@ pub struct SinkInfo {
     pub limits: Limits,
     /// Whether [`Sink::send`] may run on several threads at once.
     pub thread_safe: bool,
+    /// Whether the destination needs each subscription's records in order
+    /// (see [`abi::FLAG_ORDERED`]).
+    pub ordered: bool,
 }
 
 /// An error returned by a plugin call.
@@ -468,7 +471,7 @@ pub fn build_vtable<T: Sink>() -> Option<StaticVTable> {
             abi::FLAG_THREAD_SAFE
         } else {
             0
-        },
+        } | if info.ordered { abi::FLAG_ORDERED } else { 0 },
         kind: SluiceStr::from_str(info.kind),
         version: SluiceStr::from_str(info.version),
         description: SluiceStr::from_str(info.description),

@@ -199,13 +199,17 @@ impl App {
     /// Applies a change: `f` edits a copy of the account; the engine is
     /// reconfigured with the result and, if it accepts it, the store and the
     /// served state are updated. Returns what `f` returned.
-    fn commit<T>(
+    ///
+    /// The returned [`Committed`] keeps other changes out until it is dropped,
+    /// so that the change's audit event is processed under the configuration
+    /// the change made, before any later change.
+    fn commit(
         &self,
         account: &str,
-        f: impl FnOnce(&mut AccountState) -> Result<T, ApiError>,
+        f: impl FnOnce(&mut AccountState) -> Result<(), ApiError>,
         persist: impl FnOnce(&Store, &AccountState) -> Result<(), String>,
-    ) -> Result<T, ApiError> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    ) -> Result<Committed<'_>, ApiError> {
+        let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut acct = {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
             st.accounts.get(account).cloned().unwrap_or_default()
@@ -213,7 +217,7 @@ impl App {
         if acct.created_at.is_empty() {
             acct.created_at = now_rfc3339();
         }
-        let out = f(&mut acct)?;
+        f(&mut acct)?;
         let spec = {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
             let mut next = PipelineSpec {
@@ -260,10 +264,14 @@ impl App {
             .unwrap_or_else(|p| p.into_inner())
             .accounts
             .insert(account.to_string(), acct);
-        Ok(out)
+        Ok(Committed {
+            app: self,
+            _write: w,
+        })
     }
 
-    /// Publishes an audit event about this API's own resources.
+    /// Publishes an audit event about this API's own resources and waits
+    /// until a worker has routed it.
     fn audit(&self, ctx: &Ctx, event_type: &str, object: &Value) {
         let ev = json!({
             "event_id": ids::new_id("ev"),
@@ -278,7 +286,27 @@ impl App {
             },
             "object": object,
         });
-        self.engine.publish(ev.to_string().as_bytes());
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.engine
+            .publish_ndjson_tracked(Bytes::from(ev.to_string()), move |r| {
+                let _ = tx.send(r);
+            });
+        if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
+            tracing::warn!(event_type, "audit event not processed within 30 s");
+        }
+    }
+}
+
+/// A change applied and stored; other changes wait until it is dropped.
+struct Committed<'a> {
+    app: &'a App,
+    _write: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Committed<'_> {
+    /// Emits the change's audit event (see [`App::audit`]).
+    fn audit(self, ctx: &Ctx, event_type: &str, object: &Value) {
+        self.app.audit(ctx, event_type, object);
     }
 }
 
@@ -543,7 +571,7 @@ async fn create_destination(
     let ctx2 = ctx.clone();
     let json = blocking(move || {
         let stored = d.clone();
-        app2.commit(
+        let committed = app2.commit(
             &ctx2.account,
             |a| {
                 a.destinations.insert(d.id.clone(), d.clone());
@@ -555,7 +583,7 @@ async fn create_destination(
             },
         )?;
         let v = d.to_json(&ctx2.base);
-        app2.audit(&ctx2, "event_destination_created.v0", &v);
+        committed.audit(&ctx2, "event_destination_created.v0", &v);
         Ok(v)
     })
     .await?;
@@ -655,7 +683,7 @@ async fn update_destination(
     let app2 = app.clone();
     let json = blocking(move || {
         let stored = d.clone();
-        app2.commit(
+        let committed = app2.commit(
             &ctx.account,
             |a| {
                 a.destinations.insert(d.id.clone(), d.clone());
@@ -664,7 +692,7 @@ async fn update_destination(
             move |s, _| s.put_destination(&stored),
         )?;
         let v = d.to_json(&ctx.base);
-        app2.audit(&ctx, "event_destination_updated.v0", &v);
+        committed.audit(&ctx, "event_destination_updated.v0", &v);
         Ok(v)
     })
     .await?;
@@ -682,7 +710,7 @@ async fn delete_destination(
     let app2 = app.clone();
     blocking(move || {
         let did = d.id.clone();
-        app2.commit(
+        let committed = app2.commit(
             &ctx.account,
             |a| {
                 if let Some(s) = a.subscriptions.values().find(|s| s.destination_ids.contains(&d.id)) {
@@ -696,7 +724,7 @@ async fn delete_destination(
             },
             move |s, _| s.delete_destination(&did),
         )?;
-        app2.audit(&ctx, "event_destination_deleted.v0", &d.to_json(&ctx.base));
+        committed.audit(&ctx, "event_destination_deleted.v0", &d.to_json(&ctx.base));
         Ok(())
     })
     .await?;
@@ -904,7 +932,7 @@ async fn create_subscription(
     let app2 = app.clone();
     let json = blocking(move || {
         let stored = s.clone();
-        app2.commit(
+        let committed = app2.commit(
             &ctx.account,
             |a| {
                 // Re-check under the write lock: a destination may have gone.
@@ -924,7 +952,7 @@ async fn create_subscription(
             },
         )?;
         let v = s.to_json(&ctx.base);
-        app2.audit(&ctx, "event_subscription_created.v0", &v);
+        committed.audit(&ctx, "event_subscription_created.v0", &v);
         Ok(v)
     })
     .await?;
@@ -1022,7 +1050,7 @@ async fn save_subscription(
 ) -> Result<Subscription, ApiError> {
     blocking(move || {
         let stored = s.clone();
-        app.commit(
+        let committed = app.commit(
             &ctx.account,
             |a| {
                 if !a.subscriptions.contains_key(&s.id) {
@@ -1041,7 +1069,7 @@ async fn save_subscription(
             },
             move |st, _| st.put_subscription(&stored),
         )?;
-        app.audit(&ctx, "event_subscription_updated.v0", &s.to_json(&ctx.base));
+        committed.audit(&ctx, "event_subscription_updated.v0", &s.to_json(&ctx.base));
         Ok(s)
     })
     .await
@@ -1107,7 +1135,7 @@ async fn delete_subscription(
     let app2 = app.clone();
     blocking(move || {
         let sid = s.id.clone();
-        app2.commit(
+        let committed = app2.commit(
             &ctx.account,
             |a| {
                 a.subscriptions
@@ -1117,7 +1145,7 @@ async fn delete_subscription(
             },
             move |st, _| st.delete_subscription(&sid),
         )?;
-        app2.audit(&ctx, "event_subscription_deleted.v0", &s.to_json(&ctx.base));
+        committed.audit(&ctx, "event_subscription_deleted.v0", &s.to_json(&ctx.base));
         Ok(())
     })
     .await?;

@@ -39,6 +39,7 @@ impl Sink for Blackhole {
                 max_record_bytes: 1 << 20,
             },
             thread_safe: true,
+            ordered: false,
         }
     }
 

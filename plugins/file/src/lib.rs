@@ -185,6 +185,7 @@ impl Sink for FileSink {
                 max_record_bytes: 1 << 20,
             },
             thread_safe: true,
+            ordered: false,
         }
     }
 

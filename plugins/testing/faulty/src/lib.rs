@@ -55,6 +55,7 @@ impl Sink for Faulty {
                 ..Limits::default()
             },
             thread_safe: true,
+            ordered: false,
         }
     }
 

@@ -1,0 +1,159 @@
+//! Acknowledgements to publishers: a tracked publish is reported once every
+//! event of it has been processed and, for a durable publish, once every
+//! record it produced is safe: written and fsynced to a disk buffer,
+//! delivered, or dead-lettered (or shed by a `drop_newest` destination, which
+//! the report counts).
+//!
+//! A [`Ticket`] counts what is outstanding: one per input batch not yet
+//! processed, plus one per [`Hold`] alive. Workers create a hold for each
+//! chunk of records they hand to a destination before they finish the batch,
+//! so the count cannot reach zero early; delivery drops the hold when the
+//! records are safe.
+
+use crate::ingest::RejectReason;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+/// What became of the events of one tracked publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Events accepted (parsed and routed, or unrouted).
+    pub accepted: u64,
+    /// Events rejected: (byte offset of the line in the buffer, reason, detail).
+    pub rejected: Vec<(u32, RejectReason, String)>,
+    /// Records shed by destinations whose buffer was full
+    /// (`when_full = "drop_newest"`); always 0 unless the publish was durable.
+    pub dropped: u64,
+}
+
+/// Called once with the report of a tracked publish.
+pub(crate) type Done = Box<dyn FnOnce(PublishReport) + Send>;
+
+/// The state of one tracked publish.
+pub(crate) struct Ticket {
+    remaining: AtomicUsize,
+    accepted: AtomicU64,
+    dropped: AtomicU64,
+    rejected: Mutex<Vec<(u32, RejectReason, String)>>,
+    done: Mutex<Option<Done>>,
+    /// Whether records hold the report until they are safe.
+    pub durable: bool,
+}
+
+impl Ticket {
+    /// A ticket whose batches are not counted yet (see [`Ticket::expect`]).
+    pub fn new(durable: bool, done: Done) -> Arc<Ticket> {
+        Arc::new(Ticket {
+            remaining: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            rejected: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(done)),
+            durable,
+        })
+    }
+
+    /// Sets the number of input batches, before any is sent; with none, the
+    /// report is made at once.
+    pub fn expect(self: &Arc<Ticket>, batches: usize) {
+        self.remaining
+            .store(batches.max(1), std::sync::atomic::Ordering::Release);
+        if batches == 0 {
+            self.release();
+        }
+    }
+
+    /// A worker finished one batch.
+    pub fn finish_batch(&self, accepted: u64, mut rejected: Vec<(u32, RejectReason, String)>) {
+        self.accepted.fetch_add(accepted, Relaxed);
+        if !rejected.is_empty() {
+            self.rejected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&mut rejected);
+        }
+        self.release();
+    }
+
+    /// Holds the report until the returned hold (and its clones) are dropped.
+    /// Call before the batch that makes the records is finished.
+    pub fn hold(self: &Arc<Ticket>) -> Hold {
+        self.remaining.fetch_add(1, AcqRel);
+        Hold(Arc::new(HoldInner(self.clone())))
+    }
+
+    fn release(&self) {
+        if self.remaining.fetch_sub(1, AcqRel) == 1 {
+            let mut rej =
+                std::mem::take(&mut *self.rejected.lock().unwrap_or_else(|p| p.into_inner()));
+            rej.sort_by_key(|r| r.0);
+            let report = PublishReport {
+                accepted: self.accepted.load(Relaxed),
+                rejected: rej,
+                dropped: self.dropped.load(Relaxed),
+            };
+            if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                done(report);
+            }
+        }
+    }
+}
+
+/// Keeps a durable publish unacknowledged while the records of one chunk are
+/// not yet safe. Clones share it; the last one dropped releases it.
+#[derive(Clone)]
+pub struct Hold(Arc<HoldInner>);
+
+struct HoldInner(Arc<Ticket>);
+
+impl Drop for HoldInner {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl Hold {
+    /// Counts `n` records of the chunk shed instead of kept.
+    pub fn dropped(&self, n: u64) {
+        self.0.0.dropped.fetch_add(n, Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_once_batches_and_holds_are_done() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Ticket::new(true, Box::new(move |r| tx.send(r).unwrap()));
+        t.expect(2);
+        let h = t.hold();
+        let h2 = h.clone();
+        t.finish_batch(3, Vec::new());
+        t.finish_batch(1, vec![(7, RejectReason::BadJson, "x".into())]);
+        assert!(rx.try_recv().is_err(), "a hold is alive");
+        drop(h);
+        h2.dropped(2);
+        assert!(rx.try_recv().is_err(), "a clone is alive");
+        drop(h2);
+        let r = rx.try_recv().unwrap();
+        assert_eq!((r.accepted, r.dropped, r.rejected.len()), (4, 2, 1));
+        assert!(rx.try_recv().is_err(), "reported once");
+    }
+
+    #[test]
+    fn an_empty_publish_reports_at_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Ticket::new(false, Box::new(move |r| tx.send(r).unwrap()));
+        t.expect(0);
+        assert_eq!(rx.try_recv().unwrap().accepted, 0);
+    }
+}
