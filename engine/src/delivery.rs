@@ -202,7 +202,37 @@ impl DestinationHandle {
             }
             return;
         }
-        let bytes: u64 = chunk.records.iter().map(|r| r.data().len() as u64).sum();
+        // In pieces of at most an eighth of the budget, so that the bound
+        // holds even for a chunk bigger than the whole budget.
+        let piece_max = (self.budget.max / 8).max(1);
+        let mut chunk = chunk;
+        loop {
+            let mut bytes = 0u64;
+            let mut take = 0;
+            for r in &chunk.records {
+                let b = r.data().len() as u64;
+                if take > 0 && bytes + b > piece_max {
+                    break;
+                }
+                bytes += b;
+                take += 1;
+            }
+            let rest = (take < chunk.records.len()).then(|| Chunk {
+                subscription: chunk.subscription.clone(),
+                records: chunk.records.split_off(take),
+                received: chunk.received,
+                hold: chunk.hold.clone(),
+            });
+            self.push_piece(chunk, bytes);
+            match rest {
+                Some(r) => chunk = r,
+                None => return,
+            }
+        }
+    }
+
+    fn push_piece(&self, chunk: Chunk, bytes: u64) {
+        let n = chunk.records.len() as u64;
         match self.when_full {
             WhenFull::Block => self.budget.acquire(bytes),
             WhenFull::DropNewest => {

@@ -114,6 +114,10 @@ pub struct Summary {
     pub delivered: u64,
     /// Records dead-lettered.
     pub dead_lettered: u64,
+    /// Records shed by full `drop_newest` destinations.
+    pub dropped: u64,
+    /// Records left in disk buffers for the next start.
+    pub buffered: u64,
     /// Time since the engine started.
     pub elapsed: Duration,
 }
@@ -143,7 +147,14 @@ impl std::fmt::Display for Summary {
             f,
             ", {} filter errors, {} unrouted, {} dead-lettered",
             self.filter_errors, self.unrouted, self.dead_lettered
-        )
+        )?;
+        if self.dropped > 0 {
+            write!(f, ", {} dropped (buffer full)", self.dropped)?;
+        }
+        if self.buffered > 0 {
+            write!(f, ", {} kept in disk buffers", self.buffered)?;
+        }
+        Ok(())
     }
 }
 
@@ -707,6 +718,11 @@ impl Engine {
             filter_errors: subs.iter().map(|s| s.3).sum(),
             delivered: dests.iter().map(|(_, d)| d.delivered.load(Relaxed)).sum(),
             dead_lettered: dests.iter().map(|(_, d)| d.dead_lettered_total()).sum(),
+            dropped: dests.iter().map(|(_, d)| d.dropped.load(Relaxed)).sum(),
+            buffered: dests
+                .iter()
+                .map(|(_, d)| d.disk_records.load(Relaxed))
+                .sum(),
             elapsed: self.started.elapsed(),
         }
     }

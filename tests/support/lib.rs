@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: find the built `sluice` binary, run it,
 //! and make sure processes started by a test stop with it.
 
+pub mod receiver;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
@@ -179,10 +181,8 @@ impl Server {
         }
     }
 
-    /// Stops and starts again on the same data directory.
-    pub fn restart(&mut self) {
-        let status = self.stop();
-        assert!(status.success(), "sluice serve exited with {status}");
+    /// Starts again after the process was killed (`child` taken and reaped).
+    pub fn restart_after_kill(&mut self) {
         let (key, account, token) = (
             self.key.clone(),
             self.account.clone(),
@@ -194,6 +194,13 @@ impl Server {
         if self.ingest_token.is_empty() {
             self.ingest_token = token;
         }
+    }
+
+    /// Stops and starts again on the same data directory.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "sluice serve exited with {status}");
+        self.restart_after_kill();
     }
 }
 

@@ -30,9 +30,56 @@ pub struct RunArgs {
     /// Where dead-lettered records go, unless a destination says otherwise.
     #[arg(long, default_value = "dead-letter")]
     dead_letter_dir: PathBuf,
-    /// Seconds to wait at the end for undelivered records before dead-lettering them.
+    /// Seconds to wait at the end for undelivered records (then memory
+    /// buffers are dead-lettered; disk buffers keep them for the next run).
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Where disk buffers live (`durability = "disk"`), unless a destination says otherwise.
+    #[arg(long, default_value = "buffer")]
+    buffer_dir: PathBuf,
+    /// Acknowledge the input: append `<bytes> <events>` to this file each time
+    /// a longer prefix of the input is safe (fsynced to a disk buffer, or
+    /// delivered, or dead-lettered). An upstream queue commits that offset.
+    #[arg(long)]
+    ack_file: Option<PathBuf>,
+}
+
+/// Writes the acknowledged prefix of the input, in order, as chunks complete.
+struct Acks {
+    tx: std::sync::mpsc::Sender<(u64, u64, u64)>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Acks {
+    fn start(path: &std::path::Path) -> Result<Acks, String> {
+        let mut f = std::fs::File::create(path)
+            .map_err(|e| format!("--ack-file {}: {e}", path.display()))?;
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("sluice-acks".into())
+            .spawn(move || {
+                use std::io::Write;
+                let mut done = std::collections::BTreeMap::new();
+                let (mut next, mut bytes, mut events) = (0u64, 0u64, 0u64);
+                for (i, b, e) in rx {
+                    done.insert(i, (b, e));
+                    let before = next;
+                    while let Some((b, e)) = done.remove(&next) {
+                        bytes += b;
+                        events += e;
+                        next += 1;
+                    }
+                    if next > before {
+                        writeln!(f, "{bytes} {events}")
+                            .and_then(|_| f.flush())
+                            .map_err(|e| format!("writing the ack file: {e}"))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Acks { tx, thread })
+    }
 }
 
 pub fn run(a: RunArgs) -> Result<ExitCode, String> {
@@ -46,6 +93,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
         dead_letter_dir: a.dead_letter_dir.clone(),
         rejects_path: a.rejects.clone(),
         drain_timeout: Duration::from_secs(a.drain_timeout),
+        buffer_dir: a.buffer_dir.clone(),
         ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, plugins, &spec).map_err(|e| match e {
@@ -61,13 +109,30 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     } else {
         Box::new(std::fs::File::open(&a.input).map_err(|e| format!("--input {}: {e}", a.input))?)
     };
+    let acks = a.ack_file.as_deref().map(Acks::start).transpose()?;
     let mut read_error = None;
+    let mut index = 0u64;
     for chunk in NdjsonReader::new(input, 4 << 20) {
         match chunk {
-            Ok(Chunk::Lines(b)) => {
-                engine.publish_ndjson(b);
+            Ok(Chunk::Lines(b)) => match &acks {
+                Some(acks) => {
+                    let (tx, i, len) = (acks.tx.clone(), index, b.len() as u64);
+                    engine.publish_ndjson_durable(b, move |r| {
+                        let _ = tx.send((i, len, r.accepted + r.rejected.len() as u64));
+                    });
+                    index += 1;
+                }
+                None => {
+                    engine.publish_ndjson(b);
+                }
+            },
+            Ok(Chunk::Oversized { len, prefix }) => {
+                engine.reject_oversized(len, prefix);
+                if let Some(acks) = &acks {
+                    let _ = acks.tx.send((index, len as u64, 1));
+                    index += 1;
+                }
             }
-            Ok(Chunk::Oversized { len, prefix }) => engine.reject_oversized(len, prefix),
             Err(e) => {
                 read_error = Some(e);
                 break;
@@ -76,6 +141,12 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     }
     let summary = engine.shutdown();
     eprintln!("sluice: {summary}");
+    if let Some(acks) = acks {
+        drop(acks.tx);
+        acks.thread
+            .join()
+            .map_err(|_| "the ack writer panicked".to_string())??;
+    }
     if let Some(e) = read_error {
         return Err(format!("reading --input {}: {e}", a.input));
     }

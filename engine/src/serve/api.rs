@@ -1296,6 +1296,7 @@ async fn delete_source(
 async fn ingest(
     axum::extract::State(app): Shared,
     headers: HeaderMap,
+    RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
@@ -1305,6 +1306,25 @@ async fn ingest(
             "ERR_NGROK_203",
             "The ingest token is not valid.",
         ));
+    }
+    // `ack=durable`: answer once every record is safe (fsynced to a disk
+    // buffer, delivered or dead-lettered), so the caller may forget the events.
+    let mut durable = false;
+    for (k, v) in parse_query(q.as_deref(), &["ack"])? {
+        if k == "ack" {
+            durable = match v.as_str() {
+                "" | "processed" => false,
+                "durable" => true,
+                other => {
+                    return Err(ApiError::bad(
+                        "ERR_NGROK_215",
+                        format!(
+                            "Invalid value for parameter 'ack': '{other}' (use 'processed' or 'durable')."
+                        ),
+                    ));
+                }
+            };
+        }
     }
     let gzip = headers
         .get("content-encoding")
@@ -1347,9 +1367,14 @@ async fn ingest(
     let engine = app.engine.clone();
     let data = body.clone();
     let queued = tokio::task::spawn_blocking(move || {
-        engine.publish_ndjson_tracked(data, move |r| {
+        let done = move |r| {
             let _ = tx.send(r);
-        })
+        };
+        if durable {
+            engine.publish_ndjson_durable(data, done)
+        } else {
+            engine.publish_ndjson_tracked(data, done)
+        }
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -1368,13 +1393,17 @@ async fn ingest(
         pos = off.min(body.len());
         errors.push(json!({ "line": line, "reason": reason.as_str(), "detail": detail }));
     }
-    Ok(Json(json!({
+    let mut out = json!({
         "events": queued,
         "accepted": report.accepted,
         "rejected": report.rejected.len(),
         "errors": errors,
-    }))
-    .into_response())
+    });
+    if durable {
+        out["durable"] = json!(true);
+        out["dropped"] = json!(report.dropped);
+    }
+    Ok(Json(out).into_response())
 }
 
 /// Largest ingest body, in bytes (after decompression).

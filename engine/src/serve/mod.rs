@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub struct ServeOptions {
     /// Address to listen on (`127.0.0.1:8080`; port 0 picks one).
     pub listen: String,
-    /// Where the database and dead letters live.
+    /// Where the database, dead letters and disk buffers live.
     pub data_dir: PathBuf,
     /// Plugin directories.
     pub plugin_dirs: Vec<PathBuf>,
@@ -99,6 +99,9 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr)) -> R
     cfg.missing_plugin = MissingPlugin::DeadLetter;
     if cfg.dead_letter_dir == EngineConfig::default().dead_letter_dir {
         cfg.dead_letter_dir = opts.data_dir.join("dead-letter");
+    }
+    if cfg.buffer_dir == EngineConfig::default().buffer_dir {
+        cfg.buffer_dir = opts.data_dir.join("buffer");
     }
     let spec = state.pipeline(opts.strict_ngrok_filters);
     let engine = Arc::new(
