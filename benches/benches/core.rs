@@ -7,7 +7,10 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_bench::traffic::{GenConfig, Generator};
 use sluice_engine::cel::{Filter, FilterOptions};
-use sluice_engine::config::{SourceSpec, compile_source};
+use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull, compile_source};
+use sluice_engine::delivery::{Chunk, Delivery};
+use sluice_engine::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
+use sluice_engine::encode::Record;
 use sluice_engine::encode::{Encoder, Projection};
 use sluice_engine::events::EventTypeId;
 use sluice_engine::ingest::EventParser;
@@ -17,6 +20,7 @@ use sluice_engine::plugin::{PluginRegistry, RecordRef, SinkInstance, plugin_dirs
 use sluice_engine::route::{Snapshot, SubscriptionRt};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 fn events(target: usize, n: usize) -> Vec<Vec<u8>> {
     let mut g = Generator::new(GenConfig {
@@ -250,5 +254,125 @@ fn abi(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, filter, route, encode, abi);
+/// 1,000 records of about 600 bytes, as the encoder makes them.
+fn records_600() -> Vec<Record> {
+    let ty = EventTypeId::from_name("http_request_complete.v0").expect("known type");
+    events(500, 1000)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let v: serde_json::Value = serde_json::from_slice(e).expect("generated JSON");
+            let data = serde_json::to_vec(&v).expect("re-encode");
+            Record::from_parts(&data, "ac_1", &format!("ev_{i}"), ty, 0)
+        })
+        .collect()
+}
+
+/// Batching, dispatch and outcome handling: chunks of 1,000 records pushed
+/// to a blackhole destination (memory durability, linger 0), per record.
+fn delivery(c: &mut Criterion) {
+    let reg = PluginRegistry::discover(&plugin_dirs(&[]));
+    let Ok(lib) = reg.get("blackhole") else {
+        eprintln!("delivery: blackhole plugin not found; build the workspace in release first");
+        return;
+    };
+    let recs = records_600();
+    let tmp = std::env::temp_dir().join(format!("sluice-bench-delivery-{}", std::process::id()));
+    let d = Delivery::new(2, tmp.join("dead"), tmp.join("buffer")).expect("runtime");
+    let stats = Arc::new(DestinationStats::default());
+    let sink = SinkInstance::create(lib, "ed_bench", "{}", stats.clone()).expect("blackhole");
+    let cfg = DeliveryConfig {
+        linger_ms: 0,
+        ..DeliveryConfig::default()
+    };
+    let h = d.start(
+        "ed_bench",
+        "blackhole",
+        String::new(),
+        &cfg,
+        Ok(sink),
+        stats.clone(),
+        None,
+    );
+    let sub: Arc<str> = "esb_bench".into();
+    let mut group = c.benchmark_group("delivery");
+    group.throughput(Throughput::Elements(recs.len() as u64));
+    group.bench_function(
+        "chunk of 1000 records to the blackhole, batched, sent, settled",
+        |b| {
+            b.iter_custom(|iters| {
+                let target = stats.delivered.load(Relaxed) + iters * recs.len() as u64;
+                let t0 = std::time::Instant::now();
+                for _ in 0..iters {
+                    h.push(Chunk {
+                        subscription: sub.clone(),
+                        records: recs.clone(),
+                        received: std::time::Instant::now(),
+                        hold: None,
+                    });
+                }
+                while stats.delivered.load(Relaxed) < target {
+                    std::hint::spin_loop();
+                }
+                t0.elapsed()
+            })
+        },
+    );
+    group.finish();
+    drop(h);
+    d.shutdown(std::time::Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The disk buffer: appending a chunk of 1,000 records (one write, no
+/// fsync), and reading it back, acknowledging it and syncing.
+fn disk_buffer(c: &mut Criterion) {
+    let recs = records_600();
+    let dir = std::env::temp_dir().join(format!("sluice-bench-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = DiskOptions {
+        fsync: Fsync::Interval,
+        fsync_interval: std::time::Duration::from_secs(3600),
+        max_bytes: 1 << 40,
+        when_full: WhenFull::Block,
+        segment_bytes: 64 << 20,
+    };
+    let (buf, _) = DiskBuffer::open(
+        &dir,
+        opts,
+        Arc::new(DestinationStats::default()),
+        Arc::new(SyncSignal::default()),
+    )
+    .expect("open");
+    let mut group = c.benchmark_group("disk_buffer");
+    group.throughput(Throughput::Elements(recs.len() as u64));
+    group.bench_function("append 1000 records of ~600 B (one write)", |b| {
+        b.iter(|| buf.append("esb_bench", &recs, 0, None).expect("append"))
+    });
+    let mut out = Vec::with_capacity(recs.len());
+    group.bench_function("append, read back, acknowledge 1000 records", |b| {
+        b.iter(|| {
+            buf.append("esb_bench", &recs, 0, None).expect("append");
+            out.clear();
+            while buf.read(u64::MAX, &mut out).expect("read") > 0 {}
+            buf.ack(out.iter().map(|e| e.seq));
+            black_box(out.len())
+        })
+    });
+    group.finish();
+    let _ = buf.sync();
+    drop(buf);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(
+    benches,
+    parse,
+    filter,
+    route,
+    encode,
+    abi,
+    delivery,
+    disk_buffer
+);
 criterion_main!(benches);

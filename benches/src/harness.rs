@@ -148,6 +148,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         workers: o.workers.unwrap_or(s.run.workers),
         stage_sampling: true,
         dead_letter_dir: dead.clone(),
+        buffer_dir: dead.join("buffer"),
         drain_timeout: Duration::from_secs(120),
         ..EngineConfig::default()
     };

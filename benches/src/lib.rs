@@ -15,5 +15,6 @@ pub mod plot;
 pub mod report;
 pub mod scenario;
 pub mod serve_harness;
+pub mod sink_servers;
 pub mod sysinfo;
 pub mod traffic;

@@ -79,6 +79,8 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     if let Some(r) = a.repeat {
         s.run.repeat = r;
     }
+    // Local stand-ins for the destinations' vendors, if the scenario names any.
+    let servers = sluice_bench::sink_servers::start_for(&mut s)?;
     let sluice = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
     let traffic = !s.subscriptions.is_empty();
     let dir = a
@@ -156,6 +158,16 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         );
         record.api = Some(serve_harness::run_api(api, &opts, &sluice)?);
     }
+    let received = servers
+        .http_records
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if received > 0 {
+        let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
+        println!(
+            "  the local HTTP sink server received {received} records ({delivered} delivered over the runs)"
+        );
+    }
+    drop(servers);
     if a.baseline && traffic {
         let b = baseline::run_baseline(
             &s,
