@@ -227,10 +227,11 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
     // Wait for delivery to finish what it holds.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let busy = metrics
-            .destination_stats()
-            .iter()
-            .any(|(_, d)| d.queued.load(Relaxed) > 0 || d.in_flight.load(Relaxed) > 0);
+        let busy = metrics.destination_stats().iter().any(|(_, d)| {
+            d.queued.load(Relaxed) > 0
+                || d.in_flight.load(Relaxed) > 0
+                || d.disk_records.load(Relaxed) > 0
+        });
         if !busy || Instant::now() > deadline {
             break;
         }

@@ -1222,9 +1222,12 @@ impl Task {
         let Some(disk) = self.disk.clone() else {
             return;
         };
+        // Refill when a quarter of the budget (at most 1 MiB) is free, not
+        // record by record: each read costs a system call and a block.
+        let low = (self.budget.max / 4).min(1 << 20);
         loop {
             let room = self.budget.available();
-            if room == 0 || !disk.unread() {
+            if (room < low && self.budget.used() > 0) || room == 0 || !disk.unread() {
                 return;
             }
             let mut entries = std::mem::take(&mut self.read_buf);

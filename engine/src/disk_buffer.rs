@@ -36,7 +36,7 @@ use crate::config::{Fsync, WhenFull};
 use crate::encode::Record;
 use crate::events::EventTypeId;
 use crate::metrics::DestinationStats;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -693,29 +693,29 @@ impl DiskBuffer {
                 r.file = Some(File::open(&path)?);
             }
             let avail = seg_end - r.offset;
-            let mut want = avail.min(1 << 20) as usize;
+            // Read about what is wanted (at least 64 KiB, at most 256 KiB, or
+            // one whole frame), into an uninitialised buffer.
+            let mut want = avail.min((max_bytes - got).clamp(64 << 10, 256 << 10)) as usize;
             let block = loop {
-                let mut block = BytesMut::zeroed(want);
                 let offset = r.offset;
                 let f = r
                     .file
                     .as_mut()
                     .ok_or_else(|| std::io::Error::other("no file"))?;
                 f.seek(SeekFrom::Start(offset))?;
-                let n = read_full(f, &mut block)?;
-                block.truncate(n);
+                let mut v = Vec::with_capacity(want);
+                (&mut *f).take(want as u64).read_to_end(&mut v)?;
                 // A frame bigger than the block: read it whole.
-                if let Frame::Short = parse_frame(&block, 0)
-                    && n >= 4
+                if let Frame::Short = parse_frame(&v, 0)
+                    && v.len() >= 4
                 {
-                    let need = FRAME_HEAD
-                        + u32::from_le_bytes([block[0], block[1], block[2], block[3]]) as usize;
+                    let need = FRAME_HEAD + u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize;
                     if need > want && need as u64 <= avail && need <= FRAME_HEAD + MAX_BODY {
                         want = need;
                         continue;
                     }
                 }
-                break block.freeze();
+                break Bytes::from(v);
             };
             let mut pos = 0usize;
             let mut damaged = None;
@@ -1045,19 +1045,6 @@ impl DiskBuffer {
     pub fn now_us() -> u64 {
         unix_us()
     }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn encode_frame(buf: &mut Vec<u8>, seq: u64, sub: &str, r: &Record, received_us: u64) {

@@ -19,6 +19,11 @@ pub fn plugins() -> PluginRegistry {
 
 /// Compiles `engine/tests/plugins/<name>.c` into a shared library in `dir`.
 pub fn compile_c(name: &str, dir: &Path, out_name: &str) -> PathBuf {
+    compile_c_with(name, dir, out_name, &[])
+}
+
+/// Like [`compile_c`], with `-D` definitions.
+pub fn compile_c_with(name: &str, dir: &Path, out_name: &str, defines: &[&str]) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("tests/plugins").join(format!("{name}.c"));
     let include = root.join("../sdk/include");
@@ -28,7 +33,9 @@ pub fn compile_c(name: &str, dir: &Path, out_name: &str) -> PathBuf {
         .arg(&out)
         .arg("-I")
         .arg(&include)
+        .args(defines.iter().map(|d| format!("-D{d}")))
         .arg(&src)
+        .arg("-lpthread")
         .status()
         .expect("a C compiler (cc) is needed for the C plugin tests");
     assert!(status.success(), "compiling {}", src.display());
