@@ -64,6 +64,13 @@ pub fn start_for(s: &mut Scenario) -> Result<SinkServers, String> {
 }
 
 impl SinkServers {
+    /// Starts only the HTTP sink server; returns it and its URL.
+    pub fn http() -> Result<(SinkServers, String), String> {
+        let mut s = SinkServers::default();
+        let url = s.start_http()?;
+        Ok((s, url))
+    }
+
     fn start_http(&mut self) -> Result<String, String> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -56,6 +56,10 @@ pub struct DeliveryConfig {
     /// Age of a record (since it was received) after which it is
     /// dead-lettered instead of retried (0 = no limit). Default 3600.
     pub max_age_s: u64,
+    /// Longest a plugin's `send` may take; then the batch is retried (the
+    /// call is abandoned, not interrupted: at most 4 such calls per
+    /// destination, then it waits for them). 0 = no limit. Default 60000.
+    pub send_timeout_ms: u64,
     /// Longest wait between two attempts of a record (the backoff is
     /// exponential from 100 ms with full jitter, capped here; a sink's
     /// retry-after may be longer). Default 30000.
@@ -97,6 +101,7 @@ impl Default for DeliveryConfig {
             max_attempts: 10,
             max_age_s: 3600,
             retry_max_backoff_ms: 30_000,
+            send_timeout_ms: 60_000,
             durability: Durability::Memory,
             fsync: Fsync::Interval,
             fsync_interval_ms: 200,

@@ -36,7 +36,7 @@ use crate::config::{DeliveryConfig, Durability, WhenFull};
 use crate::disk_buffer::{AppendError, DiskBuffer, DiskEntry, DiskOptions, SyncSignal};
 use crate::encode::Record;
 use crate::metrics::DestinationStats;
-use crate::plugin::{RecordOutcome, RecordRef, SinkInstance};
+use crate::plugin::{RecordOutcome, SinkInstance};
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -580,6 +580,9 @@ impl Delivery {
             disks: self.disks.clone(),
             aimd,
             read_buf: Vec::new(),
+            send_timeout: (cfg.send_timeout_ms > 0)
+                .then(|| Duration::from_millis(cfg.send_timeout_ms)),
+            stuck: Arc::default(),
         };
         let handle = self.rt.spawn(task.run(rx));
         self.tasks
@@ -702,6 +705,33 @@ fn syncer_loop(
     }
 }
 
+/// Sends given up on (timed out) and not yet returned, per destination,
+/// beyond which the destination sends nothing more.
+const MAX_STUCK_SENDS: usize = 4;
+
+/// Calls the plugin, catching a panic of the engine's side of the call.
+fn call_plugin(sink: &SinkInstance, recs: &[Record], sub: &str) -> crate::plugin::SendReport {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sink.send_records(recs, sub)
+    }))
+    .unwrap_or_else(|_| failed_report(recs.len(), "engine panicked while calling the plugin"))
+}
+
+/// Every record to retry, the call failed as a whole.
+fn failed_report(n: usize, why: &str) -> crate::plugin::SendReport {
+    crate::plugin::SendReport {
+        outcomes: vec![
+            RecordOutcome::Retry {
+                after_ms: 0,
+                reason: why.to_string()
+            };
+            n
+        ],
+        failure: Some((sluice_sdk::abi::STATUS_RETRY, why.to_string())),
+        protocol_errors: 0,
+    }
+}
+
 fn seed() -> u64 {
     let t = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -800,6 +830,9 @@ struct Task {
     disks: Arc<Mutex<HashMap<PathBuf, Arc<DiskBuffer>>>>,
     aimd: Aimd,
     read_buf: Vec<DiskEntry>,
+    send_timeout: Option<Duration>,
+    /// Sends given up on that have not returned yet.
+    stuck: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct RetryBatch(Arc<str>, Vec<Pending>);
@@ -1117,6 +1150,11 @@ impl Task {
     }
 
     fn dispatch(&mut self, inflight: &mut JoinSet<Flight>) {
+        // Calls that never returned hold threads of the shared pool: past a
+        // few, send nothing more to this destination until they come back.
+        if self.stuck.load(Relaxed) >= MAX_STUCK_SENDS {
+            return;
+        }
         let limit = self.aimd.limit();
         let mut scan = self.ready.len();
         while inflight.len() < limit && scan > 0 {
@@ -1149,37 +1187,47 @@ impl Task {
             lane.in_flight += 1;
             self.stats.in_flight.fetch_add(1, Relaxed);
             let busy = inflight.len() + 1 >= limit;
-            inflight.spawn_blocking(move || {
+            // The plugin gets its own handles on the records: if it does not
+            // return in time, the task goes on with the batch and the call
+            // keeps only what it was lent.
+            let recs: Vec<Record> = batch.iter().map(|p| p.rec.clone()).collect();
+            let timeout = self.send_timeout;
+            let stuck = self.stuck.clone();
+            let stats = self.stats.clone();
+            inflight.spawn(async move {
                 let sent = Instant::now();
-                let refs: Vec<RecordRef<'_>> = batch
-                    .iter()
-                    .map(|p| RecordRef {
-                        data: p.rec.data(),
-                        account_id: p.rec.account_id(),
-                        event_id: p.rec.event_id(),
-                        event_type: p.rec.event_type.name(),
-                        subscription_id: &sub,
-                        timestamp_ms: p.rec.timestamp_ms,
-                    })
-                    .collect();
-                let n = refs.len();
-                let report =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.send(&refs)))
-                        .unwrap_or_else(|_| crate::plugin::SendReport {
-                            outcomes: vec![
-                                RecordOutcome::Retry {
-                                    after_ms: 0,
-                                    reason: "engine panicked while calling the plugin".into()
-                                };
-                                n
-                            ],
-                            failure: Some((
-                                sluice_sdk::abi::STATUS_RETRY,
-                                "engine panicked while calling the plugin".into(),
-                            )),
-                            protocol_errors: 0,
-                        });
-                drop(refs);
+                let n = recs.len();
+                // 0 running, 1 returned, 2 given up on.
+                let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
+                let (state2, stuck2, sub2) = (state.clone(), stuck.clone(), sub.clone());
+                let call = tokio::task::spawn_blocking(move || {
+                    let report = call_plugin(&sink, &recs, &sub2);
+                    if state2.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
+                        // Given up on earlier: it is no longer stuck.
+                        stuck2.fetch_sub(1, Relaxed);
+                    }
+                    report
+                });
+                let report = match timeout {
+                    None => call.await.ok(),
+                    Some(t) => {
+                        let mut call = call;
+                        match tokio::time::timeout(t, &mut call).await {
+                            Ok(r) => r.ok(),
+                            Err(_) if state.compare_exchange(0, 2, Relaxed, Relaxed).is_ok() => {
+                                stuck.fetch_add(1, Relaxed);
+                                stats.send_timeouts.fetch_add(1, Relaxed);
+                                let why = format!("the plugin's send did not return within {t:?}");
+                                Some(failed_report(n, &why))
+                            }
+                            // It returned just as the time ran out.
+                            Err(_) => call.await.ok(),
+                        }
+                    }
+                };
+                let report = report.unwrap_or_else(|| {
+                    failed_report(n, "engine panicked while calling the plugin")
+                });
                 (sub, batch, report, sent, busy)
             });
         }
@@ -1306,8 +1354,8 @@ impl Task {
             let wake = self
                 .next_wakeup()
                 .unwrap_or(now + Duration::from_secs(3600));
-            // While draining, check the drain deadline regularly.
-            let wake = if draining {
+            // While draining, or while sends are stuck, check regularly.
+            let wake = if draining || self.stuck.load(Relaxed) > 0 {
                 wake.min(now + Duration::from_millis(100))
             } else {
                 wake
@@ -1385,7 +1433,10 @@ mod tests {
             assert!(a.limit() <= before + 1, "{before} -> {}", a.limit());
             trips += 1;
         }
-        assert!((15..=24).contains(&trips), "{trips} round trips from 1 to 16");
+        assert!(
+            (15..=24).contains(&trips),
+            "{trips} round trips from 1 to 16"
+        );
         for _ in 0..100 {
             a.observe(RTT, false, true);
         }

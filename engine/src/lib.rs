@@ -40,6 +40,7 @@
 pub mod ack;
 pub mod cel;
 pub mod config;
+pub mod conformance;
 pub mod delivery;
 pub mod disk_buffer;
 pub mod encode;

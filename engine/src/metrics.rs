@@ -52,6 +52,8 @@ pub struct DestinationStats {
     pub protocol_errors: AtomicU64,
     /// Plugin calls that failed as a whole.
     pub send_errors: AtomicU64,
+    /// Sends given up on because the plugin did not return in time.
+    pub send_timeouts: AtomicU64,
     /// 1 while the destination's last call failed as a whole.
     pub unhealthy: AtomicU64,
     /// Records shed because the buffer was full (`when_full = "drop_newest"`).
@@ -90,6 +92,7 @@ impl Default for DestinationStats {
             in_flight: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            send_timeouts: AtomicU64::new(0),
             unhealthy: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             concurrency_limit: AtomicU64::new(0),
@@ -323,7 +326,7 @@ impl Metrics {
             &'static str,
             fn(&DestinationStats) -> u64,
         );
-        let per_dest: [Row; 17] = [
+        let per_dest: [Row; 18] = [
             (
                 "sluice_destination_delivered_total",
                 "counter",
@@ -353,6 +356,12 @@ impl Metrics {
                 "counter",
                 "Sends that failed as a whole.",
                 |d| d.send_errors.load(Relaxed),
+            ),
+            (
+                "sluice_destination_send_timeouts_total",
+                "counter",
+                "Sends given up on because the plugin did not return within send_timeout_ms.",
+                |d| d.send_timeouts.load(Relaxed),
             ),
             (
                 "sluice_destination_protocol_errors_total",

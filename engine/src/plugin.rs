@@ -762,6 +762,26 @@ impl SinkInstance {
         }
     }
 
+    /// Sends encoded records of one subscription (see [`SinkInstance::send`]).
+    pub fn send_records(
+        &self,
+        records: &[crate::encode::Record],
+        subscription: &str,
+    ) -> SendReport {
+        let refs: Vec<RecordRef<'_>> = records
+            .iter()
+            .map(|r| RecordRef {
+                data: r.data(),
+                account_id: r.account_id(),
+                event_id: r.event_id(),
+                event_type: r.event_type.name(),
+                subscription_id: subscription,
+                timestamp_ms: r.timestamp_ms,
+            })
+            .collect();
+        self.send(&refs)
+    }
+
     /// Asks the plugin to push out what it buffers.
     pub fn flush(&self) -> Result<(), String> {
         match self.lib.vtable.flush {

@@ -799,3 +799,133 @@ fn an_ordered_sink_gets_each_subscriptions_records_in_order_despite_retries() {
         "concurrent batches and retries reorder"
     );
 }
+
+#[test]
+fn a_plugin_built_for_a_newer_minor_abi_loads_and_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Today's header with fields appended, as a future minor version would.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = std::fs::read_to_string(root.join("../sdk/include/sluice_sink.h")).unwrap();
+    let future = header
+        .replace("#define SLUICE_ABI_MINOR 1u", "#define SLUICE_ABI_MINOR 9u")
+        .replace(
+            "    int64_t timestamp_ms; /* event_timestamp, ms since the Unix epoch */\n} SluiceRecord;",
+            "    int64_t timestamp_ms; /* event_timestamp, ms since the Unix epoch */\n    uint64_t future_field;\n} SluiceRecord;",
+        )
+        .replace(
+            "    void (*destroy)(void *sink);\n} SluiceSinkVTable;",
+            "    void (*destroy)(void *sink);\n    int32_t (*describe)(void *sink);\n} SluiceSinkVTable;",
+        );
+    assert!(
+        future.contains("future_field") && future.contains("describe"),
+        "the header changed shape: update this test"
+    );
+    let inc = dir.path().join("include");
+    std::fs::create_dir_all(&inc).unwrap();
+    std::fs::write(inc.join("sluice_sink.h"), future).unwrap();
+    let lib = common::compile_c_full(
+        "future_minor",
+        dir.path(),
+        "libsluice_sink_future.so",
+        &[],
+        &[&inc],
+    );
+    let loaded = PluginLibrary::load(&lib).unwrap();
+    assert_eq!(loaded.info.abi_minor, 9);
+    assert_eq!(loaded.info.kind, "future");
+    let mut reg = plugins();
+    reg.insert(loaded);
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_future".into(),
+            kind: "future".into(),
+            config: serde_json::json!({}),
+            delivery: delivery(),
+        }],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_future"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), reg, &spec).unwrap();
+    publish_n(&engine, "ac_1", 250);
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    let d = m.destination("ed_future");
+    assert_eq!(d.delivered.load(Relaxed), 250);
+    assert_eq!(d.protocol_errors.load(Relaxed), 0);
+    let p = d.plugin.lock().unwrap();
+    assert_eq!(
+        p.get("records"),
+        Some(&sluice_engine::metrics::PluginValue::Counter(250))
+    );
+    assert_eq!(
+        p.get("future_fields_seen"),
+        Some(&sluice_engine::metrics::PluginValue::Counter(0)),
+        "today's records are too small to have the future field, and the plugin knew"
+    );
+}
+
+#[test]
+fn a_send_that_does_not_return_in_time_is_given_up_on_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow_out, fine) = (
+        dir.path().join("slow.ndjson"),
+        dir.path().join("fine.ndjson"),
+    );
+    let spec = PipelineSpec {
+        destinations: vec![
+            DestinationSpec {
+                id: "ed_slow".into(),
+                kind: "faulty".into(),
+                // The first two calls hang for 3 s; the timeout is 300 ms.
+                config: serde_json::json!({"mode": "slow", "delay_ms": 3000, "slow_calls": 2, "path": slow_out}),
+                delivery: DeliveryConfig {
+                    send_timeout_ms: 300,
+                    retry_max_backoff_ms: 50,
+                    ..delivery()
+                },
+            },
+            file_dest("ed_fine", &fine),
+        ],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_slow", "ed_fine"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    let start = std::time::Instant::now();
+    publish_n(&engine, "ac_1", 100);
+    // Both destinations have everything well before the hung calls return.
+    let m = engine.metrics().clone();
+    let slow = m.destination("ed_slow");
+    while slow.delivered.load(Relaxed) < 100 || read_ndjson(&fine).len() < 100 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "delivery waited for the hung calls"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(slow.send_timeouts.load(Relaxed), 2);
+    assert!(slow.send_errors.load(Relaxed) >= 2);
+    assert!(
+        slow.retried.load(Relaxed) >= 100,
+        "the timed-out batch was retried"
+    );
+    engine.shutdown();
+    assert_eq!(m.destination("ed_fine").delivered.load(Relaxed), 100);
+    assert_eq!(slow.dead_lettered_total(), 0);
+    // The hung calls finished later and wrote too: at least once, not exactly once.
+    let got = read_ndjson(&slow_out);
+    let ids: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 100);
+}

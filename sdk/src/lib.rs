@@ -46,11 +46,25 @@
 pub mod abi;
 mod sink;
 
+#[doc = include_str!("../README.md")]
+pub mod contract {}
+
 pub use sink::{Batch, Error, Host, Level, Limits, Outcomes, Record, Sink, SinkInfo};
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::sink::{StaticVTable, build_vtable};
+
+    /// Silences the default panic message of this library's copy of std: a
+    /// panic in a plugin is caught at the entry point and reported to the
+    /// engine (`set_error`), which logs it; the default hook would also
+    /// print it, with a backtrace, on the host process's stderr. Only the
+    /// entry symbol calls this, so a plugin crate linked as an rlib (tests)
+    /// keeps its host's hook.
+    pub fn quiet_panics() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    }
 }
 
 /// Exports a [`Sink`] implementation as a plugin: defines the
@@ -66,7 +80,10 @@ macro_rules! export_sink {
             static VTABLE: ::std::sync::OnceLock<
                 ::std::option::Option<$crate::__private::StaticVTable>,
             > = ::std::sync::OnceLock::new();
-            match VTABLE.get_or_init(|| $crate::__private::build_vtable::<$ty>()) {
+            match VTABLE.get_or_init(|| {
+                $crate::__private::quiet_panics();
+                $crate::__private::build_vtable::<$ty>()
+            }) {
                 ::std::option::Option::Some(v) => v.as_ptr(),
                 ::std::option::Option::None => ::std::ptr::null(),
             }

@@ -126,8 +126,14 @@ pub trait Sink: Send + Sync + Sized + 'static {
         Ok(())
     }
 
+    /// Whether [`Sink::verify`] is implemented: set it to `true` when you
+    /// implement `verify`. When `false` the exported vtable's `verify` is
+    /// null, which tells the engine (and `sluice plugin check`) that the
+    /// plugin has no test-event call.
+    const HAS_VERIFY: bool = false;
+
     /// Writes one test event to the destination, to check the configuration
-    /// end to end. The default reports that the plugin cannot verify.
+    /// end to end. Only called when [`Sink::HAS_VERIFY`] is `true`.
     fn verify(&self) -> Result<(), Error> {
         Err(Error::fatal("this plugin does not implement verify"))
     }
@@ -480,7 +486,11 @@ pub fn build_vtable<T: Sink>() -> Option<StaticVTable> {
         create: Some(create::<T>),
         send: Some(send::<T>),
         flush: Some(flush::<T>),
-        verify: Some(verify::<T>),
+        verify: if T::HAS_VERIFY {
+            Some(verify::<T>)
+        } else {
+            None
+        },
         destroy: Some(destroy::<T>),
     }))
 }

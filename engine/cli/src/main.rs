@@ -139,7 +139,50 @@ enum PluginCommand {
         /// Extra plugin directory, searched first.
         #[arg(long)]
         plugin_dir: Option<PathBuf>,
+        /// Everything each plugin declares (with its configuration's JSON Schema), as JSON.
+        #[arg(long)]
+        json: bool,
     },
+    /// Load a plugin and exercise it against the ABI contract (the
+    /// conformance kit). It sends real records: point --config at a test
+    /// destination. Exits 1 if a check fails.
+    Check {
+        /// The plugin's shared library.
+        path: PathBuf,
+        /// The configuration to create it with (JSON).
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+}
+
+fn plugin_check(path: &std::path::Path, config: &str) -> ExitCode {
+    use sluice_engine::conformance::{Verdict, check_plugin};
+    println!("sluice plugin check: {}", path.display());
+    let results = check_plugin(path, config);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for r in &results {
+        let tag = match r.verdict {
+            Verdict::Pass => {
+                passed += 1;
+                "PASS"
+            }
+            Verdict::Fail => {
+                failed += 1;
+                "FAIL"
+            }
+            Verdict::Skip => {
+                skipped += 1;
+                "skip"
+            }
+        };
+        println!("  {tag}  {:<22} {}", r.name, r.detail);
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn init_tracing() {
@@ -193,9 +236,65 @@ fn generate(a: GenArgs) -> Result<(), String> {
     }
 }
 
-fn plugin_list(dir: Option<PathBuf>) -> Result<(), String> {
+/// `url*, encoding, gzip` from a JSON Schema's properties (* = required).
+fn config_keys(schema: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(schema).unwrap_or_default();
+    let required: Vec<&str> = v["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    match v["properties"].as_object() {
+        Some(p) if !p.is_empty() => p
+            .keys()
+            .map(|k| {
+                if required.contains(&k.as_str()) {
+                    format!("{k}*")
+                } else {
+                    k.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "(none)".into(),
+    }
+}
+
+fn plugin_list(dir: Option<PathBuf>, json: bool) -> Result<(), String> {
     let dirs = sluice_engine::plugin::plugin_dirs(&dir.into_iter().collect::<Vec<_>>());
     let reg = sluice_engine::plugin::PluginRegistry::discover(&dirs);
+    if json {
+        let list: Vec<serde_json::Value> = reg
+            .all()
+            .map(|p| {
+                let l = p.info.limits;
+                serde_json::json!({
+                    "kind": p.info.kind,
+                    "version": p.info.version,
+                    "description": p.info.description,
+                    "path": p.path,
+                    "abi": format!("1.{}", p.info.abi_minor),
+                    "thread_safe": p.info.thread_safe,
+                    "ordered": p.info.ordered,
+                    "limits": {
+                        "max_records": l.max_records,
+                        "max_batch_bytes": l.max_batch_bytes,
+                        "max_record_bytes": l.max_record_bytes,
+                        "record_overhead_bytes": l.record_overhead_bytes,
+                    },
+                    "config_schema": serde_json::from_str::<serde_json::Value>(&p.info.config_schema)
+                        .unwrap_or(serde_json::Value::String(p.info.config_schema.clone())),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?
+        );
+        for e in &reg.errors {
+            eprintln!("refused: {e}");
+        }
+        return Ok(());
+    }
     println!(
         "{:<22} {:<9} {:>8} {:>10} {:>10}  PATH",
         "KIND", "VERSION", "RECORDS", "BATCH", "RECORD"
@@ -223,6 +322,18 @@ fn plugin_list(dir: Option<PathBuf>) -> Result<(), String> {
             p.path.display()
         );
         println!("    {}", p.info.description);
+        let mut flags = vec![format!("ABI 1.{}", p.info.abi_minor)];
+        if p.info.thread_safe {
+            flags.push("thread-safe".into());
+        }
+        if p.info.ordered {
+            flags.push("ordered".into());
+        }
+        println!(
+            "    config: {}   ({})",
+            config_keys(&p.info.config_schema),
+            flags.join(", ")
+        );
     }
     for e in &reg.errors {
         eprintln!("refused: {e}");
@@ -248,9 +359,10 @@ fn main() -> ExitCode {
         Command::Check(a) => check::check(a),
         Command::Demo(a) => demo::demo(a),
         Command::Gen(a) => generate(a).map(|_| ExitCode::SUCCESS),
-        Command::Plugin(PluginCommand::List { plugin_dir }) => {
-            plugin_list(plugin_dir).map(|_| ExitCode::SUCCESS)
+        Command::Plugin(PluginCommand::List { plugin_dir, json }) => {
+            plugin_list(plugin_dir, json).map(|_| ExitCode::SUCCESS)
         }
+        Command::Plugin(PluginCommand::Check { path, config }) => Ok(plugin_check(&path, &config)),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve(a),
         Command::Keys(KeysCommand::Create { data_dir, account }) => {

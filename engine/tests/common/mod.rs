@@ -24,6 +24,17 @@ pub fn compile_c(name: &str, dir: &Path, out_name: &str) -> PathBuf {
 
 /// Like [`compile_c`], with `-D` definitions.
 pub fn compile_c_with(name: &str, dir: &Path, out_name: &str, defines: &[&str]) -> PathBuf {
+    compile_c_full(name, dir, out_name, defines, &[])
+}
+
+/// Like [`compile_c_with`], searching `includes` before the SDK's headers.
+pub fn compile_c_full(
+    name: &str,
+    dir: &Path,
+    out_name: &str,
+    defines: &[&str],
+    includes: &[&Path],
+) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("tests/plugins").join(format!("{name}.c"));
     let include = root.join("../sdk/include");
@@ -31,6 +42,11 @@ pub fn compile_c_with(name: &str, dir: &Path, out_name: &str, defines: &[&str]) 
     let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
         .arg(&out)
+        .args(
+            includes
+                .iter()
+                .flat_map(|i| [std::ffi::OsStr::new("-I"), i.as_os_str()]),
+        )
         .arg("-I")
         .arg(&include)
         .args(defines.iter().map(|d| format!("-D{d}")))

@@ -99,6 +99,8 @@ impl Sink for Blackhole {
         Ok(())
     }
 
+    const HAS_VERIFY: bool = true;
+
     fn verify(&self) -> Result<(), Error> {
         Ok(())
     }

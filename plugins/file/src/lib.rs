@@ -251,6 +251,8 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    const HAS_VERIFY: bool = true;
+
     fn verify(&self) -> Result<(), Error> {
         // The test event of the ngrok dashboard: an empty object of type "test".
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -140,6 +140,61 @@ pub struct HttpSink {
     host: Host,
 }
 
+impl HttpSink {
+    /// POSTs `raw` (gzipped if configured): status, `Retry-After`, body. A
+    /// transport failure is a retryable error.
+    fn post(&self, raw: Vec<u8>) -> Result<(u16, Option<String>, Vec<u8>), Error> {
+        let payload = if self.cfg.gzip {
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 4),
+                flate2::Compression::fast(),
+            );
+            gz.write_all(&raw)
+                .and_then(|_| gz.finish())
+                .map_err(|e| Error::retry(format!("http: gzip failed: {e}")))?
+        } else {
+            raw
+        };
+        let content_type = match self.cfg.encoding {
+            Encoding::Ndjson => "application/x-ndjson",
+            Encoding::JsonArray => "application/json",
+        };
+        let mut req = self
+            .client
+            .post(&self.cfg.url)
+            .header(reqwest::header::CONTENT_TYPE, content_type);
+        if self.cfg.gzip {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        self.host.counter_add("requests", 1);
+        self.host.counter_add("request_bytes", payload.len() as u64);
+        let resp = req.body(payload).send().map_err(|e| {
+            self.host.counter_add("transport_errors", 1);
+            // No response: the batch may or may not have arrived; retry it.
+            Error::retry(if e.is_timeout() {
+                format!("http: no response within {:?}", self.cfg.timeout)
+            } else if e.is_connect() {
+                format!("http: cannot connect: {e}")
+            } else {
+                format!("http: request failed: {e}")
+            })
+        })?;
+        let status = resp.status().as_u16();
+        self.host
+            .counter_add(&format!("responses_{}xx", status / 100), 1);
+        let after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        Ok((status, after, body))
+    }
+}
+
 /// The body of a batch (before compression).
 pub fn body(encoding: Encoding, batch: &Batch<'_>) -> Vec<u8> {
     let size: usize = batch.iter().map(|r| r.data().len() + 1).sum();
@@ -287,59 +342,35 @@ impl Sink for HttpSink {
         Ok(HttpSink { cfg, client, host })
     }
 
+    const HAS_VERIFY: bool = true;
+
+    /// POSTs one test event (`{"sluice_test_event":true,...}`) the way
+    /// batches are sent; any answer but 2xx is an error with the status.
+    fn verify(&self) -> Result<(), Error> {
+        let event = serde_json::json!({
+            "sluice_test_event": true,
+            "destination_id": self.host.destination_id(),
+            "message": "a test event from Sluice: the destination is reachable",
+        })
+        .to_string();
+        let body = match self.cfg.encoding {
+            Encoding::Ndjson => format!("{event}\n"),
+            Encoding::JsonArray => format!("[{event}]"),
+        };
+        let (status, _, text) = self.post(body.into_bytes())?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(Error::fatal(format!(
+                "http: the test event was answered {status}: {}",
+                String::from_utf8_lossy(&text[..text.len().min(200)])
+            )))
+        }
+    }
+
     fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
         let raw = body(self.cfg.encoding, batch);
-        let payload = if self.cfg.gzip {
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 4),
-                flate2::Compression::fast(),
-            );
-            gz.write_all(&raw)
-                .and_then(|_| gz.finish())
-                .map_err(|e| Error::retry(format!("http: gzip failed: {e}")))?
-        } else {
-            raw
-        };
-        let content_type = match self.cfg.encoding {
-            Encoding::Ndjson => "application/x-ndjson",
-            Encoding::JsonArray => "application/json",
-        };
-        let mut req = self
-            .client
-            .post(&self.cfg.url)
-            .header(reqwest::header::CONTENT_TYPE, content_type);
-        if self.cfg.gzip {
-            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        self.host.counter_add("requests", 1);
-        self.host.counter_add("request_bytes", payload.len() as u64);
-        let resp = match req.body(payload).send() {
-            Ok(r) => r,
-            Err(e) => {
-                self.host.counter_add("transport_errors", 1);
-                // No response: the batch may or may not have arrived; retry it.
-                let why = if e.is_timeout() {
-                    format!("http: no response within {:?}", self.cfg.timeout)
-                } else if e.is_connect() {
-                    format!("http: cannot connect: {e}")
-                } else {
-                    format!("http: request failed: {e}")
-                };
-                return Err(Error::retry(why));
-            }
-        };
-        let status = resp.status().as_u16();
-        self.host
-            .counter_add(&format!("responses_{}xx", status / 100), 1);
-        let after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        let (status, after, body) = self.post(raw)?;
         match classify(status, after.as_deref(), &body, batch.len()) {
             Verdict::Delivered { retry, rejected } => {
                 outcomes.all_ok();

@@ -6,7 +6,8 @@
 //! * `error`: returns a retryable error on every Nth call;
 //! * `unset`: leaves every outcome unreported on every Nth call;
 //! * `reject`: rejects every record of every Nth call;
-//! * `slow`: sleeps `delay_ms` in every `send`, then behaves;
+//! * `slow`: sleeps `delay_ms` in every `send` (or only the first
+//!   `slow_calls`), then behaves;
 //! * `ok`: behaves.
 //!
 //! Calls that behave append the records to `path` (if given), one per line,
@@ -30,6 +31,9 @@ struct Config {
     panic_in_create: bool,
     #[serde(default)]
     delay_ms: u64,
+    /// With mode `slow`: only the first this many calls are slow (0 = all).
+    #[serde(default)]
+    slow_calls: u64,
 }
 
 fn one() -> u64 {
@@ -90,7 +94,9 @@ impl Sink for Faulty {
 
     fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.config.mode == "slow" {
+        if self.config.mode == "slow"
+            && (self.config.slow_calls == 0 || n <= self.config.slow_calls)
+        {
             std::thread::sleep(std::time::Duration::from_millis(self.config.delay_ms));
         }
         let misbehave = self.config.every > 0 && n.is_multiple_of(self.config.every);

@@ -1,0 +1,401 @@
+//! The plugin conformance kit behind `sluice plugin check PATH [--config
+//! JSON]`: loads a plugin and exercises everything the ABI contract
+//! (`sdk/README.md`) asks of it, through the same code the engine uses.
+//!
+//! The checks send real records to the destination the configuration names:
+//! point it at a test destination.
+
+use crate::config::DeliveryConfig;
+use crate::delivery::{Chunk, Delivery};
+use crate::encode::Record;
+use crate::events::EventTypeId;
+use crate::metrics::DestinationStats;
+use crate::plugin::{PluginLibrary, RecordOutcome, SendReport, SinkInstance};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// What became of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The plugin did what the contract says.
+    Pass,
+    /// It did not.
+    Fail,
+    /// Not applicable to this plugin.
+    Skip,
+}
+
+/// One check and what it found.
+#[derive(Clone, Debug)]
+pub struct CheckResult {
+    /// Short name.
+    pub name: &'static str,
+    /// Passed, failed or skipped.
+    pub verdict: Verdict,
+    /// What was seen.
+    pub detail: String,
+}
+
+fn pass(name: &'static str, detail: impl Into<String>) -> CheckResult {
+    CheckResult {
+        name,
+        verdict: Verdict::Pass,
+        detail: detail.into(),
+    }
+}
+
+fn fail(name: &'static str, detail: impl Into<String>) -> CheckResult {
+    CheckResult {
+        name,
+        verdict: Verdict::Fail,
+        detail: detail.into(),
+    }
+}
+
+fn skip(name: &'static str, detail: impl Into<String>) -> CheckResult {
+    CheckResult {
+        name,
+        verdict: Verdict::Skip,
+        detail: detail.into(),
+    }
+}
+
+/// A record whose data is a JSON object of exactly `len` bytes (at least 12).
+fn record(i: usize, len: usize) -> Record {
+    let pad = len.saturating_sub(r#"{"check":,"p":""}"#.len() + i.to_string().len());
+    let data = format!(r#"{{"check":{i},"p":"{}"}}"#, "x".repeat(pad));
+    let ty = EventTypeId::from_name("http_request_complete.v0").unwrap_or(EventTypeId(0));
+    Record::from_parts(
+        data.as_bytes(),
+        "ac_sluicecheck",
+        &format!("ev_sluicecheck{i}"),
+        ty,
+        1_700_000_000_000,
+    )
+}
+
+fn send(inst: &SinkInstance, recs: &[Record]) -> SendReport {
+    inst.send_records(recs, "esb_sluicecheck")
+}
+
+/// What a send that should deliver everything got instead, if anything.
+fn all_delivered(r: &SendReport) -> Result<(), String> {
+    if let Some((status, msg)) = &r.failure {
+        return Err(format!("the call failed (status {status}): {msg}"));
+    }
+    if r.protocol_errors > 0 {
+        return Err(format!(
+            "{} contract violations (outcome left unset or invalid)",
+            r.protocol_errors
+        ));
+    }
+    for (i, o) in r.outcomes.iter().enumerate() {
+        match o {
+            RecordOutcome::Ok => {}
+            RecordOutcome::Retry { reason, .. } => {
+                return Err(format!("record {i}: retry ({reason})"));
+            }
+            RecordOutcome::Reject { reason } => {
+                return Err(format!("record {i}: rejected ({reason})"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs every check against the plugin at `path` with `config`; stops early
+/// only when the plugin cannot be loaded or instantiated.
+pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let lib = match PluginLibrary::load(path) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            out.push(fail("load", e.to_string()));
+            return out;
+        }
+    };
+    let info = lib.info.clone();
+    out.push(pass(
+        "load",
+        format!(
+            "entry symbol found, ABI 1.{}, vtable {} bytes, kind `{}` {}",
+            info.abi_minor, info.vtable_size, info.kind, info.version
+        ),
+    ));
+
+    // Metadata.
+    let mut problems = Vec::new();
+    if info.kind.is_empty()
+        || !info
+            .kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        problems.push(format!(
+            "kind `{}` is not lowercase letters, digits and _",
+            info.kind
+        ));
+    }
+    if info.version.trim().is_empty() {
+        problems.push("no version".to_string());
+    }
+    if info.description.trim().is_empty() {
+        problems.push("no description".to_string());
+    }
+    match serde_json::from_str::<serde_json::Value>(&info.config_schema) {
+        Ok(v) if v.is_object() => {}
+        Ok(_) => problems.push("config_schema is not a JSON object".to_string()),
+        Err(e) => problems.push(format!("config_schema is not JSON: {e}")),
+    }
+    let l = info.limits;
+    if l.max_record_bytes != 0 && l.max_batch_bytes != 0 && l.max_record_bytes > l.max_batch_bytes {
+        problems.push(format!(
+            "max_record_bytes {} is over max_batch_bytes {}: such a record could never be sent",
+            l.max_record_bytes, l.max_batch_bytes
+        ));
+    }
+    out.push(if problems.is_empty() {
+        pass(
+            "metadata",
+            format!(
+                "kind, version, description, JSON Schema; limits: {} records, {} bytes per batch, {} per record, {} overhead{}{}",
+                l.max_records,
+                l.max_batch_bytes,
+                l.max_record_bytes,
+                l.record_overhead_bytes,
+                if info.thread_safe { ", thread-safe" } else { "" },
+                if info.ordered { ", ordered" } else { "" }
+            ),
+        )
+    } else {
+        fail("metadata", problems.join("; "))
+    });
+
+    // A bad configuration is refused with a message, not accepted or crashed on.
+    let stats = Arc::new(DestinationStats::default());
+    out.push(
+        match SinkInstance::create(
+            lib.clone(),
+            "ed_sluicecheck",
+            "this is not JSON",
+            stats.clone(),
+        ) {
+            Ok(_) => fail(
+                "bad config",
+                "create accepted `this is not JSON` as a configuration",
+            ),
+            Err(e) if e.to_string().trim().is_empty() => fail(
+                "bad config",
+                "create refused it without saying why (call set_error)",
+            ),
+            Err(e) => pass("bad config", format!("refused: {e}")),
+        },
+    );
+
+    // The configuration to check with.
+    let inst = match SinkInstance::create(lib.clone(), "ed_sluicecheck", config, stats.clone()) {
+        Ok(i) => {
+            out.push(pass(
+                "create",
+                "instance created with the given configuration",
+            ));
+            i
+        }
+        Err(e) => {
+            out.push(fail("create", format!("with the given configuration: {e}")));
+            return out;
+        }
+    };
+
+    // An empty batch.
+    let r = send(&inst, &[]);
+    out.push(match &r.failure {
+        None if r.protocol_errors == 0 => pass("empty batch", "send of 0 records returned OK"),
+        _ => fail("empty batch", format!("{:?}", r.failure)),
+    });
+
+    // A full batch at the declared limits.
+    let per_record = 200usize;
+    let mut n = if l.max_records == 0 {
+        100
+    } else {
+        l.max_records as usize
+    };
+    if l.max_batch_bytes != 0 {
+        n = n.min(
+            (l.max_batch_bytes / (per_record as u64 + u64::from(l.record_overhead_bytes))) as usize,
+        );
+    }
+    let n = n.clamp(1, 1000);
+    let recs: Vec<Record> = (0..n).map(|i| record(i, per_record)).collect();
+    out.push(match all_delivered(&send(&inst, &recs)) {
+        Ok(()) => pass(
+            "full batch",
+            format!("{n} records of {per_record} bytes delivered"),
+        ),
+        Err(e) => fail("full batch", e),
+    });
+
+    // A record exactly at the per-record limit.
+    let at = if l.max_record_bytes == 0 {
+        1 << 20
+    } else {
+        (l.max_record_bytes - u64::from(l.record_overhead_bytes)) as usize
+    };
+    let big = record(n, at.max(32));
+    out.push(
+        if big.data().len() as u64 + u64::from(l.record_overhead_bytes) > l.max_record_bytes
+            && l.max_record_bytes != 0
+        {
+            skip(
+                "record at the limit",
+                format!(
+                    "the limit ({} bytes) is too small for a JSON record",
+                    l.max_record_bytes
+                ),
+            )
+        } else {
+            match all_delivered(&send(&inst, std::slice::from_ref(&big))) {
+                Ok(()) => pass(
+                    "record at the limit",
+                    format!("one record of {} bytes delivered", big.data().len()),
+                ),
+                Err(e) => fail("record at the limit", e),
+            }
+        },
+    );
+
+    // One over it: the engine dead-letters it and never calls the plugin.
+    out.push(if l.max_record_bytes == 0 {
+        skip(
+            "record over the limit",
+            "the plugin declares no per-record limit",
+        )
+    } else {
+        over_the_limit(&lib, config, &big)
+    });
+
+    // Concurrent sends.
+    out.push(if !info.thread_safe {
+        skip(
+            "concurrent sends",
+            "not thread-safe: the engine serializes its calls",
+        )
+    } else {
+        let inst = &inst;
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    s.spawn(move || {
+                        for k in 0..5 {
+                            let recs: Vec<Record> = (0..10)
+                                .map(|i| record(10_000 + t * 100 + k * 10 + i, 100))
+                                .collect();
+                            all_delivered(&send(inst, &recs))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("the thread panicked".into()))
+                })
+                .collect()
+        });
+        match results.into_iter().find(|r| r.is_err()) {
+            None => pass(
+                "concurrent sends",
+                "4 threads x 5 sends of 10 records, all delivered",
+            ),
+            Some(Err(e)) => fail("concurrent sends", e),
+            Some(Ok(())) => pass("concurrent sends", ""),
+        }
+    });
+
+    out.push(match inst.flush() {
+        Ok(()) => pass("flush", "OK"),
+        Err(e) => fail("flush", e),
+    });
+    out.push(if !lib.has_verify() {
+        skip("verify", "the plugin has no verify (test event) call")
+    } else {
+        match inst.verify() {
+            Ok(()) => pass("verify", "test event written"),
+            Err(e) => fail("verify", e),
+        }
+    });
+    let t = Instant::now();
+    drop(inst);
+    out.push(pass("destroy", format!("returned in {:?}", t.elapsed())));
+    let pv = stats.plugin.lock().unwrap_or_else(|p| p.into_inner()).len();
+    out.push(pass(
+        "host callbacks",
+        format!("{pv} plugin metrics reported through the host"),
+    ));
+    out
+}
+
+/// Pushes one record over the limit through the engine's delivery: it must
+/// be dead-lettered with the reason and the plugin never called.
+fn over_the_limit(lib: &Arc<PluginLibrary>, config: &str, at_limit: &Record) -> CheckResult {
+    const NAME: &str = "record over the limit";
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-plugin-check-{}-{}",
+        std::process::id(),
+        at_limit.data().len()
+    ));
+    let result = (|| -> Result<CheckResult, String> {
+        let d = Delivery::new(1, dir.join("dead-letter"), dir.join("buffer"))
+            .map_err(|e| e.to_string())?;
+        let stats = Arc::new(DestinationStats::default());
+        let inst = SinkInstance::create(lib.clone(), "ed_sluicecheck", config, stats.clone())
+            .map_err(|e| e.to_string())?;
+        let cfg = DeliveryConfig {
+            linger_ms: 0,
+            ..DeliveryConfig::default()
+        };
+        let h = d.start(
+            "ed_sluicecheck",
+            &lib.info.kind,
+            String::new(),
+            &cfg,
+            Ok(inst),
+            stats.clone(),
+            None,
+        );
+        let over = record(0, at_limit.data().len() + 1);
+        h.push(Chunk {
+            subscription: "esb_sluicecheck".into(),
+            records: vec![over],
+            received: Instant::now(),
+            hold: None,
+        });
+        drop(h);
+        d.shutdown(Duration::from_secs(10));
+        let batches = stats.batches.load(Relaxed);
+        let reasons: Vec<String> = stats
+            .dead_lettered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        Ok(
+            if batches == 0 && reasons.iter().any(|r| r.contains("over the sink's limit")) {
+                pass(NAME, "dead-lettered by the engine, never sent")
+            } else {
+                fail(
+                    NAME,
+                    format!("{batches} sends, dead-letter reasons {reasons:?}"),
+                )
+            },
+        )
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result.unwrap_or_else(|e| fail(NAME, e))
+}

@@ -1,0 +1,183 @@
+//! The plugin SDK as its users meet it: `sluice plugin check` (the
+//! conformance kit) over every built-in plugin and the examples, the kit
+//! catching a plugin that breaks the contract, the C example built with cc
+//! and run by `sluice run`, and `sluice plugin list`.
+
+use sluice_e2e::receiver::Receiver;
+use sluice_e2e::{cmd, event, run, target_dir, text};
+use std::path::{Path, PathBuf};
+
+fn check(dir: &Path, lib: &Path, config: &str) -> (bool, String) {
+    let out = run(
+        dir,
+        &["plugin", "check", lib.to_str().unwrap(), "--config", config],
+    );
+    let (o, e) = text(&out);
+    (out.status.success(), format!("{o}{e}"))
+}
+
+fn lib(name: &str) -> PathBuf {
+    target_dir().join(format!("lib{name}.so"))
+}
+
+#[test]
+fn every_built_in_plugin_passes_the_conformance_kit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    let file_cfg = format!(
+        r#"{{"path":"{}"}}"#,
+        dir.path().join("out.ndjson").display()
+    );
+    let http_cfg = format!(r#"{{"url":"{}","gzip":true}}"#, rx.url());
+    for (name, cfg) in [
+        ("sluice_sink_blackhole", "{}"),
+        ("sluice_sink_file", file_cfg.as_str()),
+        ("sluice_sink_http", http_cfg.as_str()),
+        ("sluice_example_template", "{}"),
+    ] {
+        let (ok, out) = check(dir.path(), &lib(name), cfg);
+        assert!(ok, "{name}:\n{out}");
+        assert!(out.contains(" 0 failed"), "{out}");
+        for must in [
+            "PASS  load",
+            "PASS  bad config",
+            "PASS  full batch",
+            "PASS  concurrent sends",
+            "PASS  destroy",
+        ] {
+            assert!(out.contains(must), "{name}: no `{must}` in\n{out}");
+        }
+    }
+    // The http sink's records and its test event reached the receiver.
+    let got = rx.accepted();
+    assert!(
+        got.iter().any(|r| r["sluice_test_event"] == true),
+        "verify posted a test event"
+    );
+    assert!(got.iter().filter(|r| r["check"].is_u64()).count() >= 1000);
+}
+
+#[test]
+fn the_kit_fails_a_plugin_that_breaks_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = lib("sluice_sink_faulty");
+    let (ok, out) = check(dir.path(), &faulty, r#"{"mode":"ok"}"#);
+    assert!(ok, "{out}");
+    for (cfg, want) in [
+        (r#"{"mode":"unset","every":1}"#, "contract violations"),
+        (r#"{"mode":"panic","every":1}"#, "plugin panicked in send"),
+        (r#"{"mode":"reject","every":1}"#, "rejected"),
+    ] {
+        let (ok, out) = check(dir.path(), &faulty, cfg);
+        assert!(!ok, "{cfg} passed:\n{out}");
+        assert!(
+            out.contains("FAIL  full batch") && out.contains(want),
+            "{cfg}:\n{out}"
+        );
+        assert!(
+            !out.contains("panicked at"),
+            "a plugin's panic is reported, not printed: {out}"
+        );
+    }
+    // Not a plugin at all.
+    std::fs::write(dir.path().join("libsluice_sink_junk.so"), b"not a library").unwrap();
+    let (ok, out) = check(dir.path(), &dir.path().join("libsluice_sink_junk.so"), "{}");
+    assert!(!ok);
+    assert!(out.contains("FAIL  load"), "{out}");
+}
+
+/// Builds plugins/examples/c-stdout into `dir`.
+fn build_c_example(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = dir.join("libsluice_sink_c_stdout.so");
+    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-I"])
+        .arg(root.join("sdk/include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(root.join("plugins/examples/c-stdout/sink.c"))
+        .arg("-lpthread")
+        .status()
+        .expect("cc");
+    assert!(status.success());
+    out
+}
+
+#[test]
+fn the_c_example_builds_passes_the_kit_and_delivers_through_sluice_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let so = build_c_example(&plugins);
+    let (ok, out) = check(dir.path(), &so, r#"{"prefix":"> "}"#);
+    assert!(ok, "{out}");
+    assert!(out.contains("skip  verify"), "{out}");
+    let mut input = String::new();
+    for i in 0..50 {
+        input.push_str(&event(
+            &format!("ev_{i}"),
+            "ac_1",
+            "http_request_complete.v0",
+            &format!(r#"{{"n":{i}}}"#),
+        ));
+        input.push('\n');
+    }
+    std::fs::write(dir.path().join("in.ndjson"), input).unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[[destination]]\nid = \"ed_c\"\nkind = \"c_stdout\"\nconfig = { prefix = \"> \" }\n[destination.delivery]\nlinger_ms = 10\n\n[[subscription]]\nid = \"esb_1\"\naccount_id = \"ac_1\"\ndestination_ids = [\"ed_c\"]\n[[subscription.source]]\ntype = \"http_request_complete.v0\"\n",
+    )
+    .unwrap();
+    let out = cmd(dir.path())
+        .args([
+            "run",
+            "--config",
+            "c.toml",
+            "--input",
+            "in.ndjson",
+            "--plugin-dir",
+        ])
+        .arg(&plugins)
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{e}");
+    let lines: Vec<&str> = o.lines().collect();
+    assert_eq!(lines.len(), 50, "{o}");
+    let mut ns: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l.strip_prefix("> ").unwrap()).unwrap();
+            v["object"]["n"].as_u64().unwrap()
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..50).collect::<Vec<_>>());
+    assert!(e.contains("50 delivered"), "{e}");
+}
+
+#[test]
+fn plugin_list_shows_what_each_plugin_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["plugin", "list", "--json"]);
+    assert!(out.status.success());
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let http = list
+        .iter()
+        .find(|p| p["kind"] == "http")
+        .expect("the http plugin is listed");
+    assert_eq!(http["limits"]["max_records"], 1000);
+    assert_eq!(http["config_schema"]["required"][0], "url");
+    assert_eq!(http["abi"], "1.1");
+    assert_eq!(http["thread_safe"], true);
+    let out = run(dir.path(), &["plugin", "list"]);
+    let (o, _) = text(&out);
+    assert!(
+        o.contains("config: encoding, gzip, headers, timeout_ms, url*"),
+        "{o}"
+    );
+    assert!(
+        !o.contains("template"),
+        "examples are not installed as plugins: {o}"
+    );
+}
