@@ -675,10 +675,14 @@ impl SinkInstance {
             unsafe { send(self.ptr, &batch, slots.as_mut_ptr(), &call) }
         };
         drop(raw);
-        let mut reasons: Vec<Option<String>> = vec![None; records.len()];
-        for (i, r) in cs.reasons.drain(..) {
-            if let Some(slot) = reasons.get_mut(i) {
-                *slot = Some(r);
+        // Reasons come with retries and rejects only: usually none.
+        let mut reasons: Vec<Option<String>> = Vec::new();
+        if !cs.reasons.is_empty() {
+            reasons.resize(records.len(), None);
+            for (i, r) in cs.reasons.drain(..) {
+                if let Some(slot) = reasons.get_mut(i) {
+                    *slot = Some(r);
+                }
             }
         }
         let mut protocol_errors = 0;
@@ -703,7 +707,8 @@ impl SinkInstance {
         }
         let outcomes = slots
             .iter()
-            .zip(reasons)
+            .enumerate()
+            .map(|(i, o)| (o, reasons.get_mut(i).and_then(Option::take)))
             .map(|(o, reason)| match o.code {
                 abi::OUTCOME_OK => RecordOutcome::Ok,
                 abi::OUTCOME_RETRY => RecordOutcome::Retry {

@@ -268,17 +268,27 @@ impl<'a> Batch<'a> {
         if index >= self.len {
             return None;
         }
-        // SAFETY: an all-zero SluiceRecord is valid (null pointers, zero lengths).
-        let mut rec: SluiceRecord = unsafe { std::mem::zeroed() };
-        let n = self.stride.min(std::mem::size_of::<SluiceRecord>());
         // SAFETY: the engine lays out `len` records `stride` bytes apart and
         // each has at least `stride` readable bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.records.add(index * self.stride),
-                &mut rec as *mut SluiceRecord as *mut u8,
-                n,
-            )
+        let at = unsafe { self.records.add(index * self.stride) };
+        let rec = if self.stride >= std::mem::size_of::<SluiceRecord>() {
+            // The usual case (an engine of this minor version or newer): a
+            // fixed-size read of the prefix this SDK knows.
+            // SAFETY: at least size_of::<SluiceRecord>() readable bytes at `at`.
+            unsafe { std::ptr::read_unaligned(at as *const SluiceRecord) }
+        } else {
+            // An older engine's smaller record: its prefix, the rest zero.
+            // SAFETY: an all-zero SluiceRecord is valid (null pointers, zero lengths).
+            let mut rec: SluiceRecord = unsafe { std::mem::zeroed() };
+            // SAFETY: `stride` readable bytes at `at`; `rec` has more room.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    at,
+                    &mut rec as *mut SluiceRecord as *mut u8,
+                    self.stride,
+                )
+            };
+            rec
         };
         Some(Record {
             raw: rec,
