@@ -101,21 +101,8 @@ fn spawn(dir: &Path, args: &[&str]) -> KillOnDrop {
 }
 
 /// Waits for it to exit, calling `tick` meanwhile; returns (success, stderr).
-fn finish(child: &mut KillOnDrop, timeout: Duration, mut tick: impl FnMut()) -> (bool, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-            return (st.success(), err);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice run did not finish in {timeout:?}"
-        );
-        tick();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn finish(child: &mut KillOnDrop, timeout: Duration, tick: impl FnMut()) -> (bool, String) {
+    sluice_e2e::wait_exit(child, timeout, tick)
 }
 
 /// Runs `sluice run` to the end; returns (success, stderr).

@@ -62,7 +62,8 @@ fn skip(name: &'static str, detail: impl Into<String>) -> CheckResult {
     }
 }
 
-/// A record whose data is a JSON object of exactly `len` bytes (at least 12).
+/// A record whose data is a JSON object of exactly `len` bytes (at least
+/// 12), stamped now (destinations such as CloudWatch Logs refuse old events).
 fn record(i: usize, len: usize) -> Record {
     let pad = len.saturating_sub(r#"{"check":,"p":""}"#.len() + i.to_string().len());
     let data = format!(r#"{{"check":{i},"p":"{}"}}"#, "x".repeat(pad));
@@ -72,7 +73,9 @@ fn record(i: usize, len: usize) -> Record {
         "ac_sluicecheck",
         &format!("ev_sluicecheck{i}"),
         ty,
-        1_700_000_000_000,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
     )
 }
 

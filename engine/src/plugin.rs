@@ -801,6 +801,26 @@ impl SinkInstance {
     }
 }
 
+/// Sends a destination's test event: creates a throwaway instance of its
+/// plugin with its configuration and calls the ABI's verify (the plugin
+/// writes one record of `event_type` `test`). Used by `sluice check
+/// --destination` and by the API's `verify_with_test_event`. Blocks for as
+/// long as the plugin's call takes.
+pub fn verify_destination(
+    plugins: &PluginRegistry,
+    d: &crate::config::DestinationSpec,
+) -> Result<(), String> {
+    let lib = plugins.get(&d.kind).map_err(|e| e.to_string())?;
+    let inst = SinkInstance::create(
+        lib,
+        &d.id,
+        &d.config.to_string(),
+        Arc::new(DestinationStats::default()),
+    )
+    .map_err(|e| e.to_string())?;
+    inst.verify()
+}
+
 impl Drop for SinkInstance {
     fn drop(&mut self) {
         if let Some(destroy) = self.lib.vtable.destroy {

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: find the built `sluice` binary, run it,
 //! and make sure processes started by a test stop with it.
 
+pub mod aws;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};
@@ -92,11 +93,17 @@ pub struct Server {
     /// Everything the server printed on stdout so far.
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts a server on `data_dir` (created empty if missing).
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Starts a server with these environment variables set.
+    pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -106,6 +113,10 @@ impl Server {
             ingest_token: String::new(),
             stdout: Default::default(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -117,6 +128,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -210,5 +222,84 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// An HTTP/1.1 request as read off a connection.
+pub struct HttpRequest {
+    /// The request line, e.g. `POST / HTTP/1.1`.
+    pub line: String,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body (`content-length` bytes).
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Reads the next request of a keep-alive connection; `None` when it closes.
+pub fn read_http_request<R: std::io::BufRead>(r: &mut R) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let mut req = HttpRequest {
+        line,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = req
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    req.body = vec![0u8; len];
+    r.read_exact(&mut req.body).ok()?;
+    Some(req)
+}
+
+/// Waits for a child to exit, calling `tick` meanwhile; returns (success,
+/// stderr). Panics after `timeout`.
+pub fn wait_exit(
+    child: &mut KillOnDrop,
+    timeout: std::time::Duration,
+    mut tick: impl FnMut(),
+) -> (bool, String) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.0.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(e) = child.0.stderr.as_mut() {
+                let _ = std::io::Read::read_to_string(e, &mut err);
+            }
+            return (st.success(), err);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not finish in {timeout:?}"
+        );
+        tick();
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

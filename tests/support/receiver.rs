@@ -5,7 +5,7 @@
 //! connections (down), and partial acceptance of a batch. It records every
 //! request and every record it accepted.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -228,34 +228,13 @@ fn serve(stream: TcpStream, st: Arc<State>) {
         if st.stop.load(Ordering::SeqCst) || st.down.load(Ordering::SeqCst) {
             return;
         }
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let method_ok = line.starts_with("POST ");
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-        let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let len: usize = get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
+        let Some(req) = crate::read_http_request(&mut r) else {
             return;
-        }
+        };
+        let method_ok = req.line.starts_with("POST ");
+        let headers = req.headers.clone();
+        let get = |k: &str| req.header(k);
+        let mut body = req.body.clone();
         if st.down.load(Ordering::SeqCst) {
             let _ = out.shutdown(Shutdown::Both);
             return;

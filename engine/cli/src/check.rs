@@ -6,7 +6,7 @@ use sluice_engine::cel::{Filter, FilterOptions, Verdict};
 use sluice_engine::config::compile_source;
 use sluice_engine::events::{EVENT_TYPES, EventClass, EventTypeId};
 use sluice_engine::json::Json;
-use sluice_engine::plugin::{PluginRegistry, plugin_dirs};
+use sluice_engine::plugin::{PluginRegistry, plugin_dirs, verify_destination};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +34,10 @@ pub struct CheckArgs {
     /// Directory searched first for sink plugins (to check destination kinds).
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
+    /// With --config: send this destination's test event through its plugin
+    /// (one record of event_type `test`), proving the credentials and target work.
+    #[arg(long, requires = "config")]
+    destination: Option<String>,
 }
 
 pub fn check(a: CheckArgs) -> Result<ExitCode, String> {
@@ -42,7 +46,7 @@ pub fn check(a: CheckArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(path) = &a.config {
-        return check_config(path, a.plugin_dir.clone());
+        return check_config(path, a.plugin_dir.clone(), a.destination.as_deref());
     }
     let Some(src) = &a.filter else {
         return Err("give --config, --filter or --list-types".into());
@@ -111,7 +115,11 @@ pub fn check(a: CheckArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(path: &std::path::Path, plugin_dir: Option<PathBuf>) -> Result<ExitCode, String> {
+fn check_config(
+    path: &std::path::Path,
+    plugin_dir: Option<PathBuf>,
+    destination: Option<&str>,
+) -> Result<ExitCode, String> {
     let spec = match PipelineSpec::from_file(path) {
         Ok(s) => s,
         Err(e) => {
@@ -135,6 +143,27 @@ fn check_config(path: &std::path::Path, plugin_dir: Option<PathBuf>) -> Result<E
             eprintln!("error: {p}");
         }
         return Ok(ExitCode::from(2));
+    }
+    if let Some(id) = destination {
+        let Some(d) = spec.destinations.iter().find(|d| d.id == id) else {
+            let ids: Vec<&str> = spec.destinations.iter().map(|d| d.id.as_str()).collect();
+            eprintln!(
+                "error: {}: no destination \"{id}\" (there are: {})",
+                path.display(),
+                ids.join(", ")
+            );
+            return Ok(ExitCode::from(2));
+        };
+        return Ok(match verify_destination(&plugins, d) {
+            Ok(()) => {
+                println!("destination \"{id}\" ({}): test event delivered", d.kind);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: destination \"{id}\" ({}): {e}", d.kind);
+                ExitCode::from(1)
+            }
+        });
     }
     let (mut sources, mut filters, mut fast) = (0, 0, 0);
     for s in &spec.subscriptions {

@@ -11,6 +11,7 @@ use super::model::{
 use super::store::{AccountState, State, Store, sha256_hex, split_token};
 use crate::config::SourceSpec;
 use crate::events::{EventClass, EventTypeId};
+use crate::plugin::verify_destination;
 use crate::{Engine, PipelineSpec};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request};
@@ -547,9 +548,26 @@ async fn create_destination(
     let obj = body_object(&body)?;
     only_keys(
         &obj,
-        &["metadata", "description", "format", "target"],
+        &[
+            "metadata",
+            "description",
+            "format",
+            "target",
+            "verify_with_test_event",
+        ],
         "EventDestinationCreate",
     )?;
+    // Not in the public schema; the official Ruby client's signature has it.
+    let verify = match member(&obj, "verify_with_test_event") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "ERR_NGROK_215",
+                "verify_with_test_event must be a boolean.",
+            ));
+        }
+    };
     let description = string(&obj, "description")?.unwrap_or_default();
     let metadata = string(&obj, "metadata")?.unwrap_or_default();
     check_lengths(Some(&description), Some(&metadata))?;
@@ -567,6 +585,22 @@ async fn create_destination(
         format,
         target,
     };
+    if verify {
+        // Send the test event before storing: a destination that refuses it is not created.
+        let plugins = app.engine.plugins();
+        let spec = d.to_spec();
+        blocking(move || {
+            verify_destination(&plugins, &spec).map_err(|e| {
+                let code = if spec.kind == "datadog" {
+                    "ERR_NGROK_5132"
+                } else {
+                    "ERR_NGROK_5140"
+                };
+                ApiError::bad(code, format!("The destination refused the test event: {e}"))
+            })
+        })
+        .await?;
+    }
     let app2 = app.clone();
     let ctx2 = ctx.clone();
     let json = blocking(move || {

@@ -301,7 +301,9 @@ impl Destination {
                     "creds": { "aws_access_key_id": aws_access_key_id, "aws_secret_access_key": aws_secret_access_key }
                 }),
             };
-            let mut v = json!({ "auth": auth });
+            // The owning account is the external id of AssumeRole: a role
+            // trusting Sluice names the one account allowed to use it.
+            let mut v = json!({ "auth": auth, "external_id": self.account_id });
             v[key] = Value::String(arn.to_string());
             v
         };
@@ -1047,7 +1049,13 @@ mod tests {
             "arn:aws:iam::123456789012:role/example"
         );
         assert_eq!(v["uri"], "https://x/event_destinations/ed_1");
-        assert_eq!(d.to_spec().kind, "kinesis");
+        let spec = d.to_spec();
+        assert_eq!(spec.kind, "kinesis");
+        assert_eq!(spec.config["external_id"], d.account_id.as_str());
+        assert_eq!(
+            spec.config["stream_arn"],
+            v["target"]["kinesis"]["stream_arn"]
+        );
     }
 
     #[test]
