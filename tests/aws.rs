@@ -676,6 +676,21 @@ fn the_api_sends_a_test_event_on_create_when_asked_and_refuses_a_destination_tha
         msg.contains("AccessDeniedException") && msg.contains("not allowed to put"),
         "{msg}"
     );
+    // A role that cannot be assumed: AWS's answer, readable.
+    let denied = json!({"kinesis": {
+        "auth": {"role": {"role_arn": "arn:aws:iam::123456789012:role/denied"}},
+        "stream_arn": "arn:aws:kinesis:us-east-1:123456789012:stream/web"}});
+    let (status, v) = create(json!({"target": denied, "verify_with_test_event": true}));
+    assert_eq!(status, 400, "{v}");
+    let msg = v["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("AccessDenied") && msg.contains("sts:AssumeRole"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("DispatchFailure {"),
+        "not a debug dump: {msg}"
+    );
     // Not created; without the flag nothing is sent.
     let before = aws.calls().len();
     let (status, _) = create(json!({"target": target}));

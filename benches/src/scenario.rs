@@ -54,6 +54,10 @@ pub struct GeneratorSpec {
     pub error_share: f64,
     /// Seed.
     pub seed: u64,
+    /// Stamp events from the last hour (the hour before the current one)
+    /// rather than a fixed date, for destinations that refuse old events
+    /// (CloudWatch Logs: 14 days). The input is generated again each hour.
+    pub recent: bool,
 }
 
 impl Default for GeneratorSpec {
@@ -68,6 +72,7 @@ impl Default for GeneratorSpec {
             prod_share: g.prod_share,
             error_share: g.error_share,
             seed: g.seed,
+            recent: false,
         }
     }
 }
@@ -83,6 +88,14 @@ impl GeneratorSpec {
             audit_share: self.audit_share,
             prod_share: self.prod_share,
             error_share: self.error_share,
+            start_ms: if self.recent {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                now - now % 3_600_000 - 3_600_000
+            } else {
+                GenConfig::default().start_ms
+            },
             ..GenConfig::default()
         }
     }

@@ -9,7 +9,9 @@
 //!   moto cannot do: throttling, partial failures, 5xx. It enforces what AWS
 //!   documents (SigV4 authorization header and credential scope, content
 //!   type, target, batch and record limits, timestamp order and span, no
-//!   sequence tokens, existing log streams) and records every call.
+//!   sequence tokens, existing log streams) and records every call. STS
+//!   AssumeRole issues credentials of a set lifetime (and refuses a role
+//!   named `denied`); calls signed with expired ones are refused.
 
 use crate::KillOnDrop;
 use base64::Engine as _;
@@ -528,6 +530,13 @@ fn handle(
             Ok(k) => k,
             Err(e) => return violation(out, format!("STS: {e}")),
         };
+        if f["RoleArn"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("/denied"))
+        {
+            let xml = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole</Message></Error><RequestId>fake</RequestId></ErrorResponse>"#;
+            return respond(out, 403, "text/xml", xml);
+        }
         let xml = sts_answer(st, &f);
         st.calls.lock().unwrap().push(AwsCall {
             at: Instant::now(),

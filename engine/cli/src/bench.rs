@@ -158,14 +158,17 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         );
         record.api = Some(serve_harness::run_api(api, &opts, &sluice)?);
     }
-    let received = servers
-        .http_records
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if received > 0 {
-        let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
-        println!(
-            "  the local HTTP sink server received {received} records ({delivered} delivered over the runs)"
-        );
+    for (name, count) in [
+        ("HTTP", &servers.http_records),
+        ("AWS", &servers.aws_records),
+    ] {
+        let received = count.load(std::sync::atomic::Ordering::Relaxed);
+        if received > 0 {
+            let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
+            println!(
+                "  the local {name} sink server received {received} records ({delivered} delivered over the runs)"
+            );
+        }
     }
     drop(servers);
     if a.baseline && traffic {

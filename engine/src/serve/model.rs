@@ -149,6 +149,10 @@ pub struct Destination {
     pub target: Target,
 }
 
+/// Plugin kinds that deliver to AWS with an assumed role: through the API,
+/// their external id is always the owning account.
+const AWS_KINDS: [&str; 3] = ["kinesis", "firehose", "cloudwatch_logs"];
+
 /// A stored subscription.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -342,8 +346,18 @@ impl Destination {
                 None,
             ),
             Target::Plugin {
-                config, delivery, ..
-            } => (config.clone(), delivery.clone()),
+                kind,
+                config,
+                delivery,
+            } => {
+                let mut config = config.clone();
+                if AWS_KINDS.contains(&kind.as_str())
+                    && let Some(o) = config.as_object_mut()
+                {
+                    o.insert("external_id".into(), Value::String(self.account_id.clone()));
+                }
+                (config, delivery.clone())
+            }
         };
         DestinationSpec {
             id: self.id.clone(),
@@ -971,6 +985,27 @@ pub fn parse_target(
                     "Invalid value for parameter 'config': expected an object.",
                 ));
             }
+            if AWS_KINDS.contains(&kind.as_str()) {
+                // A tenant's AWS plugin target gets the guarantees of the
+                // native targets: its own account as the external id, its
+                // own credentials, the real AWS endpoints.
+                for k in ["external_id", "endpoint_url"] {
+                    if config.get(k).is_some() {
+                        return Err(ApiError::bad(
+                            "ERR_NGROK_5140",
+                            format!(
+                                "'{k}' of a {kind} plugin target is set by the operator, not through the API."
+                            ),
+                        ));
+                    }
+                }
+                if config.get("auth").is_none_or(Value::is_null) {
+                    return Err(ApiError::bad(
+                        "ERR_NGROK_5106",
+                        format!("A {kind} target requires 'auth' (a role or credentials)."),
+                    ));
+                }
+            }
             // Redacted secrets sent back unchanged keep the stored values.
             if let Some(Target::Plugin {
                 kind: k,
@@ -1027,6 +1062,47 @@ mod tests {
 
     fn code(v: Value) -> &'static str {
         target(v).unwrap_err().code.unwrap_or("")
+    }
+
+    #[test]
+    fn aws_plugin_targets_get_the_account_as_external_id_and_no_endpoint() {
+        let kinds = vec!["kinesis".to_string()];
+        let parse = |c: Value| {
+            parse_target(
+                &json!({"plugin": {"kind": "kinesis", "config": c}}),
+                None,
+                &kinds,
+            )
+        };
+        let arn = "arn:aws:kinesis:us-east-1:1:stream/s";
+        let auth = json!({"creds": {"aws_access_key_id": "a", "aws_secret_access_key": "b"}});
+        for (c, code) in [
+            (
+                json!({"stream_arn": arn, "auth": auth, "external_id": "ac_other"}),
+                "ERR_NGROK_5140",
+            ),
+            (
+                json!({"stream_arn": arn, "auth": auth, "endpoint_url": "http://169.254.169.254"}),
+                "ERR_NGROK_5140",
+            ),
+            (json!({"stream_arn": arn}), "ERR_NGROK_5106"),
+        ] {
+            assert_eq!(parse(c.clone()).unwrap_err().code, Some(code), "{c}");
+        }
+        let t =
+            parse(json!({"stream_arn": arn, "auth": auth, "partition_key": "event_id"})).unwrap();
+        let d = Destination {
+            id: "ed_1".into(),
+            account_id: "ac_1".into(),
+            created_at: String::new(),
+            description: String::new(),
+            metadata: String::new(),
+            format: "json".into(),
+            target: t,
+        };
+        let spec = d.to_spec();
+        assert_eq!(spec.config["external_id"], "ac_1");
+        assert_eq!(spec.config["partition_key"], "event_id");
     }
 
     #[test]

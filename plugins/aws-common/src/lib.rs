@@ -384,13 +384,29 @@ impl AwsError {
                     | "TooManyRequestsException"
                     | "RequestLimitExceeded"
                     | "KMSThrottlingException"
+                    | "ServiceUnavailableException"
             )
         ) || self.message.contains("(HTTP 429)")
     }
 }
 
+/// An error and its sources, each said once: `a: b: c`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// An SDK error, understood.
-pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
+pub fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: &SdkError<E, HttpResponse>,
 ) -> AwsError {
     match e {
@@ -409,10 +425,17 @@ pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
             code: None,
             message: "no answer within the timeout".into(),
         },
-        SdkError::DispatchFailure(d) => AwsError {
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => AwsError {
             class: Class::Retry,
             code: None,
-            message: format!("cannot reach AWS: {d:?}"),
+            message: format!("cannot reach AWS: {}", chain(e)),
+        },
+        // Credentials that cannot be had (AssumeRole refused, no keys),
+        // a bad endpoint: the destination is unhealthy until fixed.
+        SdkError::DispatchFailure(_) => AwsError {
+            class: Class::Fatal,
+            code: None,
+            message: chain(e),
         },
         SdkError::ResponseError(r) => {
             let status = r.raw().status().as_u16();
@@ -422,15 +445,15 @@ pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
                 message: format!("unreadable answer (HTTP {status})"),
             }
         }
-        SdkError::ConstructionFailure(c) => AwsError {
+        SdkError::ConstructionFailure(_) => AwsError {
             class: Class::Fatal,
             code: None,
-            message: format!("cannot build the request: {c:?}"),
+            message: format!("cannot build the request: {}", chain(e)),
         },
         _ => AwsError {
             class: Class::Retry,
             code: None,
-            message: format!("{e:?}"),
+            message: chain(e),
         },
     }
 }
@@ -466,7 +489,7 @@ pub fn fail_all(
 
 /// Applies a failed call to its `n` records (see [`fail_all`]), counting
 /// `throttled_calls` when AWS asked to slow down.
-pub fn fail_call<E: ProvideErrorMetadata + std::fmt::Debug>(
+pub fn fail_call<E: ProvideErrorMetadata + std::error::Error + 'static>(
     kind: &str,
     e: &SdkError<E, HttpResponse>,
     n: usize,
@@ -483,9 +506,10 @@ pub fn fail_call<E: ProvideErrorMetadata + std::fmt::Debug>(
 /// Applies the per-record results of a batch put that succeeded
 /// (PutRecords, PutRecordBatch) to its `n` records: `None` when the record
 /// was accepted, else AWS's error code and message. A retryable code
-/// (throughput exceeded, internal failure) retries exactly that record; any
-/// other (KMS access, ...) dead-letters it with AWS's code. Counts
-/// `records_put` and `records_failed`.
+/// (throughput exceeded, internal failure) retries exactly that record,
+/// after a second when it says to slow down; any other (KMS access, ...)
+/// dead-letters it with AWS's code. Counts `records_put`, `records_failed`
+/// and `throttled_calls` (a call with a throttled record).
 pub fn apply_results(
     kind: &str,
     n: usize,
@@ -500,15 +524,29 @@ pub fn apply_results(
         )));
     }
     let mut failed = 0u64;
+    let mut throttled = false;
     for (i, res) in results.iter().enumerate() {
         match res {
             None => outcomes.ok(i),
             Some((code, msg)) => {
                 failed += 1;
                 let why = format!("{kind}: {code}: {msg}");
-                match classify(Some(code), None) {
-                    Class::Retry => outcomes.retry(i, None, &why),
-                    Class::Fatal | Class::Reject => outcomes.reject(i, &why),
+                let err = AwsError {
+                    class: classify(Some(code), None),
+                    code: Some(code.to_string()),
+                    message: why,
+                };
+                match err.class {
+                    // A hot shard or a busy stream: wait a second, as for a throttled call.
+                    Class::Retry => {
+                        throttled |= err.throttled();
+                        outcomes.retry(
+                            i,
+                            err.throttled().then(|| Duration::from_secs(1)),
+                            &err.message,
+                        )
+                    }
+                    Class::Fatal | Class::Reject => outcomes.reject(i, &err.message),
                 }
             }
         }
@@ -516,6 +554,9 @@ pub fn apply_results(
     host.counter_add("records_put", n as u64 - failed);
     if failed > 0 {
         host.counter_add("records_failed", failed);
+    }
+    if throttled {
+        host.counter_add("throttled_calls", 1);
     }
     Ok(())
 }

@@ -142,7 +142,7 @@ impl CloudWatchLogs {
         if let Err(e) = &result
             && e.as_service_error()
                 .is_some_and(|s| s.is_resource_not_found_exception())
-            && describe(e).message.contains("stream")
+            && !describe(e).message.contains("log group")
         {
             // The stream does not exist yet: create it, then put again.
             match self
@@ -269,10 +269,9 @@ impl Sink for CloudWatchLogs {
             self.host.counter_add("events_out_of_range", refused_early);
         }
         let mut fatal: Option<AwsError> = None;
-        let mut calls = 0;
+        let mut delivered = 0;
         for (stream, items) in by_stream {
             for run in spans(items) {
-                calls += 1;
                 let mut events = Vec::with_capacity(run.len());
                 for &(i, ts) in &run {
                     let data = batch
@@ -289,6 +288,7 @@ impl Sink for CloudWatchLogs {
                 }
                 match block_on(self.put(&stream, events)).map_err(Error::retry)? {
                     PutResult::Done(refused) => {
+                        delivered += 1;
                         for &(i, _) in &run {
                             outcomes.ok(i);
                         }
@@ -320,10 +320,13 @@ impl Sink for CloudWatchLogs {
                 }
             }
         }
-        // Wrong group, permissions: the call as a whole failed (the
-        // destination is unhealthy), once nothing of it was delivered.
+        // Wrong group, permissions: when nothing of the batch was delivered
+        // nor refused, the call as a whole failed (the destination is
+        // unhealthy; every record is retried under the delivery policy).
         match fatal {
-            Some(e) if calls == 1 => Err(Error::fatal(format!("cloudwatch_logs: {}", e.message))),
+            Some(e) if delivered == 0 && refused_early == 0 => {
+                Err(Error::fatal(format!("cloudwatch_logs: {}", e.message)))
+            }
             _ => Ok(()),
         }
     }
@@ -332,7 +335,7 @@ impl Sink for CloudWatchLogs {
 
     fn verify(&self) -> Result<(), Error> {
         let dest = self.host.destination_id();
-        let stream = stream_name(&self.template, &self.node, &dest, "", "");
+        let stream = stream_name(&self.template, &self.node, &dest, "test", "test");
         let event = InputLogEvent::builder()
             .timestamp(now_ms())
             .message(test_event(&dest))
