@@ -21,6 +21,8 @@ pub struct SinkServers {
     pub http_records: Arc<AtomicU64>,
     /// Records received by the AWS sink server.
     pub aws_records: Arc<AtomicU64>,
+    /// The client connections the AWS sink server saw.
+    pub aws_connections: Arc<std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>>,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -113,34 +115,42 @@ impl SinkServers {
 
     fn start_aws(&mut self) -> Result<String, String> {
         let count = self.aws_records.clone();
+        let conns = self.aws_connections.clone();
         let app = axum::Router::new().route(
             "/",
-            axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
-                let count = count.clone();
-                async move {
-                    let target = headers
-                        .get("x-amz-target")
-                        .map(|v| v.as_bytes().to_vec())
-                        .unwrap_or_default();
-                    // One record per `"Data"` (Kinesis, Firehose) or `"timestamp"` (Logs).
-                    let key: &[u8] = if target.starts_with(b"Logs_") {
-                        b"\"timestamp\""
-                    } else {
-                        b"\"Data\""
-                    };
-                    let n = memchr::memmem::find_iter(&body, key).count();
-                    if target.ends_with(b".PutRecords")
-                        || target.ends_with(b".PutRecordBatch")
-                        || target.ends_with(b".PutLogEvents")
-                    {
-                        count.fetch_add(n as u64, Ordering::Relaxed);
+            axum::routing::post(
+                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >,
+                      headers: axum::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let count = count.clone();
+                    conns.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
+                    async move {
+                        let target = headers
+                            .get("x-amz-target")
+                            .map(|v| v.as_bytes().to_vec())
+                            .unwrap_or_default();
+                        // One record per `"Data"` (Kinesis, Firehose) or `"timestamp"` (Logs).
+                        let key: &[u8] = if target.starts_with(b"Logs_") {
+                            b"\"timestamp\""
+                        } else {
+                            b"\"Data\""
+                        };
+                        let n = memchr::memmem::find_iter(&body, key).count();
+                        if target.ends_with(b".PutRecords")
+                            || target.ends_with(b".PutRecordBatch")
+                            || target.ends_with(b".PutLogEvents")
+                        {
+                            count.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        (
+                            [("content-type", "application/x-amz-json-1.1")],
+                            aws_success(&target, n),
+                        )
                     }
-                    (
-                        [("content-type", "application/x-amz-json-1.1")],
-                        aws_success(&target, n),
-                    )
-                }
-            }),
+                },
+            ),
         );
         let addr = self.serve("sluice-bench-aws-sink", app)?;
         Ok(format!("http://{addr}"))
@@ -204,7 +214,8 @@ impl SinkServers {
                     let Ok(l) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    let _ = axum::serve(l, app)
+                    let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                    let _ = axum::serve(l, make)
                         .with_graceful_shutdown(async {
                             let _ = rx.await;
                         })

@@ -165,8 +165,18 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         let received = count.load(std::sync::atomic::Ordering::Relaxed);
         if received > 0 {
             let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
+            let conns = if name == "AWS" {
+                let n = servers
+                    .aws_connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len();
+                format!(" over {n} connections")
+            } else {
+                String::new()
+            };
             println!(
-                "  the local {name} sink server received {received} records ({delivered} delivered over the runs)"
+                "  the local {name} sink server received {received} records{conns} ({delivered} delivered over the runs)"
             );
         }
     }

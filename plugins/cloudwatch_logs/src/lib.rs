@@ -17,7 +17,8 @@ use sluice_aws_common::{
     AwsError, Class, Target, block_on, describe, now_ms, parse_target, sdk_config, test_event,
 };
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 const SCHEMA: &str = r#"{
@@ -54,6 +55,8 @@ pub struct CloudWatchLogs {
     template: String,
     node: String,
     host: Host,
+    /// Streams a put succeeded on: their events are sent without a spare copy.
+    known_streams: Mutex<HashSet<String>>,
 }
 
 fn host_name() -> String {
@@ -130,21 +133,34 @@ enum PutResult {
 
 impl CloudWatchLogs {
     async fn put(&self, stream: &str, events: Vec<InputLogEvent>) -> PutResult {
-        let put = || {
+        let n = events.len();
+        // A stream not known to exist may need creating, and the events
+        // sending again: keep a copy only then.
+        let known = self
+            .known_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(stream);
+        let (first, mut spare) = if known {
+            (events, None)
+        } else {
+            (events.clone(), Some(events))
+        };
+        let put = |events: Vec<InputLogEvent>| {
             self.client
                 .put_log_events()
                 .log_group_name(&self.group)
                 .log_stream_name(stream)
-                .set_log_events(Some(events.clone()))
+                .set_log_events(Some(events))
                 .send()
         };
-        let mut result = put().await;
+        let mut result = put(first).await;
         if let Err(e) = &result
             && e.as_service_error()
                 .is_some_and(|s| s.is_resource_not_found_exception())
             && !describe(e).message.contains("log group")
         {
-            // The stream does not exist yet: create it, then put again.
+            // The stream does not exist (yet, or any more): create it, then put again.
             match self
                 .client
                 .create_log_stream()
@@ -159,13 +175,27 @@ impl CloudWatchLogs {
                         .is_some_and(|s| s.is_resource_already_exists_exception()) => {}
                 Err(c) => return PutResult::Failed(describe(&c)),
             }
-            result = put().await;
+            match spare.take() {
+                Some(events) => result = put(events).await,
+                None => {
+                    return PutResult::Failed(AwsError {
+                        class: Class::Retry,
+                        code: None,
+                        message: format!("log stream `{stream}` had gone; created it again"),
+                    });
+                }
+            }
+        }
+        if result.is_ok() && !known {
+            self.known_streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stream.to_string());
         }
         match result {
             Ok(out) => {
                 let mut refused = Vec::new();
                 if let Some(r) = out.rejected_log_events_info() {
-                    let n = events.len();
                     if let Some(end) = r.too_old_log_event_end_index() {
                         for i in 0..=(end.max(-1) as usize).min(n.saturating_sub(1)) {
                             refused.push((i, "CloudWatch Logs refused it as too old"));
@@ -238,6 +268,7 @@ impl Sink for CloudWatchLogs {
             template,
             node,
             host,
+            known_streams: Mutex::new(HashSet::new()),
         })
     }
 
@@ -247,23 +278,26 @@ impl Sink for CloudWatchLogs {
         // By stream (the template may name the account or subscription), in range.
         let mut by_stream: BTreeMap<String, Vec<(usize, i64)>> = BTreeMap::new();
         let mut refused_early = 0u64;
+        let mut last: Option<(String, String, String)> = None;
         for (i, r) in batch.iter().enumerate() {
             if let Some(why) = out_of_range(r.timestamp_ms(), now) {
                 outcomes.reject(i, why);
                 refused_early += 1;
                 continue;
             }
-            let stream = stream_name(
-                &self.template,
-                &self.node,
-                &dest,
-                r.account_id(),
-                r.subscription_id(),
-            );
-            by_stream
-                .entry(stream)
-                .or_default()
-                .push((i, r.timestamp_ms()));
+            // Records of a batch mostly share their account and subscription.
+            let (acc, sub) = (r.account_id(), r.subscription_id());
+            if last.as_ref().is_none_or(|(a, s, _)| a != acc || s != sub) {
+                let name = stream_name(&self.template, &self.node, &dest, acc, sub);
+                last = Some((acc.to_string(), sub.to_string(), name));
+            }
+            let stream = &last.as_ref().expect("set above").2;
+            match by_stream.get_mut(stream) {
+                Some(v) => v.push((i, r.timestamp_ms())),
+                None => {
+                    by_stream.insert(stream.clone(), vec![(i, r.timestamp_ms())]);
+                }
+            }
         }
         if refused_early > 0 {
             self.host.counter_add("events_out_of_range", refused_early);
@@ -276,7 +310,10 @@ impl Sink for CloudWatchLogs {
                 for &(i, ts) in &run {
                     let data = batch
                         .get(i)
-                        .map(|r| String::from_utf8_lossy(r.data()).into_owned())
+                        .map(|r| match std::str::from_utf8(r.data()) {
+                            Ok(s) => s.to_owned(),
+                            Err(_) => String::from_utf8_lossy(r.data()).into_owned(),
+                        })
                         .unwrap_or_default();
                     events.push(
                         InputLogEvent::builder()
