@@ -261,7 +261,8 @@ fn form(body: &[u8]) -> Value {
     Value::Object(m)
 }
 
-fn url_decode_pairs(s: &str) -> Vec<(String, String)> {
+/// `k=v&k2=v2`, percent- and plus-decoded.
+pub fn url_decode_pairs(s: &str) -> Vec<(String, String)> {
     let dec = |x: &str| -> String {
         let b = x.replace('+', " ");
         let bytes = b.as_bytes();

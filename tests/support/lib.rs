@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod receiver;
+pub mod vendors;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

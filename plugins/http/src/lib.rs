@@ -5,7 +5,7 @@
 
 use sluice_sdk::{Batch, Error, Host, Level, Limits, Outcomes, Sink, SinkInfo};
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 const SCHEMA: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -221,17 +221,7 @@ pub fn body(encoding: Encoding, batch: &Batch<'_>) -> Vec<u8> {
 }
 
 /// `Retry-After`: seconds, or an HTTP date.
-pub fn retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
+pub use sluice_vendor_http::retry_after;
 
 /// What a response means for every record of the batch.
 #[derive(Debug, PartialEq, Eq)]
@@ -479,7 +469,7 @@ mod tests {
     #[test]
     fn retry_after_takes_seconds_and_dates() {
         assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
-        let later = SystemTime::now() + Duration::from_secs(120);
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
         let d = retry_after(&httpdate::fmt_http_date(later)).unwrap();
         assert!(
             d > Duration::from_secs(100) && d <= Duration::from_secs(120),

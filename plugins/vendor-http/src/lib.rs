@@ -1,0 +1,257 @@
+//! What Sluice's HTTP log-intake sinks (`datadog`, `azure_logs_ingestion`)
+//! share: a JSON-array body built by splicing fields into each record
+//! (no parse), gzip, and what an intake's answer means for the records.
+
+use sluice_sdk::{Batch, Outcomes};
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+/// Writes `[rec0,rec1,...]` for the records at `idx`, each record's opening
+/// `{` followed by `prefix(record)` (which must be `"key":value,` pairs, each
+/// ending with a comma); a record that is `{}` gets the pairs alone.
+pub fn array_body(
+    batch: &Batch<'_>,
+    idx: &[usize],
+    out: &mut Vec<u8>,
+    mut prefix: impl FnMut(&sluice_sdk::Record<'_>, &mut Vec<u8>),
+) {
+    out.clear();
+    out.push(b'[');
+    for (n, &i) in idx.iter().enumerate() {
+        let Some(r) = batch.get(i) else { continue };
+        if n > 0 {
+            out.push(b',');
+        }
+        let data = r.data();
+        out.push(b'{');
+        let start = out.len();
+        prefix(&r, out);
+        let rest = data.strip_prefix(b"{").unwrap_or(data);
+        let rest_trim = rest.iter().position(|b| !b.is_ascii_whitespace());
+        if rest_trim.map(|p| rest[p]) == Some(b'}') || rest.is_empty() {
+            // `{}`: drop the prefix's last comma.
+            if out.len() > start && out.last() == Some(&b',') {
+                out.pop();
+            }
+            out.push(b'}');
+        } else {
+            out.extend_from_slice(rest);
+        }
+    }
+    out.push(b']');
+}
+
+/// Appends `s` as a JSON string.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Gzips a body (fast level: intake bodies are JSON, ~8-10x smaller anyway).
+pub fn gzip(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 6),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(raw)
+        .and_then(|_| gz.finish())
+        .map_err(|e| format!("gzip failed: {e}"))
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+pub fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// An intake's answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// The start of the body, for reasons.
+    pub body: String,
+}
+
+/// POSTs `body` gzipped with `headers`; a transport failure is `Err` (retry).
+pub fn post(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    raw: &[u8],
+) -> Result<Answer, String> {
+    let payload = gzip(raw)?;
+    let mut req = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::CONTENT_ENCODING, "gzip");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.body(payload).send().map_err(|e| {
+        if e.is_timeout() {
+            "no response within the timeout".to_string()
+        } else if e.is_connect() {
+            format!("cannot connect: {e}")
+        } else {
+            format!("request failed: {e}")
+        }
+    })?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after);
+    let body = resp.text().unwrap_or_default();
+    let mut body = body.trim().to_string();
+    if body.len() > 300 {
+        let mut cut = 300;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+    }
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// What an answer means for the records it carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted.
+    Ok,
+    /// Retry, not before the delay if given.
+    Retry(Option<Duration>, String),
+    /// Too large: split the records in halves and send each.
+    Split(String),
+    /// Refused for good.
+    Reject(String),
+}
+
+/// The usual intake mapping: 2xx ok; 408, 429, 5xx retry (honouring
+/// `Retry-After`); 413 split; any other status refused with the body;
+/// `explain` adds the vendor's hint for a status and body (e.g. 403).
+pub fn verdict(a: &Answer, explain: impl Fn(u16, &str) -> Option<String>) -> Verdict {
+    let why = || {
+        let mut s = format!("HTTP {}", a.status);
+        if !a.body.is_empty() {
+            s.push_str(": ");
+            s.push_str(&a.body);
+        }
+        if let Some(hint) = explain(a.status, &a.body) {
+            s.push_str(" (");
+            s.push_str(&hint);
+            s.push(')');
+        }
+        s
+    };
+    match a.status {
+        200..=299 => Verdict::Ok,
+        408 | 429 | 500..=599 => Verdict::Retry(a.retry_after, why()),
+        413 => Verdict::Split(why()),
+        _ => Verdict::Reject(why()),
+    }
+}
+
+/// Sends the records at `idx` with `send` (which builds and posts their
+/// body), splitting in halves on 413 down to single records (a single
+/// record answered 413 is refused), and sets each record's outcome.
+/// Returns the number of calls made.
+pub fn deliver(
+    kind: &str,
+    idx: &[usize],
+    outcomes: &mut Outcomes<'_>,
+    send: &mut dyn FnMut(&[usize]) -> Result<Verdict, String>,
+) -> u64 {
+    let mut calls = 0;
+    let mut todo: Vec<&[usize]> = vec![idx];
+    while let Some(part) = todo.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        calls += 1;
+        match send(part) {
+            Err(e) => part
+                .iter()
+                .for_each(|&i| outcomes.retry(i, None, &format!("{kind}: {e}"))),
+            Ok(Verdict::Ok) => part.iter().for_each(|&i| outcomes.ok(i)),
+            Ok(Verdict::Retry(after, why)) => part
+                .iter()
+                .for_each(|&i| outcomes.retry(i, after, &format!("{kind}: {why}"))),
+            Ok(Verdict::Reject(why)) => part
+                .iter()
+                .for_each(|&i| outcomes.reject(i, &format!("{kind}: {why}"))),
+            Ok(Verdict::Split(why)) if part.len() == 1 => {
+                outcomes.reject(part[0], &format!("{kind}: {why}"))
+            }
+            Ok(Verdict::Split(_)) => {
+                let (a, b) = part.split_at(part.len() / 2);
+                todo.push(b);
+                todo.push(a);
+            }
+        }
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_verdicts() {
+        let a = |status, body: &str| Answer {
+            status,
+            retry_after: Some(Duration::from_secs(7)),
+            body: body.into(),
+        };
+        let hint = |s: u16, _: &str| (s == 403).then(|| "check the key".to_string());
+        assert_eq!(verdict(&a(202, ""), hint), Verdict::Ok);
+        assert_eq!(
+            verdict(&a(429, "slow"), hint),
+            Verdict::Retry(Some(Duration::from_secs(7)), "HTTP 429: slow".into())
+        );
+        assert!(matches!(verdict(&a(503, ""), hint), Verdict::Retry(..)));
+        assert!(matches!(verdict(&a(408, ""), hint), Verdict::Retry(..)));
+        assert!(matches!(verdict(&a(413, ""), hint), Verdict::Split(_)));
+        assert_eq!(
+            verdict(&a(403, "Forbidden"), hint),
+            Verdict::Reject("HTTP 403: Forbidden (check the key)".into())
+        );
+        assert_eq!(retry_after("12"), Some(Duration::from_secs(12)));
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let mut out = Vec::new();
+        json_str(&mut out, "a\"b\\c\n");
+        assert_eq!(out, br#""a\"b\\c\u000a""#);
+    }
+}

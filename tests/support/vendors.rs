@@ -1,0 +1,398 @@
+//! Log-intake vendors for the tests of the `datadog` and
+//! `azure_logs_ingestion` sinks: real HTTP/1.1 servers on loopback that
+//! enforce what each vendor documents and can be told to misbehave.
+//!
+//! - Datadog Logs intake v2: `POST /api/v2/logs`, `DD-API-KEY` (403
+//!   otherwise), `Content-Type: application/json`, `Content-Encoding: gzip`,
+//!   a JSON array of at most 1,000 entries, 5 MB uncompressed (413
+//!   otherwise), 1 MB per entry, `ddsource`/`service`/`ddtags` as configured.
+//! - Azure: the Microsoft identity platform token endpoint
+//!   (`POST /<tenant>/oauth2/v2.0/token`, client credentials, the Logs
+//!   Ingestion scope) issuing tokens of a set lifetime, and the Logs
+//!   Ingestion API (`POST /dataCollectionRules/<dcr>/streams/<stream>?api-version=2023-01-01`,
+//!   a valid unexpired bearer token or 401, gzip, a JSON array of at most
+//!   1 MB, `TimeGenerated` on every record, `InvalidStream` for a stream
+//!   that is not `Custom-...`).
+
+use crate::{HttpRequest, read_http_request};
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which vendor a server plays.
+#[derive(Clone, Debug)]
+pub enum Vendor {
+    /// Datadog, with the API key, service and tags it expects.
+    Datadog {
+        /// Expected DD-API-KEY.
+        api_key: String,
+        /// Expected `service`.
+        service: String,
+        /// Expected `ddtags`.
+        ddtags: String,
+    },
+    /// Azure, with the app registration and DCR it knows.
+    Azure {
+        /// Tenant.
+        tenant: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        secret: String,
+        /// DCR immutable id.
+        dcr: String,
+    },
+}
+
+/// One ingestion request as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// When.
+    pub at: Instant,
+    /// The entries.
+    pub entries: Vec<Value>,
+    /// The status answered.
+    pub status: u16,
+    /// Compressed and uncompressed body sizes.
+    pub sizes: (usize, usize),
+}
+
+struct State {
+    vendor: Vendor,
+    script: Mutex<VecDeque<(u16, Option<String>)>>,
+    received: Mutex<Vec<Received>>,
+    accepted: Mutex<Vec<Value>>,
+    violations: Mutex<Vec<String>>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    token_life: Mutex<u64>,
+    token_requests: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// A vendor intake. Stops when dropped.
+pub struct Intake {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Intake {
+    /// Starts a server playing `vendor` on a free loopback port.
+    pub fn start(vendor: Vendor) -> Intake {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let state = Arc::new(State {
+            vendor,
+            script: Mutex::default(),
+            received: Mutex::default(),
+            accepted: Mutex::default(),
+            violations: Mutex::default(),
+            tokens: Mutex::default(),
+            token_life: Mutex::new(3600),
+            token_requests: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        l.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            while !st.stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let st = st.clone();
+                        std::thread::spawn(move || serve(s, st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Intake { addr, state }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers the next valid ingestion request with this status (and
+    /// `Retry-After`) instead of success; queued in order.
+    pub fn then(&self, status: u16, retry_after: Option<&str>) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .push_back((status, retry_after.map(str::to_string)));
+    }
+
+    /// Lifetime of the tokens issued from now on, in seconds.
+    pub fn set_token_lifetime(&self, secs: u64) {
+        *self.state.token_life.lock().unwrap() = secs;
+    }
+
+    /// Expires every token issued so far (the next request with one gets a 401).
+    pub fn expire_tokens(&self) {
+        for exp in self.state.tokens.lock().unwrap().values_mut() {
+            *exp = Instant::now();
+        }
+    }
+
+    /// Token requests so far.
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Ingestion requests so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Entries accepted so far.
+    pub fn accepted(&self) -> Vec<Value> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// What broke the vendor's protocol.
+    pub fn violations(&self) -> Vec<String> {
+        self.state.violations.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn respond(s: &mut TcpStream, status: u16, extra: &str, body: &str) -> std::io::Result<()> {
+    write!(
+        s,
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n{extra}\r\n{body}",
+        body.len()
+    )?;
+    s.flush()
+}
+
+fn serve(stream: TcpStream, st: Arc<State>) {
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut r = BufReader::new(stream);
+    while !st.stop.load(Ordering::SeqCst) {
+        let Some(req) = read_http_request(&mut r) else {
+            return;
+        };
+        let (status, extra, body) = handle(&st, &req);
+        if respond(&mut out, status, &extra, &body).is_err() {
+            return;
+        }
+    }
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    crate::aws::url_decode_pairs(&String::from_utf8_lossy(body))
+        .into_iter()
+        .collect()
+}
+
+/// Gunzips and parses a JSON-array body; the error says what is wrong.
+fn entries(req: &HttpRequest) -> Result<(Vec<Value>, usize), String> {
+    if req.header("content-type").as_deref() != Some("application/json") {
+        return Err(format!("content-type {:?}", req.header("content-type")));
+    }
+    if req.header("content-encoding").as_deref() != Some("gzip") {
+        return Err("not gzipped".into());
+    }
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&req.body[..])
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("bad gzip: {e}"))?;
+    let v: Vec<Value> =
+        serde_json::from_slice(&raw).map_err(|e| format!("body is not a JSON array: {e}"))?;
+    Ok((v, raw.len()))
+}
+
+fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
+    let violation = |what: String| {
+        st.violations.lock().unwrap().push(what.clone());
+        (400, String::new(), json!({"error": what}).to_string())
+    };
+    let path = req.line.split_whitespace().nth(1).unwrap_or("").to_string();
+    if !req.line.starts_with("POST ") {
+        return violation(format!("request line {}", req.line.trim()));
+    }
+    match &st.vendor {
+        Vendor::Datadog {
+            api_key,
+            service,
+            ddtags,
+        } => {
+            if path != "/api/v2/logs" {
+                return violation(format!("path {path}"));
+            }
+            if req.header("dd-api-key").as_deref() != Some(api_key.as_str()) {
+                let body = json!({"errors": [{"status": "403", "title": "Forbidden", "detail": "Forbidden"}]});
+                record(st, req, vec![], 0, 403);
+                return (403, String::new(), body.to_string());
+            }
+            let (entries, raw) = match entries(req) {
+                Ok(e) => e,
+                Err(e) => return violation(e),
+            };
+            if raw > 5 * 1024 * 1024 {
+                record(st, req, vec![], raw, 413);
+                return (
+                    413,
+                    String::new(),
+                    json!({"errors":[{"status":"413","title":"Request Entity Too Large"}]})
+                        .to_string(),
+                );
+            }
+            if entries.is_empty() || entries.len() > 1000 {
+                return violation(format!("{} entries (1 to 1,000)", entries.len()));
+            }
+            for e in &entries {
+                if e.to_string().len() > 1_000_000 {
+                    return violation("an entry over 1 MB".into());
+                }
+                if e["ddsource"] != "ngrok"
+                    || e["service"] != service.as_str()
+                    || e["ddtags"] != ddtags.as_str()
+                {
+                    return violation(format!(
+                        "entry attributes {} {} {}",
+                        e["ddsource"], e["service"], e["ddtags"]
+                    ));
+                }
+            }
+            scripted_or(st, req, entries, raw, 202)
+        }
+        Vendor::Azure {
+            tenant,
+            client_id,
+            secret,
+            dcr,
+        } => {
+            if path == format!("/{tenant}/oauth2/v2.0/token") {
+                st.token_requests.fetch_add(1, Ordering::SeqCst);
+                if req.header("content-type").as_deref()
+                    != Some("application/x-www-form-urlencoded")
+                {
+                    return violation("token request is not a form".into());
+                }
+                let f = form(&req.body);
+                let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+                if get("grant_type") != "client_credentials"
+                    || get("scope") != "https://monitor.azure.com//.default"
+                {
+                    return violation(format!("token form {f:?}"));
+                }
+                if get("client_id") != client_id || get("client_secret") != secret {
+                    let body = json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."});
+                    return (401, String::new(), body.to_string());
+                }
+                let n = st.token_requests.load(Ordering::SeqCst);
+                let life = *st.token_life.lock().unwrap();
+                let tok = format!("tok-{n}");
+                st.tokens
+                    .lock()
+                    .unwrap()
+                    .insert(tok.clone(), Instant::now() + Duration::from_secs(life));
+                let body = json!({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": tok});
+                return (200, String::new(), body.to_string());
+            }
+            let Some((p, query)) = path.split_once('?') else {
+                return violation(format!("no api-version: {path}"));
+            };
+            if query != "api-version=2023-01-01" {
+                return violation(format!("query {query}"));
+            }
+            let parts: Vec<&str> = p.split('/').collect();
+            if parts.len() != 5 || parts[1] != "dataCollectionRules" || parts[3] != "streams" {
+                return violation(format!("path {p}"));
+            }
+            let valid = req
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
+                .and_then(|t| st.tokens.lock().unwrap().get(&t).copied())
+                .is_some_and(|exp| Instant::now() < exp);
+            if !valid {
+                record(st, req, vec![], 0, 401);
+                let body = json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid or has expired."}});
+                return (401, String::new(), body.to_string());
+            }
+            if parts[2] != dcr {
+                return (404, String::new(), json!({"error": {"code": "NotFound", "message": "Data collection rule not found"}}).to_string());
+            }
+            if !parts[4].starts_with("Custom-") {
+                let body = json!({"error": {"code": "InvalidStream", "message": format!("Stream ({}) cannot be found in Data Collection Rule.", parts[4])}});
+                return (400, String::new(), body.to_string());
+            }
+            let (entries, raw) = match entries(req) {
+                Ok(e) => e,
+                Err(e) => return violation(e),
+            };
+            if raw > 1024 * 1024 {
+                record(st, req, vec![], raw, 413);
+                return (413, String::new(), json!({"error": {"code": "ContentLengthLimitExceeded", "message": "Maximum allowed content length: 1048576 bytes"}}).to_string());
+            }
+            for e in &entries {
+                let tg = e["TimeGenerated"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                let et = e["event_timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                if tg.is_none() || tg != et {
+                    return violation(format!(
+                        "TimeGenerated {} for event_timestamp {}",
+                        e["TimeGenerated"], e["event_timestamp"]
+                    ));
+                }
+            }
+            scripted_or(st, req, entries, raw, 204)
+        }
+    }
+}
+
+fn record(st: &State, req: &HttpRequest, entries: Vec<Value>, raw: usize, status: u16) {
+    st.received.lock().unwrap().push(Received {
+        at: Instant::now(),
+        entries,
+        status,
+        sizes: (req.body.len(), raw),
+    });
+}
+
+fn scripted_or(
+    st: &State,
+    req: &HttpRequest,
+    entries: Vec<Value>,
+    raw: usize,
+    ok: u16,
+) -> (u16, String, String) {
+    let next = st.script.lock().unwrap().pop_front();
+    let (status, extra) = match next {
+        Some((s, after)) => (
+            s,
+            after
+                .map(|a| format!("retry-after: {a}\r\n"))
+                .unwrap_or_default(),
+        ),
+        None => (ok, String::new()),
+    };
+    if status == ok {
+        st.accepted.lock().unwrap().extend(entries.iter().cloned());
+    }
+    record(st, req, entries, raw, status);
+    let body = if status == 204 {
+        String::new()
+    } else if status == ok {
+        "{}".to_string()
+    } else {
+        json!({"error": format!("scripted {status}")}).to_string()
+    };
+    (status, extra, body)
+}

@@ -1,0 +1,320 @@
+//! The `datadog` and `azure_logs_ingestion` sinks end to end: records
+//! published through `sluice run` reach a real HTTP server on loopback that
+//! enforces the vendor's protocol (tests/support/vendors.rs), exactly as
+//! encoded, none missing, through 429 with Retry-After, 500, 413 (split in
+//! halves), refused keys and expiring tokens.
+
+use serde_json::Value;
+use sluice_e2e::vendors::{Intake, Vendor};
+use sluice_e2e::{KillOnDrop, cmd, read_ndjson, wait_exit};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// `n` HTTP events `ev_<prefix><i>` of account `ac_1`, stamped now, ~330 bytes.
+fn events(n: usize, prefix: &str) -> String {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&format!(
+            r#"{{"event_id":"ev_{prefix}{i}","event_type":"http_request_complete.v0","event_timestamp":"{now}","account_id":"ac_1","object":{{"http":{{"request":{{"method":"GET","url":"/items/{i}"}},"response":{{"status_code":200}}}},"conn":{{"server_name":"app.ngrok.dev","client_ip":"10.0.0.{}"}},"n":{i}}}}}"#,
+            i % 256
+        ));
+        s.push('\n');
+    }
+    s
+}
+
+fn config(kind: &str, cfg: &str, delivery: &str) -> String {
+    format!(
+        "[[destination]]\nid = \"ed_v\"\nkind = \"{kind}\"\nconfig = {{ {cfg} }}\n[destination.delivery]\n{delivery}\n\n[[subscription]]\nid = \"esb_1\"\naccount_id = \"ac_1\"\ndestination_ids = [\"ed_v\"]\n[[subscription.source]]\ntype = \"http_request_complete.v0\"\n"
+    )
+}
+
+fn run(dir: &Path) -> (bool, String) {
+    let mut child = KillOnDrop(
+        cmd(dir)
+            .args(["run", "--config", "c.toml", "--input", "events.ndjson"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_exit(&mut child, Duration::from_secs(120), || {})
+}
+
+/// Every published event arrived once, with its fields as published.
+fn assert_exactly(got: &[Value], input: &str) {
+    let published: BTreeMap<String, Value> = input
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["event_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for e in got {
+        let id = e["event_id"].as_str().unwrap().to_string();
+        let want = &published[&id];
+        for k in ["event_type", "event_timestamp", "account_id", "object"] {
+            assert_eq!(e[k], want[k], "{id}: {k}");
+        }
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), published.len(), "missing records");
+    assert!(seen.values().all(|c| *c == 1), "duplicated records");
+}
+
+fn datadog() -> Intake {
+    Intake::start(Vendor::Datadog {
+        api_key: "dd-key-1".into(),
+        service: "edge".into(),
+        ddtags: "env:prod,team:net".into(),
+    })
+}
+
+#[test]
+fn datadog_receives_every_record_through_429_500_and_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = datadog();
+    // 2,000 records in batches of up to 1,000: a 429 (Retry-After: 1), a 500,
+    // then a 413 that the plugin answers by sending halves.
+    dd.then(429, Some("1"));
+    dd.then(500, None);
+    dd.then(413, None);
+    let input = events(2000, "d");
+    std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
+    let cfg = format!(
+        r#"api_key = "dd-key-1", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
+        dd.url()
+    );
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config(
+            "datadog",
+            &cfg,
+            "linger_ms = 20\nretry_max_backoff_ms = 200",
+        ),
+    )
+    .unwrap();
+    let (ok, err) = run(dir.path());
+    assert!(ok, "{err}");
+    assert!(dd.violations().is_empty(), "{:?}", dd.violations());
+    assert_exactly(&dd.accepted(), &input);
+    let rx = dd.received();
+    // Retry-After honoured: the 429's records came again a second later.
+    let i = rx.iter().position(|r| r.status == 429).unwrap();
+    let first = &rx[i].entries[0]["event_id"];
+    let again = rx[i + 1..]
+        .iter()
+        .find(|r| r.entries.iter().any(|e| &e["event_id"] == first))
+        .expect("the 429's records were sent again");
+    assert!(
+        again.at - rx[i].at >= Duration::from_millis(950),
+        "{:?}",
+        again.at - rx[i].at
+    );
+    // After the 413, its records came back in halves.
+    let j = rx.iter().position(|r| r.status == 413).unwrap();
+    let n = rx[j].entries.len();
+    assert!(n > 1);
+    assert!(
+        rx[j + 1..]
+            .iter()
+            .any(|r| r.entries.len() == n / 2 || r.entries.len() == n - n / 2)
+    );
+    // gzip: the bodies were much smaller on the wire.
+    let (gz, raw): (usize, usize) = rx
+        .iter()
+        .fold((0, 0), |a, r| (a.0 + r.sizes.0, a.1 + r.sizes.1));
+    assert!(gz * 4 < raw, "{gz} compressed for {raw}");
+
+    // The test event through `sluice check --destination`.
+    let o = cmd(dir.path())
+        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dd.accepted().iter().any(|e| e["event_type"] == "test"));
+}
+
+#[test]
+fn datadog_refused_key_and_oversized_entries_are_dead_lettered_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = datadog();
+    let mut input = events(50, "k");
+    // One entry over Datadog's 1 MB (within the engine's 1 MiB event limit): never sent.
+    input.push_str(&format!(
+        r#"{{"event_id":"ev_big","event_type":"http_request_complete.v0","event_timestamp":"2026-11-21T00:00:00Z","account_id":"ac_1","object":{{"pad":"{}"}}}}"#,
+        "x".repeat(1_010_000)
+    ));
+    input.push('\n');
+    std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
+    let cfg = format!(
+        r#"api_key = "wrong", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
+        dd.url()
+    );
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config("datadog", &cfg, "linger_ms = 20"),
+    )
+    .unwrap();
+    let (ok, err) = run(dir.path());
+    assert!(ok, "{err}");
+    assert!(dd.accepted().is_empty());
+    let dead = read_ndjson(&dir.path().join("dead-letter/ed_v.ndjson"));
+    assert_eq!(dead.len(), 51, "{err}");
+    let reason = |id: &str| {
+        dead.iter()
+            .find(|d| d["record"]["event_id"] == id)
+            .map(|d| d["reason"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(
+        reason("ev_k0").contains("HTTP 403")
+            && reason("ev_k0").contains("check the API key and the site"),
+        "{}",
+        reason("ev_k0")
+    );
+    assert!(
+        dd.received()
+            .iter()
+            .all(|r| r.entries.iter().all(|e| e["event_id"] != "ev_big"))
+    );
+    // A site that is not Datadog's is refused when the destination is created.
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config("datadog", r#"api_key = "k", ddsite = "datadoghq.co""#, ""),
+    )
+    .unwrap();
+    let o = cmd(dir.path())
+        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`ddsite` must be one of"));
+}
+
+fn azure() -> Intake {
+    Intake::start(Vendor::Azure {
+        tenant: "tenant-1".into(),
+        client_id: "app-1".into(),
+        secret: "s3cret".into(),
+        dcr: "dcr-0123".into(),
+    })
+}
+
+fn azure_cfg(az: &Intake, secret: &str, stream: &str) -> String {
+    format!(
+        r#"tenant_id = "tenant-1", client_id = "app-1", client_secret = "{secret}", logs_ingestion_uri = "{u}", data_collection_rule_id = "dcr-0123", data_collection_stream_name = "{stream}", authority_url = "{u}""#,
+        u = az.url()
+    )
+}
+
+#[test]
+fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure();
+    az.then(429, Some("1"));
+    az.then(500, None);
+    let input = events(6000, "a");
+    std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config(
+            "azure_logs_ingestion",
+            &azure_cfg(&az, "s3cret", "Custom-NgrokEvents_CL"),
+            "linger_ms = 20\nretry_max_backoff_ms = 200\nmax_in_flight = 2",
+        ),
+    )
+    .unwrap();
+    // Expire every token while the stream flows: the plugin gets a 401 and
+    // fetches a new token at once.
+    let mut child = KillOnDrop(
+        cmd(dir.path())
+            .args(["run", "--config", "c.toml", "--input", "events.ndjson"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut expired = false;
+    let (ok, err) = wait_exit(&mut child, Duration::from_secs(120), || {
+        if !expired && az.accepted().len() >= 1000 {
+            az.expire_tokens();
+            expired = true;
+        }
+    });
+    assert!(ok, "{err}");
+    assert!(expired, "the stream ended before a token could expire");
+    assert!(az.violations().is_empty(), "{:?}", az.violations());
+    assert_exactly(&az.accepted(), &input);
+    assert!(
+        az.received().iter().any(|r| r.status == 401),
+        "a request met the expired token"
+    );
+    assert!(az.token_requests() >= 2, "a new token after the 401");
+    assert!(
+        az.received().iter().all(|r| r.sizes.1 <= 1024 * 1024),
+        "calls of at most 1 MB"
+    );
+}
+
+#[test]
+fn azure_explains_a_wrong_stream_and_a_wrong_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config(
+            "azure_logs_ingestion",
+            &azure_cfg(&az, "s3cret", "NgrokEvents_CL"),
+            "",
+        ),
+    )
+    .unwrap();
+    let o = cmd(dir.path())
+        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("InvalidStream") && e.contains("Custom-<Table>_CL"),
+        "{e}"
+    );
+
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config(
+            "azure_logs_ingestion",
+            &azure_cfg(&az, "nope", "Custom-NgrokEvents_CL"),
+            "",
+        ),
+    )
+    .unwrap();
+    let o = cmd(dir.path())
+        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(e.contains("AADSTS7000215"), "{e}");
+
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config(
+            "azure_logs_ingestion",
+            &azure_cfg(&az, "s3cret", "Custom-NgrokEvents_CL"),
+            "",
+        ),
+    )
+    .unwrap();
+    let o = cmd(dir.path())
+        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(az.accepted().iter().any(|e| e["event_type"] == "test"));
+}
