@@ -341,11 +341,12 @@ impl Sink for AzureLogs {
         })?;
         match verdict(&a, explain(&self.cfg.stream)) {
             Verdict::Ok => Ok(()),
-            Verdict::Retry(_, why) | Verdict::Split(why) | Verdict::Reject(why) => {
-                Err(Error::fatal(format!(
-                    "azure_logs_ingestion: the test event was refused: {why}"
-                )))
-            }
+            Verdict::Retry(_, why) => Err(Error::retry(format!(
+                "azure_logs_ingestion: the endpoint could not take the test event now: {why}"
+            ))),
+            Verdict::Split(why) | Verdict::Reject(why) => Err(Error::fatal(format!(
+                "azure_logs_ingestion: the test event was refused: {why}"
+            ))),
         }
     }
 }

@@ -36,8 +36,9 @@ pub const SITES: [&str; 8] = [
     "us2.ddog-gov.com",
 ];
 
-/// The longest `service` + `ddtags` accepted: their bytes count against
-/// every entry's size and are covered by the declared per-record overhead.
+/// The most bytes the spliced attributes (`ddsource`, `service`, `ddtags`,
+/// as JSON) may take: they count against every entry's size and are
+/// covered by the declared per-record overhead (1,024).
 const MAX_ATTRS: usize = 900;
 
 /// The configuration, checked.
@@ -121,6 +122,12 @@ impl Config {
             prefix.extend_from_slice(b"\"ddtags\":");
             json_str(&mut prefix, t);
             prefix.push(b',');
+        }
+        if prefix.len() > MAX_ATTRS {
+            return Err(format!(
+                "`service` and `ddtags` together must take at most {MAX_ATTRS} bytes as JSON (they take {})",
+                prefix.len()
+            ));
         }
         let timeout = match obj.get("timeout_ms") {
             None => Duration::from_secs(30),
