@@ -44,6 +44,18 @@ fn run(dir: &Path) -> (bool, String) {
     wait_exit(&mut child, Duration::from_secs(120), || {})
 }
 
+/// `sluice check --destination ed_v` on `c.toml`: (success, stderr).
+fn check_destination(dir: &Path) -> (bool, String) {
+    let o = cmd(dir)
+        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// Every published event arrived once, with its fields as published.
 fn assert_exactly(got: &[Value], input: &str) {
     let published: BTreeMap<String, Value> = input
@@ -131,11 +143,8 @@ fn datadog_receives_every_record_through_429_500_and_413() {
     assert!(gz * 4 < raw, "{gz} compressed for {raw}");
 
     // The test event through `sluice check --destination`.
-    let o = cmd(dir.path())
-        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (ok, e) = check_destination(dir.path());
+    assert!(ok, "{e}");
     assert!(dd.accepted().iter().any(|e| e["event_type"] == "test"));
 }
 
@@ -188,12 +197,9 @@ fn datadog_refused_key_and_oversized_entries_are_dead_lettered_with_the_reason()
         config("datadog", r#"api_key = "k", ddsite = "datadoghq.co""#, ""),
     )
     .unwrap();
-    let o = cmd(dir.path())
-        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("`ddsite` must be one of"));
+    let (ok, e) = check_destination(dir.path());
+    assert!(!ok);
+    assert!(e.contains("`ddsite` must be one of"), "{e}");
 }
 
 fn azure() -> Intake {
@@ -265,56 +271,21 @@ fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
 fn azure_explains_a_wrong_stream_and_a_wrong_secret() {
     let dir = tempfile::tempdir().unwrap();
     let az = azure();
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config(
-            "azure_logs_ingestion",
-            &azure_cfg(&az, "s3cret", "NgrokEvents_CL"),
-            "",
-        ),
-    )
-    .unwrap();
-    let o = cmd(dir.path())
-        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    let check = |secret: &str, stream: &str| {
+        let cfg = config("azure_logs_ingestion", &azure_cfg(&az, secret, stream), "");
+        std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+        check_destination(dir.path())
+    };
+    let (ok, e) = check("s3cret", "NgrokEvents_CL");
+    assert!(!ok);
     assert!(
         e.contains("InvalidStream") && e.contains("Custom-<Table>_CL"),
         "{e}"
     );
-
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config(
-            "azure_logs_ingestion",
-            &azure_cfg(&az, "nope", "Custom-NgrokEvents_CL"),
-            "",
-        ),
-    )
-    .unwrap();
-    let o = cmd(dir.path())
-        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    let (ok, e) = check("nope", "Custom-NgrokEvents_CL");
+    assert!(!ok);
     assert!(e.contains("AADSTS7000215"), "{e}");
-
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config(
-            "azure_logs_ingestion",
-            &azure_cfg(&az, "s3cret", "Custom-NgrokEvents_CL"),
-            "",
-        ),
-    )
-    .unwrap();
-    let o = cmd(dir.path())
-        .args(["check", "--config", "c.toml", "--destination", "ed_v"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (ok, e) = check("s3cret", "Custom-NgrokEvents_CL");
+    assert!(ok, "{e}");
     assert!(az.accepted().iter().any(|e| e["event_type"] == "test"));
 }

@@ -13,11 +13,11 @@
 //!   AssumeRole issues credentials of a set lifetime (and refuses a role
 //!   named `denied`); calls signed with expired ones are refused.
 
-use crate::KillOnDrop;
+use crate::{HttpAnswer, KillOnDrop};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -180,20 +180,12 @@ impl FakeAws {
             serial: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let st = state.clone();
-        l.set_nonblocking(true).expect("nonblocking");
-        std::thread::spawn(move || {
-            while !st.stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let st = st.clone();
-                        std::thread::spawn(move || serve(s, st));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
+        let (a, b) = (state.clone(), state.clone());
+        crate::serve_http(
+            l,
+            move || a.stop.load(Ordering::SeqCst),
+            move |req| handle(&b, req),
+        );
         FakeAws { addr, state }
     }
 
@@ -239,18 +231,17 @@ impl Drop for FakeAws {
     }
 }
 
-fn respond(s: &mut TcpStream, status: u16, ct: &str, body: &str) -> std::io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: {ct}\r\nx-amzn-requestid: fake\r\n\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
+fn respond(status: u16, ct: &str, body: &str) -> HttpAnswer {
+    (
+        status,
+        format!("content-type: {ct}\r\nx-amzn-requestid: fake\r\n"),
+        body.to_string(),
+    )
 }
 
-fn error(s: &mut TcpStream, status: u16, code: &str, msg: &str) -> std::io::Result<()> {
+fn error(status: u16, code: &str, msg: &str) -> HttpAnswer {
     let body = json!({"__type": code, "message": msg}).to_string();
-    respond(s, status, "application/x-amz-json-1.1", &body)
+    respond(status, "application/x-amz-json-1.1", &body)
 }
 
 fn form(body: &[u8]) -> Value {
@@ -486,57 +477,33 @@ fn success(target: &str, answers: &[Option<String>]) -> String {
     .to_string()
 }
 
-/// Serves one connection (keep-alive) until it closes.
-fn serve(stream: TcpStream, st: Arc<State>) {
-    let Ok(mut out) = stream.try_clone() else {
-        return;
-    };
-    let mut r = BufReader::new(stream);
-    loop {
-        if st.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(req) = crate::read_http_request(&mut r) else {
-            return;
-        };
-        let get = |k: &str| req.header(k);
-        if handle(&st, &req.line, &get, &req.body, &mut out).is_err() {
-            return;
-        }
-    }
-}
-
-fn handle(
-    st: &State,
-    line: &str,
-    get: &dyn Fn(&str) -> Option<String>,
-    body: &[u8],
-    out: &mut TcpStream,
-) -> std::io::Result<()> {
-    let violation = |out: &mut TcpStream, what: String| -> std::io::Result<()> {
+fn handle(st: &State, req: &crate::HttpRequest) -> HttpAnswer {
+    let (line, body) = (&req.line, &req.body[..]);
+    let get = |k: &str| req.header(k);
+    let violation = |what: String| -> HttpAnswer {
         st.violations.lock().unwrap().push(what.clone());
-        error(out, 400, "ValidationException", &what)
+        error(400, "ValidationException", &what)
     };
     if !line.starts_with("POST / ") {
-        return violation(out, format!("request line {}", line.trim()));
+        return violation(format!("request line {}", line.trim()));
     }
     let ct = get("content-type").unwrap_or_default();
     // STS (query protocol).
     if ct.starts_with("application/x-www-form-urlencoded") {
         let f = form(body);
         if f["Action"] != "AssumeRole" {
-            return violation(out, format!("STS action {}", f["Action"]));
+            return violation(format!("STS action {}", f["Action"]));
         }
-        let key = match check_auth(st, get, "sts") {
+        let key = match check_auth(st, &get, "sts") {
             Ok(k) => k,
-            Err(e) => return violation(out, format!("STS: {e}")),
+            Err(e) => return violation(format!("STS: {e}")),
         };
         if f["RoleArn"]
             .as_str()
             .is_some_and(|r| r.ends_with("/denied"))
         {
             let xml = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole</Message></Error><RequestId>fake</RequestId></ErrorResponse>"#;
-            return respond(out, 403, "text/xml", xml);
+            return respond(403, "text/xml", xml);
         }
         let xml = sts_answer(st, &f);
         st.calls.lock().unwrap().push(AwsCall {
@@ -547,28 +514,28 @@ fn handle(
             timestamps: vec![],
             access_key: key,
         });
-        return respond(out, 200, "text/xml", &xml);
+        return respond(200, "text/xml", &xml);
     }
     if ct != "application/x-amz-json-1.1" {
-        return violation(out, format!("content-type {ct}"));
+        return violation(format!("content-type {ct}"));
     }
     let target = get("x-amz-target").unwrap_or_default();
     let service = match target.split('.').next().unwrap_or("") {
         "Kinesis_20131202" => "kinesis",
         "Firehose_20150804" => "firehose",
         "Logs_20140328" => "logs",
-        other => return violation(out, format!("unknown X-Amz-Target service {other}")),
+        other => return violation(format!("unknown X-Amz-Target service {other}")),
     };
-    let key = match check_auth(st, get, service) {
+    let key = match check_auth(st, &get, service) {
         Ok(k) => k,
-        Err(e) => return violation(out, format!("{target}: {e}")),
+        Err(e) => return violation(format!("{target}: {e}")),
     };
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return error(out, 400, "SerializationException", "body is not JSON");
+        return error(400, "SerializationException", "body is not JSON");
     };
     let (records, timestamps) = match records_of(&target, &v) {
         Ok(r) => r,
-        Err(e) => return violation(out, format!("{target}: {e}")),
+        Err(e) => return violation(format!("{target}: {e}")),
     };
     let call = AwsCall {
         at: Instant::now(),
@@ -584,19 +551,17 @@ fn handle(
             let name = v["logStreamName"].as_str().unwrap_or("").to_string();
             if !st.streams.lock().unwrap().insert(name) {
                 return error(
-                    out,
                     400,
                     "ResourceAlreadyExistsException",
                     "The specified log stream already exists",
                 );
             }
-            return respond(out, 200, "application/x-amz-json-1.1", "{}");
+            return respond(200, "application/x-amz-json-1.1", "{}");
         }
         "Logs_20140328.PutLogEvents" => {
             let name = v["logStreamName"].as_str().unwrap_or("");
             if !st.streams.lock().unwrap().contains(name) {
                 return error(
-                    out,
                     400,
                     "ResourceNotFoundException",
                     "The specified log stream does not exist.",
@@ -609,7 +574,6 @@ fn handle(
         | "Firehose_20150804.PutRecord" => {}
         other => {
             return error(
-                out,
                 400,
                 "UnknownOperationException",
                 &format!("{other} is not served here"),
@@ -618,7 +582,7 @@ fn handle(
     }
     let answer = (st.behavior.lock().unwrap())(&call);
     let per_record: Vec<Option<String>> = match answer {
-        AwsAnswer::Error(status, code, msg) => return error(out, status, &code, &msg),
+        AwsAnswer::Error(status, code, msg) => return error(status, &code, &msg),
         AwsAnswer::Ok => vec![None; call.records.len()],
         AwsAnswer::Partial(p) => {
             assert_eq!(p.len(), call.records.len(), "a partial answer per record");
@@ -635,7 +599,6 @@ fn handle(
         }
     }
     respond(
-        out,
         200,
         "application/x-amz-json-1.1",
         &success(&target, &per_record),

@@ -304,3 +304,62 @@ pub fn wait_exit(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// An answer of a test server: status, extra header lines (each ending
+/// with `\r\n`, content type included) and body.
+pub type HttpAnswer = (u16, String, String);
+
+/// Writes an HTTP/1.1 response (a 204 without its body).
+pub fn write_response(
+    s: &mut std::net::TcpStream,
+    status: u16,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let body = if status == 204 { "" } else { body };
+    write!(
+        s,
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )?;
+    s.flush()
+}
+
+/// Serves HTTP/1.1 on `l` (keep-alive, a thread per connection) until
+/// `stopped()` says so, each request answered by `handle`.
+pub fn serve_http(
+    l: std::net::TcpListener,
+    stopped: impl Fn() -> bool + Send + Sync + 'static,
+    handle: impl Fn(&HttpRequest) -> HttpAnswer + Send + Sync + 'static,
+) {
+    let stopped = std::sync::Arc::new(stopped);
+    let handle = std::sync::Arc::new(handle);
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stopped() {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let (stopped, handle) = (stopped.clone(), handle.clone());
+                    std::thread::spawn(move || {
+                        let Ok(mut out) = s.try_clone() else {
+                            return;
+                        };
+                        let mut r = std::io::BufReader::new(s);
+                        while !stopped() {
+                            let Some(req) = read_http_request(&mut r) else {
+                                return;
+                            };
+                            let (status, headers, body) = handle(&req);
+                            if write_response(&mut out, status, &headers, &body).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
+    });
+}

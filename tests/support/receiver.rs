@@ -5,7 +5,7 @@
 //! connections (down), and partial acceptance of a batch. It records every
 //! request and every record it accepted.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -209,12 +209,12 @@ impl Drop for Receiver {
 }
 
 fn respond(s: &mut TcpStream, status: u16, extra: &str, body: &str) -> std::io::Result<()> {
-    write!(
+    crate::write_response(
         s,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n{extra}\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
+        status,
+        &format!("content-type: application/json\r\n{extra}"),
+        body,
+    )
 }
 
 /// Serves one connection (keep-alive) until it closes.

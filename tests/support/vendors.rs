@@ -14,11 +14,11 @@
 //!   1 MB, `TimeGenerated` on every record, `InvalidStream` for a stream
 //!   that is not `Custom-...`).
 
-use crate::{HttpRequest, read_http_request};
+use crate::HttpRequest;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,20 +95,19 @@ impl Intake {
             token_requests: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let st = state.clone();
-        l.set_nonblocking(true).expect("nonblocking");
-        std::thread::spawn(move || {
-            while !st.stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let st = st.clone();
-                        std::thread::spawn(move || serve(s, st));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
+        let (a, b) = (state.clone(), state.clone());
+        crate::serve_http(
+            l,
+            move || a.stop.load(Ordering::SeqCst),
+            move |req| {
+                let (status, extra, body) = handle(&b, req);
+                (
+                    status,
+                    format!("content-type: application/json\r\n{extra}"),
+                    body,
+                )
+            },
+        );
         Intake { addr, state }
     }
 
@@ -163,31 +162,6 @@ impl Intake {
 impl Drop for Intake {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn respond(s: &mut TcpStream, status: u16, extra: &str, body: &str) -> std::io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n{extra}\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
-}
-
-fn serve(stream: TcpStream, st: Arc<State>) {
-    let Ok(mut out) = stream.try_clone() else {
-        return;
-    };
-    let mut r = BufReader::new(stream);
-    while !st.stop.load(Ordering::SeqCst) {
-        let Some(req) = read_http_request(&mut r) else {
-            return;
-        };
-        let (status, extra, body) = handle(&st, &req);
-        if respond(&mut out, status, &extra, &body).is_err() {
-            return;
-        }
     }
 }
 
@@ -387,9 +361,8 @@ fn scripted_or(
         st.accepted.lock().unwrap().extend(entries.iter().cloned());
     }
     record(st, req, entries, raw, status);
-    let body = if status == 204 {
-        String::new()
-    } else if status == ok {
+    // (write_response leaves out the body of a 204.)
+    let body = if status == ok {
         "{}".to_string()
     } else {
         json!({"error": format!("scripted {status}")}).to_string()

@@ -7,7 +7,9 @@
 //! `plugins/azure_logs_ingestion/README.md`.
 
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
-use sluice_vendor_http::{Answer, Verdict, array_body, deliver, json_str, post, verdict};
+use sluice_vendor_http::{
+    Answer, Verdict, array_body, client, deliver, json_str, post, timeout_ms, verdict,
+};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -115,14 +117,7 @@ impl Config {
             }
             Some(_) => return Err("`authority_url` must be an http(s):// URL".into()),
         };
-        let timeout = match obj.get("timeout_ms") {
-            None => Duration::from_secs(30),
-            Some(v) => Duration::from_millis(
-                v.as_u64()
-                    .filter(|ms| *ms > 0)
-                    .ok_or("`timeout_ms` must be a positive integer")?,
-            ),
-        };
+        let timeout = timeout_ms(obj)?;
         Ok(Config {
             token_url: format!("{authority}/{}/oauth2/v2.0/token", path_encode(&tenant)),
             token_form: format!(
@@ -288,14 +283,7 @@ impl Sink for AzureLogs {
     fn create(config: &str, host: Host) -> Result<Self, Error> {
         let cfg = Config::parse(config)
             .map_err(|e| Error::fatal(format!("azure_logs_ingestion: {e}")))?;
-        let client = reqwest::blocking::Client::builder()
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| {
-                Error::fatal(format!(
-                    "azure_logs_ingestion: cannot build the HTTP client: {e}"
-                ))
-            })?;
+        let client = client("azure_logs_ingestion", cfg.timeout)?;
         Ok(AzureLogs {
             cfg,
             client,

@@ -5,7 +5,9 @@
 //! `plugins/datadog/README.md`.
 
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
-use sluice_vendor_http::{Verdict, array_body, deliver, json_str, post, verdict};
+use sluice_vendor_http::{
+    Verdict, array_body, client, deliver, json_str, post, timeout_ms, verdict,
+};
 use std::time::Duration;
 
 const SCHEMA: &str = r#"{
@@ -106,12 +108,6 @@ impl Config {
         };
         let service = text("service")?.filter(|s| !s.is_empty());
         let tags = text("ddtags")?.filter(|s| !s.is_empty());
-        if service.as_deref().map_or(0, str::len) + tags.as_deref().map_or(0, str::len) > MAX_ATTRS
-        {
-            return Err(format!(
-                "`service` and `ddtags` together must stay under {MAX_ATTRS} bytes"
-            ));
-        }
         let mut prefix = b"\"ddsource\":\"ngrok\",".to_vec();
         if let Some(s) = &service {
             prefix.extend_from_slice(b"\"service\":");
@@ -129,14 +125,7 @@ impl Config {
                 prefix.len()
             ));
         }
-        let timeout = match obj.get("timeout_ms") {
-            None => Duration::from_secs(30),
-            Some(v) => Duration::from_millis(
-                v.as_u64()
-                    .filter(|ms| *ms > 0)
-                    .ok_or("`timeout_ms` must be a positive integer")?,
-            ),
-        };
+        let timeout = timeout_ms(obj)?;
         Ok(Config {
             api_key,
             url,
@@ -204,10 +193,7 @@ impl Sink for Datadog {
 
     fn create(config: &str, host: Host) -> Result<Self, Error> {
         let cfg = Config::parse(config).map_err(|e| Error::fatal(format!("datadog: {e}")))?;
-        let client = reqwest::blocking::Client::builder()
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| Error::fatal(format!("datadog: cannot build the HTTP client: {e}")))?;
+        let client = client("datadog", cfg.timeout)?;
         Ok(Datadog { cfg, client, host })
     }
 

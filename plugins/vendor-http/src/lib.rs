@@ -60,6 +60,29 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// The `timeout_ms` option: a positive integer, 30 s when absent.
+pub fn timeout_ms(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Duration, String> {
+    match obj.get("timeout_ms") {
+        None => Ok(Duration::from_secs(30)),
+        Some(v) => v
+            .as_u64()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or_else(|| "`timeout_ms` must be a positive integer".to_string()),
+    }
+}
+
+/// The plugin's HTTP client (connection pool), with a whole-request timeout.
+pub fn client(
+    kind: &str,
+    timeout: Duration,
+) -> Result<reqwest::blocking::Client, sluice_sdk::Error> {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| sluice_sdk::Error::fatal(format!("{kind}: cannot build the HTTP client: {e}")))
+}
+
 /// Gzips a body (fast level: intake bodies are JSON, ~8-10x smaller anyway).
 pub fn gzip(raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut gz = flate2::write::GzEncoder::new(
