@@ -735,25 +735,7 @@ fn the_aws_plugins_pass_the_conformance_kit_against_the_fake() {
     ] {
         let lib = sluice_e2e::target_dir().join(format!("libsluice_sink_{name}.so"));
         let cfg = format!(r#"{{{arn},{creds},"endpoint_url":"{}"}}"#, aws.url());
-        let o = cmd(dir.path())
-            .args(["plugin", "check"])
-            .arg(&lib)
-            .args(["--config", &cfg])
-            .output()
-            .unwrap();
-        let out =
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{name}:\n{out}");
-        for must in [
-            "PASS  load",
-            "PASS  bad config",
-            "PASS  full batch",
-            "PASS  concurrent sends",
-            "PASS  verify",
-            " 0 failed",
-        ] {
-            assert!(out.contains(must), "{name}: no `{must}` in\n{out}");
-        }
+        sluice_e2e::assert_conformant(dir.path(), name, &lib, &cfg, sluice_e2e::VENDOR_KIT_CHECKS);
     }
     assert!(aws.violations().is_empty(), "{:?}", aws.violations());
     let services: BTreeSet<String> = aws.accepted().into_iter().map(|(s, _)| s).collect();

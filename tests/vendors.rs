@@ -218,27 +218,28 @@ fn azure_cfg(az: &Intake, secret: &str, stream: &str) -> String {
     )
 }
 
-#[test]
-fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let az = azure();
-    az.then(429, Some("1"));
-    az.then(500, None);
-    let input = events(6000, "a");
-    std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
+/// `sluice run` of `input` to `az` with `delivery`, calling `expire` once
+/// when 1,000 records have been accepted: (success, stderr). Panics if the
+/// stream ended first.
+fn run_azure_expiring(
+    dir: &Path,
+    az: &Intake,
+    input: &str,
+    delivery: &str,
+    expire: impl Fn(),
+) -> (bool, String) {
+    std::fs::write(dir.join("events.ndjson"), input).unwrap();
     std::fs::write(
-        dir.path().join("c.toml"),
+        dir.join("c.toml"),
         config(
             "azure_logs_ingestion",
-            &azure_cfg(&az, "s3cret", "Custom-NgrokEvents_CL"),
-            "linger_ms = 20\nretry_max_backoff_ms = 200\nmax_in_flight = 2",
+            &azure_cfg(az, "s3cret", "Custom-NgrokEvents_CL"),
+            delivery,
         ),
     )
     .unwrap();
-    // Expire every token while the stream flows: the plugin gets a 401 and
-    // fetches a new token at once.
     let mut child = KillOnDrop(
-        cmd(dir.path())
+        cmd(dir)
             .args(["run", "--config", "c.toml", "--input", "events.ndjson"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -246,14 +247,33 @@ fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
             .unwrap(),
     );
     let mut expired = false;
-    let (ok, err) = wait_exit(&mut child, Duration::from_secs(120), || {
+    let out = wait_exit(&mut child, Duration::from_secs(120), || {
         if !expired && az.accepted().len() >= 1000 {
-            az.expire_tokens();
+            expire();
             expired = true;
         }
     });
-    assert!(ok, "{err}");
     assert!(expired, "the stream ended before a token could expire");
+    out
+}
+
+#[test]
+fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure();
+    az.then(429, Some("1"));
+    az.then(500, None);
+    let input = events(6000, "a");
+    // Expire every token while the stream flows: the plugin gets a 401 and
+    // fetches a new token at once.
+    let (ok, err) = run_azure_expiring(
+        dir.path(),
+        &az,
+        &input,
+        "linger_ms = 20\nretry_max_backoff_ms = 200\nmax_in_flight = 2",
+        || az.expire_tokens(),
+    );
+    assert!(ok, "{err}");
     assert!(az.violations().is_empty(), "{:?}", az.violations());
     assert_exactly(&az.accepted(), &input);
     assert!(
@@ -265,6 +285,46 @@ fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
         az.received().iter().all(|r| r.sizes.1 <= 1024 * 1024),
         "calls of at most 1 MB"
     );
+}
+
+#[test]
+fn azure_keeps_the_records_when_a_fresh_token_is_refused_or_none_can_be_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure();
+    // A 401 with a valid token, twice: the fresh token the plugin fetches
+    // after the first is refused too. The records must wait, not be
+    // dead-lettered, and the destination must be reported unhealthy.
+    az.then(401, None);
+    az.then(401, None);
+    let input = events(20_000, "t");
+    // Mid-stream, the tokens expire and the authority is down for three
+    // requests: the calls fail whole, and go through once it is back.
+    let (ok, err) = run_azure_expiring(
+        dir.path(),
+        &az,
+        &input,
+        "linger_ms = 20\nretry_max_backoff_ms = 200\nmax_in_flight = 1",
+        || {
+            az.fail_token_requests(3);
+            az.expire_tokens();
+        },
+    );
+    assert!(ok, "{err}");
+    assert!(az.violations().is_empty(), "{:?}", az.violations());
+    assert_exactly(&az.accepted(), &input);
+    assert!(
+        !dir.path().join("dead-letter/ed_v.ndjson").exists(),
+        "{:?}",
+        read_ndjson(&dir.path().join("dead-letter/ed_v.ndjson"))
+    );
+    assert!(
+        err.contains("destination unhealthy")
+            && err.contains("a fresh token was refused too")
+            && err.contains("AADSTS90033"),
+        "{err}"
+    );
+    // 1 first token, 1 after the scripted 401, 3 refused, 1 after them at least.
+    assert!(az.token_requests() >= 6, "{}", az.token_requests());
 }
 
 #[test]
@@ -288,4 +348,52 @@ fn azure_explains_a_wrong_stream_and_a_wrong_secret() {
     let (ok, e) = check("s3cret", "Custom-NgrokEvents_CL");
     assert!(ok, "{e}");
     assert!(az.accepted().iter().any(|e| e["event_type"] == "test"));
+}
+
+#[test]
+fn both_plugins_pass_the_conformance_kit_against_the_vendor_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = datadog();
+    let az = azure();
+    for (name, cfg, intake) in [
+        (
+            "datadog",
+            format!(
+                r#"{{"api_key":"dd-key-1","service":"edge","ddtags":"env:prod,team:net","intake_url":"{}/api/v2/logs"}}"#,
+                dd.url()
+            ),
+            &dd,
+        ),
+        (
+            "azure_logs_ingestion",
+            format!(
+                r#"{{"tenant_id":"tenant-1","client_id":"app-1","client_secret":"s3cret","logs_ingestion_uri":"{u}","data_collection_rule_id":"dcr-0123","data_collection_stream_name":"Custom-NgrokEvents_CL","authority_url":"{u}"}}"#,
+                u = az.url()
+            ),
+            &az,
+        ),
+    ] {
+        let lib = sluice_e2e::target_dir().join(format!("libsluice_sink_{name}.so"));
+        sluice_e2e::assert_conformant(dir.path(), name, &lib, &cfg, sluice_e2e::VENDOR_KIT_CHECKS);
+        assert!(
+            intake.violations().is_empty(),
+            "{name}: {:?}",
+            intake.violations()
+        );
+        // The kit's full batch reached the vendor, and the test event with
+        // the shape every sink sends.
+        let got = intake.accepted();
+        assert!(got.len() > 1, "{name}: {} entries", got.len());
+        assert!(
+            got.iter().any(|e| e["event_type"] == "test"
+                && e["destination_id"].is_string()
+                && e["event_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("ev_test_"))
+                && e["event_timestamp"]
+                    .as_str()
+                    .is_some_and(|t| { chrono::DateTime::parse_from_rfc3339(t).is_ok() })),
+            "{name}: no test event"
+        );
+    }
 }

@@ -117,6 +117,28 @@ pub struct Record {
     /// The control-plane benchmark, if the scenario has one.
     #[serde(default)]
     pub api: Option<crate::serve_harness::ApiResult>,
+    /// What the local sink servers (the vendors' stand-ins) saw.
+    #[serde(default)]
+    pub sink_servers: Vec<SinkServerReport>,
+}
+
+/// What a local sink server saw over all the runs of a scenario.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SinkServerReport {
+    /// `HTTP`, `AWS`, `Datadog` or `Azure`.
+    pub server: String,
+    /// Records counted in the request bodies.
+    pub records: u64,
+    /// Requests carrying records.
+    pub requests: u64,
+    /// Client connections seen.
+    pub connections: u64,
+    /// Request body bytes as sent.
+    pub wire_bytes: u64,
+    /// Request body bytes after gunzip.
+    pub body_bytes: u64,
+    /// `body_bytes / wire_bytes` (1 when not compressed).
+    pub compression_ratio: f64,
 }
 
 impl Record {

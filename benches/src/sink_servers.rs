@@ -9,20 +9,70 @@
 //! | --- | --- |
 //! | `$HTTP_SINK_URL` | an HTTP endpoint taking NDJSON or JSON-array POSTs (gzip or not), answering 200 |
 //! | `$AWS_SINK_URL` | an AWS JSON 1.1 endpoint (Kinesis PutRecords, Firehose PutRecordBatch, CloudWatch Logs PutLogEvents and CreateLogStream), answering success for every record |
+//! | `$DATADOG_SINK_URL` | the Datadog logs intake v2 (`/api/v2/logs`: `DD-API-KEY`, gzipped JSON array of at most 5 MB), answering 202 |
+//! | `$AZURE_SINK_URL` | Azure Monitor Logs Ingestion (`/dataCollectionRules/{dcr}/streams/{stream}`, bearer token, gzipped JSON array of at most 1 MB) and its token authority (`/{tenant}/oauth2/v2.0/token`), answering 204 |
+//!
+//! Each server counts the records, requests, connections and bytes it saw
+//! (as sent and after gunzip: the compression ratio).
 
 use crate::scenario::Scenario;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What one local sink server saw.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Records received (counted in the bodies).
+    pub records: AtomicU64,
+    /// Requests carrying records.
+    pub requests: AtomicU64,
+    /// Request body bytes as sent (compressed when gzipped).
+    pub wire_bytes: AtomicU64,
+    /// Request body bytes after decompression.
+    pub body_bytes: AtomicU64,
+    /// The client connections (peer addresses) seen.
+    pub connections: Mutex<HashSet<SocketAddr>>,
+}
+
+impl ServerStats {
+    fn request(&self, records: usize, wire: usize, body: usize) {
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.wire_bytes.fetch_add(wire as u64, Ordering::Relaxed);
+        self.body_bytes.fetch_add(body as u64, Ordering::Relaxed);
+    }
+
+    /// What the server saw, for the benchmark record.
+    pub fn report(&self, name: &str) -> crate::report::SinkServerReport {
+        let wire = self.wire_bytes.load(Ordering::Relaxed);
+        let body = self.body_bytes.load(Ordering::Relaxed);
+        crate::report::SinkServerReport {
+            server: name.to_string(),
+            records: self.records.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            connections: self
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64,
+            wire_bytes: wire,
+            body_bytes: body,
+            compression_ratio: if wire > 0 && wire != body {
+                body as f64 / wire as f64
+            } else {
+                1.0
+            },
+        }
+    }
+}
 
 /// The servers a scenario started; they stop when this is dropped.
 #[derive(Default)]
 pub struct SinkServers {
-    /// Records received by the HTTP sink server.
-    pub http_records: Arc<AtomicU64>,
-    /// Records received by the AWS sink server.
-    pub aws_records: Arc<AtomicU64>,
-    /// The client connections the AWS sink server saw.
-    pub aws_connections: Arc<std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>>,
+    /// Each server started, by name (`HTTP`, `AWS`, `Datadog`, `Azure`).
+    pub servers: Vec<(&'static str, Arc<ServerStats>)>,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -59,19 +109,39 @@ fn replace(v: &mut serde_json::Value, placeholder: &str, with: &str) {
 /// in place of the placeholders.
 pub fn start_for(s: &mut Scenario) -> Result<SinkServers, String> {
     let mut servers = SinkServers::default();
-    if uses(s, "$HTTP_SINK_URL") {
-        let url = servers.start_http()?;
-        for d in &mut s.destinations {
-            replace(&mut d.config, "$HTTP_SINK_URL", &url);
-        }
-    }
-    if uses(s, "$AWS_SINK_URL") {
-        let url = servers.start_aws()?;
-        for d in &mut s.destinations {
-            replace(&mut d.config, "$AWS_SINK_URL", &url);
+    type Start = fn(&mut SinkServers) -> Result<String, String>;
+    let all: [(&str, Start); 4] = [
+        ("$HTTP_SINK_URL", SinkServers::start_http),
+        ("$AWS_SINK_URL", SinkServers::start_aws),
+        ("$DATADOG_SINK_URL", SinkServers::start_datadog),
+        ("$AZURE_SINK_URL", SinkServers::start_azure),
+    ];
+    for (placeholder, start) in all {
+        if uses(s, placeholder) {
+            let url = start(&mut servers)?;
+            for d in &mut s.destinations {
+                replace(&mut d.config, placeholder, &url);
+            }
         }
     }
     Ok(servers)
+}
+
+/// Gunzips `body` when `headers` say it is gzipped; `None` if it is not
+/// valid gzip.
+fn decoded(headers: &axum::http::HeaderMap, body: bytes::Bytes) -> Option<bytes::Bytes> {
+    let gz = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    if !gz {
+        return Some(body);
+    }
+    let mut out = Vec::with_capacity(body.len() * 8);
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(bytes::Bytes::from(out))
 }
 
 /// The success answer to an AWS JSON 1.1 call of `target` carrying `n` records.
@@ -113,71 +183,147 @@ impl SinkServers {
         Ok((s, url))
     }
 
+    fn stats(&mut self, name: &'static str) -> Arc<ServerStats> {
+        let st = Arc::new(ServerStats::default());
+        self.servers.push((name, st.clone()));
+        st
+    }
+
     fn start_aws(&mut self) -> Result<String, String> {
-        let count = self.aws_records.clone();
-        let conns = self.aws_connections.clone();
+        let st = self.stats("AWS");
+        let st2 = st.clone();
         let app = axum::Router::new().route(
             "/",
-            axum::routing::post(
-                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
-                    std::net::SocketAddr,
-                >,
-                      headers: axum::http::HeaderMap,
-                      body: bytes::Bytes| {
-                    let count = count.clone();
-                    conns.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
-                    async move {
-                        let target = headers
-                            .get("x-amz-target")
-                            .map(|v| v.as_bytes().to_vec())
-                            .unwrap_or_default();
-                        // One record per `"Data"` (Kinesis, Firehose) or `"timestamp"` (Logs).
-                        let key: &[u8] = if target.starts_with(b"Logs_") {
-                            b"\"timestamp\""
-                        } else {
-                            b"\"Data\""
-                        };
-                        let n = memchr::memmem::find_iter(&body, key).count();
-                        if target.ends_with(b".PutRecords")
-                            || target.ends_with(b".PutRecordBatch")
-                            || target.ends_with(b".PutLogEvents")
-                        {
-                            count.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        (
-                            [("content-type", "application/x-amz-json-1.1")],
-                            aws_success(&target, n),
-                        )
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                let st = st2.clone();
+                async move {
+                    let target = headers
+                        .get("x-amz-target")
+                        .map(|v| v.as_bytes().to_vec())
+                        .unwrap_or_default();
+                    // One record per `"Data"` (Kinesis, Firehose) or `"timestamp"` (Logs).
+                    let key: &[u8] = if target.starts_with(b"Logs_") {
+                        b"\"timestamp\""
+                    } else {
+                        b"\"Data\""
+                    };
+                    let n = memchr::memmem::find_iter(&body, key).count();
+                    if target.ends_with(b".PutRecords")
+                        || target.ends_with(b".PutRecordBatch")
+                        || target.ends_with(b".PutLogEvents")
+                    {
+                        st.request(n, body.len(), body.len());
                     }
-                },
-            ),
+                    (
+                        [("content-type", "application/x-amz-json-1.1")],
+                        aws_success(&target, n),
+                    )
+                }
+            }),
         );
-        let addr = self.serve("sluice-bench-aws-sink", app)?;
+        let addr = self.serve("sluice-sink-aws", app, st)?;
+        Ok(format!("http://{addr}"))
+    }
+
+    /// The Datadog logs intake v2: `POST /api/v2/logs` with `DD-API-KEY`, a
+    /// gzipped JSON array of at most 5 MB; answers 202.
+    fn start_datadog(&mut self) -> Result<String, String> {
+        let st = self.stats("Datadog");
+        let st2 = st.clone();
+        let app = axum::Router::new().route(
+            "/api/v2/logs",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                let st = st2.clone();
+                async move {
+                    use axum::http::StatusCode;
+                    if headers.get("dd-api-key").is_none() {
+                        return (StatusCode::FORBIDDEN, "{\"errors\":[\"Forbidden\"]}");
+                    }
+                    let wire = body.len();
+                    let Some(json) = decoded(&headers, body) else {
+                        return (StatusCode::BAD_REQUEST, "{\"errors\":[\"bad gzip\"]}");
+                    };
+                    if json.len() > 5_000_000 {
+                        return (StatusCode::PAYLOAD_TOO_LARGE, "{}");
+                    }
+                    if json.first() != Some(&b'[') || json.last() != Some(&b']') {
+                        return (StatusCode::BAD_REQUEST, "{\"errors\":[\"not an array\"]}");
+                    }
+                    // One entry per spliced `ddsource`.
+                    let n = memchr::memmem::find_iter(&json, b"\"ddsource\":\"ngrok\"").count();
+                    st.request(n, wire, json.len());
+                    (StatusCode::ACCEPTED, "{}")
+                }
+            }),
+        );
+        let addr = self.serve("sluice-sink-dd", app, st)?;
+        Ok(format!("http://{addr}/api/v2/logs"))
+    }
+
+    /// Azure Monitor Logs Ingestion and its token authority on one port:
+    /// `POST /{tenant}/oauth2/v2.0/token` answers a bearer token,
+    /// `POST /dataCollectionRules/{dcr}/streams/{stream}` takes a gzipped
+    /// JSON array of at most 1 MB with that token and answers 204.
+    fn start_azure(&mut self) -> Result<String, String> {
+        const TOKEN: &str = "sluice-bench-token";
+        let st = self.stats("Azure");
+        let st2 = st.clone();
+        let app = axum::Router::new()
+            .route(
+                "/{tenant}/oauth2/v2.0/token",
+                axum::routing::post(|| async {
+                    (
+                        [("content-type", "application/json")],
+                        format!(
+                            r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{TOKEN}"}}"#
+                        ),
+                    )
+                }),
+            )
+            .route(
+                "/dataCollectionRules/{dcr}/streams/{stream}",
+                axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                    let st = st2.clone();
+                    async move {
+                        use axum::http::StatusCode;
+                        let bearer = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "));
+                        if bearer != Some(TOKEN) {
+                            return StatusCode::UNAUTHORIZED;
+                        }
+                        let wire = body.len();
+                        let Some(json) = decoded(&headers, body) else {
+                            return StatusCode::BAD_REQUEST;
+                        };
+                        if json.len() > 1_048_576 {
+                            return StatusCode::PAYLOAD_TOO_LARGE;
+                        }
+                        if json.first() != Some(&b'[') || json.last() != Some(&b']') {
+                            return StatusCode::BAD_REQUEST;
+                        }
+                        let n = memchr::memmem::find_iter(&json, b"\"TimeGenerated\":").count();
+                        st.request(n, wire, json.len());
+                        StatusCode::NO_CONTENT
+                    }
+                }),
+            );
+        let addr = self.serve("sluice-sink-az", app, st)?;
         Ok(format!("http://{addr}"))
     }
 
     fn start_http(&mut self) -> Result<String, String> {
-        let count = self.http_records.clone();
+        let st = self.stats("HTTP");
+        let st2 = st.clone();
         let app = axum::Router::new().route(
             "/ingest",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
-                let count = count.clone();
+                let st = st2.clone();
                 async move {
-                    let gz = headers
-                        .get("content-encoding")
-                        .is_some_and(|v| v.as_bytes() == b"gzip");
-                    let body = if gz {
-                        let mut out = Vec::new();
-                        use std::io::Read;
-                        if flate2::read::GzDecoder::new(&body[..])
-                            .read_to_end(&mut out)
-                            .is_err()
-                        {
-                            return axum::http::StatusCode::BAD_REQUEST;
-                        }
-                        bytes::Bytes::from(out)
-                    } else {
-                        body
+                    let wire = body.len();
+                    let Some(body) = decoded(&headers, body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
                     };
                     let n = if body.first() == Some(&b'[') {
                         serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
@@ -185,18 +331,35 @@ impl SinkServers {
                     } else {
                         memchr::memchr_iter(b'\n', &body).count()
                     };
-                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    st.request(n, wire, body.len());
                     axum::http::StatusCode::OK
                 }
             }),
         );
-        let addr = self.serve("sluice-bench-http-sink", app)?;
+        let addr = self.serve("sluice-sink-http", app, st)?;
         Ok(format!("http://{addr}/ingest"))
     }
 
-    /// Serves `app` on a free loopback port from a thread of its own until
-    /// the servers are dropped.
-    fn serve(&mut self, name: &str, app: axum::Router) -> Result<std::net::SocketAddr, String> {
+    /// Serves `app` on a free loopback port from a thread of its own (named
+    /// `name`, at most 15 bytes so it is whole in `/proc`) until the servers
+    /// are dropped, counting the connections in `st`.
+    fn serve(
+        &mut self,
+        name: &str,
+        app: axum::Router,
+        st: Arc<ServerStats>,
+    ) -> Result<SocketAddr, String> {
+        let app = app.layer(axum::middleware::from_fn(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+                  req: axum::extract::Request,
+                  next: axum::middleware::Next| {
+                st.connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer);
+                next.run(req)
+            },
+        ));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -214,7 +377,7 @@ impl SinkServers {
                     let Ok(l) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                    let make = app.into_make_service_with_connect_info::<SocketAddr>();
                     let _ = axum::serve(l, make)
                         .with_graceful_shutdown(async {
                             let _ = rx.await;

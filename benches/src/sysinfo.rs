@@ -76,6 +76,10 @@ pub fn role(thread_name: &str) -> &'static str {
         "delivery (batching, plugin calls)"
     } else if thread_name.starts_with("sluice-bench-gen") {
         "load generator"
+    } else if thread_name.starts_with("sluice-sink-") {
+        "local sink server (the vendor's stand-in)"
+    } else if thread_name.starts_with("sluice-aws") || thread_name.starts_with("reqwest-") {
+        "plugin I/O runtimes"
     } else if thread_name.starts_with("sluice-bench")
         || thread_name.starts_with("sluice-rejects")
         || thread_name.starts_with("sluice-metrics")

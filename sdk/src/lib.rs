@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod events;
 mod sink;
 
 #[doc = include_str!("../README.md")]

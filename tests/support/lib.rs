@@ -48,6 +48,45 @@ pub fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// Runs the conformance kit, `sluice plugin check LIB --config CONFIG`, in
+/// `dir`: (passed, stdout and stderr).
+pub fn plugin_check(dir: &Path, lib: &Path, config: &str) -> (bool, String) {
+    let out = cmd(dir)
+        .args(["plugin", "check"])
+        .arg(lib)
+        .args(["--config", config])
+        .output()
+        .expect("running sluice plugin check");
+    let (o, e) = text(&out);
+    (out.status.success(), format!("{o}{e}"))
+}
+
+/// The conformance kit passes `lib` (`name` in messages) with `config`:
+/// exit 0, no check failed, and every check of `must` (e.g. `"verify"`)
+/// printed as passed, with the kit's output on failure.
+pub fn assert_conformant(dir: &Path, name: &str, lib: &Path, config: &str, must: &[&str]) {
+    let (ok, out) = plugin_check(dir, lib, config);
+    assert!(ok, "{name}:\n{out}");
+    assert!(out.contains(" 0 failed"), "{name}:\n{out}");
+    for m in must {
+        assert!(
+            out.contains(&format!("PASS  {m}")),
+            "{name}: no `PASS  {m}` in\n{out}"
+        );
+    }
+}
+
+/// The conformance kit's checks a plugin delivering to a vendor must pass
+/// (records to the vendor's server, the test event included).
+pub const VENDOR_KIT_CHECKS: &[&str] = &[
+    "load",
+    "bad config",
+    "full batch",
+    "record at the limit",
+    "concurrent sends",
+    "verify",
+];
+
 /// Kills the child when dropped (a failing test must not leave processes behind).
 pub struct KillOnDrop(pub Child);
 

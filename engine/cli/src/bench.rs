@@ -158,27 +158,26 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         );
         record.api = Some(serve_harness::run_api(api, &opts, &sluice)?);
     }
-    for (name, count) in [
-        ("HTTP", &servers.http_records),
-        ("AWS", &servers.aws_records),
-    ] {
-        let received = count.load(std::sync::atomic::Ordering::Relaxed);
-        if received > 0 {
-            let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
-            let conns = if name == "AWS" {
-                let n = servers
-                    .aws_connections
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .len();
-                format!(" over {n} connections")
+    let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
+    for (name, st) in &servers.servers {
+        let r = st.report(name);
+        if r.records > 0 {
+            let ratio = if r.wire_bytes != r.body_bytes {
+                format!(
+                    ", {:.1} MB gzipped from {:.1} MB (ratio {:.2})",
+                    r.wire_bytes as f64 / 1e6,
+                    r.body_bytes as f64 / 1e6,
+                    r.compression_ratio
+                )
             } else {
                 String::new()
             };
             println!(
-                "  the local {name} sink server received {received} records{conns} ({delivered} delivered over the runs)"
+                "  the local {name} sink server received {} records in {} requests over {} connections{ratio} ({delivered} delivered over the runs)",
+                r.records, r.requests, r.connections
             );
         }
+        record.sink_servers.push(r);
     }
     drop(servers);
     if a.baseline && traffic {

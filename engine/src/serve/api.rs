@@ -591,10 +591,12 @@ async fn create_destination(
         let spec = d.to_spec();
         blocking(move || {
             verify_destination(&plugins, &spec).map_err(|e| {
-                let code = if spec.kind == "datadog" {
-                    "ERR_NGROK_5132"
-                } else {
-                    "ERR_NGROK_5140"
+                // Spec §3: 5132 "Datadog key rejected", 5139 "other Azure
+                // config problem"; 5140 (generic invalid fields) otherwise.
+                let code = match spec.kind.as_str() {
+                    "datadog" => "ERR_NGROK_5132",
+                    "azure_logs_ingestion" => "ERR_NGROK_5139",
+                    _ => "ERR_NGROK_5140",
                 };
                 ApiError::bad(code, format!("The destination refused the test event: {e}"))
             })

@@ -561,30 +561,7 @@ pub fn apply_results(
     Ok(())
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The test record verify writes: the shape ngrok's test events have.
-pub fn test_event(destination: &str) -> String {
-    serde_json::json!({
-        "event_id": format!("ev_test_{}", now_ms()),
-        "event_type": "test",
-        "event_timestamp": rfc3339_now(),
-        "destination_id": destination,
-        "object": {},
-    })
-    .to_string()
-}
-
-fn rfc3339_now() -> String {
-    aws_smithy_types::DateTime::from_millis(now_ms())
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
-}
+pub use sluice_sdk::events::{now_ms, test_event};
 
 #[cfg(test)]
 mod tests {
@@ -674,6 +651,5 @@ mod tests {
         assert_eq!(session_name("ed_1"), "sluice-ed_1");
         assert_eq!(session_name("a b/c"), "sluice-a-b-c");
         assert!(session_name(&"x".repeat(200)).len() <= 64);
-        assert!(rfc3339_now().starts_with("20") && rfc3339_now().ends_with('Z'));
     }
 }

@@ -8,7 +8,8 @@
 
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
 use sluice_vendor_http::{
-    Answer, Verdict, array_body, client, deliver, json_str, post, timeout_ms, verdict,
+    Answer, Verdict, array_body, client, deliver, json_rfc3339_ms, post, test_event_array,
+    test_event_result, timeout_ms, verdict,
 };
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -103,7 +104,7 @@ impl Config {
         let uri = req("logs_ingestion_uri")?;
         if !(uri.starts_with("https://") || uri.starts_with("http://")) {
             return Err(format!(
-                "`logs_ingestion_uri` must be an https:// URL, got `{uri}`"
+                "`logs_ingestion_uri` must be an https:// (or, for tests, http://) URL, got `{uri}`"
             ));
         }
         let dcr = req("data_collection_rule_id")?;
@@ -150,13 +151,6 @@ pub struct AzureLogs {
     client: reqwest::blocking::Client,
     host: Host,
     token: Mutex<Option<Token>>,
-}
-
-/// `event_timestamp` (ms) as RFC 3339 with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
 }
 
 fn explain(stream: &str) -> impl Fn(u16, &str) -> Option<String> + '_ {
@@ -229,8 +223,10 @@ impl AzureLogs {
     }
 
     /// POSTs a body with a token, once more with a fresh token on a 401.
-    fn post_body(&self, body: &[u8]) -> Result<Answer, String> {
-        let mut tok = self.token(false).map_err(|e| e.message().to_string())?;
+    /// `Err` when there is no token, no answer, or a fresh token is refused
+    /// too: the destination will not let Sluice in, whatever the records.
+    fn post_body(&self, body: &[u8]) -> Result<Answer, Error> {
+        let mut tok = self.token(false)?;
         for attempt in 0..2 {
             let auth = format!("Bearer {tok}");
             self.host.counter_add("requests", 1);
@@ -239,12 +235,19 @@ impl AzureLogs {
                 &self.cfg.url,
                 &[("Authorization", &auth)],
                 body,
-            )?;
+            )
+            .map_err(|e| Error::retry(format!("azure_logs_ingestion: {e}")))?;
             self.host
                 .counter_add(&format!("responses_{}xx", a.status / 100), 1);
-            if a.status == 401 && attempt == 0 {
-                tok = self.token(true).map_err(|e| e.message().to_string())?;
-                continue;
+            if a.status == 401 {
+                if attempt == 0 {
+                    tok = self.token(true)?;
+                    continue;
+                }
+                return Err(Error::retry(format!(
+                    "azure_logs_ingestion: a fresh token was refused too (HTTP 401: {}): check that tenant_id is the tenant of the data collection endpoint",
+                    a.body
+                )));
             }
             return Ok(a);
         }
@@ -254,7 +257,7 @@ impl AzureLogs {
     fn body(batch: &Batch<'_>, idx: &[usize], out: &mut Vec<u8>) {
         array_body(batch, idx, out, |r, out| {
             out.extend_from_slice(b"\"TimeGenerated\":");
-            json_str(out, &rfc3339(r.timestamp_ms()));
+            json_rfc3339_ms(out, r.timestamp_ms());
             out.push(b',');
         });
     }
@@ -293,49 +296,29 @@ impl Sink for AzureLogs {
     }
 
     fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
-        // A token that cannot be had fails the whole call (retried, unhealthy).
-        self.token(false)?;
         let idx: Vec<usize> = (0..batch.len()).collect();
         let mut body = Vec::new();
         let explain = explain(&self.cfg.stream);
-        let mut send = |part: &[usize]| -> Result<Verdict, String> {
+        let mut send = |part: &[usize]| -> Result<Verdict, Error> {
             Self::body(batch, part, &mut body);
             let a = self.post_body(&body)?;
             Ok(verdict(&a, &explain))
         };
-        deliver("azure_logs_ingestion", &idx, outcomes, &mut send);
-        Ok(())
+        deliver("azure_logs_ingestion", &idx, outcomes, &mut send)
     }
 
     const HAS_VERIFY: bool = true;
 
     fn verify(&self) -> Result<(), Error> {
-        let mut body = b"[{\"TimeGenerated\":".to_vec();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        json_str(&mut body, &rfc3339(now));
-        body.extend_from_slice(
-            b",\"event_id\":\"ev_test\",\"event_type\":\"test\",\"event_timestamp\":",
-        );
-        json_str(&mut body, &rfc3339(now));
-        body.extend_from_slice(b",\"destination_id\":");
-        json_str(&mut body, &self.host.destination_id());
-        body.extend_from_slice(b",\"object\":{}}]");
-        let a = self.post_body(&body).map_err(|e| {
-            Error::retry(format!(
-                "azure_logs_ingestion: the test event was not sent: {e}"
-            ))
-        })?;
-        match verdict(&a, explain(&self.cfg.stream)) {
-            Verdict::Ok => Ok(()),
-            Verdict::Retry(_, why) => Err(Error::retry(format!(
-                "azure_logs_ingestion: the endpoint could not take the test event now: {why}"
-            ))),
-            Verdict::Split(why) | Verdict::Reject(why) => Err(Error::fatal(format!(
-                "azure_logs_ingestion: the test event was refused: {why}"
-            ))),
-        }
+        let mut prefix = b"\"TimeGenerated\":".to_vec();
+        json_rfc3339_ms(&mut prefix, sluice_sdk::events::now_ms());
+        prefix.push(b',');
+        let body = test_event_array(&self.host.destination_id(), &prefix);
+        test_event_result(
+            "azure_logs_ingestion",
+            self.post_body(&body),
+            explain(&self.cfg.stream),
+        )
     }
 }
 
@@ -367,6 +350,5 @@ mod tests {
         assert!(e.contains("`client_id` is required"), "{e}");
         let e = Config::parse(&OK.replace("https://my-dce", "my-dce")).unwrap_err();
         assert!(e.contains("`logs_ingestion_uri`"), "{e}");
-        assert_eq!(rfc3339(1_793_491_200_123), "2026-11-01T00:00:00.123Z");
     }
 }

@@ -6,7 +6,8 @@
 
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
 use sluice_vendor_http::{
-    Verdict, array_body, client, deliver, json_str, post, timeout_ms, verdict,
+    Verdict, array_body, client, deliver, json_str, post, test_event_array, test_event_result,
+    timeout_ms, verdict,
 };
 use std::time::Duration;
 
@@ -147,9 +148,14 @@ fn explain(status: u16, _body: &str) -> Option<String> {
 }
 
 impl Datadog {
-    fn send_indices(&self, batch: &Batch<'_>, idx: &[usize], outcomes: &mut Outcomes<'_>) {
+    fn send_indices(
+        &self,
+        batch: &Batch<'_>,
+        idx: &[usize],
+        outcomes: &mut Outcomes<'_>,
+    ) -> Result<(), Error> {
         let mut body = Vec::new();
-        let mut send = |part: &[usize]| -> Result<Verdict, String> {
+        let mut send = |part: &[usize]| -> Result<Verdict, Error> {
             array_body(batch, part, &mut body, |_, out| {
                 out.extend_from_slice(&self.cfg.prefix)
             });
@@ -161,12 +167,13 @@ impl Datadog {
                 &self.cfg.url,
                 &[("DD-API-KEY", &self.cfg.api_key)],
                 &body,
-            )?;
+            )
+            .map_err(|e| Error::retry(format!("datadog: {e}")))?;
             self.host
                 .counter_add(&format!("responses_{}xx", a.status / 100), 1);
             Ok(verdict(&a, explain))
         };
-        deliver("datadog", idx, outcomes, &mut send);
+        deliver("datadog", idx, outcomes, &mut send)
     }
 }
 
@@ -199,31 +206,21 @@ impl Sink for Datadog {
 
     fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
         let idx: Vec<usize> = (0..batch.len()).collect();
-        self.send_indices(batch, &idx, outcomes);
-        Ok(())
+        self.send_indices(batch, &idx, outcomes)
     }
 
     const HAS_VERIFY: bool = true;
 
     fn verify(&self) -> Result<(), Error> {
-        let mut body = b"[{".to_vec();
-        body.extend_from_slice(&self.cfg.prefix);
-        body.extend_from_slice(b"\"event_type\":\"test\",\"destination_id\":");
-        json_str(&mut body, &self.host.destination_id());
-        body.extend_from_slice(b",\"object\":{}}]");
-        let a = post(
+        let body = test_event_array(&self.host.destination_id(), &self.cfg.prefix);
+        let answer = post(
             &self.client,
             &self.cfg.url,
             &[("DD-API-KEY", &self.cfg.api_key)],
             &body,
         )
-        .map_err(|e| Error::retry(format!("datadog: the test event was not sent: {e}")))?;
-        match verdict(&a, explain) {
-            Verdict::Ok => Ok(()),
-            Verdict::Retry(_, why) | Verdict::Split(why) | Verdict::Reject(why) => Err(
-                Error::fatal(format!("datadog: the test event was refused: {why}")),
-            ),
-        }
+        .map_err(Error::retry);
+        test_event_result("datadog", answer, explain)
     }
 }
 

@@ -254,7 +254,7 @@ impl Sink for FileSink {
     const HAS_VERIFY: bool = true;
 
     fn verify(&self) -> Result<(), Error> {
-        // The test event of the ngrok dashboard: an empty object of type "test".
+        // The SDK's test event, shaped like the ngrok dashboard's.
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let open = match guard.as_mut() {
             Some(o) => o,
@@ -263,7 +263,8 @@ impl Sink for FileSink {
                     .map_err(|e| Error::fatal(format!("file: {e}")))?,
             ),
         };
-        let line = br#"{"event_id":"ev_test","event_type":"test","event_timestamp":"1970-01-01T00:00:00Z","object":{}}"#;
+        let line = sluice_sdk::events::test_event(&self.host.destination_id());
+        let line = line.as_bytes();
         open.writer
             .write_all(line)
             .and_then(|_| open.writer.write_all(b"\n"))

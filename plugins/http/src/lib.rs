@@ -334,15 +334,11 @@ impl Sink for HttpSink {
 
     const HAS_VERIFY: bool = true;
 
-    /// POSTs one test event (`{"sluice_test_event":true,...}`) the way
-    /// batches are sent; any answer but 2xx is an error with the status.
+    /// POSTs one test event (`{"event_type":"test",...}`, the shape every
+    /// Sluice sink sends) the way batches are sent; any answer but 2xx is an
+    /// error with the status.
     fn verify(&self) -> Result<(), Error> {
-        let event = serde_json::json!({
-            "sluice_test_event": true,
-            "destination_id": self.host.destination_id(),
-            "message": "a test event from Sluice: the destination is reachable",
-        })
-        .to_string();
+        let event = sluice_sdk::events::test_event(&self.host.destination_id());
         let body = match self.cfg.encoding {
             Encoding::Ndjson => format!("{event}\n"),
             Encoding::JsonArray => format!("[{event}]"),

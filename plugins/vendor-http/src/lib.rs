@@ -16,6 +16,14 @@ pub fn array_body(
     mut prefix: impl FnMut(&sluice_sdk::Record<'_>, &mut Vec<u8>),
 ) {
     out.clear();
+    // Room for every record and ~64 bytes of spliced fields each: one
+    // allocation instead of a doubling series of copies.
+    let need: usize = idx
+        .iter()
+        .filter_map(|&i| batch.get(i))
+        .map(|r| r.data().len() + 64)
+        .sum();
+    out.reserve(need + 2);
     out.push(b'[');
     for (n, &i) in idx.iter().enumerate() {
         let Some(r) = batch.get(i) else { continue };
@@ -57,6 +65,14 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
             }
         }
     }
+    out.push(b'"');
+}
+
+/// Appends `ms` (milliseconds since the epoch) as a JSON string holding an
+/// RFC 3339 UTC timestamp with milliseconds, without allocating.
+pub fn json_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
+    out.push(b'"');
+    out.extend_from_slice(&sluice_sdk::events::rfc3339_ms(ms));
     out.push(b'"');
 }
 
@@ -205,25 +221,35 @@ pub fn verdict(a: &Answer, explain: impl Fn(u16, &str) -> Option<String>) -> Ver
 /// Sends the records at `idx` with `send` (which builds and posts their
 /// body), splitting in halves on 413 down to single records (a single
 /// record answered 413 is refused), and sets each record's outcome.
-/// Returns the number of calls made.
+///
+/// `send` returns `Err` when the destination could not be reached or would
+/// not let Sluice in (no connection, no token): if no record has been
+/// delivered yet, that error is returned, so the engine retries the whole
+/// batch and marks the destination unhealthy; otherwise the records not yet
+/// delivered are retried with its message.
 pub fn deliver(
     kind: &str,
     idx: &[usize],
     outcomes: &mut Outcomes<'_>,
-    send: &mut dyn FnMut(&[usize]) -> Result<Verdict, String>,
-) -> u64 {
-    let mut calls = 0;
+    send: &mut dyn FnMut(&[usize]) -> Result<Verdict, sluice_sdk::Error>,
+) -> Result<(), sluice_sdk::Error> {
+    let mut delivered = 0usize;
     let mut todo: Vec<&[usize]> = vec![idx];
     while let Some(part) = todo.pop() {
         if part.is_empty() {
             continue;
         }
-        calls += 1;
         match send(part) {
-            Err(e) => part
-                .iter()
-                .for_each(|&i| outcomes.retry(i, None, &format!("{kind}: {e}"))),
-            Ok(Verdict::Ok) => part.iter().for_each(|&i| outcomes.ok(i)),
+            Err(e) if delivered == 0 => return Err(e),
+            Err(e) => {
+                for p in std::iter::once(part).chain(todo.drain(..)) {
+                    p.iter().for_each(|&i| outcomes.retry(i, None, e.message()));
+                }
+            }
+            Ok(Verdict::Ok) => {
+                delivered += part.len();
+                part.iter().for_each(|&i| outcomes.ok(i));
+            }
             Ok(Verdict::Retry(after, why)) => part
                 .iter()
                 .for_each(|&i| outcomes.retry(i, after, &format!("{kind}: {why}"))),
@@ -240,7 +266,48 @@ pub fn deliver(
             }
         }
     }
-    calls
+    Ok(())
+}
+
+/// What the answer to a test event means: 2xx verified; 408, 429 and 5xx
+/// "try again later" (retry); anything else refused (fatal), with the
+/// vendor's hint.
+pub fn test_event_result(
+    kind: &str,
+    answer: Result<Answer, sluice_sdk::Error>,
+    explain: impl Fn(u16, &str) -> Option<String>,
+) -> Result<(), sluice_sdk::Error> {
+    use sluice_sdk::Error;
+    let a = answer.map_err(|e| {
+        Error::retry(format!(
+            "{kind}: the test event was not sent: {}",
+            e.message()
+                .strip_prefix(kind)
+                .and_then(|m| m.strip_prefix(": "))
+                .unwrap_or(e.message())
+        ))
+    })?;
+    match verdict(&a, explain) {
+        Verdict::Ok => Ok(()),
+        Verdict::Retry(_, why) => Err(Error::retry(format!(
+            "{kind}: the endpoint could not take the test event now: {why}"
+        ))),
+        Verdict::Split(why) | Verdict::Reject(why) => Err(Error::fatal(format!(
+            "{kind}: the test event was refused: {why}"
+        ))),
+    }
+}
+
+/// A one-entry JSON array holding the SDK's test event with `prefix` (as
+/// for [`array_body`]: `"key":value,` pairs) spliced in first.
+pub fn test_event_array(destination_id: &str, prefix: &[u8]) -> Vec<u8> {
+    let event = sluice_sdk::events::test_event(destination_id);
+    let mut out = Vec::with_capacity(event.len() + prefix.len() + 2);
+    out.extend_from_slice(b"[{");
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&event.as_bytes()[1..]);
+    out.push(b']');
+    out
 }
 
 #[cfg(test)]
