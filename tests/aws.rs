@@ -630,17 +630,7 @@ fn the_api_sends_a_test_event_on_create_when_asked_and_refuses_a_destination_tha
     let aws = FakeAws::start();
     let env = aws_env(&aws.url());
     let s = sluice_e2e::Server::start_with_env(&dir.path().join("data"), &[], &env_refs(&env));
-    let client = reqwest::blocking::Client::new();
-    let create = |body: Value| {
-        let r = client
-            .post(format!("{}/event_destinations", s.url))
-            .header("authorization", format!("Bearer {}", s.key))
-            .header("ngrok-version", "2")
-            .json(&body)
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().unwrap())
-    };
+    let create = |body: Value| s.api_post("/event_destinations", &body);
     let target = json!({"kinesis": {
         "auth": {"role": {"role_arn": "arn:aws:iam::123456789012:role/sluice"}},
         "stream_arn": "arn:aws:kinesis:us-east-1:123456789012:stream/web"}});
@@ -703,7 +693,7 @@ fn the_api_sends_a_test_event_on_create_when_asked_and_refuses_a_destination_tha
     let (status, _) = create(json!({"target": target}));
     assert_eq!(status, 201);
     assert_eq!(aws.calls().len(), before);
-    let list: Value = client
+    let list: Value = reqwest::blocking::Client::new()
         .get(format!("{}/event_destinations", s.url))
         .header("authorization", format!("Bearer {}", s.key))
         .header("ngrok-version", "2")

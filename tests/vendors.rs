@@ -397,3 +397,131 @@ fn both_plugins_pass_the_conformance_kit_against_the_vendor_servers() {
         );
     }
 }
+
+/// Through `sluice serve`: the ngrok API's `datadog` and
+/// `azure_logs_ingestion` targets, their test events on create, refusals
+/// with the spec's codes, and ingested traffic reaching both vendors. The
+/// operator points the plugins at the loopback servers with
+/// `SLUICE_DATADOG_INTAKE_URL` and `SLUICE_AZURE_AUTHORITY_URL` (tenants
+/// cannot set `intake_url` / `authority_url`).
+#[test]
+fn the_api_creates_datadog_and_azure_destinations_and_delivers_through_them() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let (dd, az) = (datadog(), azure());
+    let intake = format!("{}/api/v2/logs", dd.url());
+    let s = sluice_e2e::Server::start_with_env(
+        &dir.path().join("data"),
+        &[],
+        &[
+            ("SLUICE_DATADOG_INTAKE_URL", intake.as_str()),
+            ("SLUICE_AZURE_AUTHORITY_URL", az.url().as_str()),
+        ],
+    );
+    let client = reqwest::blocking::Client::new();
+    let post = |path: &str, body: Value| s.api_post(path, &body);
+    let datadog_target = |key: &str| json!({"datadog": {"api_key": key, "ddsite": "datadoghq.eu", "service": "edge", "ddtags": "env:prod,team:net"}});
+    let azure_target = |stream: &str| {
+        json!({"azure_logs_ingestion": {"tenant_id": "tenant-1", "client_id": "app-1", "client_secret": "s3cret",
+            "logs_ingestion_uri": az.url(), "data_collection_rule_id": "dcr-0123", "data_collection_stream_name": stream}})
+    };
+
+    // Created after the test event went through.
+    let (st, d) = post(
+        "/event_destinations",
+        json!({"target": datadog_target("dd-key-1"), "verify_with_test_event": true}),
+    );
+    assert_eq!(st, 201, "{d}");
+    let dd_id = d["id"].as_str().unwrap().to_string();
+    assert!(
+        dd.accepted()
+            .iter()
+            .any(|e| e["event_type"] == "test" && e["destination_id"] == dd_id.as_str()),
+        "{:?}",
+        dd.accepted()
+    );
+    let (st, a) = post(
+        "/event_destinations",
+        json!({"target": azure_target("Custom-NgrokEvents_CL"), "verify_with_test_event": true}),
+    );
+    assert_eq!(st, 201, "{a}");
+    let az_id = a["id"].as_str().unwrap().to_string();
+    assert!(az.accepted().iter().any(|e| e["event_type"] == "test"));
+
+    // Refused test events: not created, with the vendor's reason and hint.
+    let (st, v) = post(
+        "/event_destinations",
+        json!({"target": datadog_target("wrong"), "verify_with_test_event": true}),
+    );
+    assert_eq!(
+        (st, v["error_code"].as_str()),
+        (400, Some("ERR_NGROK_5132")),
+        "{v}"
+    );
+    assert!(
+        v["msg"].as_str().unwrap().contains("check the API key"),
+        "{v}"
+    );
+    let (st, v) = post(
+        "/event_destinations",
+        json!({"target": azure_target("NgrokEvents_CL"), "verify_with_test_event": true}),
+    );
+    assert_eq!(
+        (st, v["error_code"].as_str()),
+        (400, Some("ERR_NGROK_5139")),
+        "{v}"
+    );
+    assert!(
+        v["msg"].as_str().unwrap().contains("Custom-<Table>_CL"),
+        "{v}"
+    );
+
+    // Traffic to both, projected to two fields.
+    let (st, v) = post(
+        "/event_subscriptions",
+        json!({"sources": [{"type": "http_request_complete.v0", "fields": ["conn.client_ip", "http.request.method"]}],
+               "destination_ids": [dd_id, az_id]}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let input = events(500, "api").replace("\"ac_1\"", &format!("\"{}\"", s.account));
+    let r = client
+        .post(format!("{}/ingest", s.url))
+        .header("authorization", format!("Bearer {}", s.ingest_token))
+        .header("content-type", "application/x-ndjson")
+        .body(input.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let traffic = |i: &Intake| -> Vec<Value> {
+        i.accepted()
+            .into_iter()
+            .filter(|e| e["event_type"] == "http_request_complete.v0")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (traffic(&dd).len() < 500 || traffic(&az).len() < 500)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (name, got) in [("datadog", traffic(&dd)), ("azure", traffic(&az))] {
+        let ids: std::collections::BTreeSet<&str> = got
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!((got.len(), ids.len()), (500, 500), "{name}");
+        for e in &got {
+            let i: usize = e["event_id"].as_str().unwrap()["ev_api".len()..]
+                .parse()
+                .unwrap();
+            assert_eq!(
+                e["object"],
+                json!({"conn": {"client_ip": format!("10.0.0.{}", i % 256)}, "http": {"request": {"method": "GET"}}}),
+                "{name}: {e}"
+            );
+            assert_eq!(e["account_id"], s.account.as_str(), "{name}");
+        }
+    }
+    assert!(dd.violations().is_empty(), "{:?}", dd.violations());
+    assert!(az.violations().is_empty(), "{:?}", az.violations());
+}

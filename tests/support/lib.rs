@@ -137,6 +137,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// `POST path` with a JSON body to the API, as the official clients do
+    /// (the API key, `ngrok-version: 2`): (status, JSON answer).
+    pub fn api_post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("ngrok-version", "2")
+            .json(body)
+            .send()
+            .expect("the API answers");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
     /// Starts a server on `data_dir` (created empty if missing).
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
         Server::start_with_env(data_dir, extra_args, &[])

@@ -26,11 +26,15 @@ const SCHEMA: &str = r#"{
     "logs_ingestion_uri": {"type": "string", "description": "the DCR's (or DCE's) logs ingestion endpoint, https://...ingest.monitor.azure.com"},
     "data_collection_rule_id": {"type": "string", "description": "the DCR's immutable id, dcr-..."},
     "data_collection_stream_name": {"type": "string", "description": "the DCR's stream, Custom-<Table>_CL"},
-    "authority_url": {"type": "string", "description": "token authority instead of https://login.microsoftonline.com (tests, sovereign clouds)"},
+    "authority_url": {"type": "string", "description": "token authority instead of https://login.microsoftonline.com (tests, sovereign clouds); default: $SLUICE_AZURE_AUTHORITY_URL if set"},
     "timeout_ms": {"type": "integer", "minimum": 1, "default": 30000}
   },
   "additionalProperties": false
 }"#;
+
+/// The environment variable that replaces the default token authority when
+/// the configuration has no `authority_url`.
+pub const AUTHORITY_ENV: &str = "SLUICE_AZURE_AUTHORITY_URL";
 
 /// The scope of a Logs Ingestion token (the double slash is Azure's).
 pub const SCOPE: &str = "https://monitor.azure.com//.default";
@@ -110,7 +114,19 @@ impl Config {
         let dcr = req("data_collection_rule_id")?;
         let stream = req("data_collection_stream_name")?;
         let authority = match obj.get("authority_url") {
-            None => "https://login.microsoftonline.com".to_string(),
+            // The operator's override (`sluice serve`, whose tenants cannot
+            // set `authority_url`): sovereign clouds, proxies, tests.
+            None => match std::env::var(AUTHORITY_ENV) {
+                Ok(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    u.trim_end_matches('/').to_string()
+                }
+                Ok(u) if !u.is_empty() => {
+                    return Err(format!(
+                        "{AUTHORITY_ENV} must be an http(s):// URL, got `{u}`"
+                    ));
+                }
+                _ => "https://login.microsoftonline.com".to_string(),
+            },
             Some(serde_json::Value::String(u))
                 if u.starts_with("http://") || u.starts_with("https://") =>
             {

@@ -21,11 +21,15 @@ const SCHEMA: &str = r#"{
     "ddsite": {"enum": ["datadoghq.com", "us3.datadoghq.com", "us5.datadoghq.com", "datadoghq.eu", "ap1.datadoghq.com", "ap2.datadoghq.com", "ddog-gov.com", "us2.ddog-gov.com"], "default": "datadoghq.com"},
     "service": {"type": "string", "description": "the entries' service attribute"},
     "ddtags": {"type": "string", "description": "tags added to every entry, comma-separated k:v"},
-    "intake_url": {"type": "string", "description": "POST here instead of the site's intake (tests, proxies)"},
+    "intake_url": {"type": "string", "description": "POST here instead of the site's intake (tests, proxies); default: $SLUICE_DATADOG_INTAKE_URL if set"},
     "timeout_ms": {"type": "integer", "minimum": 1, "default": 30000}
   },
   "additionalProperties": false
 }"#;
+
+/// The environment variable that replaces the site's intake URL when the
+/// configuration has no `intake_url`.
+pub const INTAKE_ENV: &str = "SLUICE_DATADOG_INTAKE_URL";
 
 /// The Datadog sites (the SITE column of Datadog's documentation).
 pub const SITES: [&str; 8] = [
@@ -105,7 +109,17 @@ impl Config {
                     "`intake_url` must start with http:// or https://, got `{u}`"
                 ));
             }
-            None => format!("https://http-intake.logs.{site}/api/v2/logs"),
+            // The operator's override (`sluice serve`, whose tenants cannot
+            // set `intake_url`): egress proxies, tests.
+            None => match std::env::var(INTAKE_ENV) {
+                Ok(u) if u.starts_with("http://") || u.starts_with("https://") => u,
+                Ok(u) if !u.is_empty() => {
+                    return Err(format!(
+                        "{INTAKE_ENV} must start with http:// or https://, got `{u}`"
+                    ));
+                }
+                _ => format!("https://http-intake.logs.{site}/api/v2/logs"),
+            },
         };
         let service = text("service")?.filter(|s| !s.is_empty());
         let tags = text("ddtags")?.filter(|s| !s.is_empty());
