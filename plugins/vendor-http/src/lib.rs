@@ -279,13 +279,19 @@ pub fn test_event_result(
 ) -> Result<(), sluice_sdk::Error> {
     use sluice_sdk::Error;
     let a = answer.map_err(|e| {
-        Error::retry(format!(
+        let msg = format!(
             "{kind}: the test event was not sent: {}",
             e.message()
                 .strip_prefix(kind)
                 .and_then(|m| m.strip_prefix(": "))
                 .unwrap_or(e.message())
-        ))
+        );
+        // A refused secret stays fatal; no answer stays "try again".
+        if e.is_retryable() {
+            Error::retry(msg)
+        } else {
+            Error::fatal(msg)
+        }
     })?;
     match verdict(&a, explain) {
         Verdict::Ok => Ok(()),
