@@ -476,6 +476,26 @@ fn the_api_creates_datadog_and_azure_destinations_and_delivers_through_them() {
         "{v}"
     );
 
+    // A vendor that cannot take it now (503): not created either, but not
+    // reported as a refused key.
+    dd.then(503, None);
+    let (st, v) = post(
+        "/event_destinations",
+        json!({"target": datadog_target("dd-key-1"), "verify_with_test_event": true}),
+    );
+    assert_eq!(
+        (st, v["error_code"].as_str()),
+        (400, Some("ERR_NGROK_5140")),
+        "{v}"
+    );
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("could not take the test event now"),
+        "{v}"
+    );
+
     // Traffic to both, projected to two fields.
     let (st, v) = post(
         "/event_subscriptions",

@@ -329,7 +329,7 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
     } else {
         match inst.verify() {
             Ok(()) => pass("verify", "test event written"),
-            Err(e) => fail("verify", e),
+            Err(e) => fail("verify", e.message),
         }
     });
     let t = Instant::now();

@@ -741,12 +741,12 @@ impl SinkInstance {
         }
     }
 
-    fn instance_call(&self, f: Option<abi::InstanceFn>, what: &str) -> Result<(), String> {
+    fn instance_call(&self, f: Option<abi::InstanceFn>, what: &str) -> Result<(), VerifyError> {
         let Some(f) = f else {
-            return Err(format!(
-                "plugin `{}` does not implement {what}",
-                self.lib.info.kind
-            ));
+            return Err(VerifyError {
+                retryable: false,
+                message: format!("plugin `{}` does not implement {what}", self.lib.info.kind),
+            });
         };
         let mut cs = CallState::default();
         let call = new_call(&mut cs);
@@ -761,9 +761,12 @@ impl SinkInstance {
         if status == abi::STATUS_OK {
             Ok(())
         } else {
-            Err(cs
-                .error
-                .unwrap_or_else(|| format!("{what} failed with status {status}")))
+            Err(VerifyError {
+                retryable: status == abi::STATUS_RETRY,
+                message: cs
+                    .error
+                    .unwrap_or_else(|| format!("{what} failed with status {status}")),
+            })
         }
     }
 
@@ -791,12 +794,12 @@ impl SinkInstance {
     pub fn flush(&self) -> Result<(), String> {
         match self.lib.vtable.flush {
             None => Ok(()),
-            f => self.instance_call(f, "flush"),
+            f => self.instance_call(f, "flush").map_err(|e| e.message),
         }
     }
 
     /// Asks the plugin to write one test event.
-    pub fn verify(&self) -> Result<(), String> {
+    pub fn verify(&self) -> Result<(), VerifyError> {
         self.instance_call(self.lib.vtable.verify, "verify")
     }
 }
@@ -809,16 +812,36 @@ impl SinkInstance {
 pub fn verify_destination(
     plugins: &PluginRegistry,
     d: &crate::config::DestinationSpec,
-) -> Result<(), String> {
-    let lib = plugins.get(&d.kind).map_err(|e| e.to_string())?;
+) -> Result<(), VerifyError> {
+    let refused = |e: &dyn std::fmt::Display| VerifyError {
+        retryable: false,
+        message: e.to_string(),
+    };
+    let lib = plugins.get(&d.kind).map_err(|e| refused(&e))?;
     let inst = SinkInstance::create(
         lib,
         &d.id,
         &d.config.to_string(),
         Arc::new(DestinationStats::default()),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| refused(&e))?;
     inst.verify()
+}
+
+/// Why a test event (or another instance call) did not go through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyError {
+    /// The plugin answered RETRY: the destination could not take it now
+    /// (throttled, unavailable, unreachable), not a refusal.
+    pub retryable: bool,
+    /// What the plugin (or the engine) said.
+    pub message: String,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl Drop for SinkInstance {

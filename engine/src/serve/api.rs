@@ -592,8 +592,11 @@ async fn create_destination(
         blocking(move || {
             verify_destination(&plugins, &spec).map_err(|e| {
                 // Spec §3: 5132 "Datadog key rejected", 5139 "other Azure
-                // config problem"; 5140 (generic invalid fields) otherwise.
+                // config problem" for a refusal; 5140 (generic invalid
+                // fields) otherwise, and for a destination that could
+                // not take the event now (throttled, down: try again).
                 let code = match spec.kind.as_str() {
+                    _ if e.retryable => "ERR_NGROK_5140",
                     "datadog" => "ERR_NGROK_5132",
                     "azure_logs_ingestion" => "ERR_NGROK_5139",
                     _ => "ERR_NGROK_5140",

@@ -260,7 +260,10 @@ impl AzureLogs {
                     tok = self.token(true)?;
                     continue;
                 }
-                return Err(Error::retry(format!(
+                // Fatal: a configuration problem (for a send, the engine
+                // still retries every record and marks the destination
+                // unhealthy; a test event is refused).
+                return Err(Error::fatal(format!(
                     "azure_logs_ingestion: a fresh token was refused too (HTTP 401: {}): check that tenant_id is the tenant of the data collection endpoint",
                     a.body
                 )));

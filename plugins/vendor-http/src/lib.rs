@@ -31,6 +31,7 @@ pub fn array_body(
             out.push(b',');
         }
         let data = r.data();
+        let data = &data[data.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
         out.push(b'{');
         let start = out.len();
         prefix(&r, out);
@@ -223,33 +224,33 @@ pub fn verdict(a: &Answer, explain: impl Fn(u16, &str) -> Option<String>) -> Ver
 /// record answered 413 is refused), and sets each record's outcome.
 ///
 /// `send` returns `Err` when the destination could not be reached or would
-/// not let Sluice in (no connection, no token): if no record has been
-/// delivered yet, that error is returned, so the engine retries the whole
-/// batch and marks the destination unhealthy; otherwise the records not yet
-/// delivered are retried with its message.
+/// not let Sluice in (no connection, no token): on the first call, that
+/// error is returned, so the engine retries the whole batch and marks the
+/// destination unhealthy; on a later call (after a 413 split), the records
+/// without an outcome yet are retried with its message and the outcomes
+/// already set stand.
 pub fn deliver(
     kind: &str,
     idx: &[usize],
     outcomes: &mut Outcomes<'_>,
     send: &mut dyn FnMut(&[usize]) -> Result<Verdict, sluice_sdk::Error>,
 ) -> Result<(), sluice_sdk::Error> {
-    let mut delivered = 0usize;
+    let mut first = true;
     let mut todo: Vec<&[usize]> = vec![idx];
     while let Some(part) = todo.pop() {
         if part.is_empty() {
             continue;
         }
-        match send(part) {
-            Err(e) if delivered == 0 => return Err(e),
+        let answer = send(part);
+        let was_first = std::mem::replace(&mut first, false);
+        match answer {
+            Err(e) if was_first => return Err(e),
             Err(e) => {
                 for p in std::iter::once(part).chain(todo.drain(..)) {
                     p.iter().for_each(|&i| outcomes.retry(i, None, e.message()));
                 }
             }
-            Ok(Verdict::Ok) => {
-                delivered += part.len();
-                part.iter().for_each(|&i| outcomes.ok(i));
-            }
+            Ok(Verdict::Ok) => part.iter().for_each(|&i| outcomes.ok(i)),
             Ok(Verdict::Retry(after, why)) => part
                 .iter()
                 .for_each(|&i| outcomes.retry(i, after, &format!("{kind}: {why}"))),
