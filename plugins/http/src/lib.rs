@@ -336,7 +336,7 @@ impl Sink for HttpSink {
 
     /// POSTs one test event (`{"event_type":"test",...}`, the shape every
     /// Sluice sink sends) the way batches are sent; any answer but 2xx is an
-    /// error with the status.
+    /// error with the status (retryable for 408, 429 and 5xx).
     fn verify(&self) -> Result<(), Error> {
         let event = sluice_sdk::events::test_event(&self.host.destination_id());
         let body = match self.cfg.encoding {
@@ -344,13 +344,17 @@ impl Sink for HttpSink {
             Encoding::JsonArray => format!("[{event}]"),
         };
         let (status, _, text) = self.post(body.into_bytes())?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(Error::fatal(format!(
+        let msg = || {
+            format!(
                 "http: the test event was answered {status}: {}",
                 String::from_utf8_lossy(&text[..text.len().min(200)])
-            )))
+            )
+        };
+        match status {
+            200..=299 => Ok(()),
+            // Throttled or down: try again later, not a refusal.
+            408 | 429 | 500..=599 => Err(Error::retry(msg())),
+            _ => Err(Error::fatal(msg())),
         }
     }
 
