@@ -476,7 +476,7 @@ fn secrets_are_write_only() {
         json!({"firehose":{"auth":{"creds":{"aws_access_key_id":"AKIA1","aws_secret_access_key": secrets[0]}},"delivery_stream_arn":"arn:aws:firehose:us-east-1:123456789012:deliverystream/s"}}),
         json!({"datadog":{"api_key": secrets[1],"ddsite":"datadoghq.eu","service":"svc","ddtags":"env:prod"}}),
         json!({"azure_logs_ingestion":{"tenant_id":"t","client_id":"c","client_secret": secrets[2],"logs_ingestion_uri":"https://x.ingest.monitor.azure.com","data_collection_rule_id":"dcr-0123456789","data_collection_stream_name":"Custom-X_CL"}}),
-        json!({"plugin":{"kind":"blackhole","config":{"reject_every":0}}}),
+        json!({"plugin":{"kind":"http","config":{"url":"http://127.0.0.1:9/ingest","headers":{"Authorization": format!("Bearer {}", secrets[3])}}}}),
     ];
     let mut ids = vec![];
     for t in &targets {
@@ -501,17 +501,39 @@ fn secrets_are_write_only() {
         v["target"]["firehose"]["auth"]["creds"]["aws_secret_access_key"],
         ""
     );
-    let v = api.ok("GET", &format!("/event_destinations/{}", ids[1]), None, 200);
+    let v_dd = api.ok("GET", &format!("/event_destinations/{}", ids[1]), None, 200);
     assert_eq!(
-        v["target"]["datadog"],
+        v_dd["target"]["datadog"],
         json!({"api_key":"","ddsite":"datadoghq.eu","ddtags":"env:prod","service":"svc"})
     );
-    // Sending the redacted read back keeps the secret (a PATCH of the description).
+    let v = api.ok("GET", &format!("/event_destinations/{}", ids[3]), None, 200);
+    assert_eq!(
+        v["target"]["plugin"]["config"]["headers"]["Authorization"],
+        ""
+    );
+    // Sending the redacted read back keeps the secret (a PATCH of the
+    // description): the stored destination still holds it.
     api.ok(
         "PATCH",
         &format!("/event_destinations/{}", ids[1]),
-        Some(json!({"description":"x","target": v["target"]})),
+        Some(json!({"description":"x","target": v_dd["target"]})),
         200,
+    );
+    let db = rusqlite::Connection::open_with_flags(
+        dir.path().join("data/sluice.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let stored: String = db
+        .query_row(
+            "SELECT body FROM destinations WHERE id = ?1",
+            [&ids[1]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        stored.contains(secrets[1]) && stored.contains("\"description\":\"x\""),
+        "{stored}"
     );
     // Nothing in the server's output either.
     let printed = s.stdout.lock().unwrap().clone();

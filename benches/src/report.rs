@@ -522,13 +522,17 @@ mod tests {
         let slower = rec(&[800.0, 790.0, 810.0], 100);
         let d = compare(&old, &slower);
         assert!(d[0].regression, "{d:?}");
-        let same = rec(&[990.0, 1010.0, 1000.0], 100);
+        // -1.5%, inside the old record's 4% spread.
+        let same = rec(&[975.0, 985.0, 995.0], 100);
         assert!(!compare(&old, &same)[0].regression);
-        let noisy = rec(&[600.0, 1000.0, 1400.0], 100);
+        // -15% with a 94% spread: noise; the same -15% measured tightly: a regression.
+        let noisy = rec(&[500.0, 850.0, 1300.0], 100);
         assert!(
             !compare(&old, &noisy)[0].regression,
-            "an 80% spread hides a 0% change"
+            "a 94% spread hides a 15% drop"
         );
+        let tight = rec(&[845.0, 850.0, 855.0], 100);
+        assert!(compare(&old, &tight)[0].regression);
         let faster = rec(&[1300.0, 1290.0, 1310.0], 100);
         assert!(compare(&old, &faster)[0].improvement);
         let laggy = rec(&[1000.0, 990.0, 1010.0], 500);

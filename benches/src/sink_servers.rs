@@ -175,6 +175,30 @@ fn aws_success(target: &[u8], n: usize) -> String {
     }
 }
 
+/// Takes a (gzipped) JSON-array body of at most `max` bytes once
+/// decompressed, counting one record per `marker` (a key every record
+/// carries once): 413 when too large, 400 when not gzip or not an array.
+fn take_array(
+    st: &ServerStats,
+    headers: &axum::http::HeaderMap,
+    body: bytes::Bytes,
+    max: usize,
+    marker: &[u8],
+) -> Result<(), axum::http::StatusCode> {
+    use axum::http::StatusCode;
+    let wire = body.len();
+    let json = decoded(headers, body).ok_or(StatusCode::BAD_REQUEST)?;
+    if json.len() > max {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    if json.first() != Some(&b'[') || json.last() != Some(&b']') {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let n = memchr::memmem::find_iter(&json, marker).count();
+    st.request(n, wire, json.len());
+    Ok(())
+}
+
 impl SinkServers {
     /// Starts only the HTTP sink server; returns it and its URL.
     pub fn http() -> Result<(SinkServers, String), String> {
@@ -239,20 +263,11 @@ impl SinkServers {
                     if headers.get("dd-api-key").is_none() {
                         return (StatusCode::FORBIDDEN, "{\"errors\":[\"Forbidden\"]}");
                     }
-                    let wire = body.len();
-                    let Some(json) = decoded(&headers, body) else {
-                        return (StatusCode::BAD_REQUEST, "{\"errors\":[\"bad gzip\"]}");
-                    };
-                    if json.len() > 5_000_000 {
-                        return (StatusCode::PAYLOAD_TOO_LARGE, "{}");
-                    }
-                    if json.first() != Some(&b'[') || json.last() != Some(&b']') {
-                        return (StatusCode::BAD_REQUEST, "{\"errors\":[\"not an array\"]}");
-                    }
                     // One entry per spliced `ddsource`.
-                    let n = memchr::memmem::find_iter(&json, b"\"ddsource\":\"ngrok\"").count();
-                    st.request(n, wire, json.len());
-                    (StatusCode::ACCEPTED, "{}")
+                    match take_array(&st, &headers, body, 5_000_000, b"\"ddsource\":\"ngrok\"") {
+                        Ok(()) => (StatusCode::ACCEPTED, "{}"),
+                        Err(status) => (status, "{\"errors\":[\"refused\"]}"),
+                    }
                 }
             }),
         );
@@ -293,19 +308,10 @@ impl SinkServers {
                         if bearer != Some(TOKEN) {
                             return StatusCode::UNAUTHORIZED;
                         }
-                        let wire = body.len();
-                        let Some(json) = decoded(&headers, body) else {
-                            return StatusCode::BAD_REQUEST;
-                        };
-                        if json.len() > 1_048_576 {
-                            return StatusCode::PAYLOAD_TOO_LARGE;
+                        match take_array(&st, &headers, body, 1_048_576, b"\"TimeGenerated\":") {
+                            Ok(()) => StatusCode::NO_CONTENT,
+                            Err(status) => status,
                         }
-                        if json.first() != Some(&b'[') || json.last() != Some(&b']') {
-                            return StatusCode::BAD_REQUEST;
-                        }
-                        let n = memchr::memmem::find_iter(&json, b"\"TimeGenerated\":").count();
-                        st.request(n, wire, json.len());
-                        StatusCode::NO_CONTENT
                     }
                 }),
             );

@@ -65,22 +65,44 @@ pub fn rfc3339_ms(ms: i64) -> [u8; 24] {
 pub fn test_event(destination_id: &str) -> String {
     let now = now_ms();
     let ts = rfc3339_ms(now);
-    let mut s = String::with_capacity(140 + destination_id.len());
-    s.push_str("{\"event_id\":\"ev_test_");
-    s.push_str(&now.to_string());
-    s.push_str("\",\"event_type\":\"test\",\"event_timestamp\":\"");
-    s.push_str(std::str::from_utf8(&ts).unwrap_or("1970-01-01T00:00:00.000Z"));
-    s.push_str("\",\"destination_id\":\"");
-    for c in destination_id.chars() {
+    let mut s = Vec::with_capacity(140 + destination_id.len());
+    s.extend_from_slice(b"{\"event_id\":\"ev_test_");
+    s.extend_from_slice(now.to_string().as_bytes());
+    s.extend_from_slice(b"\",\"event_type\":\"test\",\"event_timestamp\":\"");
+    s.extend_from_slice(&ts);
+    s.extend_from_slice(b"\",\"destination_id\":");
+    json_str(&mut s, destination_id);
+    s.extend_from_slice(b",\"object\":{}}");
+    // Only ASCII and the (valid UTF-8) id went in.
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// Appends `s` as a JSON string: quotes and backslashes escaped, control
+/// characters as `\u00XX`.
+///
+/// ```
+/// let mut out = Vec::new();
+/// sluice_sdk::events::json_str(&mut out, "a\"b\n");
+/// assert_eq!(out, br#""a\"b\u000a""#);
+/// ```
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for c in s.chars() {
         match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
-            c => s.push(c),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                let b = c as usize;
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[b >> 4], HEX[b & 15]]);
+            }
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
         }
     }
-    s.push_str("\",\"object\":{}}");
-    s
+    out.push(b'"');
 }
 
 #[cfg(test)]

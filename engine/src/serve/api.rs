@@ -9,10 +9,10 @@ use super::model::{
     parse_target, source_json, string,
 };
 use super::store::{AccountState, State, Store, sha256_hex, split_token};
+use crate::Engine;
 use crate::config::SourceSpec;
 use crate::events::{EventClass, EventTypeId};
 use crate::plugin::verify_destination;
-use crate::{Engine, PipelineSpec};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -52,18 +52,6 @@ struct Ctx {
     key_description: String,
     /// `scheme://host`, for absolute uris.
     base: String,
-}
-
-fn now_rfc3339() -> String {
-    crate::events::format_rfc3339_ms(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    )
-    .split('.')
-    .next()
-    .map(|s| format!("{s}Z"))
-    .unwrap_or_default()
 }
 
 fn base_url(headers: &HeaderMap) -> String {
@@ -208,7 +196,7 @@ impl App {
         &self,
         account: &str,
         f: impl FnOnce(&mut AccountState) -> Result<(), ApiError>,
-        persist: impl FnOnce(&Store, &AccountState) -> Result<(), String>,
+        persist: impl FnOnce(&Store) -> Result<(), String>,
     ) -> Result<Committed<'_>, ApiError> {
         let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut acct = {
@@ -216,30 +204,14 @@ impl App {
             st.accounts.get(account).cloned().unwrap_or_default()
         };
         if acct.created_at.is_empty() {
-            acct.created_at = now_rfc3339();
+            acct.created_at = super::now();
         }
         f(&mut acct)?;
-        let spec = {
-            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            let mut next = PipelineSpec {
-                strict_ngrok_filters: self.strict_ngrok_filters,
-                ..Default::default()
-            };
-            for (id, a) in &st.accounts {
-                let a = if id == account { &acct } else { a };
-                next.destinations
-                    .extend(a.destinations.values().map(Destination::to_spec));
-                next.subscriptions
-                    .extend(a.subscriptions.values().map(Subscription::to_spec));
-            }
-            if !st.accounts.contains_key(account) {
-                next.destinations
-                    .extend(acct.destinations.values().map(Destination::to_spec));
-                next.subscriptions
-                    .extend(acct.subscriptions.values().map(Subscription::to_spec));
-            }
-            next
-        };
+        let spec = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .pipeline_with(self.strict_ngrok_filters, Some((account, &acct)));
         if let Err(e) = self.engine.reconfigure(&spec) {
             let msg =
                 e.0.iter()
@@ -248,7 +220,7 @@ impl App {
                     .join("; ");
             return Err(ApiError::bad("ERR_NGROK_5140", msg));
         }
-        if let Err(e) = persist(&self.store, &acct) {
+        if let Err(e) = persist(&self.store) {
             // Put the engine back as it was.
             let old = self
                 .state
@@ -277,7 +249,7 @@ impl App {
         let ev = json!({
             "event_id": ids::new_id("ev"),
             "event_type": event_type,
-            "event_timestamp": now_rfc3339(),
+            "event_timestamp": super::now(),
             "account_id": ctx.account,
             "principal": {
                 "id": ctx.key_id,
@@ -579,7 +551,7 @@ async fn create_destination(
     let d = Destination {
         id: ids::new_id("ed"),
         account_id: ctx.account.clone(),
-        created_at: now_rfc3339(),
+        created_at: super::now(),
         description,
         metadata,
         format,
@@ -616,7 +588,7 @@ async fn create_destination(
                 a.destinations.insert(d.id.clone(), d.clone());
                 Ok(())
             },
-            move |s, _| {
+            move |s| {
                 s.put_account(&stored.account_id, &stored.created_at)
                     .and_then(|_| s.put_destination(&stored))
             },
@@ -728,7 +700,7 @@ async fn update_destination(
                 a.destinations.insert(d.id.clone(), d.clone());
                 Ok(())
             },
-            move |s, _| s.put_destination(&stored),
+            move |s| s.put_destination(&stored),
         )?;
         let v = d.to_json(&ctx.base);
         committed.audit(&ctx, "event_destination_updated.v0", &v);
@@ -761,7 +733,7 @@ async fn delete_destination(
                 a.destinations.remove(&d.id);
                 Ok(())
             },
-            move |s, _| s.delete_destination(&did),
+            move |s| s.delete_destination(&did),
         )?;
         committed.audit(&ctx, "event_destination_deleted.v0", &d.to_json(&ctx.base));
         Ok(())
@@ -962,7 +934,7 @@ async fn create_subscription(
     let s = Subscription {
         id: ids::new_id("esb"),
         account_id: ctx.account.clone(),
-        created_at: now_rfc3339(),
+        created_at: super::now(),
         description,
         metadata,
         destination_ids,
@@ -985,7 +957,7 @@ async fn create_subscription(
                 a.subscriptions.insert(s.id.clone(), s.clone());
                 Ok(())
             },
-            move |st, _| {
+            move |st| {
                 st.put_account(&stored.account_id, &stored.created_at)
                     .and_then(|_| st.put_subscription(&stored))
             },
@@ -1106,7 +1078,7 @@ async fn save_subscription(
                 a.subscriptions.insert(s.id.clone(), s.clone());
                 Ok(())
             },
-            move |st, _| st.put_subscription(&stored),
+            move |st| st.put_subscription(&stored),
         )?;
         committed.audit(&ctx, "event_subscription_updated.v0", &s.to_json(&ctx.base));
         Ok(s)
@@ -1182,7 +1154,7 @@ async fn delete_subscription(
                     .ok_or_else(|| no_subscription(&s.id))?;
                 Ok(())
             },
-            move |st, _| st.delete_subscription(&sid),
+            move |st| st.delete_subscription(&sid),
         )?;
         committed.audit(&ctx, "event_subscription_deleted.v0", &s.to_json(&ctx.base));
         Ok(())

@@ -52,7 +52,8 @@ pub fn create_key(data_dir: &std::path::Path, account: &str) -> Result<String, S
     Ok(token)
 }
 
-fn now() -> String {
+/// Now, as the API writes times: RFC 3339 UTC to the second.
+pub(super) fn now() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);

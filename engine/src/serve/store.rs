@@ -82,22 +82,33 @@ pub struct State {
 impl State {
     /// The pipeline of every account.
     pub fn pipeline(&self, strict_ngrok_filters: bool) -> PipelineSpec {
+        self.pipeline_with(strict_ngrok_filters, None)
+    }
+
+    /// The pipeline of every account, with `over` (an account id and its
+    /// next state) in place of that account's stored state, or after the
+    /// others if it is new.
+    pub fn pipeline_with(
+        &self,
+        strict_ngrok_filters: bool,
+        over: Option<(&str, &AccountState)>,
+    ) -> PipelineSpec {
         let mut spec = PipelineSpec {
             strict_ngrok_filters,
             ..PipelineSpec::default()
         };
-        for a in self.accounts.values() {
+        let new = over.filter(|(id, _)| !self.accounts.contains_key(*id));
+        let accounts = self.accounts.iter().map(|(id, a)| match over {
+            Some((o, next)) if o == id => next,
+            _ => a,
+        });
+        for a in accounts.chain(new.map(|(_, a)| a)) {
             spec.destinations
                 .extend(a.destinations.values().map(Destination::to_spec));
             spec.subscriptions
                 .extend(a.subscriptions.values().map(Subscription::to_spec));
         }
         spec
-    }
-
-    /// Total subscriptions.
-    pub fn subscription_count(&self) -> usize {
-        self.accounts.values().map(|a| a.subscriptions.len()).sum()
     }
 }
 

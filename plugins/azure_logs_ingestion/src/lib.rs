@@ -54,7 +54,7 @@ pub struct Config {
     pub timeout: Duration,
 }
 
-fn form_encode(s: &str) -> String {
+fn percent_encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -64,10 +64,6 @@ fn form_encode(s: &str) -> String {
         }
     }
     out
-}
-
-fn path_encode(s: &str) -> String {
-    form_encode(s)
 }
 
 impl Config {
@@ -136,18 +132,18 @@ impl Config {
         };
         let timeout = timeout_ms(obj)?;
         Ok(Config {
-            token_url: format!("{authority}/{}/oauth2/v2.0/token", path_encode(&tenant)),
+            token_url: format!("{authority}/{}/oauth2/v2.0/token", percent_encode(&tenant)),
             token_form: format!(
                 "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
-                form_encode(&client_id),
-                form_encode(&secret),
-                form_encode(SCOPE)
+                percent_encode(&client_id),
+                percent_encode(&secret),
+                percent_encode(SCOPE)
             ),
             url: format!(
                 "{}/dataCollectionRules/{}/streams/{}?api-version=2023-01-01",
                 uri.trim_end_matches('/'),
-                path_encode(&dcr),
-                path_encode(&stream)
+                percent_encode(&dcr),
+                percent_encode(&stream)
             ),
             stream,
             timeout,
@@ -242,8 +238,7 @@ impl AzureLogs {
     /// `Err` when there is no token, no answer, or a fresh token is refused
     /// too: the destination will not let Sluice in, whatever the records.
     fn post_body(&self, body: &[u8]) -> Result<Answer, Error> {
-        let mut tok = self.token(false)?;
-        for attempt in 0..2 {
+        let send = |tok: &str| -> Result<Answer, Error> {
             let auth = format!("Bearer {tok}");
             self.host.counter_add("requests", 1);
             let a = post(
@@ -255,22 +250,23 @@ impl AzureLogs {
             .map_err(|e| Error::retry(format!("azure_logs_ingestion: {e}")))?;
             self.host
                 .counter_add(&format!("responses_{}xx", a.status / 100), 1);
-            if a.status == 401 {
-                if attempt == 0 {
-                    tok = self.token(true)?;
-                    continue;
-                }
-                // Fatal: a configuration problem (for a send, the engine
-                // still retries every record and marks the destination
-                // unhealthy; a test event is refused).
-                return Err(Error::fatal(format!(
-                    "azure_logs_ingestion: a fresh token was refused too (HTTP 401: {}): check that tenant_id is the tenant of the data collection endpoint",
-                    a.body
-                )));
-            }
+            Ok(a)
+        };
+        let a = send(&self.token(false)?)?;
+        if a.status != 401 {
             return Ok(a);
         }
-        unreachable!("the loop returns on its second pass")
+        let a = send(&self.token(true)?)?;
+        if a.status == 401 {
+            // Fatal: a configuration problem (for a send, the engine
+            // still retries every record and marks the destination
+            // unhealthy; a test event is refused).
+            return Err(Error::fatal(format!(
+                "azure_logs_ingestion: a fresh token was refused too (HTTP 401: {}): check that tenant_id is the tenant of the data collection endpoint",
+                a.body
+            )));
+        }
+        Ok(a)
     }
 
     fn body(batch: &Batch<'_>, idx: &[usize], out: &mut Vec<u8>) {

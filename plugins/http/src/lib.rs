@@ -4,7 +4,6 @@
 //! status-code mapping and the partial-success response it understands.
 
 use sluice_sdk::{Batch, Error, Host, Level, Limits, Outcomes, Sink, SinkInfo};
-use std::io::Write;
 use std::time::Duration;
 
 const SCHEMA: &str = r#"{
@@ -145,13 +144,7 @@ impl HttpSink {
     /// transport failure is a retryable error.
     fn post(&self, raw: Vec<u8>) -> Result<(u16, Option<String>, Vec<u8>), Error> {
         let payload = if self.cfg.gzip {
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 4),
-                flate2::Compression::fast(),
-            );
-            gz.write_all(&raw)
-                .and_then(|_| gz.finish())
-                .map_err(|e| Error::retry(format!("http: gzip failed: {e}")))?
+            sluice_vendor_http::gzip(&raw).map_err(|e| Error::retry(format!("http: {e}")))?
         } else {
             raw
         };

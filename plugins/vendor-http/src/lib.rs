@@ -50,24 +50,7 @@ pub fn array_body(
     out.push(b']');
 }
 
-/// Appends `s` as a JSON string.
-pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut b = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
-}
+pub use sluice_sdk::events::json_str;
 
 /// Appends `ms` (milliseconds since the epoch) as a JSON string holding an
 /// RFC 3339 UTC timestamp with milliseconds, without allocating.
@@ -251,12 +234,14 @@ pub fn deliver(
                 }
             }
             Ok(Verdict::Ok) => part.iter().for_each(|&i| outcomes.ok(i)),
-            Ok(Verdict::Retry(after, why)) => part
-                .iter()
-                .for_each(|&i| outcomes.retry(i, after, &format!("{kind}: {why}"))),
-            Ok(Verdict::Reject(why)) => part
-                .iter()
-                .for_each(|&i| outcomes.reject(i, &format!("{kind}: {why}"))),
+            Ok(Verdict::Retry(after, why)) => {
+                let why = format!("{kind}: {why}");
+                part.iter().for_each(|&i| outcomes.retry(i, after, &why))
+            }
+            Ok(Verdict::Reject(why)) => {
+                let why = format!("{kind}: {why}");
+                part.iter().for_each(|&i| outcomes.reject(i, &why))
+            }
             Ok(Verdict::Split(why)) if part.len() == 1 => {
                 outcomes.reject(part[0], &format!("{kind}: {why}"))
             }
