@@ -197,17 +197,17 @@ impl CloudWatchLogs {
                 let mut refused = Vec::new();
                 if let Some(r) = out.rejected_log_events_info() {
                     if let Some(end) = r.too_old_log_event_end_index() {
-                        for i in 0..=(end.max(-1) as usize).min(n.saturating_sub(1)) {
+                        for i in up_to(end, n) {
                             refused.push((i, "CloudWatch Logs refused it as too old"));
                         }
                     }
                     if let Some(end) = r.expired_log_event_end_index() {
-                        for i in 0..=(end.max(-1) as usize).min(n.saturating_sub(1)) {
+                        for i in up_to(end, n) {
                             refused.push((i, "CloudWatch Logs refused it as older than the log group's retention"));
                         }
                     }
                     if let Some(start) = r.too_new_log_event_start_index() {
-                        for i in (start.max(0) as usize)..n {
+                        for i in (start.max(0) as usize).min(n)..n {
                             refused
                                 .push((i, "CloudWatch Logs refused it as too far in the future"));
                         }
@@ -217,6 +217,15 @@ impl CloudWatchLogs {
             }
             Err(e) => PutResult::Failed(describe(&e)),
         }
+    }
+}
+
+/// The events `0..=end` of a put of `n` events, as `rejectedLogEventsInfo`
+/// numbers them: none when `end` is negative, at most all `n`.
+fn up_to(end: i32, n: usize) -> std::ops::Range<usize> {
+    match usize::try_from(end) {
+        Ok(end) => 0..(end + 1).min(n),
+        Err(_) => 0..0,
     }
 }
 
@@ -397,6 +406,15 @@ sluice_sdk::export_sink!(CloudWatchLogs);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejected_index_ranges_stay_in_the_put() {
+        assert_eq!(up_to(2, 10), 0..3);
+        assert_eq!(up_to(0, 10), 0..1);
+        assert_eq!(up_to(50, 10), 0..10);
+        // Before: -1 as usize saturated to the whole put, refusing every event.
+        assert_eq!(up_to(-1, 10), 0..0);
+    }
 
     #[test]
     fn runs_are_sorted_and_span_at_most_a_day() {
