@@ -828,9 +828,7 @@ impl DiskBuffer {
                 seq
             );
             self.stats.disk_lost_records.fetch_add(lost, Relaxed);
-            self.stats
-                .disk_records
-                .fetch_sub(lost.min(self.stats.disk_records.load(Relaxed)), Relaxed);
+            sub_saturating(&self.stats.disk_records, lost);
         }
         r.next_seq = seq;
     }
@@ -890,10 +888,7 @@ impl DiskBuffer {
             }
         }
         drop(a);
-        let cur = self.stats.disk_records.load(Relaxed);
-        self.stats
-            .disk_records
-            .store(cur.saturating_sub(n), Relaxed);
+        sub_saturating(&self.stats.disk_records, n);
     }
 
     /// Whether a sync round is due now.
@@ -1099,6 +1094,12 @@ fn load_acks(path: &Path) -> Result<Option<(u64, Vec<u64>)>, String> {
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
         .collect();
     Ok(Some((base, words)))
+}
+
+/// Takes `n` from a gauge, stopping at 0, in one atomic step (a load then a
+/// store would lose an `append`'s concurrent increment).
+fn sub_saturating(gauge: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = gauge.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
 }
 
 #[cfg(test)]
