@@ -408,6 +408,9 @@ fn every_protocol_and_validation_error_has_its_code() {
         (400, "ERR_NGROK_233", api.call("GET", "/event_destinations?limit=101", None)),
         (400, "ERR_NGROK_231", api.call("GET", "/event_destinations?colour=red", None)),
         (400, "ERR_NGROK_232", api.call("GET", "/event_destinations?limit=1&limit=2", None)),
+        // The JavaScript client's spelling is accepted; two spellings that disagree are not.
+        (400, "ERR_NGROK_232", api.call("GET", "/event_destinations?before_id=ed_0ERYUfBkgnKZCUQtnIXuUvfafS6&beforeId=ed_1ERYUfBkgnKZCUQtnIXuUvfafS6", None)),
+        (400, "ERR_NGROK_215", api.call("GET", "/event_destinations?beforeId=ed_x", None)),
         (400, "ERR_NGROK_250", api.call("GET", "/event_destinations?filter=obj.target%20%3D%3D%201", None)),
     ];
     let mut failures = Vec::new();
@@ -962,14 +965,14 @@ fn cors_preflight_is_answered() {
 }
 
 /// The official Python client (`ngrok-api` from PyPI), unchanged, against
-/// `sluice serve`. `.ci/run` installs it in `.venv-ngrok`.
+/// `sluice serve`. `scripts/test` installs it in `.venv-ngrok`.
 #[test]
 fn the_official_python_client_works_unchanged() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let python = root.join(".venv-ngrok/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: run .ci/run, or: python3 -m venv .venv-ngrok && .venv-ngrok/bin/pip install ngrok-api==0.19.0",
+        "{} is missing: run scripts/test, which installs it",
         python.display()
     );
     let dir = tempfile::tempdir().unwrap();
@@ -981,6 +984,34 @@ fn the_official_python_client_works_unchanged() {
         .env("NO_PROXY", "127.0.0.1")
         .output()
         .unwrap();
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
+    assert!(o.contains("all checks passed"), "{o}");
+}
+
+/// The official JavaScript client (`@ngrok/ngrok-api` 0.11.0 from npm,
+/// pinned in `tests/js/package.json`), unchanged, against `sluice serve`:
+/// it pages with `beforeId`. `scripts/test` installs it in
+/// `tests/js/node_modules`.
+#[test]
+fn the_official_javascript_client_works_unchanged() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let client = root.join("tests/js/node_modules/@ngrok/ngrok-api/package.json");
+    assert!(
+        client.exists(),
+        "{} is missing: run scripts/test, which installs it",
+        client.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let out = std::process::Command::new("node")
+        .arg(root.join("tests/js/ngrok_client.js"))
+        .arg(&s.url)
+        .arg(&s.key)
+        .current_dir(root.join("tests/js"))
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .expect("node (scripts/test installs it)");
     let (o, e) = text(&out);
     assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
     assert!(o.contains("all checks passed"), "{o}");

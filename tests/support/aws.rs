@@ -1,7 +1,7 @@
 //! AWS for the tests of the AWS sink plugins:
 //!
 //! - [`Moto`]: the moto server (a real AWS-compatible service), started on
-//!   loopback from `.venv-moto` (which `.ci/run` installs), with a boto3
+//!   loopback from `.venv-moto` (which `scripts/test` installs), with a boto3
 //!   helper (`tests/python/aws_moto.py`) to create and read back streams,
 //!   buckets and log groups.
 //! - [`FakeAws`]: a real HTTP/1.1 server speaking the AWS JSON 1.1 protocol
@@ -46,7 +46,7 @@ impl Moto {
         let bin = root().join(".venv-moto/bin/moto_server");
         assert!(
             bin.exists(),
-            "{} is missing: run .ci/run, or: python3 -m venv .venv-moto && .venv-moto/bin/pip install 'moto[s3]' flask flask-cors boto3",
+            "{} is missing: run scripts/test, which installs it",
             bin.display()
         );
         let port = TcpListener::bind("127.0.0.1:0")

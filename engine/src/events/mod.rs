@@ -9,7 +9,7 @@
 
 pub mod registry;
 
-pub use registry::{EVENT_TYPES, EventClass, EventTypeDef, FieldDef, FieldType};
+pub use registry::{EVENT_TYPES, EventClass, EventTypeDef, FieldDef, FieldType, PathLookup};
 use rustc_hash::FxHashMap;
 use std::sync::OnceLock;
 
@@ -66,6 +66,27 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     }
     best.filter(|(d, c)| *d <= (c.len() / 3).max(2))
         .map(|(_, c)| c)
+}
+
+/// The candidate nearest to `name` that is at most `max` edits away, if any.
+pub fn nearest_within<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Option<&'a str> {
+    let mut best: Option<(usize, &str)> = None;
+    let chars = name.chars().count();
+    for c in candidates {
+        // A cheap bound first: the distance is at least the length difference.
+        if c.chars().count().abs_diff(chars) > max {
+            continue;
+        }
+        let d = edit_distance(name, c);
+        if d <= max && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

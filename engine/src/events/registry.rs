@@ -87,6 +87,102 @@ impl EventTypeDef {
     pub fn field(&self, path: &str) -> Option<&'static FieldDef> {
         self.fields.iter().find(|f| f.path == path)
     }
+
+    /// What the registry knows of a dotted path (`conn.server_port`) that a
+    /// filter reads or `fields` keeps. Audit types know every path (their
+    /// `object` is the resource, checked nowhere).
+    pub fn lookup(&self, path: &str) -> PathLookup {
+        if self.class == EventClass::Audit || path.is_empty() {
+            return PathLookup::Parent;
+        }
+        if let Some(f) = self.field(path) {
+            return PathLookup::Field(f);
+        }
+        let below = |f: &&FieldDef| {
+            f.path.len() > path.len()
+                && f.path.starts_with(path)
+                && f.path.as_bytes()[path.len()] == b'.'
+        };
+        if self.fields.iter().any(|f| below(&f)) {
+            return PathLookup::Parent;
+        }
+        if let Some(f) = self.fields.iter().find(|f| {
+            f.ty.is_container()
+                && path.len() > f.path.len()
+                && path.starts_with(f.path)
+                && path.as_bytes()[f.path.len()] == b'.'
+        }) {
+            return PathLookup::InContainer(f);
+        }
+        // Every known path and every parent of one, for the typo check.
+        let known = self.fields.iter().flat_map(|f| {
+            f.path
+                .match_indices('.')
+                .map(|(i, _)| &f.path[..i])
+                .chain(std::iter::once(f.path))
+        });
+        PathLookup::Unknown {
+            near: super::nearest_within(path, known, TYPO_EDITS),
+        }
+    }
+}
+
+/// A path this many edits or fewer from a known one is taken for a typo of
+/// it and refused; a path farther from every known one is accepted as a field
+/// the registry does not know yet (payloads gain fields without a version
+/// change), with a warning.
+pub const TYPO_EDITS: usize = 2;
+
+/// The answer of [`EventTypeDef::lookup`].
+#[derive(Clone, Copy, Debug)]
+pub enum PathLookup {
+    /// A field of the registry.
+    Field(&'static FieldDef),
+    /// A parent of fields (`conn`, `http.request`), or any path of an audit type.
+    Parent,
+    /// A path inside a map or list field (`http.request.headers.Accept`).
+    InContainer(&'static FieldDef),
+    /// A path the registry does not know; `near` is a known path at most
+    /// [`TYPO_EDITS`] edits away, when there is one.
+    Unknown {
+        /// The known path it is probably a typo of.
+        near: Option<&'static str>,
+    },
+}
+
+impl PathLookup {
+    /// The policy for a path the registry does not know, shared by filters
+    /// and `fields`: a likely typo (within [`TYPO_EDITS`] of a known path) is
+    /// an error naming the known path; any unknown path is an error under
+    /// `strict`; otherwise it is accepted and read from what each event
+    /// carries, with a warning. `Ok(None)` for a known path.
+    pub fn unknown_policy(
+        self,
+        def: &EventTypeDef,
+        path: &str,
+        strict: bool,
+    ) -> Result<Option<String>, String> {
+        let PathLookup::Unknown { near } = self else {
+            return Ok(None);
+        };
+        match near {
+            Some(n) => Err(format!(
+                "unknown field `{path}` of {} (did you mean `{n}`?)",
+                def.name
+            )),
+            None if strict => Err(format!(
+                "unknown field `{path}` of {}: strict_ngrok_filters allows only the fields \
+                 `sluice check --list-types` lists",
+                def.name
+            )),
+            None => Ok(Some(format!(
+                "field `{path}` of {} is not in Sluice's registry: it is read from what each \
+                 event carries (payloads may gain fields without a new version); if it is a \
+                 typo, `sluice check --list-types` lists the known fields",
+                def.name
+            ))),
+        }
+    }
 }
 
 macro_rules! f {
@@ -160,6 +256,16 @@ pub static HTTP_REQUEST_COMPLETE_FIELDS: &[FieldDef] = &[
         StringListMap,
         "request headers; keys canonicalised, values lowercased"
     ),
+    f!(
+        "http.request.first_byte_ts",
+        Timestamp,
+        "when the first byte of the request arrived (null when none did)"
+    ),
+    f!(
+        "http.request.last_byte_ts",
+        Timestamp,
+        "when the last byte of the request arrived (null when none did)"
+    ),
     f!("http.request.method", String, "request method, lowercased"),
     f!("http.request.url.host", String, "host of the request URL"),
     f!("http.request.url.path", String, "path of the request URL"),
@@ -176,11 +282,26 @@ pub static HTTP_REQUEST_COMPLETE_FIELDS: &[FieldDef] = &[
     ),
     f!("http.request.user_agent", String, "the User-Agent header"),
     f!(
+        "http.request.version",
+        String,
+        "HTTP version of the request, e.g. `HTTP/2.0`"
+    ),
+    f!(
         "http.response.body_length",
         Int64,
         "bytes in the response body"
     ),
+    f!(
+        "http.response.first_byte_ts",
+        Timestamp,
+        "when the first byte of the response was sent"
+    ),
     f!("http.response.headers", StringListMap, "response headers"),
+    f!(
+        "http.response.last_byte_ts",
+        Timestamp,
+        "when the last byte of the response was sent"
+    ),
     f!("http.response.status_code", Int32, "response status code"),
     f!(
         "ip_policy.decision",
@@ -325,6 +446,7 @@ const EVENT_SUBSCRIPTION: &[&str] = &[
     "sources",
     "destinations",
 ];
+const IP_POLICY: &[&str] = &["id", "uri", "created_at", "description", "metadata", "action"];
 const IP_POLICY_RULE: &[&str] = &[
     "id",
     "uri",
@@ -553,9 +675,9 @@ pub static EVENT_TYPES: &[EventTypeDef] = &[
         EVENT_SUBSCRIPTION,
         "an event subscription was updated"
     ),
-    audit!("ip_policy_created.v0", BASE, "an IP policy was created"),
-    audit!("ip_policy_deleted.v0", BASE, "an IP policy was deleted"),
-    audit!("ip_policy_updated.v0", BASE, "an IP policy was updated"),
+    audit!("ip_policy_created.v0", IP_POLICY, "an IP policy was created"),
+    audit!("ip_policy_deleted.v0", IP_POLICY, "an IP policy was deleted"),
+    audit!("ip_policy_updated.v0", IP_POLICY, "an IP policy was updated"),
     audit!(
         "ip_policy_rule_created.v0",
         IP_POLICY_RULE,

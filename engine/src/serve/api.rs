@@ -413,8 +413,42 @@ fn parse_query(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, Strin
     Ok(out)
 }
 
+/// Query keys the official clients send under another spelling than the
+/// API's, with the API's spelling. The JavaScript client (`@ngrok/ngrok-api`)
+/// asks for the second page onward with `beforeId`; the Python and Go
+/// clients send `before_id`.
+const QUERY_ALIASES: &[(&str, &str)] = &[("beforeId", "before_id")];
+
+/// Maps every alias in `params` to its canonical key. Two spellings of one
+/// key with different values are ERR_NGROK_232; the same value twice is one.
+fn canonical_keys(params: Vec<(String, String)>) -> Result<Vec<(String, String)>, ApiError> {
+    // (canonical key, value, key as the request spelled it)
+    let mut out: Vec<(String, String, String)> = Vec::with_capacity(params.len());
+    for (spelled, v) in params {
+        let key = QUERY_ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == spelled)
+            .map_or(spelled.as_str(), |(_, canonical)| canonical)
+            .to_string();
+        match out.iter().find(|(k, _, _)| *k == key) {
+            Some((_, earlier, _)) if *earlier == v => {}
+            Some((_, earlier, first)) => {
+                return Err(ApiError::bad(
+                    "ERR_NGROK_232",
+                    format!(
+                        "The query parameter '{key}' is given twice, as '{first}' and \
+                         '{spelled}', with different values ('{earlier}' and '{v}'); give it once."
+                    ),
+                ));
+            }
+            None => out.push((key, v, spelled)),
+        }
+    }
+    Ok(out.into_iter().map(|(k, v, _)| (k, v)).collect())
+}
+
 fn list_query(raw: Option<&str>, prefix: &str) -> Result<ListQuery, ApiError> {
-    let params = parse_query(raw, &["before_id", "limit", "filter"])?;
+    let params = canonical_keys(parse_query(raw, &["before_id", "beforeId", "limit", "filter"])?)?;
     let mut q = ListQuery {
         before_id: None,
         limit: 100,
