@@ -401,7 +401,7 @@ fn every_protocol_and_validation_error_has_its_code() {
         (400, "ERR_NGROK_5127", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_created.v0"},{"type":"ip_policy_created.v0"}]})))),
         (400, "ERR_NGROK_5402", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_created.v0","filter":"ev.id == 'x'"}]})))),
         (400, "ERR_NGROK_5401", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"ip_policy_created.v0","fields":["id"]}]})))),
-        (400, "ERR_NGROK_5403", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","fields":["conn.nope"]}]})))),
+        (400, "ERR_NGROK_5403", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","fields":["conn.server_nam"]}]})))),
         (400, "ERR_NGROK_5404", api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.conn.server_port =="}]})))),
         (404, "ERR_NGROK_5103", api.call("POST", "/event_subscriptions", Some(json!({"destination_ids":["ed_0ERYUfBkgnKZCUQtnIXuUvfafS6"]})))),
         (400, "ERR_NGROK_233", api.call("GET", "/event_destinations?limit=0", None)),
@@ -426,6 +426,20 @@ fn every_protocol_and_validation_error_has_its_code() {
     // The filter error says where.
     let (_, v) = api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.conn.server_port == 'x' &&"}]})));
     assert!(v["msg"].as_str().unwrap().contains("line 1, column"), "{v}");
+    // The fields of the seeds' example payload are known, and a path far from
+    // every known one is accepted (payloads gain fields without a new version;
+    // the warning goes to the server's log); a near miss is a typo.
+    api.ok(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"sources":[{"type":"http_request_complete.v0",
+            "filter":"ev.http.request.version == 'HTTP/2.0' && ev.http.response.upstream_region == 'eu'",
+            "fields":["http.request.first_byte_ts","http.response.last_byte_ts","conn.tunnel_session"]}]})),
+        201,
+    );
+    let (st, v) = api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.http.request.verison == 'x'"}]})));
+    assert_eq!((st, code(&v)), (400, "ERR_NGROK_5404"), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("did you mean `http.request.version`"), "{v}");
     // In-use destination, target type change.
     let d = api.ok(
         "POST",

@@ -183,8 +183,8 @@ fn config_errors_name_the_file_the_item_and_the_problem() {
             "filter does not compile at 1:",
         ),
         (
-            CONFIG.replace("\"conn.client_ip\"", "\"conn.client\""),
-            "unknown field `conn.client` in `fields`",
+            CONFIG.replace("\"conn.client_ip\"", "\"conn.clientip\""),
+            "`fields`: unknown field `conn.clientip` of http_request_complete.v0 (did you mean `conn.client_ip`?)",
         ),
         (
             CONFIG.replace(
@@ -226,7 +226,39 @@ fn config_errors_name_the_file_the_item_and_the_problem() {
             err.contains("sluice.toml") && err.contains(want),
             "want {want:?} in:\n{err}"
         );
+        // `sluice check` refuses what `sluice run` refuses, with the same words
+        // (the plugin itself validates each destination's configuration).
+        let out = run(dir.path(), &["check", "--config", "sluice.toml"]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "check: {err}");
+        assert!(
+            err.contains("sluice.toml") && err.contains(want),
+            "check: want {want:?} in:\n{err}"
+        );
     }
+}
+
+/// A path the registry does not know and that is no likely typo compiles
+/// (payloads gain fields without a new version) and `check` warns about it.
+#[test]
+fn check_warns_about_fields_the_registry_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &CONFIG
+            .replace(">= 500", ">= 500 && ev.http.response.upstream_region == \"eu\"")
+            .replace("\"conn.client_ip\"", "\"http.request.version\", \"conn.tunnel_session\""),
+    );
+    let out = run(dir.path(), &["check", "--config", "sluice.toml"]);
+    let (o, err) = text(&out);
+    assert!(out.status.success(), "{o}\n{err}");
+    assert!(
+        err.contains("warning: sluice.toml: subscription \"esb_web5xx\", source \"http_request_complete.v0\": filter at 1:")
+            && err.contains("`http.response.upstream_region` of http_request_complete.v0 is not in Sluice's registry"),
+        "{err}"
+    );
+    assert!(err.contains("`fields`: field `conn.tunnel_session`"), "{err}");
+    assert!(!err.contains("http.request.version"), "a field of the seeds' payload is known: {err}");
 }
 
 #[test]

@@ -360,6 +360,22 @@ impl PipelineSpec {
         }
     }
 
+    /// The warnings of sources that compile: paths of filters and `fields`
+    /// the registry does not know, as `(item, warning)` with the item named as
+    /// in errors. `sluice check` prints them and `sluice run` logs them.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in &self.subscriptions {
+            for src in &s.sources {
+                if let Ok(c) = compile_source(src, self.strict_ngrok_filters) {
+                    let item = format!("subscription \"{}\", source \"{}\"", s.id, src.event_type);
+                    out.extend(c.warnings.into_iter().map(|w| (item.clone(), w)));
+                }
+            }
+        }
+        out
+    }
+
     /// Checks ids, references and duplicates, without compiling sources.
     pub fn validate_structure(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
@@ -436,6 +452,24 @@ pub struct CompiledSource {
     pub filter: Option<Filter>,
     /// The projection, if any.
     pub fields: Option<crate::encode::Projection>,
+    /// Paths of the filter or `fields` that the registry does not know
+    /// (accepted; see [`check_fields_path`]), one sentence each.
+    pub warnings: Vec<String>,
+}
+
+/// Checks one path of a source's `fields` against the registry: `Ok(None)`
+/// when known (a field or a parent of fields), `Ok(Some(warning))` when
+/// unknown but no likely typo, an error for a likely typo or, under
+/// `strict`, any unknown path. The API uses it too, so both say the same.
+pub fn check_fields_path(
+    def: &crate::events::EventTypeDef,
+    path: &str,
+    strict: bool,
+) -> Result<Option<String>, String> {
+    def.lookup(path)
+        .unknown_policy(def, path, strict)
+        .map(|w| w.map(|w| format!("`fields`: {w}")))
+        .map_err(|e| format!("`fields`: {e}"))
 }
 
 /// Compiles one source, or explains what is wrong with it.
@@ -480,24 +514,18 @@ pub fn compile_source(src: &SourceSpec, strict: bool) -> Result<CompiledSource, 
             .map_err(|e| format!("filter does not compile at {e}"))?,
         ),
     };
+    let mut warnings: Vec<String> = filter
+        .iter()
+        .flat_map(|f| f.warnings())
+        .map(|w| format!("filter at {w}"))
+        .collect();
     let fields = match &src.fields {
         None => None,
         Some(list) if list.is_empty() => None,
         Some(list) => {
             for p in list {
-                let known = def.field(p).is_some()
-                    || def
-                        .fields
-                        .iter()
-                        .any(|f| f.path.starts_with(&format!("{p}.")));
-                if !known {
-                    let hint = closest(p, def.fields.iter().map(|f| f.path))
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default();
-                    return Err(format!(
-                        "unknown field `{p}` in `fields` of {}{hint}",
-                        def.name
-                    ));
+                if let Some(w) = check_fields_path(def, p, strict)? {
+                    warnings.push(w);
                 }
             }
             Some(crate::encode::Projection::new(list))
@@ -507,6 +535,7 @@ pub fn compile_source(src: &SourceSpec, strict: bool) -> Result<CompiledSource, 
         event_type: t,
         filter,
         fields,
+        warnings,
     })
 }
 
@@ -574,7 +603,7 @@ destination_ids = ["ed_file1"]
             ),
             (
                 GOOD.replace("conn.client_ip\"", "conn.clientip\""),
-                "unknown field `conn.clientip` in `fields` of http_request_complete.v0 (did you mean `conn.client_ip`?)",
+                "`fields`: unknown field `conn.clientip` of http_request_complete.v0 (did you mean `conn.client_ip`?)",
             ),
             (
                 GOOD.replace(
@@ -602,6 +631,48 @@ destination_ids = ["ed_file1"]
                 "want {want:?} in {p:#?}"
             );
         }
+    }
+
+    /// The payload contract lets fields appear without a new version: a path
+    /// the registry does not know compiles with a warning, unless it is one or
+    /// two edits from a known one (a typo) or the configuration is strict.
+    #[test]
+    fn unknown_paths_far_from_known_ones_compile_with_a_warning() {
+        let novel = GOOD
+            .replace("status_code >= 500", "protocol_details == \"h3\"")
+            .replace("\"conn.client_ip\"", "\"conn.tunnel_session\"");
+        assert!(problems(&novel).is_empty(), "{:?}", problems(&novel));
+        let spec = PipelineSpec::from_toml(&novel).unwrap();
+        let w: Vec<String> = spec.warnings().into_iter().map(|(i, w)| format!("{i}: {w}")).collect();
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(w[0].contains("filter at 1:") && w[0].contains("`http.response.protocol_details`"), "{w:#?}");
+        assert!(w[1].contains("`fields`: field `conn.tunnel_session`"), "{w:#?}");
+        assert!(w.iter().all(|w| w.starts_with("subscription \"esb_web5xx\", source \"http_request_complete.v0\"")));
+        // Strict: every unknown path is refused.
+        let strict = format!("strict_ngrok_filters = true\n{novel}");
+        assert!(
+            problems(&strict).iter().any(|e| e.contains(
+                "unknown field `http.response.protocol_details` of http_request_complete.v0: strict_ngrok_filters allows only"
+            )),
+            "{:?}",
+            problems(&strict)
+        );
+        let strict_fields = format!(
+            "strict_ngrok_filters = true\n{}",
+            GOOD.replace("filter = 'ev.http.response.status_code >= 500'", "")
+                .replace("\"conn.client_ip\"", "\"conn.tunnel_session\"")
+        );
+        assert!(
+            problems(&strict_fields).iter().any(|e| e.contains("`fields`: unknown field `conn.tunnel_session`")),
+            "{:?}",
+            problems(&strict_fields)
+        );
+        // The fields of the seeds' example payload are known: no warning.
+        let seeds = GOOD
+            .replace("status_code >= 500", "first_byte_ts != \"\"")
+            .replace("\"conn.client_ip\"", "\"http.request.version\", \"http.request.last_byte_ts\"");
+        assert!(problems(&seeds).is_empty(), "{:?}", problems(&seeds));
+        assert!(PipelineSpec::from_toml(&seeds).unwrap().warnings().is_empty());
     }
 
     #[test]

@@ -86,7 +86,12 @@ fn send(inst: &SinkInstance, recs: &[Record]) -> SendReport {
 /// What a send that should deliver everything got instead, if anything.
 fn all_delivered(r: &SendReport) -> Result<(), String> {
     if let Some((status, msg)) = &r.failure {
-        return Err(format!("the call failed (status {status}): {msg}"));
+        return Err(match *status {
+            1 | 2 => format!("the call failed (status {status}): {msg}"),
+            other => format!(
+                "send returned status {other}, which is none of OK (0), RETRY (1) and FATAL (2): a contract violation ({msg})"
+            ),
+        });
     }
     if r.protocol_errors > 0 {
         return Err(format!(
@@ -176,27 +181,20 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
         fail("metadata", problems.join("; "))
     });
 
-    // A bad configuration is refused with a message, not accepted or crashed on.
+    // A bad configuration is refused FATAL with a message, not accepted,
+    // retried forever or crashed on. `create` is called many times per
+    // process (here, by `sluice check`, at every reconfiguration).
     let stats = Arc::new(DestinationStats::default());
-    out.push(
-        match SinkInstance::create(
+    out.push(refused_fatal(
+        "bad config",
+        "`this is not JSON`",
+        SinkInstance::create(
             lib.clone(),
             "ed_sluicecheck",
             "this is not JSON",
             stats.clone(),
-        ) {
-            Ok(_) => fail(
-                "bad config",
-                "create accepted `this is not JSON` as a configuration",
-            ),
-            Err(e) if e.to_string().trim().is_empty() => fail(
-                "bad config",
-                "create refused it without saying why (call set_error)",
-            ),
-            Err(e) => pass("bad config", format!("refused: {e}")),
-        },
-    );
-
+        ),
+    ));
     // The configuration to check with.
     let inst = match SinkInstance::create(lib.clone(), "ed_sluicecheck", config, stats.clone()) {
         Ok(i) => {
@@ -211,6 +209,27 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
             return out;
         }
     };
+    // The same configuration with one key more, which the plugin cannot know.
+    out.push(match serde_json::from_str::<serde_json::Value>(config) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert(UNKNOWN_KEY.into(), serde_json::Value::Bool(true));
+            refused_fatal(
+                "unknown config key",
+                &format!("the configuration with an extra key `{UNKNOWN_KEY}`"),
+                SinkInstance::create(
+                    lib.clone(),
+                    "ed_sluicecheck",
+                    &serde_json::Value::Object(m).to_string(),
+                    stats.clone(),
+                ),
+            )
+        }
+        _ => skip(
+            "unknown config key",
+            "the given configuration is not a JSON object",
+        ),
+    });
+
 
     // An empty batch.
     let r = send(&inst, &[]);
@@ -220,32 +239,35 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
     });
 
     // A full batch at the declared limits.
-    let per_record = 200usize;
-    let mut n = if l.max_records == 0 {
-        100
-    } else {
-        l.max_records as usize
+    let n = match full_batch_sizes(&l) {
+        Ok(sizes) => {
+            let recs: Vec<Record> = sizes.iter().enumerate().map(|(i, &len)| record(i, len)).collect();
+            let bytes: u64 = sizes.iter().map(|&len| len as u64 + u64::from(l.record_overhead_bytes)).sum();
+            out.push(match all_delivered(&send(&inst, &recs)) {
+                Ok(()) => pass(
+                    "full batch",
+                    format!(
+                        "{} records, {bytes} bytes counted as the plugin counts them (declared: {} records, {} bytes) delivered",
+                        recs.len(),
+                        declared(u64::from(l.max_records)),
+                        declared(l.max_batch_bytes)
+                    ),
+                ),
+                Err(e) => fail("full batch", format!("{} records, {bytes} bytes: {e}", recs.len())),
+            });
+            sizes.len()
+        }
+        Err(why) => {
+            out.push(skip("full batch", why));
+            1
+        }
     };
-    if l.max_batch_bytes != 0 {
-        n = n.min(
-            (l.max_batch_bytes / (per_record as u64 + u64::from(l.record_overhead_bytes))) as usize,
-        );
-    }
-    let n = n.clamp(1, 1000);
-    let recs: Vec<Record> = (0..n).map(|i| record(i, per_record)).collect();
-    out.push(match all_delivered(&send(&inst, &recs)) {
-        Ok(()) => pass(
-            "full batch",
-            format!("{n} records of {per_record} bytes delivered"),
-        ),
-        Err(e) => fail("full batch", e),
-    });
 
     // A record exactly at the per-record limit.
     let at = if l.max_record_bytes == 0 {
         1 << 20
     } else {
-        (l.max_record_bytes - u64::from(l.record_overhead_bytes)) as usize
+        l.max_record_bytes.saturating_sub(u64::from(l.record_overhead_bytes)) as usize
     };
     let big = record(n, at.max(32));
     out.push(
@@ -340,6 +362,79 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
         format!("{pv} plugin metrics reported through the host"),
     ));
     out
+}
+
+/// The key added to the configuration to check that unknown keys are refused.
+const UNKNOWN_KEY: &str = "sluice_check_unknown_key";
+
+/// The smallest record [`record`] makes.
+const MIN_RECORD: u64 = 32;
+
+/// `n` records, or "no limit" for 0.
+fn declared(n: u64) -> String {
+    if n == 0 { "no limit".into() } else { n.to_string() }
+}
+
+/// `create` must refuse `what` FATAL, with a message: a configuration that
+/// can never work is no reason to try again later.
+fn refused_fatal(
+    name: &'static str,
+    what: &str,
+    created: Result<SinkInstance, crate::plugin::PluginError>,
+) -> CheckResult {
+    match created {
+        Ok(_) => fail(name, format!("create accepted {what}")),
+        Err(crate::plugin::PluginError::Create { retryable: true, message, .. }) => fail(
+            name,
+            format!("create answered RETRY to {what}: a configuration that can never work must be refused FATAL ({message})"),
+        ),
+        Err(crate::plugin::PluginError::Create { message, .. })
+            if message.trim().is_empty() || message.contains("and no message") =>
+        {
+            fail(name, format!("create refused {what} without saying why (call set_error)"))
+        }
+        Err(e) => pass(name, format!("refused FATAL: {e}")),
+    }
+}
+
+/// The data sizes of the batch at the declared limits: `max_records`
+/// records (1,000 when the plugin declares none) whose bytes, each plus the
+/// per-record overhead, add up to exactly `max_batch_bytes` when the plugin
+/// declares it (1 KiB records otherwise), none over `max_record_bytes`.
+fn full_batch_sizes(l: &sluice_sdk::abi::SluiceLimits) -> Result<Vec<usize>, String> {
+    let ov = u64::from(l.record_overhead_bytes);
+    let records = if l.max_records == 0 { 1000 } else { u64::from(l.max_records) };
+    let cap = if l.max_record_bytes == 0 {
+        u64::MAX
+    } else {
+        l.max_record_bytes.saturating_sub(ov)
+    };
+    if cap < MIN_RECORD {
+        return Err(format!(
+            "the per-record limit ({} bytes with {ov} of overhead) is too small for a JSON record",
+            l.max_record_bytes
+        ));
+    }
+    if l.max_batch_bytes == 0 {
+        return Ok(vec![cap.min(1024) as usize; records as usize]);
+    }
+    let n = records.min(l.max_batch_bytes / (MIN_RECORD + ov));
+    if n == 0 {
+        return Err(format!(
+            "the batch limit ({} bytes) is too small for one JSON record",
+            l.max_batch_bytes
+        ));
+    }
+    let base = (l.max_batch_bytes / n - ov).min(cap);
+    // Spread what is left, a byte each, while records stay within the cap.
+    let mut left = l.max_batch_bytes - n * (base + ov);
+    Ok((0..n)
+        .map(|_| {
+            let extra = u64::from(left > 0 && base < cap);
+            left -= extra;
+            (base + extra) as usize
+        })
+        .collect())
 }
 
 /// Pushes one record over the limit through the engine's delivery: it must

@@ -67,8 +67,12 @@ pub enum PluginError {
         /// Directories searched.
         dirs: String,
     },
-    /// `create` failed.
-    #[error("plugin `{kind}` refused the configuration of destination `{destination}`: {message}")]
+    /// `create` failed: FATAL (the configuration is wrong) or RETRY (it
+    /// could not be done now, e.g. the vendor was unreachable).
+    #[error(
+        "plugin `{kind}` {} destination `{destination}`: {message}",
+        if *retryable { "could not create (it asked to retry later)" } else { "refused the configuration of" }
+    )]
     Create {
         /// The plugin kind.
         kind: String,
@@ -76,6 +80,8 @@ pub enum PluginError {
         destination: String,
         /// The plugin's message.
         message: String,
+        /// The plugin answered RETRY rather than FATAL.
+        retryable: bool,
     },
 }
 
@@ -269,13 +275,33 @@ impl PluginLibrary {
     }
 }
 
-/// Whether a file name looks like a sink plugin.
+/// Extensions of shared libraries.
+const LIBRARY_EXTENSIONS: [&str; 3] = [".so", ".dylib", ".dll"];
+
+/// The kind a plugin file's name declares, when it follows the rule
+/// `[lib]sluice_sink_<kind>.<so|dylib|dll>` (what `cargo build` names a
+/// cdylib crate `sluice-sink-<kind>`): `libsluice_sink_datadog.so` →
+/// `datadog`. Discovery loads only such files, and only when the plugin
+/// declares that same kind.
+pub fn kind_of_file_name(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let stem = LIBRARY_EXTENSIONS
+        .iter()
+        .find_map(|e| name.strip_suffix(e))?;
+    let kind = stem.strip_prefix("lib").unwrap_or(stem).strip_prefix("sluice_sink_")?;
+    (!kind.is_empty()).then_some(kind)
+}
+
+/// Whether a file name follows the plugin naming rule ([`kind_of_file_name`]).
 pub fn is_plugin_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let ext_ok = [".so", ".dylib", ".dll"].iter().any(|e| name.ends_with(e));
-    ext_ok && name.contains("sluice_sink_")
+    kind_of_file_name(path).is_some()
+}
+
+/// Whether a file is a shared library by its extension.
+fn is_library_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| LIBRARY_EXTENSIONS.iter().any(|e| n.ends_with(e)))
 }
 
 /// The plugin directories in search order: `explicit`, `$SLUICE_PLUGIN_DIR`,
@@ -306,6 +332,9 @@ pub struct PluginRegistry {
     dirs: Vec<PathBuf>,
     /// Files that looked like plugins but could not be loaded.
     pub errors: Vec<PluginError>,
+    /// Shared libraries in a plugin directory that were not loaded because
+    /// their name does not follow the rule of [`kind_of_file_name`].
+    pub skipped: Vec<PathBuf>,
 }
 
 impl PluginRegistry {
@@ -322,11 +351,28 @@ impl PluginRegistry {
             let mut files: Vec<PathBuf> = rd
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| is_plugin_file(p))
+                .filter(|p| is_library_file(p))
                 .collect();
             files.sort();
             for f in files {
+                let Some(named) = kind_of_file_name(&f) else {
+                    tracing::debug!(path = %f.display(), "not named [lib]sluice_sink_<kind>.so: not a plugin; skipped");
+                    reg.skipped.push(f);
+                    continue;
+                };
                 match PluginLibrary::load(&f) {
+                    Ok(lib) if lib.info.kind != named => {
+                        let e = PluginError::Invalid {
+                            path: f.clone(),
+                            message: format!(
+                                "the file name says kind `{named}` but the plugin declares `{}`; \
+                                 name the file libsluice_sink_{}.so (or declare `{named}`)",
+                                lib.info.kind, lib.info.kind
+                            ),
+                        };
+                        tracing::warn!("{e}");
+                        reg.errors.push(e);
+                    }
                     Ok(lib) => {
                         if reg.by_kind.contains_key(&lib.info.kind) {
                             tracing::debug!(path = %f.display(), kind = %lib.info.kind, "plugin kind already loaded from an earlier directory; skipped");
@@ -598,6 +644,7 @@ impl SinkInstance {
             return Err(PluginError::Create {
                 kind: lib.info.kind.clone(),
                 destination: destination.to_string(),
+                retryable: status == abi::STATUS_RETRY,
                 message: cs.error.unwrap_or_else(|| {
                     if status == abi::STATUS_OK {
                         "create returned OK but no instance".into()
@@ -813,8 +860,8 @@ pub fn verify_destination(
     plugins: &PluginRegistry,
     d: &crate::config::DestinationSpec,
 ) -> Result<(), VerifyError> {
-    let refused = |e: &dyn std::fmt::Display| VerifyError {
-        retryable: false,
+    let refused = |e: &PluginError| VerifyError {
+        retryable: matches!(e, PluginError::Create { retryable: true, .. }),
         message: e.to_string(),
     };
     let lib = plugins.get(&d.kind).map_err(|e| refused(&e))?;

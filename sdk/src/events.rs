@@ -63,7 +63,19 @@ pub fn rfc3339_ms(ms: i64) -> [u8; 24] {
 /// assert!(e.ends_with(r#","destination_id":"ed_1","object":{}}"#));
 /// ```
 pub fn test_event(destination_id: &str) -> String {
-    let now = now_ms();
+    test_event_at(destination_id, now_ms())
+}
+
+/// [`test_event`] stamped `now` (milliseconds since the Unix epoch) instead
+/// of the clock's time: for a sink that also writes the time in a field of
+/// its own, which must then be the event's `event_timestamp` to the
+/// millisecond.
+///
+/// ```
+/// let e = sluice_sdk::events::test_event_at("ed_1", 1_793_491_200_123);
+/// assert!(e.starts_with(r#"{"event_id":"ev_test_1793491200123","event_type":"test","event_timestamp":"2026-11-01T00:00:00.123Z","#));
+/// ```
+pub fn test_event_at(destination_id: &str, now: i64) -> String {
     let ts = rfc3339_ms(now);
     let mut s = Vec::with_capacity(140 + destination_id.len());
     s.extend_from_slice(b"{\"event_id\":\"ev_test_");

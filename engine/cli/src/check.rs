@@ -6,8 +6,10 @@ use sluice_engine::cel::{Filter, FilterOptions, Verdict};
 use sluice_engine::config::compile_source;
 use sluice_engine::events::{EVENT_TYPES, EventClass, EventTypeId};
 use sluice_engine::json::Json;
-use sluice_engine::plugin::{PluginRegistry, plugin_dirs, verify_destination};
+use sluice_engine::metrics::DestinationStats;
+use sluice_engine::plugin::{PluginRegistry, SinkInstance, plugin_dirs, verify_destination};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -73,6 +75,9 @@ pub fn check(a: CheckArgs) -> Result<ExitCode, String> {
             return Ok(ExitCode::from(2));
         }
     };
+    for w in f.warnings() {
+        eprintln!("warning: {w}");
+    }
     println!("parsed:  {}", f.parsed());
     match f.fallback_reason() {
         None => println!("runs on: the fast path (evaluated on the parsed event, no conversion)"),
@@ -134,9 +139,24 @@ fn check_config(
     let dirs = plugin_dirs(&plugin_dir.into_iter().collect::<Vec<_>>());
     let plugins = PluginRegistry::discover(&dirs);
     for d in &spec.destinations {
-        if let Err(e) = plugins.get(&d.kind) {
+        // What `sluice run` would refuse: the plugin must exist and accept the
+        // configuration (created and destroyed here, nothing sent).
+        let created = plugins.get(&d.kind).map_err(|e| e.to_string()).and_then(|lib| {
+            SinkInstance::create(
+                lib,
+                &d.id,
+                &d.config.to_string(),
+                Arc::new(DestinationStats::default()),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        });
+        if let Err(e) = created {
             problems.push(format!("{}: destination \"{}\": {e}", path.display(), d.id));
         }
+    }
+    for (item, w) in spec.warnings() {
+        eprintln!("warning: {}: {item}: {w}", path.display());
     }
     if !problems.is_empty() {
         for p in &problems {

@@ -17,6 +17,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Filter account events with CEL and export them to sinks", long_about = None)]
 struct Cli {
+    /// Log lines on stderr as `text` or `json` (one object per line). Which
+    /// lines: `SLUICE_LOG` or `RUST_LOG`, e.g. `info,sluice_engine::plugin=debug` (default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +28,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a standalone configuration over NDJSON events from a file or stdin.
+    #[command(after_help = r#"At exit one summary line goes to stderr (wrapped here):
+  sluice: N events in 2.00s (R events/s): N matched, N delivered, N rejected
+  (bad_json: N, ...), N filter errors, N unrouted, N dead-lettered
+  [, N dropped (buffer full)] [, N kept in disk buffers]
+
+  events in      non-blank input lines read (time: start to exit, drain included)
+  matched        records made: an event once per subscription whose filter chose it
+  delivered      records a sink acknowledged, once per destination
+                 (disk-buffer replays of an earlier run included)
+  rejected       malformed lines, by reason (to --rejects if given)
+  filter errors  filter evaluations that failed (missing field, type error):
+                 that subscription skips the event
+  unrouted       valid events no subscription of their account has a source
+                 for (their event type): nothing is made of them
+  dead-lettered  records written with the reason to
+                 <dead-letter-dir>/<destination>.ndjson
+  dropped        records shed by a full when_full = "drop_newest" destination
+  kept in disk buffers
+                 records left in durability = "disk" logs for the next start
+
+Events a filter said no to are in none of these. See docs/delivery.md."#)]
     Run(run::RunArgs),
     /// Validate a configuration, or compile a filter and show how it runs.
     Check(check::CheckArgs),
@@ -185,13 +210,46 @@ fn plugin_check(path: &std::path::Path, config: &str) -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+/// Logs go to stderr, filtered by `SLUICE_LOG`, else `RUST_LOG`, else
+/// `warn` (e.g. `SLUICE_LOG=info,sluice_engine::plugin=debug`); coloured only
+/// when stderr is a terminal and `NO_COLOR` is unset; one JSON object per
+/// line with `--log-format json`.
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = ["SLUICE_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (var, v))
+        })
+        .map(|(var, v)| {
+            tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+                eprintln!("sluice: {var}={v:?} is not a valid log filter ({e}); using `warn`");
+                tracing_subscriber::EnvFilter::new("warn")
+            })
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init(),
+    };
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 fn generate(a: GenArgs) -> Result<(), String> {
@@ -259,6 +317,17 @@ fn config_keys(schema: &str) -> String {
     }
 }
 
+/// Says which shared libraries in the plugin directories were not loaded
+/// because of their name, so that a misnamed plugin is not silently ignored.
+fn print_skipped(reg: &sluice_engine::plugin::PluginRegistry) {
+    for p in &reg.skipped {
+        eprintln!(
+            "skipped: {}: not named libsluice_sink_<kind>.so (.dylib, .dll), so not loaded as a plugin",
+            p.display()
+        );
+    }
+}
+
 fn plugin_list(dir: Option<PathBuf>, json: bool) -> Result<(), String> {
     let dirs = sluice_engine::plugin::plugin_dirs(&dir.into_iter().collect::<Vec<_>>());
     let reg = sluice_engine::plugin::PluginRegistry::discover(&dirs);
@@ -293,6 +362,7 @@ fn plugin_list(dir: Option<PathBuf>, json: bool) -> Result<(), String> {
         for e in &reg.errors {
             eprintln!("refused: {e}");
         }
+        print_skipped(&reg);
         return Ok(());
     }
     println!(
@@ -338,6 +408,7 @@ fn plugin_list(dir: Option<PathBuf>, json: bool) -> Result<(), String> {
     for e in &reg.errors {
         eprintln!("refused: {e}");
     }
+    print_skipped(&reg);
     if reg.all().next().is_none() {
         eprintln!(
             "no plugins found in: {}",
@@ -352,8 +423,8 @@ fn plugin_list(dir: Option<PathBuf>, json: bool) -> Result<(), String> {
 
 fn main() -> ExitCode {
     sluice_bench::alloc::mark_installed();
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Check(a) => check::check(a),

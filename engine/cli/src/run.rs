@@ -37,9 +37,12 @@ pub struct RunArgs {
     /// Where disk buffers live (`durability = "disk"`), unless a destination says otherwise.
     #[arg(long, default_value = "buffer")]
     buffer_dir: PathBuf,
-    /// Acknowledge the input: append `<bytes> <events>` to this file each time
-    /// a longer prefix of the input is safe (fsynced to a disk buffer, or
-    /// delivered, or dead-lettered). An upstream queue commits that offset.
+    /// Acknowledge the input: the file is rewritten (truncated) at each start,
+    /// then `<bytes> <events>` is appended each time a longer prefix of this
+    /// run's input is safe (fsynced to a disk buffer, delivered,
+    /// dead-lettered, or shed by drop_newest). Offsets count from the start
+    /// of this run's input, not of earlier runs: an upstream queue adds its
+    /// own committed base before committing (docs/delivery.md).
     #[arg(long)]
     ack_file: Option<PathBuf>,
 }
@@ -86,6 +89,9 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     let spec = PipelineSpec::from_file(&a.config).map_err(|e| e.to_string())?;
     spec.validate()
         .map_err(|e| e.in_file(&a.config).to_string())?;
+    for (item, w) in spec.warnings() {
+        tracing::warn!("{}: {item}: {w}", a.config.display());
+    }
     let dirs = plugin_dirs(&a.plugin_dir.iter().cloned().collect::<Vec<_>>());
     let plugins = PluginRegistry::discover(&dirs);
     let cfg = EngineConfig {

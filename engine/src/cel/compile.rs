@@ -6,7 +6,7 @@
 use super::FilterError;
 use super::eval::{self, ArithOp, CmpOp, Conv, Ex, Lit, StrOp, V};
 use super::fallback::PathTrie;
-use crate::events::{EventClass, EventTypeDef};
+use crate::events::{EventClass, EventTypeDef, PathLookup};
 use crate::json::Json;
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, SourceInfo, operators};
 use regex::Regex;
@@ -251,11 +251,12 @@ fn walk(
     }
 }
 
-/// Checks a path read from `ev` against the event type's fields.
-pub fn check_path(def: &EventTypeDef, path: &[String], strict: bool) -> Result<(), String> {
-    if path.is_empty() || def.class == EventClass::Audit {
-        return Ok(());
-    }
+/// Checks a path read from `ev` against the event type's fields: `Ok(None)`
+/// for a known path, `Ok(Some(warning))` for a path the registry does not
+/// know but that is no likely typo (see [`PathLookup::unknown_policy`]), and
+/// an error for a likely typo, for any unknown path under `strict`, and for a
+/// field ngrok does not let filters read under `strict`.
+pub fn check_path(def: &EventTypeDef, path: &[String], strict: bool) -> Result<Option<String>, String> {
     let joined = path.join(".");
     let not_filterable = |p: &str| {
         format!(
@@ -269,41 +270,24 @@ pub fn check_path(def: &EventTypeDef, path: &[String], strict: bool) -> Result<(
                 .join(", ")
         )
     };
-    if let Some(f) = def.field(&joined) {
-        return if strict && !f.filterable {
+    let found = def.lookup(&joined);
+    match found {
+        PathLookup::Field(f) | PathLookup::InContainer(f) if strict && !f.filterable => {
             Err(not_filterable(f.path))
-        } else {
-            Ok(())
-        };
-    }
-    let prefix = format!("{joined}.");
-    let below: Vec<_> = def
-        .fields
-        .iter()
-        .filter(|f| f.path.starts_with(&prefix))
-        .collect();
-    if !below.is_empty() {
-        return if strict && !below.iter().any(|f| f.filterable) {
+        }
+        PathLookup::Parent
+            if strict
+                && def.class == EventClass::Traffic
+                && !joined.is_empty()
+                && !def
+                    .fields
+                    .iter()
+                    .any(|f| f.filterable && f.path.starts_with(&format!("{joined}."))) =>
+        {
             Err(not_filterable(&joined))
-        } else {
-            Ok(())
-        };
+        }
+        _ => found.unknown_policy(def, &joined, strict),
     }
-    if let Some(f) = def
-        .fields
-        .iter()
-        .find(|f| f.ty.is_container() && joined.starts_with(&format!("{}.", f.path)))
-    {
-        return if strict && !f.filterable {
-            Err(not_filterable(f.path))
-        } else {
-            Ok(())
-        };
-    }
-    let hint = crate::events::closest(&joined, def.fields.iter().map(|f| f.path))
-        .map(|s| format!(" (did you mean `{s}`?)"))
-        .unwrap_or_default();
-    Err(format!("unknown field `{joined}` of {}{hint}", def.name))
 }
 
 /// Why the fast evaluator cannot take an expression, or a hard error.

@@ -116,6 +116,7 @@ pub struct Filter {
     parsed: String,
     plan: Plan,
     reads: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl Filter {
@@ -123,20 +124,34 @@ impl Filter {
     pub fn compile(source: &str, opts: &FilterOptions) -> Result<Filter, FilterError> {
         let parsed = compile::parse(source)?;
         let refs = compile::references(source, &parsed)?;
+        let mut warnings = Vec::new();
         if let Some(t) = opts.event_type {
             for r in &refs {
-                if let Err(msg) = compile::check_path(t.def(), &r.path, opts.strict_ngrok) {
-                    let (line, column) = parsed
-                        .info
-                        .offset_for(r.id)
-                        .map(|(s, _)| compile::line_col(source, s as usize))
-                        .unwrap_or((1, 1));
-                    return Err(FilterError {
-                        message: msg,
-                        line,
-                        column,
-                        source: source.to_string(),
-                    });
+                let checked = compile::check_path(t.def(), &r.path, opts.strict_ngrok);
+                if let Ok(None) = checked {
+                    continue;
+                }
+                let (line, column) = parsed
+                    .info
+                    .offset_for(r.id)
+                    .map(|(s, _)| compile::line_col(source, s as usize))
+                    .unwrap_or((1, 1));
+                match checked {
+                    Err(message) => {
+                        return Err(FilterError {
+                            message,
+                            line,
+                            column,
+                            source: source.to_string(),
+                        });
+                    }
+                    Ok(Some(w)) => {
+                        let w = format!("{line}:{column}: {w}");
+                        if !warnings.contains(&w) {
+                            warnings.push(w);
+                        }
+                    }
+                    Ok(None) => {}
                 }
             }
         }
@@ -170,6 +185,7 @@ impl Filter {
             parsed: compile::unparse(&parsed.expr),
             plan,
             reads,
+            warnings,
         })
     }
 
@@ -199,6 +215,14 @@ impl Filter {
     /// The paths of `ev` the filter reads (`ev.conn.server_name`, ...).
     pub fn reads(&self) -> &[String] {
         &self.reads
+    }
+
+    /// Paths the filter reads that the registry does not know, each as
+    /// `line:column: message`: accepted and evaluated on what each event
+    /// carries, but worth a look (`sluice check` prints them, `sluice run` and
+    /// `sluice serve` log them). Empty when compiled without an event type.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Evaluates the filter with `ev` bound to `object`.

@@ -377,7 +377,6 @@ pub static TCP_CONNECTION_CLOSED_FIELDS: &[FieldDef] = &[
     ),
 ];
 
-const BASE: &[&str] = &["id", "uri", "created_at", "description", "metadata"];
 const API_KEY: &[&str] = &[
     "id",
     "uri",

@@ -843,24 +843,21 @@ fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
     }
     if let Some(list) = &fields {
         for p in list {
-            let known = def.field(p).is_some()
-                || def
-                    .fields
-                    .iter()
-                    .any(|f| f.path.starts_with(&format!("{p}.")));
-            if !known {
-                let hint = crate::events::closest(p, def.fields.iter().map(|f| f.path))
-                    .map(|s| format!(" Did you mean '{s}'?"))
-                    .unwrap_or_default();
-                return Err(ApiError::bad(
-                    "ERR_NGROK_5403",
-                    format!("'{p}' is not a valid field for {ty}.{hint}"),
-                ));
+            match def.lookup(p).unknown_policy(def, p, strict) {
+                Ok(None) => {}
+                // The API's answer has no place for warnings: the log has them.
+                Ok(Some(w)) => tracing::warn!("in `fields`: {w}"),
+                Err(e) => {
+                    return Err(ApiError::bad(
+                        "ERR_NGROK_5403",
+                        format!("Invalid entry '{p}' in 'fields': {e}."),
+                    ));
+                }
             }
         }
     }
     if let Some(f) = &filter {
-        crate::cel::Filter::compile(
+        let compiled = crate::cel::Filter::compile(
             f,
             &crate::cel::FilterOptions {
                 event_type: Some(t),
@@ -879,6 +876,9 @@ fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
                 ),
             )
         })?;
+        for w in compiled.warnings() {
+            tracing::warn!("in the filter at {w}");
+        }
     }
     Ok(SourceSpec {
         event_type: ty,

@@ -8,7 +8,7 @@
 
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
 use sluice_vendor_http::{
-    Answer, Verdict, array_body, client, deliver, json_rfc3339_ms, post, test_event_array,
+    Answer, Verdict, array_body, client, deliver, json_rfc3339_ms, post, test_event_array_at,
     test_event_result, timeout_ms, verdict,
 };
 use std::sync::Mutex;
@@ -325,10 +325,12 @@ impl Sink for AzureLogs {
     const HAS_VERIFY: bool = true;
 
     fn verify(&self) -> Result<(), Error> {
+        // One instant for TimeGenerated and the event's event_timestamp.
+        let now = sluice_sdk::events::now_ms();
         let mut prefix = b"\"TimeGenerated\":".to_vec();
-        json_rfc3339_ms(&mut prefix, sluice_sdk::events::now_ms());
+        json_rfc3339_ms(&mut prefix, now);
         prefix.push(b',');
-        let body = test_event_array(&self.host.destination_id(), &prefix);
+        let body = test_event_array_at(&self.host.destination_id(), now, &prefix);
         test_event_result(
             "azure_logs_ingestion",
             self.post_body(&body),

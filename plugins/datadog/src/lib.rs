@@ -1,13 +1,17 @@
 //! `datadog`: delivers records to Datadog Logs through the HTTP intake v2
 //! (`POST https://http-intake.logs.<site>/api/v2/logs`), gzipped JSON
 //! arrays of log entries: `ddsource: ngrok`, the configured `service` and
-//! `ddtags`, and the event's fields as the entry's attributes. See
+//! `ddtags`, `timestamp` (the event's time, which Datadog takes as the
+//! entry's date), and the event's fields as the entry's attributes. Records
+//! dated outside what Datadog keeps (more than 18 hours old, more than 2
+//! hours ahead) are dead-lettered instead of sent. See
 //! `plugins/datadog/README.md`.
 
+use sluice_sdk::events::{now_ms, rfc3339_ms};
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
 use sluice_vendor_http::{
-    Verdict, array_body, client, deliver, json_str, post, test_event_array, test_event_result,
-    timeout_ms, verdict,
+    Verdict, array_body, client, deliver, json_str, post, test_event_array_at,
+    test_event_result, timeout_ms, verdict,
 };
 use std::time::Duration;
 
@@ -45,8 +49,70 @@ pub const SITES: [&str; 8] = [
 
 /// The most bytes the spliced attributes (`ddsource`, `service`, `ddtags`,
 /// as JSON) may take: they count against every entry's size and are
-/// covered by the declared per-record overhead (1,024).
+/// covered, with the date (`"timestamp":<ms>,`, at most 33 bytes) and the
+/// comma between entries, by the declared per-record overhead (1,024).
 const MAX_ATTRS: usize = 900;
+
+/// How old an entry's date may be. Datadog's Log Date Remapper page
+/// (docs.datadoghq.com/logs/log_configuration/processors/log_date_remapper,
+/// "Notes"): "Log events can be submitted up to 18 hours in the past and two
+/// hours in the future"; the Send Logs API page says the same of the past.
+/// The intake answers 202 to an older entry and drops it: sending it would
+/// lose it silently.
+const MAX_AGE_MS: i64 = 18 * 3_600_000;
+
+/// How far ahead of this node's clock an entry's date may be (same source).
+const MAX_AHEAD_MS: i64 = 2 * 3_600_000;
+
+/// Appends the entry's date, `"timestamp":<ms>,`: `timestamp` is the first
+/// of Datadog's default date attributes (`timestamp`, `date`, `_timestamp`,
+/// `Timestamp`, `eventTime`, `published_date`), and milliseconds since the
+/// epoch one of the formats they take ("UNIX (the milliseconds EPOCH
+/// format)"): no remapper, no time zone to guess. Records are the envelope
+/// (`event_id`, `event_type`, `event_timestamp`, `account_id`, `principal`,
+/// `object`), so their JSON has no top-level `timestamp` of its own to
+/// clash with. Allocates nothing beyond `out`'s capacity.
+pub fn push_date(out: &mut Vec<u8>, ms: i64) {
+    out.extend_from_slice(b"\"timestamp\":");
+    if ms < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut n = ms.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.push(b',');
+}
+
+/// Why a record dated `ts` must not be sent at `now` (both in ms since the
+/// epoch), if so: Datadog would not keep it.
+pub fn out_of_range(ts: i64, now: i64) -> Option<String> {
+    let when = || {
+        let t = rfc3339_ms(ts);
+        String::from_utf8_lossy(&t).into_owned()
+    };
+    if ts < now.saturating_sub(MAX_AGE_MS) {
+        Some(format!(
+            "datadog: event_timestamp {} is more than 18 hours in the past: Datadog would answer 202 and drop it",
+            when()
+        ))
+    } else if ts > now.saturating_add(MAX_AHEAD_MS) {
+        Some(format!(
+            "datadog: event_timestamp {} is more than 2 hours in the future: Datadog takes entries dated at most 2 hours ahead",
+            when()
+        ))
+    } else {
+        None
+    }
+}
 
 /// The configuration, checked.
 #[derive(Clone, Debug)]
@@ -170,8 +236,9 @@ impl Datadog {
     ) -> Result<(), Error> {
         let mut body = Vec::new();
         let mut send = |part: &[usize]| -> Result<Verdict, Error> {
-            array_body(batch, part, &mut body, |_, out| {
-                out.extend_from_slice(&self.cfg.prefix)
+            array_body(batch, part, &mut body, |r, out| {
+                out.extend_from_slice(&self.cfg.prefix);
+                push_date(out, r.timestamp_ms());
             });
             self.host.counter_add("requests", 1);
             self.host
@@ -200,7 +267,8 @@ impl Sink for Datadog {
             config_schema: SCHEMA,
             // The intake: 1,000 entries and 5 MB uncompressed per request,
             // 1 MB per entry. Each entry carries the spliced attributes
-            // (ddsource, service, ddtags: at most ~1 KB) and a comma.
+            // (ddsource, service, ddtags, timestamp: at most ~1 KB) and a
+            // comma.
             limits: Limits {
                 max_records: 1000,
                 record_overhead_bytes: 1024,
@@ -219,14 +287,43 @@ impl Sink for Datadog {
     }
 
     fn send(&self, batch: &Batch<'_>, outcomes: &mut Outcomes<'_>) -> Result<(), Error> {
-        let idx: Vec<usize> = (0..batch.len()).collect();
-        self.send_indices(batch, &idx, outcomes)
+        // Records Datadog would answer 202 and drop (or not take) are
+        // dead-lettered with the reason, never sent.
+        let now = now_ms();
+        let mut idx: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut refused_early = 0u64;
+        for (i, r) in batch.iter().enumerate() {
+            match out_of_range(r.timestamp_ms(), now) {
+                Some(why) => {
+                    outcomes.reject(i, &why);
+                    refused_early += 1;
+                }
+                None => idx.push(i),
+            }
+        }
+        if refused_early > 0 {
+            self.host.counter_add("events_out_of_range", refused_early);
+        }
+        match self.send_indices(batch, &idx, outcomes) {
+            // The intake could not be reached: a failed call would have the
+            // engine retry every record, the refused ones too, so the others
+            // are retried one by one and the refusals stand.
+            Err(e) if refused_early > 0 => {
+                idx.iter().for_each(|&i| outcomes.retry(i, None, e.message()));
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     const HAS_VERIFY: bool = true;
 
     fn verify(&self) -> Result<(), Error> {
-        let body = test_event_array(&self.host.destination_id(), &self.cfg.prefix);
+        // Dated like any entry: `timestamp` is the test event's own time.
+        let now = now_ms();
+        let mut prefix = self.cfg.prefix.clone();
+        push_date(&mut prefix, now);
+        let body = test_event_array_at(&self.host.destination_id(), now, &prefix);
         let answer = post(
             &self.client,
             &self.cfg.url,
@@ -277,5 +374,48 @@ mod tests {
         for s in SITES {
             assert!(Config::parse(&format!(r#"{{"api_key":"k","ddsite":"{s}"}}"#)).is_ok());
         }
+    }
+
+    #[test]
+    fn dates_are_epoch_milliseconds() {
+        for (ms, want) in [
+            (1_793_491_200_123, r#""timestamp":1793491200123,"#),
+            (0, r#""timestamp":0,"#),
+            (-5, r#""timestamp":-5,"#),
+            (i64::MAX, r#""timestamp":9223372036854775807,"#),
+            (i64::MIN, r#""timestamp":-9223372036854775808,"#),
+        ] {
+            let mut out = Vec::new();
+            push_date(&mut out, ms);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+        // At most the 33 bytes the per-record overhead counts on.
+        let mut out = Vec::new();
+        push_date(&mut out, i64::MIN);
+        assert!(out.len() <= 33, "{}", out.len());
+        // ddsource/service/ddtags, the date and the comma between entries.
+        let overhead = Datadog::info().limits.record_overhead_bytes as usize;
+        assert!(MAX_ATTRS + 33 < overhead);
+    }
+
+    #[test]
+    fn out_of_range_records_are_named() {
+        let hour = 3_600_000;
+        let now = 1_793_491_200_000; // 2026-11-01T00:00:00Z
+        let old = out_of_range(now - 18 * hour - 1, now).unwrap();
+        assert_eq!(
+            old,
+            "datadog: event_timestamp 2026-10-31T05:59:59.999Z is more than 18 hours in the past: Datadog would answer 202 and drop it"
+        );
+        assert!(
+            out_of_range(now + 2 * hour + 1, now)
+                .unwrap()
+                .contains("more than 2 hours in the future")
+        );
+        assert_eq!(out_of_range(now - 18 * hour, now), None);
+        assert_eq!(out_of_range(now + 2 * hour, now), None);
+        assert_eq!(out_of_range(now, now), None);
+        assert!(out_of_range(i64::MIN, now).is_some());
+        assert!(out_of_range(i64::MAX, now).is_some());
     }
 }

@@ -293,7 +293,13 @@ pub fn test_event_result(
 /// A one-entry JSON array holding the SDK's test event with `prefix` (as
 /// for [`array_body`]: `"key":value,` pairs) spliced in first.
 pub fn test_event_array(destination_id: &str, prefix: &[u8]) -> Vec<u8> {
-    let event = sluice_sdk::events::test_event(destination_id);
+    test_event_array_at(destination_id, sluice_sdk::events::now_ms(), prefix)
+}
+
+/// [`test_event_array`] with the test event stamped `now` (milliseconds
+/// since the epoch), for a `prefix` that carries the same time.
+pub fn test_event_array_at(destination_id: &str, now: i64, prefix: &[u8]) -> Vec<u8> {
+    let event = sluice_sdk::events::test_event_at(destination_id, now);
     let mut out = Vec::with_capacity(event.len() + prefix.len() + 2);
     out.extend_from_slice(b"[{");
     out.extend_from_slice(prefix);
