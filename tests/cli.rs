@@ -90,6 +90,40 @@ fn run_filters_projects_rejects_and_summarizes() {
     assert_eq!(rejects[0]["event"], "{not json");
 }
 
+/// The ack file's byte offsets cover the whole input, an oversized line's
+/// newline included, and each line is written whole.
+#[test]
+fn ack_file_offsets_cover_the_whole_input() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), CONFIG);
+    let ev = |i: usize| {
+        event(
+            &format!("ev_{i}"),
+            "ac_123",
+            HTTP,
+            r#"{"http":{"response":{"status_code":500}}}"#,
+        )
+    };
+    let mut input = format!("{}\n", ev(0));
+    input.push_str(&"x".repeat((1 << 20) + 10));
+    input.push('\n');
+    input.push_str(&format!("{}\n", ev(1)));
+    std::fs::write(dir.path().join("in.ndjson"), &input).unwrap();
+    let out = run(
+        dir.path(),
+        &["run", "--config", "sluice.toml", "--input", "in.ndjson", "--ack-file", "acks"],
+    );
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let acks = std::fs::read_to_string(dir.path().join("acks")).unwrap();
+    assert!(acks.ends_with('\n'), "{acks:?}");
+    assert_eq!(
+        acks.lines().last(),
+        Some(format!("{} 3", input.len()).as_str()),
+        "{acks}"
+    );
+}
+
 #[test]
 fn run_reads_stdin_and_serves_metrics_while_running() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,6 +76,21 @@ fn the_kit_fails_a_plugin_that_breaks_the_contract() {
             "a plugin's panic is reported, not printed: {out}"
         );
     }
+    // Configurations: unknown keys must be refused, and refused FATAL.
+    for (cfg, want) in [
+        (
+            r#"{"mode":"ok","accept_unknown_keys":true}"#,
+            "FAIL  unknown config key     create accepted the configuration with an extra key",
+        ),
+        (
+            r#"{"mode":"ok","retry_refusals":true}"#,
+            "FAIL  unknown config key     create answered RETRY",
+        ),
+    ] {
+        let (ok, out) = check(dir.path(), &faulty, cfg);
+        assert!(!ok, "{cfg} passed:\n{out}");
+        assert!(out.contains(want), "{cfg}:\n{out}");
+    }
     // Not a plugin at all.
     std::fs::write(dir.path().join("libsluice_sink_junk.so"), b"not a library").unwrap();
     let (ok, out) = check(dir.path(), &dir.path().join("libsluice_sink_junk.so"), "{}");

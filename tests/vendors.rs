@@ -2,23 +2,35 @@
 //! published through `sluice run` reach a real HTTP server on loopback that
 //! enforces the vendor's protocol (tests/support/vendors.rs), exactly as
 //! encoded, none missing, through 429 with Retry-After, 500, 413 (split in
-//! halves), refused keys and expiring tokens.
+//! halves), refused keys and expiring tokens; Datadog entries dated by their
+//! event, and those Datadog would drop for their date dead-lettered instead.
 
 use serde_json::Value;
 use sluice_e2e::vendors::{Intake, Vendor};
 use sluice_e2e::{KillOnDrop, cmd, read_ndjson, wait_exit};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+const HOUR: i64 = 3_600_000;
+
 /// `n` HTTP events `ev_<prefix><i>` of account `ac_1`, stamped now, ~330 bytes.
 fn events(n: usize, prefix: &str) -> String {
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    events_at(n, prefix, |_| 0)
+}
+
+/// [`events`], event `i` stamped `ts(i)` ms from now.
+fn events_at(n: usize, prefix: &str, ts: impl Fn(usize) -> i64) -> String {
+    let now = chrono::Utc::now().timestamp_millis();
     let mut s = String::new();
     for i in 0..n {
+        let t = chrono::DateTime::from_timestamp_millis(now + ts(i))
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         s.push_str(&format!(
-            r#"{{"event_id":"ev_{prefix}{i}","event_type":"http_request_complete.v0","event_timestamp":"{now}","account_id":"ac_1","object":{{"http":{{"request":{{"method":"GET","url":"/items/{i}"}},"response":{{"status_code":200}}}},"conn":{{"server_name":"app.ngrok.dev","client_ip":"10.0.0.{}"}},"n":{i}}}}}"#,
+            r#"{{"event_id":"ev_{prefix}{i}","event_type":"http_request_complete.v0","event_timestamp":"{t}","account_id":"ac_1","object":{{"http":{{"request":{{"method":"GET","url":"/items/{i}"}},"response":{{"status_code":200}}}},"conn":{{"server_name":"app.ngrok.dev","client_ip":"10.0.0.{}"}},"n":{i}}}}}"#,
             i % 256
         ));
         s.push('\n');
@@ -78,6 +90,26 @@ fn assert_exactly(got: &[Value], input: &str) {
     assert!(seen.values().all(|c| *c == 1), "duplicated records");
 }
 
+/// An entry's `event_timestamp`, in ms since the epoch.
+fn event_ms(e: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(e["event_timestamp"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Every entry is dated by its event: `timestamp`, Datadog's date
+/// attribute, is its `event_timestamp` in ms since the epoch.
+fn assert_dated_by_the_event(got: &[Value]) {
+    for e in got {
+        assert_eq!(
+            e["timestamp"].as_i64(),
+            Some(event_ms(e)),
+            "{}",
+            e["event_id"]
+        );
+    }
+}
+
 fn datadog() -> Intake {
     Intake::start(Vendor::Datadog {
         api_key: "dd-key-1".into(),
@@ -114,6 +146,8 @@ fn datadog_receives_every_record_through_429_500_and_413() {
     assert!(ok, "{err}");
     assert!(dd.violations().is_empty(), "{:?}", dd.violations());
     assert_exactly(&dd.accepted(), &input);
+    assert_dated_by_the_event(&dd.accepted());
+    assert!(dd.dropped().is_empty());
     let rx = dd.received();
     // Retry-After honoured: the 429's records came again a second later.
     let i = rx.iter().position(|r| r.status == 429).unwrap();
@@ -146,10 +180,114 @@ fn datadog_receives_every_record_through_429_500_and_413() {
         .fold((0, 0), |a, r| (a.0 + r.sizes.0, a.1 + r.sizes.1));
     assert!(gz * 4 < raw, "{gz} compressed for {raw}");
 
-    // The test event through `sluice check --destination`.
+    // The test event through `sluice check --destination`, dated now.
     let (ok, e) = check_destination(dir.path());
     assert!(ok, "{e}");
-    assert!(dd.accepted().iter().any(|e| e["event_type"] == "test"));
+    let tests: Vec<Value> = dd
+        .accepted()
+        .into_iter()
+        .filter(|e| e["event_type"] == "test")
+        .collect();
+    assert!(!tests.is_empty());
+    assert_dated_by_the_event(&tests);
+    let last = tests.last().unwrap();
+    let age = chrono::Utc::now().timestamp_millis() - last["timestamp"].as_i64().unwrap();
+    assert!((0..60_000).contains(&age), "{age} ms old");
+}
+
+#[test]
+fn datadog_dates_entries_by_the_event_and_dead_letters_those_it_would_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = datadog();
+    // Delayed events over the last 17 hours; one 20 hours old, which Datadog
+    // would answer 202 and drop, and one 3 hours ahead.
+    let input = events_at(300, "o", |i| match i {
+        13 => -20 * HOUR,
+        77 => 3 * HOUR,
+        _ => -((i as i64 * 7919) % (17 * HOUR / 1000)) * 1000,
+    });
+    std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
+    let cfg = format!(
+        r#"api_key = "dd-key-1", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
+        dd.url()
+    );
+    std::fs::write(
+        dir.path().join("c.toml"),
+        config("datadog", &cfg, "linger_ms = 20"),
+    )
+    .unwrap();
+    let (ok, err) = run(dir.path());
+    assert!(ok, "{err}");
+    assert!(dd.violations().is_empty(), "{:?}", dd.violations());
+    assert!(err.contains(", 298 delivered,"), "{err}");
+    assert!(err.contains(", 2 dead-lettered"), "{err}");
+
+    // The others were delivered, each dated by its event, none dropped.
+    let in_range: String = input
+        .lines()
+        .filter(|l| !l.contains(r#""ev_o13""#) && !l.contains(r#""ev_o77""#))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_exactly(&dd.accepted(), &in_range);
+    assert_dated_by_the_event(&dd.accepted());
+    assert!(dd.dropped().is_empty(), "{:?}", dd.dropped());
+    // The two never reached the intake.
+    for r in dd.received() {
+        for e in &r.entries {
+            assert!(e["event_id"] != "ev_o13" && e["event_id"] != "ev_o77");
+        }
+    }
+    // Dead-lettered with the reason, naming the event's time.
+    let published: BTreeMap<String, Value> = input
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["event_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let dead = read_ndjson(&dir.path().join("dead-letter/ed_v.ndjson"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let reason = |id: &str| {
+        dead.iter()
+            .find(|d| d["record"]["event_id"] == id)
+            .map(|d| d["reason"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let when = |id: &str| published[id]["event_timestamp"].as_str().unwrap().to_string();
+    assert_eq!(
+        reason("ev_o13"),
+        format!(
+            "rejected: datadog: event_timestamp {} is more than 18 hours in the past: Datadog would answer 202 and drop it",
+            when("ev_o13")
+        )
+    );
+    assert!(
+        reason("ev_o77").starts_with(&format!(
+            "rejected: datadog: event_timestamp {} is more than 2 hours in the future",
+            when("ev_o77")
+        )),
+        "{}",
+        reason("ev_o77")
+    );
+
+    // What the intake does with such an entry when sent anyway: 202, and
+    // it never shows up.
+    let old = serde_json::json!([{"ddsource": "ngrok", "service": "edge", "ddtags": "env:prod,team:net",
+        "timestamp": chrono::Utc::now().timestamp_millis() - 20 * HOUR, "event_id": "ev_direct"}]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(old.to_string().as_bytes()).unwrap();
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v2/logs", dd.url()))
+        .header("dd-api-key", "dd-key-1")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(dd.violations().is_empty(), "{:?}", dd.violations());
+    assert_eq!(dd.dropped().len(), 1);
+    assert!(dd.accepted().iter().all(|e| e["event_id"] != "ev_direct"));
 }
 
 #[test]

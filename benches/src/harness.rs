@@ -220,7 +220,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
                     published += engine.publish_ndjson_at(piece, due) as u64;
                 }
             }
-            Chunk::Oversized { len, prefix } => engine.reject_oversized(len, prefix),
+            Chunk::Oversized { len, prefix, .. } => engine.reject_oversized(len, prefix),
         }
     }
     engine.barrier();

@@ -56,7 +56,8 @@ pub struct GeneratorSpec {
     pub seed: u64,
     /// Stamp events from the last hour (the hour before the current one)
     /// rather than a fixed date, for destinations that refuse old events
-    /// (CloudWatch Logs: 14 days). The input is generated again each hour.
+    /// (CloudWatch Logs: 14 days; Datadog: 18 hours). The input is generated
+    /// again each hour.
     pub recent: bool,
 }
 

@@ -496,3 +496,43 @@ fn over_the_limit(lib: &Arc<PluginLibrary>, config: &str, at_limit: &Record) -> 
     let _ = std::fs::remove_dir_all(&dir);
     result.unwrap_or_else(|e| fail(NAME, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_sdk::abi::SluiceLimits;
+
+    fn limits(records: u32, batch: u64, record: u64, overhead: u32) -> SluiceLimits {
+        SluiceLimits {
+            max_records: records,
+            max_batch_bytes: batch,
+            max_record_bytes: record,
+            record_overhead_bytes: overhead,
+        }
+    }
+
+    fn bytes(sizes: &[usize], overhead: u32) -> u64 {
+        sizes.iter().map(|&s| s as u64 + u64::from(overhead)).sum()
+    }
+
+    #[test]
+    fn the_full_batch_fills_both_declared_limits_exactly() {
+        // CloudWatch Logs: 10,000 events, 1 MiB, 26 bytes of overhead each.
+        let l = limits(10_000, 1_048_576, 262_144, 26);
+        let s = full_batch_sizes(&l).unwrap();
+        assert_eq!(s.len(), 10_000);
+        assert_eq!(bytes(&s, 26), 1_048_576);
+        // Kinesis: 500 records, 5 MiB, 1 MiB each.
+        let s = full_batch_sizes(&limits(500, 5 << 20, 1 << 20, 0)).unwrap();
+        assert_eq!((s.len(), bytes(&s, 0)), (500, 5 << 20));
+        // The per-record cap binds: as many records as declared, each at its cap.
+        let s = full_batch_sizes(&limits(10, 1 << 20, 1000, 10)).unwrap();
+        assert_eq!(s, vec![990; 10]);
+        // No byte limit: 1 KiB records; no record limit: 1,000 records.
+        let s = full_batch_sizes(&limits(0, 0, 0, 0)).unwrap();
+        assert_eq!((s.len(), s[0]), (1000, 1024));
+        // Too small for a record, and an overhead above the per-record limit.
+        assert!(full_batch_sizes(&limits(10, 20, 0, 0)).is_err());
+        assert!(full_batch_sizes(&limits(10, 1000, 8, 26)).is_err());
+    }
+}

@@ -923,16 +923,31 @@ impl DiskBuffer {
                 let files = std::mem::take(&mut w.unsynced);
                 (files, w.next_seq, std::mem::take(&mut w.new_segment))
             };
+            // A failed fsync leaves every file of this round (and the
+            // directory, if it had a new entry) to sync again: nothing they
+            // hold is acknowledged until a later round syncs them all.
+            let failed = |e: std::io::Error| {
+                self.stats.disk_errors.fetch_add(1, Relaxed);
+                let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                for f in &files {
+                    if !w.unsynced.iter().any(|u| Arc::ptr_eq(u, f)) {
+                        w.unsynced.push(f.clone());
+                    }
+                }
+                w.new_segment |= new_segment;
+                self.dirty.store(true, Release);
+                e
+            };
             for f in &files {
                 if let Err(e) = f.sync_data() {
-                    self.stats.disk_errors.fetch_add(1, Relaxed);
-                    self.dirty.store(true, Release);
-                    return Err(e);
+                    return Err(failed(e));
                 }
             }
             // A new segment's directory entry must be durable too.
-            if new_segment && let Ok(d) = File::open(&self.dir) {
-                let _ = d.sync_all();
+            if new_segment
+                && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all())
+            {
+                return Err(failed(e));
             }
             self.synced.store(upto, Release);
             let released: Vec<Hold> = {

@@ -5,7 +5,11 @@
 //! - Datadog Logs intake v2: `POST /api/v2/logs`, `DD-API-KEY` (403
 //!   otherwise), `Content-Type: application/json`, `Content-Encoding: gzip`,
 //!   a JSON array of at most 1,000 entries, 5 MB uncompressed (413
-//!   otherwise), 1 MB per entry, `ddsource`/`service`/`ddtags` as configured.
+//!   otherwise), 1 MB per entry, `ddsource`/`service`/`ddtags` as configured,
+//!   the entry's date in `timestamp` (ms since the epoch; Sluice promises it
+//!   is the event's `event_timestamp`). Like Datadog, it answers 202 to an
+//!   entry dated more than 18 hours in the past or 2 hours in the future and
+//!   drops it (`Intake::dropped`).
 //! - Azure: the Microsoft identity platform token endpoint
 //!   (`POST /<tenant>/oauth2/v2.0/token`, client credentials, the Logs
 //!   Ingestion scope) issuing tokens of a set lifetime, and the Logs
@@ -66,6 +70,7 @@ struct State {
     script: Mutex<VecDeque<(u16, Option<String>)>>,
     received: Mutex<Vec<Received>>,
     accepted: Mutex<Vec<Value>>,
+    dropped: Mutex<Vec<Value>>,
     violations: Mutex<Vec<String>>,
     tokens: Mutex<HashMap<String, Instant>>,
     token_life: Mutex<u64>,
@@ -90,6 +95,7 @@ impl Intake {
             script: Mutex::default(),
             received: Mutex::default(),
             accepted: Mutex::default(),
+            dropped: Mutex::default(),
             violations: Mutex::default(),
             tokens: Mutex::default(),
             token_life: Mutex::new(3600),
@@ -158,6 +164,12 @@ impl Intake {
     /// Entries accepted so far.
     pub fn accepted(&self) -> Vec<Value> {
         self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Entries answered with success but dropped, as Datadog drops those
+    /// dated outside its window.
+    pub fn dropped(&self) -> Vec<Value> {
+        self.state.dropped.lock().unwrap().clone()
     }
 
     /// What broke the vendor's protocol.
@@ -247,8 +259,33 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
                         e["ddsource"], e["service"], e["ddtags"]
                     ));
                 }
+                // Datadog would date an entry without one of its date
+                // attributes when received; Sluice promises `timestamp`, the
+                // event's own time whenever the record has one (the
+                // conformance kit's synthetic records do not).
+                let et = e["event_timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp_millis());
+                let ts = e["timestamp"].as_i64();
+                if ts.is_none() || (!e["event_timestamp"].is_null() && ts != et) {
+                    return violation(format!(
+                        "timestamp {} for event_timestamp {}",
+                        e["timestamp"], e["event_timestamp"]
+                    ));
+                }
             }
-            scripted_or(st, req, entries, raw, 202)
+            // "Log events can be submitted up to 18 hours in the past and
+            // two hours in the future": the others are answered 202 all the
+            // same, and never show up.
+            let now = chrono::Utc::now().timestamp_millis();
+            let hour = 3_600_000;
+            let in_window = |e: &Value| {
+                e["timestamp"]
+                    .as_i64()
+                    .is_some_and(|t| t >= now - 18 * hour && t <= now + 2 * hour)
+            };
+            scripted_or(st, req, entries, raw, 202, &in_window)
         }
         Vendor::Azure {
             tenant,
@@ -344,7 +381,7 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
                     ));
                 }
             }
-            scripted_or(st, req, entries, raw, 204)
+            scripted_or(st, req, entries, raw, 204, &|_: &Value| true)
         }
     }
 }
@@ -364,6 +401,7 @@ fn scripted_or(
     entries: Vec<Value>,
     raw: usize,
     ok: u16,
+    kept: &dyn Fn(&Value) -> bool,
 ) -> (u16, String, String) {
     let next = st.script.lock().unwrap().pop_front();
     let (status, extra) = match next {
@@ -376,7 +414,15 @@ fn scripted_or(
         None => (ok, String::new()),
     };
     if status == ok {
-        st.accepted.lock().unwrap().extend(entries.iter().cloned());
+        let mut accepted = st.accepted.lock().unwrap();
+        let mut dropped = st.dropped.lock().unwrap();
+        for e in &entries {
+            if kept(e) {
+                accepted.push(e.clone());
+            } else {
+                dropped.push(e.clone());
+            }
+        }
     }
     record(st, req, entries, raw, status);
     // (write_response leaves out the body of a 204.)

@@ -73,8 +73,8 @@ impl Acks {
                         next += 1;
                     }
                     if next > before {
-                        writeln!(f, "{bytes} {events}")
-                            .and_then(|_| f.flush())
+                        // One write per line, so a crash leaves whole lines.
+                        f.write_all(format!("{bytes} {events}\n").as_bytes())
                             .map_err(|e| format!("writing the ack file: {e}"))?;
                     }
                 }
@@ -132,10 +132,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
                     engine.publish_ndjson(b);
                 }
             },
-            Ok(Chunk::Oversized { len, prefix }) => {
+            Ok(Chunk::Oversized {
+                len,
+                consumed,
+                prefix,
+            }) => {
                 engine.reject_oversized(len, prefix);
                 if let Some(acks) = &acks {
-                    let _ = acks.tx.send((index, len as u64, 1));
+                    let _ = acks.tx.send((index, consumed as u64, 1));
                     index += 1;
                 }
             }

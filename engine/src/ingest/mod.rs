@@ -186,6 +186,9 @@ pub enum Chunk {
     Oversized {
         /// Full length of the line.
         len: usize,
+        /// Bytes of input it covers: `len`, plus its newline if it had one
+        /// (what an input offset advances by).
+        consumed: usize,
         /// Its first bytes, for the rejects file.
         prefix: Bytes,
     },
@@ -249,6 +252,7 @@ impl<R: Read> Iterator for NdjsonReader<R> {
                     let _ = self.buf.split_to(nl + 1);
                     return Some(Ok(Chunk::Oversized {
                         len: len + nl,
+                        consumed: len + nl + 1,
                         prefix,
                     }));
                 }
@@ -257,6 +261,7 @@ impl<R: Read> Iterator for NdjsonReader<R> {
                 if self.eof {
                     return Some(Ok(Chunk::Oversized {
                         len: len + n,
+                        consumed: len + n,
                         prefix,
                     }));
                 }
@@ -274,6 +279,7 @@ impl<R: Read> Iterator for NdjsonReader<R> {
                     let _ = self.buf.split_to(first_nl + 1);
                     return Some(Ok(Chunk::Oversized {
                         len: first_nl,
+                        consumed: first_nl + 1,
                         prefix,
                     }));
                 }
@@ -356,7 +362,10 @@ mod tests {
         for it in items {
             match it {
                 Chunk::Lines(b) => text.push_str(std::str::from_utf8(&b).unwrap()),
-                Chunk::Oversized { len, .. } => oversized.push(len),
+                Chunk::Oversized { len, consumed, .. } => {
+                    assert!(consumed == len + 1 || consumed == len, "{len} {consumed}");
+                    oversized.push(len)
+                }
             }
         }
         assert_eq!(text, "l1\nl2\nl3\nl4");

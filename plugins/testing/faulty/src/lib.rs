@@ -10,6 +10,10 @@
 //!   `slow_calls`), then behaves;
 //! * `ok`: behaves.
 //!
+//! `accept_unknown_keys: true` and `retry_refusals: true` break the
+//! configuration contract (unknown keys are ignored; a refused configuration
+//! answers RETRY instead of FATAL), for the conformance kit's own tests.
+//!
 //! Calls that behave append the records to `path` (if given), one per line,
 //! so tests can check what was finally delivered.
 
@@ -34,7 +38,28 @@ struct Config {
     /// With mode `slow`: only the first this many calls are slow (0 = all).
     #[serde(default)]
     slow_calls: u64,
+    /// Breaks the contract: ignores keys it does not know. (Read from the
+    /// raw JSON before parsing; declared so that `deny_unknown_fields` takes it.)
+    #[serde(default)]
+    #[allow(dead_code)]
+    accept_unknown_keys: bool,
+    /// Breaks the contract: refuses a configuration with RETRY, not FATAL.
+    #[serde(default)]
+    #[allow(dead_code)]
+    retry_refusals: bool,
 }
+
+/// The keys of [`Config`], for `accept_unknown_keys`.
+const KEYS: [&str; 8] = [
+    "mode",
+    "every",
+    "path",
+    "panic_in_create",
+    "delay_ms",
+    "slow_calls",
+    "accept_unknown_keys",
+    "retry_refusals",
+];
 
 fn one() -> u64 {
     1
@@ -64,8 +89,19 @@ impl Sink for Faulty {
     }
 
     fn create(config: &str, _host: Host) -> Result<Self, Error> {
-        let config: Config =
+        let mut raw: serde_json::Value =
             serde_json::from_str(config).map_err(|e| Error::fatal(format!("faulty: {e}")))?;
+        let flag = |k: &str| raw.get(k) == Some(&serde_json::Value::Bool(true));
+        let retry_refusals = flag("retry_refusals");
+        if flag("accept_unknown_keys")
+            && let Some(m) = raw.as_object_mut()
+        {
+            m.retain(|k, _| KEYS.contains(&k.as_str()));
+        }
+        let config: Config = serde_json::from_value(raw).map_err(|e| {
+            let msg = format!("faulty: {e}");
+            if retry_refusals { Error::retry(msg) } else { Error::fatal(msg) }
+        })?;
         if config.panic_in_create {
             panic!("faulty: panic in create, as configured");
         }
