@@ -439,7 +439,13 @@ fn every_protocol_and_validation_error_has_its_code() {
     );
     let (st, v) = api.call("POST", "/event_subscriptions", Some(json!({"sources":[{"type":"http_request_complete.v0","filter":"ev.http.request.verison == 'x'"}]})));
     assert_eq!((st, code(&v)), (400, "ERR_NGROK_5404"), "{v}");
-    assert!(v["msg"].as_str().unwrap().contains("did you mean `http.request.version`"), "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `http.request.version`"),
+        "{v}"
+    );
     // In-use destination, target type change.
     let d = api.ok(
         "POST",

@@ -111,7 +111,15 @@ fn ack_file_offsets_cover_the_whole_input() {
     std::fs::write(dir.path().join("in.ndjson"), &input).unwrap();
     let out = run(
         dir.path(),
-        &["run", "--config", "sluice.toml", "--input", "in.ndjson", "--ack-file", "acks"],
+        &[
+            "run",
+            "--config",
+            "sluice.toml",
+            "--input",
+            "in.ndjson",
+            "--ack-file",
+            "acks",
+        ],
     );
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
@@ -280,8 +288,14 @@ fn check_warns_about_fields_the_registry_does_not_know() {
     write_config(
         dir.path(),
         &CONFIG
-            .replace(">= 500", ">= 500 && ev.http.response.upstream_region == \"eu\"")
-            .replace("\"conn.client_ip\"", "\"http.request.version\", \"conn.tunnel_session\""),
+            .replace(
+                ">= 500",
+                ">= 500 && ev.http.response.upstream_region == \"eu\"",
+            )
+            .replace(
+                "\"conn.client_ip\"",
+                "\"http.request.version\", \"conn.tunnel_session\"",
+            ),
     );
     let out = run(dir.path(), &["check", "--config", "sluice.toml"]);
     let (o, err) = text(&out);
@@ -291,8 +305,14 @@ fn check_warns_about_fields_the_registry_does_not_know() {
             && err.contains("`http.response.upstream_region` of http_request_complete.v0 is not in Sluice's registry"),
         "{err}"
     );
-    assert!(err.contains("`fields`: field `conn.tunnel_session`"), "{err}");
-    assert!(!err.contains("http.request.version"), "a field of the seeds' payload is known: {err}");
+    assert!(
+        err.contains("`fields`: field `conn.tunnel_session`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("http.request.version"),
+        "a field of the seeds' payload is known: {err}"
+    );
 }
 
 #[test]

@@ -253,7 +253,12 @@ fn datadog_dates_entries_by_the_event_and_dead_letters_those_it_would_drop() {
             .map(|d| d["reason"].as_str().unwrap().to_string())
             .unwrap()
     };
-    let when = |id: &str| published[id]["event_timestamp"].as_str().unwrap().to_string();
+    let when = |id: &str| {
+        published[id]["event_timestamp"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(
         reason("ev_o13"),
         format!(

@@ -643,11 +643,23 @@ destination_ids = ["ed_file1"]
             .replace("\"conn.client_ip\"", "\"conn.tunnel_session\"");
         assert!(problems(&novel).is_empty(), "{:?}", problems(&novel));
         let spec = PipelineSpec::from_toml(&novel).unwrap();
-        let w: Vec<String> = spec.warnings().into_iter().map(|(i, w)| format!("{i}: {w}")).collect();
+        let w: Vec<String> = spec
+            .warnings()
+            .into_iter()
+            .map(|(i, w)| format!("{i}: {w}"))
+            .collect();
         assert_eq!(w.len(), 2, "{w:#?}");
-        assert!(w[0].contains("filter at 1:") && w[0].contains("`http.response.protocol_details`"), "{w:#?}");
-        assert!(w[1].contains("`fields`: field `conn.tunnel_session`"), "{w:#?}");
-        assert!(w.iter().all(|w| w.starts_with("subscription \"esb_web5xx\", source \"http_request_complete.v0\"")));
+        assert!(
+            w[0].contains("filter at 1:") && w[0].contains("`http.response.protocol_details`"),
+            "{w:#?}"
+        );
+        assert!(
+            w[1].contains("`fields`: field `conn.tunnel_session`"),
+            "{w:#?}"
+        );
+        assert!(w.iter().all(|w| {
+            w.starts_with("subscription \"esb_web5xx\", source \"http_request_complete.v0\"")
+        }));
         // Strict: every unknown path is refused.
         let strict = format!("strict_ngrok_filters = true\n{novel}");
         assert!(
@@ -663,16 +675,26 @@ destination_ids = ["ed_file1"]
                 .replace("\"conn.client_ip\"", "\"conn.tunnel_session\"")
         );
         assert!(
-            problems(&strict_fields).iter().any(|e| e.contains("`fields`: unknown field `conn.tunnel_session`")),
+            problems(&strict_fields)
+                .iter()
+                .any(|e| e.contains("`fields`: unknown field `conn.tunnel_session`")),
             "{:?}",
             problems(&strict_fields)
         );
         // The fields of the seeds' example payload are known: no warning.
         let seeds = GOOD
             .replace("status_code >= 500", "first_byte_ts != \"\"")
-            .replace("\"conn.client_ip\"", "\"http.request.version\", \"http.request.last_byte_ts\"");
+            .replace(
+                "\"conn.client_ip\"",
+                "\"http.request.version\", \"http.request.last_byte_ts\"",
+            );
         assert!(problems(&seeds).is_empty(), "{:?}", problems(&seeds));
-        assert!(PipelineSpec::from_toml(&seeds).unwrap().warnings().is_empty());
+        assert!(
+            PipelineSpec::from_toml(&seeds)
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
     }
 
     #[test]

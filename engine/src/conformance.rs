@@ -230,7 +230,6 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
         ),
     });
 
-
     // An empty batch.
     let r = send(&inst, &[]);
     out.push(match &r.failure {
@@ -241,8 +240,15 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
     // A full batch at the declared limits.
     let n = match full_batch_sizes(&l) {
         Ok(sizes) => {
-            let recs: Vec<Record> = sizes.iter().enumerate().map(|(i, &len)| record(i, len)).collect();
-            let bytes: u64 = sizes.iter().map(|&len| len as u64 + u64::from(l.record_overhead_bytes)).sum();
+            let recs: Vec<Record> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| record(i, len))
+                .collect();
+            let bytes: u64 = sizes
+                .iter()
+                .map(|&len| len as u64 + u64::from(l.record_overhead_bytes))
+                .sum();
             out.push(match all_delivered(&send(&inst, &recs)) {
                 Ok(()) => pass(
                     "full batch",
@@ -267,7 +273,8 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
     let at = if l.max_record_bytes == 0 {
         1 << 20
     } else {
-        l.max_record_bytes.saturating_sub(u64::from(l.record_overhead_bytes)) as usize
+        l.max_record_bytes
+            .saturating_sub(u64::from(l.record_overhead_bytes)) as usize
     };
     let big = record(n, at.max(32));
     out.push(
@@ -372,7 +379,11 @@ const MIN_RECORD: u64 = 32;
 
 /// `n` records, or "no limit" for 0.
 fn declared(n: u64) -> String {
-    if n == 0 { "no limit".into() } else { n.to_string() }
+    if n == 0 {
+        "no limit".into()
+    } else {
+        n.to_string()
+    }
 }
 
 /// `create` must refuse `what` FATAL, with a message: a configuration that
@@ -384,14 +395,23 @@ fn refused_fatal(
 ) -> CheckResult {
     match created {
         Ok(_) => fail(name, format!("create accepted {what}")),
-        Err(crate::plugin::PluginError::Create { retryable: true, message, .. }) => fail(
+        Err(crate::plugin::PluginError::Create {
+            retryable: true,
+            message,
+            ..
+        }) => fail(
             name,
-            format!("create answered RETRY to {what}: a configuration that can never work must be refused FATAL ({message})"),
+            format!(
+                "create answered RETRY to {what}: a configuration that can never work must be refused FATAL ({message})"
+            ),
         ),
         Err(crate::plugin::PluginError::Create { message, .. })
             if message.trim().is_empty() || message.contains("and no message") =>
         {
-            fail(name, format!("create refused {what} without saying why (call set_error)"))
+            fail(
+                name,
+                format!("create refused {what} without saying why (call set_error)"),
+            )
         }
         Err(e) => pass(name, format!("refused FATAL: {e}")),
     }
@@ -403,7 +423,11 @@ fn refused_fatal(
 /// declares it (1 KiB records otherwise), none over `max_record_bytes`.
 fn full_batch_sizes(l: &sluice_sdk::abi::SluiceLimits) -> Result<Vec<usize>, String> {
     let ov = u64::from(l.record_overhead_bytes);
-    let records = if l.max_records == 0 { 1000 } else { u64::from(l.max_records) };
+    let records = if l.max_records == 0 {
+        1000
+    } else {
+        u64::from(l.max_records)
+    };
     let cap = if l.max_record_bytes == 0 {
         u64::MAX
     } else {

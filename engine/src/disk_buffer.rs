@@ -944,9 +944,7 @@ impl DiskBuffer {
                 }
             }
             // A new segment's directory entry must be durable too.
-            if new_segment
-                && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all())
-            {
+            if new_segment && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
                 return Err(failed(e));
             }
             self.synced.store(upto, Release);

@@ -288,7 +288,10 @@ pub fn kind_of_file_name(path: &Path) -> Option<&str> {
     let stem = LIBRARY_EXTENSIONS
         .iter()
         .find_map(|e| name.strip_suffix(e))?;
-    let kind = stem.strip_prefix("lib").unwrap_or(stem).strip_prefix("sluice_sink_")?;
+    let kind = stem
+        .strip_prefix("lib")
+        .unwrap_or(stem)
+        .strip_prefix("sluice_sink_")?;
     (!kind.is_empty()).then_some(kind)
 }
 
@@ -861,7 +864,13 @@ pub fn verify_destination(
     d: &crate::config::DestinationSpec,
 ) -> Result<(), VerifyError> {
     let refused = |e: &PluginError| VerifyError {
-        retryable: matches!(e, PluginError::Create { retryable: true, .. }),
+        retryable: matches!(
+            e,
+            PluginError::Create {
+                retryable: true,
+                ..
+            }
+        ),
         message: e.to_string(),
     };
     let lib = plugins.get(&d.kind).map_err(|e| refused(&e))?;

@@ -9,8 +9,8 @@ use sluice_engine::json::Json;
 use sluice_engine::metrics::DestinationStats;
 use sluice_engine::plugin::{PluginRegistry, SinkInstance, plugin_dirs, verify_destination};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["config", "filter", "list_types"])))]
@@ -141,16 +141,19 @@ fn check_config(
     for d in &spec.destinations {
         // What `sluice run` would refuse: the plugin must exist and accept the
         // configuration (created and destroyed here, nothing sent).
-        let created = plugins.get(&d.kind).map_err(|e| e.to_string()).and_then(|lib| {
-            SinkInstance::create(
-                lib,
-                &d.id,
-                &d.config.to_string(),
-                Arc::new(DestinationStats::default()),
-            )
-            .map(drop)
+        let created = plugins
+            .get(&d.kind)
             .map_err(|e| e.to_string())
-        });
+            .and_then(|lib| {
+                SinkInstance::create(
+                    lib,
+                    &d.id,
+                    &d.config.to_string(),
+                    Arc::new(DestinationStats::default()),
+                )
+                .map(drop)
+                .map_err(|e| e.to_string())
+            });
         if let Err(e) = created {
             problems.push(format!("{}: destination \"{}\": {e}", path.display(), d.id));
         }

@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a standalone configuration over NDJSON events from a file or stdin.
-    #[command(after_help = r#"At exit one summary line goes to stderr (wrapped here):
+    #[command(
+        after_help = r#"At exit one summary line goes to stderr (wrapped here):
   sluice: N events in 2.00s (R events/s): N matched, N delivered, N rejected
   (bad_json: N, ...), N filter errors, N unrouted, N dead-lettered
   [, N dropped (buffer full)] [, N kept in disk buffers]
@@ -48,7 +49,8 @@ enum Command {
   kept in disk buffers
                  records left in durability = "disk" logs for the next start
 
-Events a filter said no to are in none of these. See docs/delivery.md."#)]
+Events a filter said no to are in none of these. See docs/delivery.md."#
+    )]
     Run(run::RunArgs),
     /// Validate a configuration, or compile a filter and show how it runs.
     Check(check::CheckArgs),

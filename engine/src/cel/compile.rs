@@ -256,7 +256,11 @@ fn walk(
 /// know but that is no likely typo (see [`PathLookup::unknown_policy`]), and
 /// an error for a likely typo, for any unknown path under `strict`, and for a
 /// field ngrok does not let filters read under `strict`.
-pub fn check_path(def: &EventTypeDef, path: &[String], strict: bool) -> Result<Option<String>, String> {
+pub fn check_path(
+    def: &EventTypeDef,
+    path: &[String],
+    strict: bool,
+) -> Result<Option<String>, String> {
     let joined = path.join(".");
     let not_filterable = |p: &str| {
         format!(

@@ -445,7 +445,14 @@ const EVENT_SUBSCRIPTION: &[&str] = &[
     "sources",
     "destinations",
 ];
-const IP_POLICY: &[&str] = &["id", "uri", "created_at", "description", "metadata", "action"];
+const IP_POLICY: &[&str] = &[
+    "id",
+    "uri",
+    "created_at",
+    "description",
+    "metadata",
+    "action",
+];
 const IP_POLICY_RULE: &[&str] = &[
     "id",
     "uri",
@@ -674,9 +681,21 @@ pub static EVENT_TYPES: &[EventTypeDef] = &[
         EVENT_SUBSCRIPTION,
         "an event subscription was updated"
     ),
-    audit!("ip_policy_created.v0", IP_POLICY, "an IP policy was created"),
-    audit!("ip_policy_deleted.v0", IP_POLICY, "an IP policy was deleted"),
-    audit!("ip_policy_updated.v0", IP_POLICY, "an IP policy was updated"),
+    audit!(
+        "ip_policy_created.v0",
+        IP_POLICY,
+        "an IP policy was created"
+    ),
+    audit!(
+        "ip_policy_deleted.v0",
+        IP_POLICY,
+        "an IP policy was deleted"
+    ),
+    audit!(
+        "ip_policy_updated.v0",
+        IP_POLICY,
+        "an IP policy was updated"
+    ),
     audit!(
         "ip_policy_rule_created.v0",
         IP_POLICY_RULE,

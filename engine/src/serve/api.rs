@@ -448,7 +448,10 @@ fn canonical_keys(params: Vec<(String, String)>) -> Result<Vec<(String, String)>
 }
 
 fn list_query(raw: Option<&str>, prefix: &str) -> Result<ListQuery, ApiError> {
-    let params = canonical_keys(parse_query(raw, &["before_id", "beforeId", "limit", "filter"])?)?;
+    let params = canonical_keys(parse_query(
+        raw,
+        &["before_id", "beforeId", "limit", "filter"],
+    )?)?;
     let mut q = ListQuery {
         before_id: None,
         limit: 100,

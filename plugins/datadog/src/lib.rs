@@ -10,8 +10,8 @@
 use sluice_sdk::events::{now_ms, rfc3339_ms};
 use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
 use sluice_vendor_http::{
-    Verdict, array_body, client, deliver, json_str, post, test_event_array_at,
-    test_event_result, timeout_ms, verdict,
+    Verdict, array_body, client, deliver, json_str, post, test_event_array_at, test_event_result,
+    timeout_ms, verdict,
 };
 use std::time::Duration;
 
@@ -74,21 +74,7 @@ const MAX_AHEAD_MS: i64 = 2 * 3_600_000;
 /// clash with. Allocates nothing beyond `out`'s capacity.
 pub fn push_date(out: &mut Vec<u8>, ms: i64) {
     out.extend_from_slice(b"\"timestamp\":");
-    if ms < 0 {
-        out.push(b'-');
-    }
-    let mut digits = [0u8; 20];
-    let mut n = ms.unsigned_abs();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
     out.push(b',');
 }
 
@@ -309,7 +295,8 @@ impl Sink for Datadog {
             // engine retry every record, the refused ones too, so the others
             // are retried one by one and the refusals stand.
             Err(e) if refused_early > 0 => {
-                idx.iter().for_each(|&i| outcomes.retry(i, None, e.message()));
+                idx.iter()
+                    .for_each(|&i| outcomes.retry(i, None, e.message()));
                 Ok(())
             }
             r => r,

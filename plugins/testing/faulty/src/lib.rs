@@ -100,7 +100,11 @@ impl Sink for Faulty {
         }
         let config: Config = serde_json::from_value(raw).map_err(|e| {
             let msg = format!("faulty: {e}");
-            if retry_refusals { Error::retry(msg) } else { Error::fatal(msg) }
+            if retry_refusals {
+                Error::retry(msg)
+            } else {
+                Error::fatal(msg)
+            }
         })?;
         if config.panic_in_create {
             panic!("faulty: panic in create, as configured");
