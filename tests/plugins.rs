@@ -104,7 +104,15 @@ fn build_c_example(dir: &Path) -> PathBuf {
     let out = dir.join("libsluice_sink_c_stdout.so");
     let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
-            "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2", "-I",
+            "-std=c99",
+            "-pedantic",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-I",
         ])
         .arg(root.join("sdk/include"))
         .arg("-o")
@@ -132,8 +140,13 @@ fn the_c_example_builds_passes_the_kit_and_delivers_through_sluice_run() {
         .find_map(|l| l.strip_prefix("> ").filter(|l| l.contains("\"ev_test_")))
         .unwrap_or_else(|| panic!("no test event in:\n{out}"));
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    let ms: i64 = v["event_id"].as_str().unwrap()["ev_test_".len()..].parse().unwrap();
-    assert_eq!(line, sluice_sdk::events::test_event_at("ed_sluicecheck", ms));
+    let ms: i64 = v["event_id"].as_str().unwrap()["ev_test_".len()..]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        line,
+        sluice_sdk::events::test_event_at("ed_sluicecheck", ms)
+    );
     let mut input = String::new();
     for i in 0..50 {
         input.push_str(&event(

@@ -631,9 +631,24 @@ impl Generator {
         Self::kn(out, &mut f, "server_port", port);
         let st = Self::ts(conn_start, self.rng.below(1_000_000));
         Self::kv(out, &mut f, "start_ts", &st);
+        // The timing fields of the seeds' example payload (request and
+        // response first/last byte times, HTTP version), on about one event in
+        // ten. Decided and valued from what is already drawn, so that the
+        // rest of the stream is the same with or without them.
+        let timing = dur_us % 10 == 0;
+        let times = |at: i64| Self::ts(at, dur_us * 7 % 1_000_000);
+        let req_start = ms - (dur_us / 1000) as i64;
         out.extend_from_slice(b"},\"http\":{\"request\":{");
         let mut f = true;
         Self::kn(out, &mut f, "body_length", req_len);
+        if timing {
+            // As in the example, a request without a body has no byte times.
+            if req_len == 0 {
+                out.extend_from_slice(b",\"first_byte_ts\":null");
+            } else {
+                Self::kv(out, &mut f, "first_byte_ts", &times(req_start));
+            }
+        }
         out.extend_from_slice(b",\"headers\":{");
         let mut hf = true;
         let mut header = |out: &mut Vec<u8>, k: &str, v: &str| {
@@ -654,7 +669,7 @@ impl Generator {
             }
         }
         // Pad towards the target size with realistic request headers.
-        let tail = if lean { 230 } else { 420 };
+        let tail = if lean { 230 } else { 420 } + if timing { 230 } else { 0 };
         let mut pad = 0u64;
         while self.cfg.target_size > 0 && out.len() - start + tail + 60 < self.cfg.target_size {
             let v = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
@@ -679,6 +694,13 @@ impl Generator {
             }
         }
         out.push(b'}');
+        if timing {
+            if req_len == 0 {
+                out.extend_from_slice(b",\"last_byte_ts\":null");
+            } else {
+                Self::kv(out, &mut f, "last_byte_ts", &times(req_start + 1));
+            }
+        }
         Self::kv(out, &mut f, "method", method);
         out.extend_from_slice(b",\"url\":{");
         let mut uf = true;
@@ -701,9 +723,16 @@ impl Generator {
         );
         out.push(b'}');
         Self::kv(out, &mut f, "user_agent", ua);
+        if timing {
+            let v = if port == 443 { "HTTP/2.0" } else { "HTTP/1.1" };
+            Self::kv(out, &mut f, "version", v);
+        }
         out.extend_from_slice(b"},\"response\":{");
         let mut f = true;
         Self::kn(out, &mut f, "body_length", resp_len);
+        if timing {
+            Self::kv(out, &mut f, "first_byte_ts", &times(ms - 2));
+        }
         if !lean {
             out.extend_from_slice(b",\"headers\":{\"Content-Type\":[");
             write_str(
@@ -711,6 +740,9 @@ impl Generator {
                 CONTENT_TYPES[self.rng.below(CONTENT_TYPES.len() as u64) as usize],
             );
             out.extend_from_slice(b"]}");
+        }
+        if timing {
+            Self::kv(out, &mut f, "last_byte_ts", &times(ms));
         }
         Self::kn(out, &mut f, "status_code", status);
         out.extend_from_slice(b"}}");
@@ -971,7 +1003,11 @@ mod tests {
                     if let Some(v) = env.object.path(&segs) {
                         let ok = match f.ty {
                             FieldType::Bool => v.kind() == sluice_engine::json::Kind::Bool,
-                            FieldType::String | FieldType::Timestamp => v.as_str().is_some(),
+                            FieldType::String => v.as_str().is_some(),
+                            // Null where nothing happened (a request without a body).
+                            FieldType::Timestamp => {
+                                v.as_str().is_some() || v.kind() == sluice_engine::json::Kind::Null
+                            }
                             FieldType::Int32 | FieldType::Int64 => {
                                 v.kind() == sluice_engine::json::Kind::Number
                             }
