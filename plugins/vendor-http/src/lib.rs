@@ -290,14 +290,9 @@ pub fn test_event_result(
     }
 }
 
-/// A one-entry JSON array holding the SDK's test event with `prefix` (as
-/// for [`array_body`]: `"key":value,` pairs) spliced in first.
-pub fn test_event_array(destination_id: &str, prefix: &[u8]) -> Vec<u8> {
-    test_event_array_at(destination_id, sluice_sdk::events::now_ms(), prefix)
-}
-
-/// [`test_event_array`] with the test event stamped `now` (milliseconds
-/// since the epoch), for a `prefix` that carries the same time.
+/// A one-entry JSON array holding the SDK's test event stamped `now`
+/// (milliseconds since the epoch) with `prefix` (as for [`array_body`]:
+/// `"key":value,` pairs, which may carry the same time) spliced in first.
 pub fn test_event_array_at(destination_id: &str, now: i64, prefix: &[u8]) -> Vec<u8> {
     let event = sluice_sdk::events::test_event_at(destination_id, now);
     let mut out = Vec::with_capacity(event.len() + prefix.len() + 2);
