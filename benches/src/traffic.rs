@@ -635,7 +635,7 @@ impl Generator {
         // response first/last byte times, HTTP version), on about one event in
         // ten. Decided and valued from what is already drawn, so that the
         // rest of the stream is the same with or without them.
-        let timing = dur_us % 10 == 0;
+        let timing = dur_us.is_multiple_of(10);
         let times = |at: i64| Self::ts(at, dur_us * 7 % 1_000_000);
         let req_start = ms - (dur_us / 1000) as i64;
         out.extend_from_slice(b"},\"http\":{\"request\":{");
