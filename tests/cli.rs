@@ -665,3 +665,58 @@ destination_ids = ["ed_bh"]
     assert_eq!(api["change"]["count"], 3);
     assert!(api["change_to_first_record_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// Logs: plain text without colour codes when stderr is not a terminal, one
+/// JSON object per line with `--log-format json`; `RUST_LOG` is honoured.
+#[test]
+fn logs_are_plain_or_json_and_follow_rust_log() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &CONFIG.replace("\"conn.client_ip\"", "\"conn.tunnel_session\""),
+    );
+    std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
+    let args = ["run", "--config", "sluice.toml", "--input", "in.ndjson"];
+    let out = run(dir.path(), &args);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("`fields`: field `conn.tunnel_session`"))
+        .unwrap_or_else(|| panic!("the warning is logged: {err}"));
+    assert!(
+        line.contains("WARN") && !line.contains('\u{1b}'),
+        "{line:?}"
+    );
+    let json_args = [
+        "--log-format",
+        "json",
+        "run",
+        "--config",
+        "sluice.toml",
+        "--input",
+        "in.ndjson",
+    ];
+    let out = run(dir.path(), &json_args);
+    let (_, err) = text(&out);
+    let v: serde_json::Value = err
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON log line: {err}"));
+    assert_eq!(v["level"], "WARN", "{v}");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("conn.tunnel_session"),
+        "{v}"
+    );
+    // RUST_LOG=error hides the warning (SLUICE_LOG, when set, wins).
+    let out = cmd(dir.path())
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(!err.contains("conn.tunnel_session"), "{err}");
+}

@@ -216,3 +216,37 @@ fn plugin_list_shows_what_each_plugin_declares() {
         "examples are not installed as plugins: {o}"
     );
 }
+
+/// A file in a plugin directory is loaded only when named for the kind its
+/// plugin declares; `plugin list` says what it skipped or refused, and
+/// `sluice run` does not use a misnamed plugin.
+#[test]
+fn plugin_files_are_named_by_kind_and_others_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let blackhole = lib("sluice_sink_blackhole");
+    std::fs::copy(&blackhole, plugins.join("countfile.so")).unwrap();
+    std::fs::copy(&blackhole, plugins.join("libsluice_sink_other.so")).unwrap();
+    let out = run(
+        dir.path(),
+        &["plugin", "list", "--plugin-dir", plugins.to_str().unwrap()],
+    );
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{o}{e}");
+    assert!(
+        e.contains(&format!(
+            "skipped: {}: not named libsluice_sink_<kind>.so",
+            plugins.join("countfile.so").display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("libsluice_sink_other.so: invalid plugin: the file name says kind `other` but the plugin declares `blackhole`"),
+        "{e}"
+    );
+    assert!(
+        !o.lines().any(|l| l.starts_with("other ")),
+        "a misnamed plugin is not loaded: {o}"
+    );
+}

@@ -31,7 +31,8 @@ pub fn cmd(dir: &Path) -> Command {
     let mut c = Command::new(sluice());
     c.current_dir(dir)
         .env("SLUICE_PLUGIN_DIR", target_dir())
-        .env_remove("SLUICE_LOG");
+        .env_remove("SLUICE_LOG")
+        .env_remove("RUST_LOG");
     c
 }
 
