@@ -144,13 +144,28 @@ fn static_str(s: &SluiceStr, what: &str, path: &Path) -> Result<String, PluginEr
 impl PluginLibrary {
     /// Loads and checks one plugin file.
     pub fn load(path: &Path) -> Result<PluginLibrary, PluginError> {
-        // SAFETY: loading a library runs its initializers; plugins are only
-        // loaded from the directories the operator configured.
-        let lib =
-            unsafe { libloading::Library::new(path) }.map_err(|e| PluginError::NotALibrary {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        // Every symbol is resolved now (RTLD_NOW): a library missing one is
+        // refused here with the loader's reason, instead of ending the
+        // process when the function is first called (RTLD_LAZY's default).
+        #[cfg(unix)]
+        let opened = {
+            use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+            // SAFETY: loading a library runs its initializers; plugins are only
+            // loaded from the directories the operator configured.
+            unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+                .map(libloading::Library::from)
+        };
+        #[cfg(not(unix))]
+        // SAFETY: as above.
+        let opened = unsafe { libloading::Library::new(path) };
+        let lib = opened.map_err(|e| PluginError::NotALibrary {
+            path: path.to_path_buf(),
+            // libloading puts the loader's own words (dlerror) in the source.
+            message: match std::error::Error::source(&e) {
+                Some(why) => format!("{e}: {why}"),
+                None => e.to_string(),
+            },
+        })?;
         // SAFETY: the symbol, if present, has the EntryFn signature by contract.
         let entry: Result<libloading::Symbol<'_, abi::EntryFn>, _> =
             unsafe { lib.get(abi::ENTRY_SYMBOL) };

@@ -415,6 +415,15 @@ fn abi_mismatches_and_non_plugins_are_refused_with_a_clear_message() {
         e.to_string().contains("required functions are null: send"),
         "{e}"
     );
+    // An unresolved symbol is the loader's refusal, named, not an exit 127
+    // when the entry function is called.
+    let e = case("unresolved");
+    assert!(
+        matches!(e, PluginError::NotALibrary { .. })
+            && e.to_string().contains("libsluice_sink_unresolved.so")
+            && e.to_string().contains("sluice_test_no_such_function"),
+        "{e}"
+    );
     std::fs::write(d.join("libsluice_sink_text.so"), "not a library").unwrap();
     let e = PluginLibrary::load(&d.join("libsluice_sink_text.so")).unwrap_err();
     assert!(matches!(e, PluginError::NotALibrary { .. }), "{e}");
@@ -422,7 +431,7 @@ fn abi_mismatches_and_non_plugins_are_refused_with_a_clear_message() {
     compile_c("garbage", d, "libsluice_sink_garbage.so");
     let reg = sluice_engine::plugin::PluginRegistry::discover(&[d.to_path_buf()]);
     assert_eq!(reg.kinds(), vec!["garbage".to_string()]);
-    assert_eq!(reg.errors.len(), 7);
+    assert_eq!(reg.errors.len(), 8);
 }
 
 fn faulty(id: &str, mode: &str, every: u32, out: &Path, max_attempts: u32) -> DestinationSpec {
