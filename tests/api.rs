@@ -874,6 +874,46 @@ fn changes_apply_live_emit_audit_events_and_ingest_reports_rejects() {
     assert_eq!(h["status"], "ok");
 }
 
+/// A gzip body of several members (what concatenating gzip files gives, and
+/// what some clients send) is read whole, not up to the first member's end.
+#[test]
+fn ingest_reads_every_gzip_member() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let mut body = Vec::new();
+    for m in 0..3 {
+        let mut lines = String::new();
+        for i in 0..2 {
+            lines.push_str(&event(
+                &format!("ev_m{m}_{i}"),
+                "ac_x",
+                "http_request_complete.v0",
+                r#"{"http":{"response":{"status_code":200}}}"#,
+            ));
+            lines.push('\n');
+        }
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(lines.as_bytes()).unwrap();
+        body.extend(e.finish().unwrap());
+    }
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest", s.url))
+        .header("authorization", format!("Bearer {}", s.ingest_token))
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().unwrap();
+    assert_eq!(
+        (v["events"].as_u64(), v["accepted"].as_u64()),
+        (Some(6), Some(6)),
+        "{v}"
+    );
+}
+
 #[test]
 fn ingest_pushes_back_with_429_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

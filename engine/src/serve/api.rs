@@ -1382,7 +1382,8 @@ async fn ingest(
         use std::io::Read;
         let mut out = Vec::with_capacity(body.len() * 4);
         let limit = (INGEST_MAX_BYTES + 1) as u64;
-        flate2::read::GzDecoder::new(&body[..])
+        // Every member: a body of concatenated gzip members is one stream.
+        flate2::read::MultiGzDecoder::new(&body[..])
             .take(limit)
             .read_to_end(&mut out)
             .map_err(|e| {
