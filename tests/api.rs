@@ -446,6 +446,22 @@ fn every_protocol_and_validation_error_has_its_code() {
             .contains("did you mean `http.request.version`"),
         "{v}"
     );
+    // A filter deep enough to overflow a stack is refused with its position,
+    // and the server goes on answering.
+    let deep = format!("{} > 0", vec!["1"; 4000].join("+"));
+    let (st, v) = api.call(
+        "POST",
+        "/event_subscriptions",
+        Some(json!({"sources":[{"type":"http_request_complete.v0","filter": deep}]})),
+    );
+    assert_eq!((st, code(&v)), (400, "ERR_NGROK_5404"), "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("nested more than 256 levels"),
+        "{v}"
+    );
     // In-use destination, target type change.
     let d = api.ok(
         "POST",

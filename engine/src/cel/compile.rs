@@ -15,6 +15,65 @@ use simd_json::Node;
 /// Longest filter source accepted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 16 << 10;
 
+/// Deepest expression accepted (nodes from the root to the deepest leaf).
+/// Everything after parsing (checks, lowering, evaluation on the workers'
+/// stacks, the interpreter, dropping the tree) recurses over the tree, so its
+/// depth is bounded here. (`&&` and `||` chains are balanced by the parser,
+/// and it refuses more than 96 nested groups itself.)
+pub const MAX_DEPTH: usize = 256;
+
+/// Stack of the thread a filter is parsed on: the parser recurses once or
+/// more per nesting level, so a 16 KiB source nested as deep as it can be
+/// needs tens of MiB (measured: 64 MiB suffices in a debug build). Reserved
+/// address space, touched only as deep as a parse goes.
+pub const PARSE_STACK_BYTES: usize = 64 << 20;
+
+/// The expressions of a map or struct entry.
+fn entry_children(en: &cel::common::ast::EntryExpr) -> Vec<&IdedExpr> {
+    match en {
+        cel::common::ast::EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+        cel::common::ast::EntryExpr::StructField(f) => vec![&f.value],
+    }
+}
+
+/// The children of a node, for walks that must not recurse.
+fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+    let entry = entry_children;
+    match &e.expr {
+        Expr::Select(s) => vec![&s.operand],
+        Expr::Call(c) => c.target.iter().map(|t| &**t).chain(c.args.iter()).collect(),
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m.entries.iter().flat_map(|en| entry(&en.expr)).collect(),
+        Expr::Struct(st) => st.entries.iter().flat_map(|en| entry(&en.expr)).collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => vec![],
+    }
+}
+
+/// Refuses an expression deeper than [`MAX_DEPTH`], pointing at the node
+/// where it gets too deep. Iterative: safe on any stack, whatever the depth.
+pub fn check_depth(src: &str, p: &Parsed) -> Result<(), FilterError> {
+    let mut stack: Vec<(&IdedExpr, usize)> = vec![(&p.expr, 1)];
+    while let Some((e, d)) = stack.pop() {
+        if d > MAX_DEPTH {
+            return Err(error_at(
+                src,
+                &p.info,
+                e.id,
+                format!("the expression is nested more than {MAX_DEPTH} levels deep here"),
+            ));
+        }
+        stack.extend(children(e).into_iter().map(|c| (c, d + 1)));
+    }
+    Ok(())
+}
+
 /// Identifiers that name types; legal in expressions like `type(x) == int`.
 const TYPE_NAMES: &[&str] = &[
     "int",

@@ -120,9 +120,37 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Compiles `source`, or explains why it does not compile.
+    /// Compiles `source`, or explains why it does not compile. Runs on a
+    /// thread of its own with a stack big enough for the deepest source the
+    /// parser accepts ([`compile::PARSE_STACK_BYTES`]), so no filter text can
+    /// overflow the caller's stack; blocks until it is done.
     pub fn compile(source: &str, opts: &FilterOptions) -> Result<Filter, FilterError> {
+        let failed = |message: String| FilterError {
+            message,
+            line: 1,
+            column: 1,
+            source: source.chars().take(200).collect(),
+        };
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sluice-filter-compile".into())
+                .stack_size(compile::PARSE_STACK_BYTES)
+                .spawn_scoped(scope, || Filter::compile_here(source, opts))
+                .map_err(|e| failed(format!("cannot start the filter compiler: {e}")))?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(failed(
+                        "the filter compiler failed (a bug): please report this filter".into(),
+                    ))
+                })
+        })
+    }
+
+    /// [`Filter::compile`] on the calling thread's stack.
+    fn compile_here(source: &str, opts: &FilterOptions) -> Result<Filter, FilterError> {
         let parsed = compile::parse(source)?;
+        // Everything below recurses over the tree: bound its depth first.
+        compile::check_depth(source, &parsed)?;
         let refs = compile::references(source, &parsed)?;
         let mut warnings = Vec::new();
         if let Some(t) = opts.event_type {

@@ -179,3 +179,94 @@ fn literal_patterns_become_string_operations() {
         with_object(obj, |o| assert_eq!(f.matches(o), want, "{obj}"));
     }
 }
+
+/// Runs `f` on a thread with a small stack, as a tokio worker or an API
+/// handler has, and returns what it returned.
+fn on_small_stack<R: Send>(stack: usize, f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn_scoped(s, f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
+/// No filter text can overflow the stack of whoever compiles it: the deepest
+/// sources that fit in the size limit are refused with the position where
+/// they get too deep, from a thread with a 256 KiB stack.
+#[test]
+fn deep_filters_are_refused_without_overflowing_any_stack() {
+    let n = 5_000;
+    let cases = [
+        ("plus", format!("{} > 0", vec!["1"; n].join("+"))),
+        ("parens", format!("{}1{} > 0", "(".repeat(n), ")".repeat(n))),
+        ("lists", format!("{}{} == []", "[".repeat(n), "]".repeat(n))),
+        ("select", format!("ev{} == 1", ".a".repeat(n))),
+        (
+            "calls",
+            format!("{}\"x\"{} > 0", "size(".repeat(n / 3), ")".repeat(n / 3)),
+        ),
+    ];
+    for (name, src) in cases {
+        assert!(
+            src.len() <= compile::MAX_SOURCE_BYTES,
+            "{name}: {}",
+            src.len()
+        );
+        let r = on_small_stack(256 << 10, || {
+            Filter::compile(&src, &FilterOptions::default()).map(|_| ())
+        });
+        let e = r.expect_err(name);
+        // Ours, or the parser's own limit on nested groups.
+        assert!(
+            e.message.contains("nested more than 256 levels")
+                || e.message.contains("Recursion limit"),
+            "{name}: {e}"
+        );
+    }
+    // Repeated negations collapse and `||`/`&&` chains are balanced by the
+    // parser (as in cel-go): long, not deep, and accepted.
+    for src in [
+        format!("{}true", "!".repeat(3 * n)),
+        vec!["ev.a == 1"; 1_200].join(" || "),
+    ] {
+        let r = on_small_stack(256 << 10, || {
+            Filter::compile(&src, &FilterOptions::default()).map(|_| ())
+        });
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // The plus chain is refused for its depth, at a position inside it.
+    let e = Filter::compile(
+        &format!("{} > 0", vec!["1"; n].join("+")),
+        &FilterOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("nested more than 256 levels"), "{e}");
+}
+
+/// A filter just under the depth limit compiles, evaluates and is dropped on
+/// a thread with the default 2 MiB stack of the engine's workers.
+#[test]
+fn the_deepest_accepted_filter_runs_on_a_worker_sized_stack() {
+    let src = (0..200)
+        .map(|i| format!("ev.conn.server_port == {i}"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let f = Filter::compile(&src, &FilterOptions::default()).unwrap();
+    let interp = Filter::compile(
+        &format!("{src} || ev.conn.ports.exists(p, p == 443)"),
+        &FilterOptions::default(),
+    )
+    .unwrap();
+    assert!(!interp.is_fast());
+    on_small_stack(2 << 20, move || {
+        with_object(r#"{"conn":{"server_port":199,"ports":[443]}}"#, |o| {
+            assert_eq!(f.matches(o), Verdict::Match);
+            assert_eq!(interp.matches(o), Verdict::Match);
+        });
+        drop(f);
+        drop(interp);
+    });
+}
