@@ -70,9 +70,12 @@ pub struct DiskOptions {
 }
 
 impl DiskOptions {
-    /// Segments of an eighth of the size bound, between 1 and 64 MiB.
+    /// Segments of an eighth of the size bound (at least 64 KiB, at most
+    /// 64 MiB): the segment being written is never deleted, so it must be a
+    /// small part of the bound or a healthy stream stalls on a full log. (A
+    /// record bigger than a segment still goes whole into a segment of its own.)
     pub fn segment_size_for(max_bytes: u64) -> u64 {
-        (max_bytes / 8).clamp(1 << 20, 64 << 20)
+        (max_bytes / 8).clamp(64 << 10, 64 << 20)
     }
 }
 
@@ -185,6 +188,28 @@ impl Acks {
         self.bits
             .get(i)
             .is_some_and(|w| w & (1 << ((seq - self.base) % 64)) != 0)
+    }
+
+    /// Forgets the acknowledgements of `seq` and everything after it: when a
+    /// repair cut the log back to end before `seq`, new records take those
+    /// sequence numbers, and the old acknowledgements must not cover them.
+    fn forget_from(&mut self, seq: u64) {
+        if seq < self.base {
+            // Everything below the old base was acknowledged, so everything
+            // below `seq` still is.
+            self.base = seq - seq % 64;
+            self.bits.clear();
+            if seq % 64 != 0 {
+                self.bits.push_back((1u64 << (seq % 64)) - 1);
+            }
+            return;
+        }
+        let word = ((seq - self.base) / 64) as usize;
+        let bit = (seq - self.base) % 64;
+        self.bits.truncate(word + 1);
+        if let Some(w) = self.bits.get_mut(word) {
+            *w &= (1u64 << bit) - 1;
+        }
     }
 
     /// Acknowledges everything below `seq` (records known to be gone).
@@ -493,6 +518,10 @@ impl DiskBuffer {
             if base <= next_seq {
                 acks.base = base;
                 acks.bits = bits.into();
+                // A repaired log ends earlier than it did when these were
+                // saved: acknowledgements of the records cut away must not
+                // cover the new records that will take their numbers.
+                acks.forget_from(next_seq);
             } else {
                 report.problems.push(format!(
                     "{}: acknowledgements beyond the end of the log; ignored, every record kept is delivered again",
@@ -1283,6 +1312,70 @@ mod tests {
         assert_eq!(got.len(), 11);
         assert_eq!(got[10].seq, 11);
         assert_eq!(got[10].record.event_id(), "ev_10");
+    }
+
+    /// A damaged frame inside the last segment is cut as a torn tail; the
+    /// acknowledgements saved for the records after it must not cover the
+    /// new records that take their sequence numbers (they were lost before:
+    /// acknowledged to the publisher, never delivered).
+    #[test]
+    fn records_written_after_a_repair_are_not_taken_for_acknowledged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (b, _, _) = open(dir.path(), opts(1 << 30, 1 << 20, WhenFull::Block));
+            let recs: Vec<Record> = (0..40).map(|i| rec(i, 100)).collect();
+            b.append("esb", &recs, 0, None).unwrap();
+            b.sync().unwrap();
+            // Everything delivered but 1..=5; the acknowledgements are saved.
+            b.ack(6..=40);
+            b.sync().unwrap();
+            b.finish().unwrap();
+        }
+        // Flip a byte in the 10th frame: the tail from there is cut.
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let mut at = 24;
+        for _ in 0..9 {
+            at += u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize + FRAME_HEAD;
+        }
+        bytes[at + FRAME_HEAD + 20] ^= 0xFF;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (b, report, _) = open(dir.path(), opts(1 << 30, 1 << 20, WhenFull::Block));
+        assert!(report.repaired_bytes > 0, "{report:?}");
+        assert_eq!(report.replay, 5, "records 1..=5 were never acknowledged");
+        // New records take sequence numbers 10.. again: every one is delivered.
+        let new: Vec<Record> = (100..132).map(|i| rec(i, 100)).collect();
+        b.append("esb", &new, 0, None).unwrap();
+        let got = ids(&read_all(&b));
+        let want: Vec<String> = (0..5).chain(100..132).map(|i| format!("ev_{i}")).collect();
+        assert_eq!(got, want);
+        assert!(!b.drained());
+    }
+
+    /// The smallest bound the configuration accepts (1 MiB) carries a
+    /// stream many times its size as long as it is delivered: segments are an
+    /// eighth of the bound, so delivered ones are deleted and room comes back.
+    #[test]
+    fn the_smallest_bound_carries_a_delivered_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 1 << 20;
+        let o = opts(
+            max,
+            DiskOptions::segment_size_for(max),
+            WhenFull::DropNewest,
+        );
+        let (b, _, stats) = open(dir.path(), o);
+        let recs: Vec<Record> = (0..10).map(|i| rec(i, 1000)).collect();
+        for round in 0..400 {
+            if let Err(e) = b.append("esb", &recs, 0, None) {
+                panic!("round {round} ({} KiB written): {e}", round * 10);
+            }
+            let got = read_all(&b);
+            b.ack(got.iter().map(|e| e.seq));
+            b.sync().unwrap();
+            assert!(stats.disk_bytes.load(Relaxed) <= max);
+        }
+        assert!(b.drained());
     }
 
     #[test]
