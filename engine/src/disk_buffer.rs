@@ -199,7 +199,7 @@ impl Acks {
             // below `seq` still is.
             self.base = seq - seq % 64;
             self.bits.clear();
-            if seq % 64 != 0 {
+            if !seq.is_multiple_of(64) {
                 self.bits.push_back((1u64 << (seq % 64)) - 1);
             }
             return;
