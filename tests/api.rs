@@ -446,6 +446,16 @@ fn every_protocol_and_validation_error_has_its_code() {
             .contains("did you mean `http.request.version`"),
         "{v}"
     );
+    // Directories are the operator's, never a tenant's.
+    for key in ["buffer_dir", "dead_letter_dir"] {
+        let (st, v) = api.call(
+            "POST",
+            "/event_destinations",
+            Some(json!({"target":{"plugin":{"kind":"blackhole","config":{},"delivery":{key: "/tmp/elsewhere"}}}})),
+        );
+        assert_eq!((st, code(&v)), (400, "ERR_NGROK_215"), "{key}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains(key), "{v}");
+    }
     // A filter deep enough to overflow a stack is refused with its position,
     // and the server goes on answering.
     let deep = format!("{} > 0", vec!["1"; 4000].join("+"));

@@ -9,18 +9,19 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// Length of the part after the prefix.
 pub const ID_CHARS: usize = 27;
 
-/// Random bytes from the operating system.
+/// Random bytes from the operating system. Their failure is fatal: API keys,
+/// ingest tokens and ids must be unpredictable, and no fallback is (a key
+/// made from the clock could be guessed), so the process stops with the
+/// reason rather than hand out a weak one.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    if getrandom::fill(&mut b).is_err() {
-        // No OS randomness: fall back to time and address entropy (ids only
-        // need to be unique; secrets are refused below if this happens).
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);
-        }
+    if let Err(e) = getrandom::fill(&mut b) {
+        tracing::error!("the operating system's random number generator failed: {e}");
+        eprintln!(
+            "sluice: the operating system's random number generator failed ({e}); \
+             stopping rather than make guessable keys and ids"
+        );
+        std::process::abort();
     }
     b
 }

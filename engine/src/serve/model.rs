@@ -1016,6 +1016,21 @@ pub fn parse_target(
             {
                 restore_secrets(&mut config, old_config);
             }
+            // Directories are the operator's: no tenant names a path on the
+            // server (`sluice serve` puts buffers and dead letters under its
+            // data directory).
+            if let Some(Value::Object(d)) = member(m, "delivery")
+                && let Some(k) = ["buffer_dir", "dead_letter_dir"]
+                    .into_iter()
+                    .find(|k| d.contains_key(*k))
+            {
+                return Err(ApiError::bad(
+                    "ERR_NGROK_215",
+                    format!(
+                        "Invalid value for parameter 'delivery': '{k}' is set by the server's operator, not through the API."
+                    ),
+                ));
+            }
             let delivery = match member(m, "delivery") {
                 None => None,
                 Some(d) => Some(serde_json::from_value::<DeliveryConfig>(d.clone()).map_err(
