@@ -520,12 +520,14 @@ fn secrets_are_write_only() {
         "DD-KEY-4567",
         "AZ-SECRET-89AB",
         "PLUGIN-TOKEN-CDEF",
+        "HEADER-KEY-F00D",
+        "HEADER-DD-BEEF",
     ];
     let targets = [
         json!({"firehose":{"auth":{"creds":{"aws_access_key_id":"AKIA1","aws_secret_access_key": secrets[0]}},"delivery_stream_arn":"arn:aws:firehose:us-east-1:123456789012:deliverystream/s"}}),
         json!({"datadog":{"api_key": secrets[1],"ddsite":"datadoghq.eu","service":"svc","ddtags":"env:prod"}}),
         json!({"azure_logs_ingestion":{"tenant_id":"t","client_id":"c","client_secret": secrets[2],"logs_ingestion_uri":"https://x.ingest.monitor.azure.com","data_collection_rule_id":"dcr-0123456789","data_collection_stream_name":"Custom-X_CL"}}),
-        json!({"plugin":{"kind":"http","config":{"url":"http://127.0.0.1:9/ingest","headers":{"Authorization": format!("Bearer {}", secrets[3])}}}}),
+        json!({"plugin":{"kind":"http","config":{"url":"http://127.0.0.1:9/ingest","headers":{"Authorization": format!("Bearer {}", secrets[3]), "X-Api-Key": secrets[4], "DD-API-KEY": secrets[5], "X-Team": "net"}}}}),
     ];
     let mut ids = vec![];
     for t in &targets {
@@ -557,8 +559,8 @@ fn secrets_are_write_only() {
     );
     let v = api.ok("GET", &format!("/event_destinations/{}", ids[3]), None, 200);
     assert_eq!(
-        v["target"]["plugin"]["config"]["headers"]["Authorization"],
-        ""
+        v["target"]["plugin"]["config"]["headers"],
+        json!({"Authorization": "", "X-Api-Key": "", "DD-API-KEY": "", "X-Team": "net"})
     );
     // Sending the redacted read back keeps the secret (a PATCH of the
     // description): the stored destination still holds it.

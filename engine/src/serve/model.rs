@@ -200,21 +200,56 @@ pub fn is_secret_key(k: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
+/// Whether an HTTP header, by its name, carries a credential (`Authorization`,
+/// `Cookie`, `X-Api-Key`, `DD-API-KEY`, `X-Auth-Token`, a signature...): its
+/// value in a target's `headers` is write-only like any other secret.
+pub fn is_secret_header(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    [
+        "auth",
+        "cookie",
+        "key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "signature",
+        "credential",
+        "session",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// Whether member `k` of an object is a secret: by its own name, or, inside a
+/// `headers` object, as a credential-bearing header.
+fn is_secret_member(k: &str, in_headers: bool) -> bool {
+    is_secret_key(k) || (in_headers && is_secret_header(k))
+}
+
 fn redact(v: &Value) -> Value {
+    redact_in(v, false)
+}
+
+fn redact_in(v: &Value, in_headers: bool) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, v)| {
-                    let v = if is_secret_key(k) && v.is_string() {
+                    let v = if is_secret_member(k, in_headers) && v.is_string() {
                         Value::String(String::new())
                     } else {
-                        redact(v)
+                        redact_in(v, k.eq_ignore_ascii_case("headers"))
                     };
                     (k.clone(), v)
                 })
                 .collect(),
         ),
-        Value::Array(a) => Value::Array(a.iter().map(redact).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| redact_in(x, false)).collect()),
         other => other.clone(),
     }
 }
@@ -1052,15 +1087,21 @@ pub fn parse_target(
 }
 
 fn restore_secrets(new: &mut Value, old: &Value) {
+    restore_secrets_in(new, old, false)
+}
+
+/// An update that sends a secret back redacted (empty) keeps the stored one.
+fn restore_secrets_in(new: &mut Value, old: &Value, in_headers: bool) {
     if let (Value::Object(n), Value::Object(o)) = (new, old) {
         for (k, v) in n.iter_mut() {
+            let headers = k.eq_ignore_ascii_case("headers");
             match (v, o.get(k)) {
                 (Value::String(s), Some(Value::String(prev)))
-                    if s.is_empty() && is_secret_key(k) =>
+                    if s.is_empty() && is_secret_member(k, in_headers) =>
                 {
                     *s = prev.clone()
                 }
-                (v @ Value::Object(_), Some(prev)) => restore_secrets(v, prev),
+                (v @ Value::Object(_), Some(prev)) => restore_secrets_in(v, prev, headers),
                 _ => {}
             }
         }
@@ -1070,6 +1111,30 @@ fn restore_secrets(new: &mut Value, old: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_headers_are_redacted_and_kept_on_update() {
+        let cfg = json!({"url": "https://x", "headers": {
+            "X-Api-Key": "k1", "DD-API-KEY": "k2", "Authorization": "Bearer t", "Cookie": "c",
+            "X-Auth-Token": "t2", "Content-Type": "application/json", "X-Team": "net"}});
+        let r = redact(&cfg);
+        for h in [
+            "X-Api-Key",
+            "DD-API-KEY",
+            "Authorization",
+            "Cookie",
+            "X-Auth-Token",
+        ] {
+            assert_eq!(r["headers"][h], "", "{h}");
+        }
+        assert_eq!(r["headers"]["Content-Type"], "application/json");
+        assert_eq!(r["headers"]["X-Team"], "net");
+        // Outside `headers`, names keep their own rule: a partition key is no secret.
+        assert_eq!(redact(&json!({"partition_key": "p"}))["partition_key"], "p");
+        let mut back = r.clone();
+        restore_secrets(&mut back, &cfg);
+        assert_eq!(back, cfg);
+    }
 
     fn target(v: Value) -> Result<Target, ApiError> {
         parse_target(&v, None, &["file".to_string()])
