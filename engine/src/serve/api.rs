@@ -115,14 +115,13 @@ impl App {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
             st.keys.get(&key_id).cloned()
         };
-        // A key made by `sluice keys create` while the server runs: look it up.
+        // A key made by `sluice keys create` while the server runs: look that
+        // one key up (an indexed read; an unknown key never loads the store).
         let key = match key {
             Some(k) => Some(k),
-            None => self.store.load().ok().and_then(|fresh| {
-                let k = fresh.keys.get(&key_id).cloned()?;
+            None => self.store.key(&key_id).ok().flatten().inspect(|k| {
                 let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
                 st.keys.insert(k.id.clone(), k.clone());
-                Some(k)
             }),
         };
         let key = key

@@ -242,6 +242,26 @@ impl Store {
         Ok(st)
     }
 
+    /// One API key by its id (an indexed lookup, for a key created by
+    /// `sluice keys create` while the server runs), or `None`.
+    pub fn key(&self, id: &str) -> Result<Option<ApiKey>, String> {
+        self.conn()
+            .query_row(
+                "SELECT id, account_id, secret_sha256, description FROM api_keys WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(ApiKey {
+                        id: r.get(0)?,
+                        account_id: r.get(1)?,
+                        secret_sha256: r.get(2)?,
+                        description: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql)
+    }
+
     /// Creates an account if missing.
     pub fn put_account(&self, id: &str, created_at: &str) -> Result<(), String> {
         self.conn()
@@ -379,6 +399,8 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let st = s.load().unwrap();
         assert_eq!(st.keys[&key.id], key);
+        assert_eq!(s.key(&key.id).unwrap(), Some(key.clone()));
+        assert_eq!(s.key("ak_0ERYUfBkgnKZCUQtnIXuUvfafS6").unwrap(), None);
         let (id, secret) = split_token(&token).unwrap();
         assert_eq!(id, key.id);
         assert_eq!(sha256_hex(secret), key.secret_sha256);
