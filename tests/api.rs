@@ -887,7 +887,7 @@ fn changes_apply_live_emit_audit_events_and_ingest_reports_rejects() {
         "event_subscription_deleted.v0"
     );
     // Metrics and health.
-    let m = reqwest::blocking::get(format!("{}/metrics", s.url))
+    let m = reqwest::blocking::get(format!("{}/metrics", s.metrics_url))
         .unwrap()
         .text()
         .unwrap();
@@ -895,11 +895,21 @@ fn changes_apply_live_emit_audit_events_and_ingest_reports_rejects() {
         m.contains("sluice_events_rejected_total{reason=\"bad_json\"} 2"),
         "{m}"
     );
-    let h: Value = reqwest::blocking::get(format!("{}/healthz", s.url))
+    let h: Value = reqwest::blocking::get(format!("{}/healthz", s.metrics_url))
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(h["status"], "ok");
+    assert!(h["unhealthy_destinations"].is_array(), "{h}");
+    // The public listener says up or down and nothing about any tenant; its
+    // metrics are the operator's only.
+    let h: Value = reqwest::blocking::get(format!("{}/healthz", s.url))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(h, json!({"status": "ok"}));
+    let r = reqwest::blocking::get(format!("{}/metrics", s.url)).unwrap();
+    assert_eq!(r.status().as_u16(), 404);
 }
 
 /// A gzip body of several members (what concatenating gzip files gives, and

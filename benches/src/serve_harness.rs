@@ -27,6 +27,8 @@ pub struct ServerProcess {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Its operator listener (`/metrics`), `http://127.0.0.1:PORT`.
+    pub metrics_url: String,
     /// Its API key, when it printed one (first start).
     pub key: Option<String>,
 }
@@ -40,11 +42,18 @@ impl ServerProcess {
         extra: &[&str],
     ) -> Result<ServerProcess, String> {
         let mut cmd = Command::new(sluice);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if let Some(d) = plugin_dirs.first() {
             cmd.arg("--plugin-dir").arg(d);
         }
@@ -61,6 +70,7 @@ impl ServerProcess {
             }
         });
         let mut key = None;
+        let mut metrics_url = String::new();
         let mut prev = String::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -70,10 +80,14 @@ impl ServerProcess {
             if prev.contains("created account") {
                 key = Some(line.trim().to_string());
             }
+            if let Some(u) = line.strip_prefix("sluice serve: metrics on ") {
+                metrics_url = u.trim().trim_end_matches("/metrics").to_string();
+            }
             if let Some(u) = line.strip_prefix("sluice serve: listening on ") {
                 return Ok(ServerProcess {
                     child,
                     url: u.trim().to_string(),
+                    metrics_url,
                     key,
                 });
             }
@@ -276,7 +290,7 @@ pub fn run_http(
             while sending.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 let t = t0.elapsed().as_secs_f64();
-                let n = metrics(&http, &server.url)
+                let n = metrics(&http, &server.metrics_url)
                     .get("sluice_events_in_total")
                     .copied()
                     .unwrap_or(last.1);
@@ -348,7 +362,7 @@ pub fn run_http(
     let deadline = Instant::now() + Duration::from_secs(300);
     let published = published.load(Ordering::Relaxed) as f64;
     let m = loop {
-        let m = metrics(&http, &server.url);
+        let m = metrics(&http, &server.metrics_url);
         let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
         let processed = get("sluice_events_in_total") >= published;
         let matched = get("sluice_subscription_matched_total");

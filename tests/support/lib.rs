@@ -123,6 +123,8 @@ pub struct Server {
     pub child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The operator's listener (`--metrics-addr`), `http://127.0.0.1:PORT`.
+    pub metrics_url: String,
     /// The data directory.
     pub data_dir: std::path::PathBuf,
     /// The API key printed on first start (empty on later starts).
@@ -162,6 +164,7 @@ impl Server {
         let mut s = Server {
             child: None,
             url: String::new(),
+            metrics_url: String::new(),
             data_dir: data_dir.to_path_buf(),
             key: String::new(),
             account: String::new(),
@@ -180,7 +183,14 @@ impl Server {
     fn spawn(&mut self) {
         use std::io::BufRead;
         let mut child = cmd(self.data_dir.parent().unwrap_or(Path::new("/")))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -218,6 +228,9 @@ impl Server {
             }
             if let Some(t) = line.split("Bearer ...): ").nth(1) {
                 self.ingest_token = t.trim().to_string();
+            }
+            if let Some(u) = line.strip_prefix("sluice serve: metrics on ") {
+                self.metrics_url = u.trim().trim_end_matches("/metrics").to_string();
             }
             if let Some(u) = line.strip_prefix("sluice serve: listening on ") {
                 self.url = u.trim().to_string();

@@ -124,6 +124,11 @@ struct ServeArgs {
     /// Filter worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// The operator's listener for Prometheus `/metrics` and a detailed
+    /// `/healthz` (e.g. 127.0.0.1:9464). Never on --listen: metric labels name
+    /// every tenant's destinations and subscriptions.
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -152,9 +157,14 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
             workers: a.workers,
             ..Default::default()
         },
+        metrics_addr: a.metrics_addr,
     };
-    sluice_engine::serve::run(opts, |addr| {
-        println!("sluice serve: listening on http://{addr}")
+    sluice_engine::serve::run(opts, |at| {
+        // The metrics line first: scripts read until the listening line.
+        if let Some(m) = at.metrics {
+            println!("sluice serve: metrics on http://{m}/metrics");
+        }
+        println!("sluice serve: listening on http://{}", at.api)
     })?;
     Ok(ExitCode::SUCCESS)
 }

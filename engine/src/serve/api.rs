@@ -1467,7 +1467,14 @@ async fn metrics(axum::extract::State(app): Shared) -> Response {
         .into_response()
 }
 
-async fn healthz(axum::extract::State(app): Shared) -> Response {
+/// The public health check: up or down, nothing about any tenant (the
+/// operator's listener has the details).
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// The operator's health check: which destinations are unhealthy.
+async fn operator_healthz(axum::extract::State(app): Shared) -> Response {
     let unhealthy: Vec<String> = app
         .engine
         .metrics()
@@ -1540,7 +1547,18 @@ async fn cors_and_log(req: Request, next: Next) -> Response {
     resp
 }
 
-/// The router.
+/// The operator's listener (`--metrics-addr`): `/metrics` (every tenant's
+/// destination and subscription ids are label values) and a `/healthz` that
+/// names unhealthy destinations. Never on the public listener.
+pub fn operator_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(operator_healthz))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// The public router: the ngrok API v2, `/ingest`, `/healthz`.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(
@@ -1575,7 +1593,6 @@ pub fn router(app: Arc<App>) -> Router {
             "/ingest",
             post(ingest).layer(axum::extract::DefaultBodyLimit::max(INGEST_MAX_BYTES)),
         )
-        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

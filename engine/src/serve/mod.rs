@@ -37,6 +37,20 @@ pub struct ServeOptions {
     pub strict_ngrok_filters: bool,
     /// Engine settings.
     pub engine: EngineConfig,
+    /// The operator's listener for `/metrics` and the detailed `/healthz`
+    /// (e.g. `127.0.0.1:9464`); `None`: metrics are not served over HTTP.
+    /// The public listener serves neither: metric labels name every tenant's
+    /// destinations and subscriptions.
+    pub metrics_addr: Option<String>,
+}
+
+/// Where `sluice serve` listens, once it does.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    /// The public listener: the API, `/ingest`, `/healthz`.
+    pub api: std::net::SocketAddr,
+    /// The operator's listener, when configured.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Creates an API key for `account` in the store under `data_dir` and
@@ -63,7 +77,7 @@ pub(super) fn now() -> String {
 
 /// Runs the server until SIGINT or SIGTERM, then drains the engine.
 /// `on_ready` receives the bound address once the server accepts requests.
-pub fn run(opts: ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr)) -> Result<(), String> {
+pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), String> {
     let store = store::Store::open(&opts.data_dir)?;
     let mut state = store.load()?;
     if state.accounts.is_empty() && state.keys.is_empty() {
@@ -130,7 +144,23 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(std::net::SocketAddr)) -> R
             .await
             .map_err(|e| format!("--listen {}: {e}", opts.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        on_ready(addr);
+        let metrics = match &opts.metrics_addr {
+            None => None,
+            Some(m) => {
+                let l = tokio::net::TcpListener::bind(m)
+                    .await
+                    .map_err(|e| format!("--metrics-addr {m}: {e}"))?;
+                let at = l.local_addr().map_err(|e| e.to_string())?;
+                let router = api::operator_router(app.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, router).await {
+                        tracing::error!("the metrics listener stopped: {e}");
+                    }
+                });
+                Some(at)
+            }
+        };
+        on_ready(Listening { api: addr, metrics });
         axum::serve(listener, api::router(app))
             .with_graceful_shutdown(async {
                 let ctrl_c = tokio::signal::ctrl_c();
