@@ -1027,22 +1027,40 @@ fn ingest_pushes_back_with_429_and_loses_nothing() {
 }
 
 #[test]
-fn cors_preflight_is_answered() {
+fn cors_preflight_is_answered_for_the_configured_origins_only() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[]);
-    let resp = reqwest::blocking::Client::new()
-        .request(
-            reqwest::Method::OPTIONS,
-            format!("{}/event_destinations", s.url),
-        )
-        .header("origin", "https://dashboard.example")
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, ngrok-version",
-        )
-        .send()
-        .unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--cors-origin", "https://dashboard.example"],
+    );
+    let preflight = |origin: &str| {
+        reqwest::blocking::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/event_destinations", s.url),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, ngrok-version",
+            )
+            .send()
+            .unwrap()
+    };
+    // Another origin gets no CORS header: its pages cannot call the API.
+    let other = preflight("https://evil.example");
+    for h in [
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+    ] {
+        assert!(
+            !other.headers().contains_key(h),
+            "{h}: {:?}",
+            other.headers()
+        );
+    }
+    let resp = preflight("https://dashboard.example");
     assert_eq!(resp.status().as_u16(), 204);
     let h = resp.headers();
     assert_eq!(

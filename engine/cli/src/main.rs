@@ -129,6 +129,10 @@ struct ServeArgs {
     /// every tenant's destinations and subscriptions.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// An origin allowed to call the API from a browser (CORS), e.g.
+    /// https://console.example.com; repeat for more. None by default.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +162,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
             ..Default::default()
         },
         metrics_addr: a.metrics_addr,
+        cors_origins: a.cors_origins,
     };
     sluice_engine::serve::run(opts, |at| {
         // The metrics line first: scripts read until the listening line.

@@ -42,6 +42,9 @@ pub struct App {
     pub ingest_token: String,
     /// Refuse ingest (429) while the fullest worker queue is above this fill ratio.
     pub ingest_pressure_limit: f64,
+    /// Origins allowed to call the API from a browser (CORS), exactly as a
+    /// browser sends them (`https://console.example.com`); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 /// Who made a request and where the API is.
@@ -1504,12 +1507,21 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-/// CORS (preflight answered, origins echoed) and access logs without secrets.
-async fn cors_and_log(req: Request, next: Next) -> Response {
+/// CORS for the configured origins only (preflight answered) and access logs without secrets.
+async fn cors_and_log(axum::extract::State(app): Shared, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let origin = req.headers().get("origin").cloned();
+    // Only the operator's origins get CORS headers: a page elsewhere cannot
+    // use a visitor's credentials against the API.
+    let origin = req
+        .headers()
+        .get("origin")
+        .filter(|o| {
+            o.to_str()
+                .is_ok_and(|o| app.cors_origins.iter().any(|a| a == o))
+        })
+        .cloned();
     let preflight =
         method == Method::OPTIONS && req.headers().contains_key("access-control-request-method");
     let req_headers = req.headers().get("access-control-request-headers").cloned();
@@ -1597,6 +1609,9 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
-        .layer(axum::middleware::from_fn(cors_and_log))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            cors_and_log,
+        ))
         .with_state(app)
 }

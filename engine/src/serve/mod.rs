@@ -42,6 +42,8 @@ pub struct ServeOptions {
     /// The public listener serves neither: metric labels name every tenant's
     /// destinations and subscriptions.
     pub metrics_addr: Option<String>,
+    /// Origins allowed to call the API from a browser (CORS); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 /// Where `sluice serve` listens, once it does.
@@ -132,6 +134,7 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
         strict_ngrok_filters: opts.strict_ngrok_filters,
         ingest_token,
         ingest_pressure_limit: 0.75,
+        cors_origins: opts.cors_origins.clone(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
