@@ -510,6 +510,55 @@ fn every_protocol_and_validation_error_has_its_code() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Concurrent PATCHes and a DELETE of one destination: once the DELETE has
+/// answered, the destination stays deleted (a PATCH computed before it never
+/// brings it back), and every PATCH answers 200, 404 or 409.
+#[test]
+fn a_concurrent_patch_never_brings_a_deleted_destination_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let api = Api::new(&s);
+    for round in 0..15 {
+        let id = api.ok(
+            "POST",
+            "/event_destinations",
+            Some(json!({"target": kinesis()})),
+            201,
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for t in 0..3 {
+                let (api, id, stop) = (&api, &id, &stop);
+                scope.spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
+                        let (st, v) = api.call(
+                            "PATCH",
+                            &format!("/event_destinations/{id}"),
+                            Some(json!({"description": format!("t{t} n{n}")})),
+                        );
+                        assert!([200, 404, 409].contains(&st), "round {round}: {st} {v}");
+                        n += 1;
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            api.ok("DELETE", &format!("/event_destinations/{id}"), None, 204);
+            // PATCHes in flight finish; none may undo the delete.
+            std::thread::sleep(Duration::from_millis(100));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let (st, v) = api.call("GET", &format!("/event_destinations/{id}"), None);
+        assert_eq!(
+            st, 404,
+            "round {round}: a deleted destination came back: {v}"
+        );
+    }
+}
+
 #[test]
 fn secrets_are_write_only() {
     let dir = tempfile::tempdir().unwrap();

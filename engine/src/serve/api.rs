@@ -736,6 +736,16 @@ async fn update_destination(
         let committed = app2.commit(
             &ctx.account,
             |a| {
+                // Applied only to the version it was computed from: a
+                // destination deleted or changed meanwhile (a secret rotated)
+                // is neither brought back nor rolled back.
+                match a.destinations.get(&d.id) {
+                    None => return Err(no_destination(&d.id)),
+                    Some(cur) if *cur != old => {
+                        return Err(changed_meanwhile("event destination", &d.id));
+                    }
+                    Some(_) => {}
+                }
                 a.destinations.insert(d.id.clone(), d.clone());
                 Ok(())
             },
@@ -747,6 +757,19 @@ async fn update_destination(
     })
     .await?;
     Ok(Json(json).into_response())
+}
+
+/// A change computed from a version of a resource that another request
+/// changed before this one could be applied: 409, to be read again and
+/// retried (changes of one account are applied one at a time).
+fn changed_meanwhile(what: &str, id: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "ERR_NGROK_409",
+        format!(
+            "The {what} {id} was changed by another request while this one was applied; read it again and retry."
+        ),
+    )
 }
 
 async fn delete_destination(
@@ -1091,10 +1114,13 @@ async fn get_subscription(
     Ok(json_response(out))
 }
 
-/// Stores a changed subscription and reports it.
+/// Stores a changed subscription and reports it. `old` is the version `s`
+/// was computed from: if another request changed or deleted it meanwhile,
+/// nothing is applied (404 or 409).
 async fn save_subscription(
     app: Arc<App>,
     ctx: Ctx,
+    old: Subscription,
     s: Subscription,
     check_destinations: bool,
 ) -> Result<Subscription, ApiError> {
@@ -1103,8 +1129,12 @@ async fn save_subscription(
         let committed = app.commit(
             &ctx.account,
             |a| {
-                if !a.subscriptions.contains_key(&s.id) {
-                    return Err(no_subscription(&s.id));
+                match a.subscriptions.get(&s.id) {
+                    None => return Err(no_subscription(&s.id)),
+                    Some(cur) if *cur != old => {
+                        return Err(changed_meanwhile("event subscription", &s.id));
+                    }
+                    Some(_) => {}
                 }
                 if check_destinations
                     && let Some(missing) = s
@@ -1133,6 +1163,7 @@ async fn update_subscription(
 ) -> Result<Response, ApiError> {
     let ctx = app.prelude(&headers, &Method::PATCH, &body)?;
     let mut s = find_subscription(&app, &ctx, &id)?;
+    let old = s.clone();
     let obj = body_object(&body)?;
     only_keys(
         &obj,
@@ -1170,7 +1201,7 @@ async fn update_subscription(
         s.destination_ids = list;
     }
     let base = ctx.base.clone();
-    let s = save_subscription(app, ctx, s, true).await?;
+    let s = save_subscription(app, ctx, old, s, true).await?;
     Ok(Json(s.to_json(&base)).into_response())
 }
 
@@ -1219,6 +1250,7 @@ async fn create_source(
 ) -> Result<Response, ApiError> {
     let ctx = app.prelude(&headers, &Method::POST, &body)?;
     let mut s = find_subscription(&app, &ctx, &sub)?;
+    let old = s.clone();
     let obj = body_object(&body)?;
     if let Some(other) = string(&obj, "subscription_id")?.filter(|x| !x.is_empty() && *x != sub) {
         return Err(ApiError::bad(
@@ -1238,7 +1270,7 @@ async fn create_source(
     }
     s.sources.push(src.clone());
     let base = ctx.base.clone();
-    save_subscription(app, ctx, s, false).await?;
+    save_subscription(app, ctx, old, s, false).await?;
     Ok((StatusCode::CREATED, Json(source_json(&base, &sub, &src))).into_response())
 }
 
@@ -1282,6 +1314,7 @@ async fn update_source(
 ) -> Result<Response, ApiError> {
     let ctx = app.prelude(&headers, &Method::PATCH, &body)?;
     let mut s = find_subscription(&app, &ctx, &sub)?;
+    let old = s.clone();
     let idx = s
         .sources
         .iter()
@@ -1318,7 +1351,7 @@ async fn update_source(
     s.sources[idx] = src.clone();
     let base = ctx.base.clone();
     if changed {
-        save_subscription(app, ctx, s, false).await?;
+        save_subscription(app, ctx, old, s, false).await?;
     }
     Ok(Json(source_json(&base, &sub, &src)).into_response())
 }
@@ -1331,13 +1364,14 @@ async fn delete_source(
 ) -> Result<Response, ApiError> {
     let ctx = app.prelude(&headers, &Method::DELETE, &body)?;
     let mut s = find_subscription(&app, &ctx, &sub)?;
+    let old = s.clone();
     let idx = s
         .sources
         .iter()
         .position(|x| x.event_type == ty)
         .ok_or_else(|| no_source(&sub, &ty))?;
     s.sources.remove(idx);
-    save_subscription(app, ctx, s, false).await?;
+    save_subscription(app, ctx, old, s, false).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
