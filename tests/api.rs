@@ -456,6 +456,24 @@ fn every_protocol_and_validation_error_has_its_code() {
         assert_eq!((st, code(&v)), (400, "ERR_NGROK_215"), "{key}: {v}");
         assert!(v["msg"].as_str().unwrap().contains(key), "{v}");
     }
+    // `fields` is bounded: a path deep enough to build a projection tree
+    // that overflows a stack when dropped (it aborted the server), and too
+    // many entries, are refused.
+    for fields in [
+        json!([vec!["x"; 200_000].join(".")]),
+        json!((0..101).map(|i| format!("f{i}")).collect::<Vec<_>>()),
+    ] {
+        let (st, v) = api.call(
+            "POST",
+            "/event_subscriptions",
+            Some(json!({"sources":[{"type":"http_request_complete.v0","fields": fields}]})),
+        );
+        assert_eq!((st, code(&v)), (400, "ERR_NGROK_5403"), "{v}");
+        assert!(
+            v["msg"].as_str().unwrap().len() < 400,
+            "the message quotes a bounded part: {v}"
+        );
+    }
     // A filter deep enough to overflow a stack is refused with its position,
     // and the server goes on answering.
     let deep = format!("{} > 0", vec!["1"; 4000].join("+"));

@@ -453,23 +453,46 @@ pub struct CompiledSource {
     /// The projection, if any.
     pub fields: Option<crate::encode::Projection>,
     /// Paths of the filter or `fields` that the registry does not know
-    /// (accepted; see [`check_fields_path`]), one sentence each.
+    /// (accepted; see [`check_fields`]): at most one sentence for each.
     pub warnings: Vec<String>,
 }
 
-/// Checks one path of a source's `fields` against the registry: `Ok(None)`
-/// when known (a field or a parent of fields), `Ok(Some(warning))` when
-/// unknown but no likely typo, an error for a likely typo or, under
-/// `strict`, any unknown path. The API uses it too, so both say the same.
-pub fn check_fields_path(
+/// Most entries in one source's `fields`.
+pub const MAX_FIELDS: usize = 100;
+/// Longest `fields` entry, in bytes.
+pub const MAX_FIELD_PATH_BYTES: usize = 256;
+/// Most dotted segments in a `fields` entry (the registry's deepest is 4).
+pub const MAX_FIELD_SEGMENTS: usize = 16;
+/// Checks a source's `fields` against the registry and the size bounds (a
+/// projection is a tree as deep as its longest path, built and dropped by
+/// recursion). `Ok(warning)`: one naming the paths the registry does not know
+/// but that are no likely typo, if any; an error for a path over the bounds,
+/// a likely typo or, under `strict`, any unknown path. The API and
+/// `sluice run` both use it, so both say the same.
+pub fn check_fields(
     def: &crate::events::EventTypeDef,
-    path: &str,
+    fields: &[String],
     strict: bool,
 ) -> Result<Option<String>, String> {
-    def.lookup(path)
-        .unknown_policy(def, path, strict)
-        .map(|w| w.map(|w| format!("`fields`: {w}")))
-        .map_err(|e| format!("`fields`: {e}"))
+    if fields.len() > MAX_FIELDS {
+        return Err(format!(
+            "{} entries, the limit is {MAX_FIELDS}",
+            fields.len()
+        ));
+    }
+    let mut unknown = Vec::new();
+    for p in fields {
+        if p.len() > MAX_FIELD_PATH_BYTES || p.split('.').count() > MAX_FIELD_SEGMENTS {
+            return Err(format!(
+                "`{}` is over the limits of {MAX_FIELD_PATH_BYTES} bytes and {MAX_FIELD_SEGMENTS} segments",
+                crate::events::shown_path(p)
+            ));
+        }
+        if def.lookup(p).unknown_policy(def, p, strict)? {
+            unknown.push(format!("`{p}`"));
+        }
+    }
+    Ok(crate::events::unknown_paths_warning(def, &unknown))
 }
 
 /// Compiles one source, or explains what is wrong with it.
@@ -517,17 +540,14 @@ pub fn compile_source(src: &SourceSpec, strict: bool) -> Result<CompiledSource, 
     let mut warnings: Vec<String> = filter
         .iter()
         .flat_map(|f| f.warnings())
-        .map(|w| format!("filter at {w}"))
+        .map(|w| format!("filter: {w}"))
         .collect();
     let fields = match &src.fields {
         None => None,
         Some(list) if list.is_empty() => None,
         Some(list) => {
-            for p in list {
-                if let Some(w) = check_fields_path(def, p, strict)? {
-                    warnings.push(w);
-                }
-            }
+            let w = check_fields(def, list, strict).map_err(|e| format!("`fields`: {e}"))?;
+            warnings.extend(w.map(|w| format!("`fields`: {w}")));
             Some(crate::encode::Projection::new(list))
         }
     };
@@ -650,11 +670,12 @@ destination_ids = ["ed_file1"]
             .collect();
         assert_eq!(w.len(), 2, "{w:#?}");
         assert!(
-            w[0].contains("filter at 1:") && w[0].contains("`http.response.protocol_details`"),
+            w[0].contains("filter: `http.response.protocol_details` at 1:")
+                && w[0].contains("is not in Sluice's registry of http_request_complete.v0"),
             "{w:#?}"
         );
         assert!(
-            w[1].contains("`fields`: field `conn.tunnel_session`"),
+            w[1].contains("`fields`: `conn.tunnel_session` is not in Sluice's registry"),
             "{w:#?}"
         );
         assert!(w.iter().all(|w| {
@@ -680,6 +701,43 @@ destination_ids = ["ed_file1"]
                 .any(|e| e.contains("`fields`: unknown field `conn.tunnel_session`")),
             "{:?}",
             problems(&strict_fields)
+        );
+        // However many unknown paths, one warning names five and counts the rest.
+        let many = GOOD.replace(
+            "\"conn.client_ip\"",
+            &(0..7)
+                .map(|i| format!("\"new{i}.v\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        let w = PipelineSpec::from_toml(&many).unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].1.contains("`new4.v` and 2 more are not in"), "{w:?}");
+        // Bounds: a projection is a tree as deep as its longest path.
+        let deep = GOOD.replace(
+            "\"conn.client_ip\"",
+            &format!("\"{}\"", vec!["x"; 17].join(".")),
+        );
+        assert!(
+            problems(&deep)
+                .iter()
+                .any(|e| e.contains("over the limits of 256 bytes and 16 segments")),
+            "{:?}",
+            problems(&deep)
+        );
+        let wide = GOOD.replace(
+            "\"conn.client_ip\"",
+            &(0..101)
+                .map(|i| format!("\"f{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        assert!(
+            problems(&wide)
+                .iter()
+                .any(|e| e.contains("102 entries, the limit is 100")),
+            "{:?}",
+            problems(&wide)
         );
         // The fields of the seeds' example payload are known: no warning.
         let seeds = GOOD

@@ -310,16 +310,12 @@ fn walk(
     }
 }
 
-/// Checks a path read from `ev` against the event type's fields: `Ok(None)`
-/// for a known path, `Ok(Some(warning))` for a path the registry does not
-/// know but that is no likely typo (see [`PathLookup::unknown_policy`]), and
-/// an error for a likely typo, for any unknown path under `strict`, and for a
-/// field ngrok does not let filters read under `strict`.
-pub fn check_path(
-    def: &EventTypeDef,
-    path: &[String],
-    strict: bool,
-) -> Result<Option<String>, String> {
+/// Checks a path read from `ev` against the event type's fields: `Ok(false)`
+/// for a known path, `Ok(true)` for a path the registry does not know but
+/// that is no likely typo (see [`PathLookup::unknown_policy`]), and an error
+/// for a likely typo, for any unknown path under `strict`, and for a field
+/// ngrok does not let filters read under `strict`.
+pub fn check_path(def: &EventTypeDef, path: &[String], strict: bool) -> Result<bool, String> {
     let joined = path.join(".");
     let not_filterable = |p: &str| {
         format!(

@@ -152,11 +152,11 @@ impl Filter {
         // Everything below recurses over the tree: bound its depth first.
         compile::check_depth(source, &parsed)?;
         let refs = compile::references(source, &parsed)?;
-        let mut warnings = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
         if let Some(t) = opts.event_type {
             for r in &refs {
                 let checked = compile::check_path(t.def(), &r.path, opts.strict_ngrok);
-                if let Ok(None) = checked {
+                if let Ok(false) = checked {
                     continue;
                 }
                 let (line, column) = parsed
@@ -173,16 +173,24 @@ impl Filter {
                             source: source.to_string(),
                         });
                     }
-                    Ok(Some(w)) => {
-                        let w = format!("{line}:{column}: {w}");
-                        if !warnings.contains(&w) {
-                            warnings.push(w);
+                    Ok(true) => {
+                        let name = format!(
+                            "`{}` at {line}:{column}",
+                            crate::events::shown_path(&r.path.join("."))
+                        );
+                        if !unknown.contains(&name) {
+                            unknown.push(name);
                         }
                     }
-                    Ok(None) => {}
+                    Ok(false) => {}
                 }
             }
         }
+        let warnings: Vec<String> = opts
+            .event_type
+            .and_then(|t| crate::events::unknown_paths_warning(t.def(), &unknown))
+            .into_iter()
+            .collect();
         let mut reads: Vec<String> = refs
             .iter()
             .map(|r| {
@@ -245,10 +253,11 @@ impl Filter {
         &self.reads
     }
 
-    /// Paths the filter reads that the registry does not know, each as
-    /// `line:column: message`: accepted and evaluated on what each event
-    /// carries, but worth a look (`sluice check` prints them, `sluice run` and
-    /// `sluice serve` log them). Empty when compiled without an event type.
+    /// At most one warning naming the paths the filter reads that the
+    /// registry does not know (with their line:column): accepted and
+    /// evaluated on what each event carries, but worth a look (`sluice check`
+    /// prints it, `sluice run` and `sluice serve` log it). Empty when there
+    /// are none or when compiled without an event type.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }

@@ -68,6 +68,37 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// A path as messages show it: whole up to 80 characters, cut after that
+/// (paths come from tenants and can be as long as a filter).
+pub fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.char_indices().nth(80) {
+        None => path.into(),
+        Some((i, _)) => format!("{}…", &path[..i]).into(),
+    }
+}
+
+/// One warning for the paths of `def` that the registry does not know but
+/// that were accepted, each already named as it should be shown (e.g.
+/// "`conn.x` at 1:5"): the first five, then how many more. `None` for none.
+/// One sentence however many paths, so a tenant cannot flood a log with them.
+pub fn unknown_paths_warning(def: &EventTypeDef, names: &[String]) -> Option<String> {
+    const NAMED: usize = 5;
+    let (first, rest) = names.split_at(names.len().min(NAMED));
+    let mut who = first.join(", ");
+    if !rest.is_empty() {
+        who.push_str(&format!(" and {} more", rest.len()));
+    }
+    (!first.is_empty()).then(|| {
+        format!(
+            "{who} {} not in Sluice's registry of {}: read from what each event carries \
+             (payloads may gain fields without a new version); if it is a typo, \
+             `sluice check --list-types` lists the known fields",
+            if names.len() == 1 { "is" } else { "are" },
+            def.name
+        )
+    })
+}
+
 /// The candidate nearest to `name` that is at most `max` edits away, if any.
 pub fn nearest_within<'a>(
     name: &str,

@@ -155,32 +155,29 @@ impl PathLookup {
     /// and `fields`: a likely typo (within [`TYPO_EDITS`] of a known path) is
     /// an error naming the known path; any unknown path is an error under
     /// `strict`; otherwise it is accepted and read from what each event
-    /// carries, with a warning. `Ok(None)` for a known path.
+    /// carries (`Ok(true)`: say so with [`super::unknown_paths_warning`]).
+    /// `Ok(false)` for a known path.
     pub fn unknown_policy(
         self,
         def: &EventTypeDef,
         path: &str,
         strict: bool,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<bool, String> {
         let PathLookup::Unknown { near } = self else {
-            return Ok(None);
+            return Ok(false);
         };
+        let shown = super::shown_path(path);
         match near {
             Some(n) => Err(format!(
-                "unknown field `{path}` of {} (did you mean `{n}`?)",
+                "unknown field `{shown}` of {} (did you mean `{n}`?)",
                 def.name
             )),
             None if strict => Err(format!(
-                "unknown field `{path}` of {}: strict_ngrok_filters allows only the fields \
+                "unknown field `{shown}` of {}: strict_ngrok_filters allows only the fields \
                  `sluice check --list-types` lists",
                 def.name
             )),
-            None => Ok(Some(format!(
-                "field `{path}` of {} is not in Sluice's registry: it is read from what each \
-                 event carries (payloads may gain fields without a new version); if it is a \
-                 typo, `sluice check --list-types` lists the known fields",
-                def.name
-            ))),
+            None => Ok(true),
         }
     }
 }

@@ -870,17 +870,15 @@ fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
         }
     }
     if let Some(list) = &fields {
-        for p in list {
-            match def.lookup(p).unknown_policy(def, p, strict) {
-                Ok(None) => {}
-                // The API's answer has no place for warnings: the log has them.
-                Ok(Some(w)) => tracing::warn!("in `fields`: {w}"),
-                Err(e) => {
-                    return Err(ApiError::bad(
-                        "ERR_NGROK_5403",
-                        format!("Invalid entry '{p}' in 'fields': {e}."),
-                    ));
-                }
+        match crate::config::check_fields(def, list, strict) {
+            Ok(None) => {}
+            // The API's answer has no place for warnings: the log has them.
+            Ok(Some(w)) => tracing::warn!("in `fields`: {w}"),
+            Err(e) => {
+                return Err(ApiError::bad(
+                    "ERR_NGROK_5403",
+                    format!("Invalid value for parameter 'fields': {e}."),
+                ));
             }
         }
     }
@@ -905,7 +903,7 @@ fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
             )
         })?;
         for w in compiled.warnings() {
-            tracing::warn!("in the filter at {w}");
+            tracing::warn!("in the filter: {w}");
         }
     }
     Ok(SourceSpec {
