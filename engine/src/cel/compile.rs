@@ -22,6 +22,12 @@ pub const MAX_SOURCE_BYTES: usize = 16 << 10;
 /// and it refuses more than 96 nested groups itself.)
 pub const MAX_DEPTH: usize = 256;
 
+/// Deepest expression accepted for a filter the fast path does not cover:
+/// the `cel` crate's interpreter, which evaluates it on the engine's workers,
+/// takes tens of KiB of stack per level (measured in a debug build: 45
+/// levels ran on a 2 MiB stack, 64 overflowed it).
+pub const MAX_INTERPRETER_DEPTH: usize = 32;
+
 /// Stack of the thread a filter is parsed on: the parser recurses once or
 /// more per nesting level, so a 16 KiB source nested as deep as it can be
 /// needs tens of MiB (measured: 64 MiB suffices in a debug build). Reserved
@@ -56,17 +62,19 @@ fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
     }
 }
 
-/// Refuses an expression deeper than [`MAX_DEPTH`], pointing at the node
-/// where it gets too deep. Iterative: safe on any stack, whatever the depth.
-pub fn check_depth(src: &str, p: &Parsed) -> Result<(), FilterError> {
+/// Refuses an expression deeper than `limit` ([`MAX_DEPTH`], or
+/// [`MAX_INTERPRETER_DEPTH`] with the reason the interpreter is needed),
+/// pointing at the node where it gets too deep. Iterative: safe on any
+/// stack, whatever the depth.
+pub fn check_depth(src: &str, p: &Parsed, limit: usize, why: &str) -> Result<(), FilterError> {
     let mut stack: Vec<(&IdedExpr, usize)> = vec![(&p.expr, 1)];
     while let Some((e, d)) = stack.pop() {
-        if d > MAX_DEPTH {
+        if d > limit {
             return Err(error_at(
                 src,
                 &p.info,
                 e.id,
-                format!("the expression is nested more than {MAX_DEPTH} levels deep here"),
+                format!("the expression is nested more than {limit} levels deep here{why}"),
             ));
         }
         stack.extend(children(e).into_iter().map(|c| (c, d + 1)));

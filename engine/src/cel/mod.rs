@@ -150,7 +150,7 @@ impl Filter {
     fn compile_here(source: &str, opts: &FilterOptions) -> Result<Filter, FilterError> {
         let parsed = compile::parse(source)?;
         // Everything below recurses over the tree: bound its depth first.
-        compile::check_depth(source, &parsed)?;
+        compile::check_depth(source, &parsed, compile::MAX_DEPTH, "")?;
         let refs = compile::references(source, &parsed)?;
         let mut unknown: Vec<String> = Vec::new();
         if let Some(t) = opts.event_type {
@@ -207,6 +207,12 @@ impl Filter {
             Ok(ex) => Plan::Fast(ex),
             Err(Lower::Invalid(e)) => return Err(e),
             Err(Lower::Unsupported(why)) => {
+                compile::check_depth(
+                    source,
+                    &parsed,
+                    compile::MAX_INTERPRETER_DEPTH,
+                    &format!(" for the cel interpreter, which this filter needs ({why})"),
+                )?;
                 let program = cel::Program::compile(source).map_err(|e| FilterError {
                     message: e.to_string(),
                     line: 1,

@@ -246,23 +246,33 @@ fn deep_filters_are_refused_without_overflowing_any_stack() {
     assert!(e.message.contains("nested more than 256 levels"), "{e}");
 }
 
-/// A filter just under the depth limit compiles, evaluates and is dropped on
-/// a thread with the default 2 MiB stack of the engine's workers.
+/// Filters just under the depth limits (the fast path's and the
+/// interpreter's) compile, evaluate and are dropped on a thread with the
+/// default 2 MiB stack of the engine's workers. (An `||` chain is balanced by
+/// the parser, so depth takes a `+` chain.)
 #[test]
 fn the_deepest_accepted_filter_runs_on_a_worker_sized_stack() {
-    let src = (0..200)
-        .map(|i| format!("ev.conn.server_port == {i}"))
-        .collect::<Vec<_>>()
-        .join(" || ");
+    // `>`, then k additions, then the three levels of `ev.conn.server_port`.
+    let chain = |k: usize| format!("ev.conn.server_port{} > 199", " + 0".repeat(k));
+    let src = chain(compile::MAX_DEPTH - 4);
+    assert!(
+        Filter::compile(&chain(compile::MAX_DEPTH - 3), &FilterOptions::default()).is_err(),
+        "the test filter is at the limit"
+    );
     let f = Filter::compile(&src, &FilterOptions::default()).unwrap();
-    let interp = Filter::compile(
-        &format!("{src} || ev.conn.ports.exists(p, p == 443)"),
-        &FilterOptions::default(),
-    )
-    .unwrap();
+    // The interpreter has a lower limit of its own (one level more for the `||`).
+    let interp_at = |k: usize| {
+        Filter::compile(
+            &format!("{} || ev.conn.ports.exists(p, p == 443)", chain(k)),
+            &FilterOptions::default(),
+        )
+    };
+    let e = interp_at(compile::MAX_INTERPRETER_DEPTH - 4).unwrap_err();
+    assert!(e.message.contains("for the cel interpreter"), "{e}");
+    let interp = interp_at(compile::MAX_INTERPRETER_DEPTH - 5).unwrap();
     assert!(!interp.is_fast());
     on_small_stack(2 << 20, move || {
-        with_object(r#"{"conn":{"server_port":199,"ports":[443]}}"#, |o| {
+        with_object(r#"{"conn":{"server_port":200,"ports":[443]}}"#, |o| {
             assert_eq!(f.matches(o), Verdict::Match);
             assert_eq!(interp.matches(o), Verdict::Match);
         });
