@@ -341,39 +341,34 @@ impl PipelineSpec {
     /// Checks everything that does not need the plugins: ids, references,
     /// event types, filters, fields. Returns every problem found.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
+        self.check().map(drop)
+    }
+
+    /// [`PipelineSpec::validate`], and, when valid, the warnings: paths of
+    /// filters and `fields` the registry does not know, as `(item, warning)`
+    /// with the item named as in errors (`sluice check` prints them and
+    /// `sluice run` logs them). Compiles each source once.
+    pub fn check(&self) -> Result<Vec<(String, String)>, ConfigErrors> {
         let mut errs = self.validate_structure();
+        let mut warnings = Vec::new();
         for s in &self.subscriptions {
             for src in &s.sources {
-                if let Err(problem) = check_source(src, self.strict_ngrok_filters) {
-                    errs.push(ConfigError {
+                let item = format!("subscription \"{}\", source \"{}\"", s.id, src.event_type);
+                match compile_source(src, self.strict_ngrok_filters) {
+                    Ok(c) => warnings.extend(c.warnings.into_iter().map(|w| (item.clone(), w))),
+                    Err(problem) => errs.push(ConfigError {
                         file: None,
-                        item: format!("subscription \"{}\", source \"{}\"", s.id, src.event_type),
+                        item,
                         problem,
-                    });
+                    }),
                 }
             }
         }
         if errs.is_empty() {
-            Ok(())
+            Ok(warnings)
         } else {
             Err(ConfigErrors(errs))
         }
-    }
-
-    /// The warnings of sources that compile: paths of filters and `fields`
-    /// the registry does not know, as `(item, warning)` with the item named as
-    /// in errors. `sluice check` prints them and `sluice run` logs them.
-    pub fn warnings(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for s in &self.subscriptions {
-            for src in &s.sources {
-                if let Ok(c) = compile_source(src, self.strict_ngrok_filters) {
-                    let item = format!("subscription \"{}\", source \"{}\"", s.id, src.event_type);
-                    out.extend(c.warnings.into_iter().map(|w| (item.clone(), w)));
-                }
-            }
-        }
-        out
     }
 
     /// Checks ids, references and duplicates, without compiling sources.
@@ -664,7 +659,8 @@ destination_ids = ["ed_file1"]
         assert!(problems(&novel).is_empty(), "{:?}", problems(&novel));
         let spec = PipelineSpec::from_toml(&novel).unwrap();
         let w: Vec<String> = spec
-            .warnings()
+            .check()
+            .unwrap()
             .into_iter()
             .map(|(i, w)| format!("{i}: {w}"))
             .collect();
@@ -710,7 +706,7 @@ destination_ids = ["ed_file1"]
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        let w = PipelineSpec::from_toml(&many).unwrap().warnings();
+        let w = PipelineSpec::from_toml(&many).unwrap().check().unwrap();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].1.contains("`new4.v` and 2 more are not in"), "{w:?}");
         // Bounds: a projection is a tree as deep as its longest path.
@@ -750,7 +746,8 @@ destination_ids = ["ed_file1"]
         assert!(
             PipelineSpec::from_toml(&seeds)
                 .unwrap()
-                .warnings()
+                .check()
+                .unwrap()
                 .is_empty()
         );
     }

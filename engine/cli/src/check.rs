@@ -132,9 +132,12 @@ fn check_config(
             return Ok(ExitCode::from(2));
         }
     };
-    let mut problems: Vec<String> = match spec.validate() {
-        Ok(()) => vec![],
-        Err(e) => e.in_file(path).0.iter().map(|e| e.to_string()).collect(),
+    let (mut problems, warnings): (Vec<String>, _) = match spec.check() {
+        Ok(w) => (vec![], w),
+        Err(e) => (
+            e.in_file(path).0.iter().map(|e| e.to_string()).collect(),
+            vec![],
+        ),
     };
     let dirs = plugin_dirs(&plugin_dir.into_iter().collect::<Vec<_>>());
     let plugins = PluginRegistry::discover(&dirs);
@@ -158,7 +161,7 @@ fn check_config(
             problems.push(format!("{}: destination \"{}\": {e}", path.display(), d.id));
         }
     }
-    for (item, w) in spec.warnings() {
+    for (item, w) in warnings {
         eprintln!("warning: {}: {item}: {w}", path.display());
     }
     if !problems.is_empty() {

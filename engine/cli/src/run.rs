@@ -87,9 +87,8 @@ impl Acks {
 
 pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     let spec = PipelineSpec::from_file(&a.config).map_err(|e| e.to_string())?;
-    spec.validate()
-        .map_err(|e| e.in_file(&a.config).to_string())?;
-    for (item, w) in spec.warnings() {
+    let warnings = spec.check().map_err(|e| e.in_file(&a.config).to_string())?;
+    for (item, w) in warnings {
         tracing::warn!("{}: {item}: {w}", a.config.display());
     }
     let dirs = plugin_dirs(&a.plugin_dir.iter().cloned().collect::<Vec<_>>());
