@@ -1147,29 +1147,38 @@ fn cors_preflight_is_answered_for_the_configured_origins_only() {
     );
 }
 
+/// Runs an official client's script (`tests/<script>`) with `program`
+/// against a fresh `sluice serve`, from `cwd`: it must exit 0 and print
+/// "all checks passed". `installed` is what `scripts/test` installs for it.
+fn official_client_passes(program: &Path, script: &str, cwd: &Path, installed: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    assert!(
+        installed.exists(),
+        "{} is missing: run scripts/test, which installs it",
+        installed.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let out = std::process::Command::new(program)
+        .arg(root.join("tests").join(script))
+        .arg(&s.url)
+        .arg(&s.key)
+        .current_dir(cwd)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/test installs it)", program.display()));
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
+    assert!(o.contains("all checks passed"), "{o}");
+}
+
 /// The official Python client (`ngrok-api` from PyPI), unchanged, against
 /// `sluice serve`. `scripts/test` installs it in `.venv-ngrok`.
 #[test]
 fn the_official_python_client_works_unchanged() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let python = root.join(".venv-ngrok/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test, which installs it",
-        python.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[]);
-    let out = std::process::Command::new(&python)
-        .arg(root.join("tests/python/ngrok_client.py"))
-        .arg(&s.url)
-        .arg(&s.key)
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .unwrap();
-    let (o, e) = text(&out);
-    assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
-    assert!(o.contains("all checks passed"), "{o}");
+    official_client_passes(&python, "python/ngrok_client.py", root, &python);
 }
 
 /// The official JavaScript client (`@ngrok/ngrok-api` 0.11.0 from npm,
@@ -1179,23 +1188,11 @@ fn the_official_python_client_works_unchanged() {
 #[test]
 fn the_official_javascript_client_works_unchanged() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let client = root.join("tests/js/node_modules/@ngrok/ngrok-api/package.json");
-    assert!(
-        client.exists(),
-        "{} is missing: run scripts/test, which installs it",
-        client.display()
+    let js = root.join("tests/js");
+    official_client_passes(
+        Path::new("node"),
+        "js/ngrok_client.js",
+        &js,
+        &js.join("node_modules/@ngrok/ngrok-api/package.json"),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[]);
-    let out = std::process::Command::new("node")
-        .arg(root.join("tests/js/ngrok_client.js"))
-        .arg(&s.url)
-        .arg(&s.key)
-        .current_dir(root.join("tests/js"))
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .expect("node (scripts/test installs it)");
-    let (o, e) = text(&out);
-    assert!(out.status.success(), "stdout:\n{o}\nstderr:\n{e}");
-    assert!(o.contains("all checks passed"), "{o}");
 }

@@ -38,6 +38,16 @@ fn events_at(n: usize, prefix: &str, ts: impl Fn(usize) -> i64) -> String {
     s
 }
 
+/// Writes `c.toml`: a Datadog destination with this API key (service
+/// `edge`, tags `env:prod,team:net`) sending to the stand-in `dd`.
+fn write_datadog_config(dir: &Path, dd: &Intake, api_key: &str, delivery: &str) {
+    let cfg = format!(
+        r#"api_key = "{api_key}", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
+        dd.url()
+    );
+    std::fs::write(dir.join("c.toml"), config("datadog", &cfg, delivery)).unwrap();
+}
+
 fn config(kind: &str, cfg: &str, delivery: &str) -> String {
     format!(
         "[[destination]]\nid = \"ed_v\"\nkind = \"{kind}\"\nconfig = {{ {cfg} }}\n[destination.delivery]\n{delivery}\n\n[[subscription]]\nid = \"esb_1\"\naccount_id = \"ac_1\"\ndestination_ids = [\"ed_v\"]\n[[subscription.source]]\ntype = \"http_request_complete.v0\"\n"
@@ -129,19 +139,12 @@ fn datadog_receives_every_record_through_429_500_and_413() {
     dd.then(413, None);
     let input = events(2000, "d");
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(
-        r#"api_key = "dd-key-1", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
-        dd.url()
+    write_datadog_config(
+        dir.path(),
+        &dd,
+        "dd-key-1",
+        "linger_ms = 20\nretry_max_backoff_ms = 200",
     );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config(
-            "datadog",
-            &cfg,
-            "linger_ms = 20\nretry_max_backoff_ms = 200",
-        ),
-    )
-    .unwrap();
     let (ok, err) = run(dir.path());
     assert!(ok, "{err}");
     assert!(dd.violations().is_empty(), "{:?}", dd.violations());
@@ -207,15 +210,7 @@ fn datadog_dates_entries_by_the_event_and_dead_letters_those_it_would_drop() {
         _ => -((i as i64 * 7919) % (17 * HOUR / 1000)) * 1000,
     });
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(
-        r#"api_key = "dd-key-1", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
-        dd.url()
-    );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("datadog", &cfg, "linger_ms = 20"),
-    )
-    .unwrap();
+    write_datadog_config(dir.path(), &dd, "dd-key-1", "linger_ms = 20");
     let (ok, err) = run(dir.path());
     assert!(ok, "{err}");
     assert!(dd.violations().is_empty(), "{:?}", dd.violations());
@@ -307,15 +302,7 @@ fn datadog_refused_key_and_oversized_entries_are_dead_lettered_with_the_reason()
     ));
     input.push('\n');
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(
-        r#"api_key = "wrong", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
-        dd.url()
-    );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("datadog", &cfg, "linger_ms = 20"),
-    )
-    .unwrap();
+    write_datadog_config(dir.path(), &dd, "wrong", "linger_ms = 20");
     let (ok, err) = run(dir.path());
     assert!(ok, "{err}");
     assert!(dd.accepted().is_empty());

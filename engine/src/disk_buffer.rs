@@ -193,19 +193,13 @@ impl Acks {
     /// Forgets the acknowledgements of `seq` and everything after it: when a
     /// repair cut the log back to end before `seq`, new records take those
     /// sequence numbers, and the old acknowledgements must not cover them.
+    /// (Used where `seq` is at or above `base`; below it there is nothing to forget.)
     fn forget_from(&mut self, seq: u64) {
-        if seq < self.base {
-            // Everything below the old base was acknowledged, so everything
-            // below `seq` still is.
-            self.base = seq - seq % 64;
-            self.bits.clear();
-            if !seq.is_multiple_of(64) {
-                self.bits.push_back((1u64 << (seq % 64)) - 1);
-            }
+        let Some(off) = seq.checked_sub(self.base) else {
             return;
-        }
-        let word = ((seq - self.base) / 64) as usize;
-        let bit = (seq - self.base) % 64;
+        };
+        let word = (off / 64) as usize;
+        let bit = off % 64;
         self.bits.truncate(word + 1);
         if let Some(w) = self.bits.get_mut(word) {
             *w &= (1u64 << bit) - 1;

@@ -936,6 +936,20 @@ mod tests {
         assert!(is_plugin_file(Path::new("sluice_sink_file.dll")));
         assert!(!is_plugin_file(Path::new("/x/libsluice_engine.so")));
         assert!(!is_plugin_file(Path::new("/x/libsluice_sink_file.rlib")));
+        // The kind is the name's: another name around `sluice_sink_` is not one.
+        assert_eq!(
+            kind_of_file_name(Path::new("/x/libsluice_sink_cloudwatch_logs.so")),
+            Some("cloudwatch_logs")
+        );
+        assert_eq!(
+            kind_of_file_name(Path::new("sluice_sink_file.dll")),
+            Some("file")
+        );
+        assert_eq!(
+            kind_of_file_name(Path::new("/x/libmy_sluice_sink_x.so")),
+            None
+        );
+        assert_eq!(kind_of_file_name(Path::new("/x/libsluice_sink_.so")), None);
     }
 
     #[test]

@@ -57,15 +57,31 @@ pub fn type_names() -> impl Iterator<Item = &'static str> {
 /// The known name closest to `name` by edit distance, if one is close enough
 /// to be a likely typo.
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    nearest(name, candidates, usize::MAX)
+        .filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .map(|(_, c)| c)
+}
+
+/// The candidate nearest to `name` by edit distance, with that distance,
+/// among those at most `max` away (a candidate whose length alone puts it
+/// farther is skipped without computing the distance).
+fn nearest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Option<(usize, &'a str)> {
     let mut best: Option<(usize, &str)> = None;
+    let chars = name.chars().count();
     for c in candidates {
+        if c.chars().count().abs_diff(chars) > max {
+            continue;
+        }
         let d = edit_distance(name, c);
-        if best.is_none_or(|(bd, _)| d < bd) {
+        if d <= max && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }
-    best.filter(|(d, c)| *d <= (c.len() / 3).max(2))
-        .map(|(_, c)| c)
+    best
 }
 
 /// A path as messages show it: whole up to 80 characters, cut after that
@@ -105,19 +121,7 @@ pub fn nearest_within<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
     max: usize,
 ) -> Option<&'a str> {
-    let mut best: Option<(usize, &str)> = None;
-    let chars = name.chars().count();
-    for c in candidates {
-        // A cheap bound first: the distance is at least the length difference.
-        if c.chars().count().abs_diff(chars) > max {
-            continue;
-        }
-        let d = edit_distance(name, c);
-        if d <= max && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
-        }
-    }
-    best.map(|(_, c)| c)
+    nearest(name, candidates, max).map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -739,13 +739,12 @@ async fn update_destination(
                 // Applied only to the version it was computed from: a
                 // destination deleted or changed meanwhile (a secret rotated)
                 // is neither brought back nor rolled back.
-                match a.destinations.get(&d.id) {
-                    None => return Err(no_destination(&d.id)),
-                    Some(cur) if *cur != old => {
-                        return Err(changed_meanwhile("event destination", &d.id));
-                    }
-                    Some(_) => {}
-                }
+                still_as_read(
+                    a.destinations.get(&d.id),
+                    &old,
+                    || no_destination(&d.id),
+                    || changed_meanwhile("event destination", &d.id),
+                )?;
                 a.destinations.insert(d.id.clone(), d.clone());
                 Ok(())
             },
@@ -757,6 +756,21 @@ async fn update_destination(
     })
     .await?;
     Ok(Json(json).into_response())
+}
+
+/// Whether a resource is still the version a change was computed from: gone
+/// is `gone()` (404), changed is `changed()` (409).
+fn still_as_read<T: PartialEq>(
+    current: Option<&T>,
+    read: &T,
+    gone: impl FnOnce() -> ApiError,
+    changed: impl FnOnce() -> ApiError,
+) -> Result<(), ApiError> {
+    match current {
+        None => Err(gone()),
+        Some(cur) if cur != read => Err(changed()),
+        Some(_) => Ok(()),
+    }
 }
 
 /// A change computed from a version of a resource that another request
@@ -1127,13 +1141,12 @@ async fn save_subscription(
         let committed = app.commit(
             &ctx.account,
             |a| {
-                match a.subscriptions.get(&s.id) {
-                    None => return Err(no_subscription(&s.id)),
-                    Some(cur) if *cur != old => {
-                        return Err(changed_meanwhile("event subscription", &s.id));
-                    }
-                    Some(_) => {}
-                }
+                still_as_read(
+                    a.subscriptions.get(&s.id),
+                    &old,
+                    || no_subscription(&s.id),
+                    || changed_meanwhile("event subscription", &s.id),
+                )?;
                 if check_destinations
                     && let Some(missing) = s
                         .destination_ids
