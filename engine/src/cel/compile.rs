@@ -25,7 +25,7 @@ pub const MAX_DEPTH: usize = 256;
 /// Deepest expression accepted for a filter the fast path does not cover:
 /// the `cel` crate's interpreter, which evaluates it on the engine's workers,
 /// takes tens of KiB of stack per level (measured in a debug build: 45
-/// levels ran on a 2 MiB stack, 64 overflowed it).
+/// levels ran on a 2 MiB stack, 65 overflowed it).
 pub const MAX_INTERPRETER_DEPTH: usize = 32;
 
 /// Stack of the thread a filter is parsed on: the parser recurses once or
