@@ -76,8 +76,14 @@ fn kinesis() -> Value {
     json!({"kinesis":{"auth":{"role":{"role_arn":"arn:aws:iam::123456789012:role/example"}},"stream_arn":"arn:aws:kinesis:us-east-2:123456789012:stream/mystream"}})
 }
 
-fn file_target(path: &Path) -> Value {
-    json!({"plugin":{"kind":"file","config":{"path": path},"delivery":{"linger_ms": 20}}})
+/// A `file` destination writing `name` in the account's file area
+/// (`<data-dir>/files/<account>/`, where [`file_area`] finds it).
+fn file_target(name: &str) -> Value {
+    json!({"plugin":{"kind":"file","config":{"path": name},"delivery":{"linger_ms": 20}}})
+}
+
+fn file_area(s: &Server) -> std::path::PathBuf {
+    s.data_dir.join("files").join(&s.account)
 }
 
 fn is_error_body(v: &Value, status: u16) {
@@ -336,7 +342,12 @@ fn subscriptions_and_sources_follow_the_patch_rules() {
 #[test]
 fn every_protocol_and_validation_error_has_its_code() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &[]);
+    // Filters long enough to test the depth limit (the length limit is the
+    // adversarial suite's).
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--tenant-max-filter-bytes", "100000"],
+    );
     let api = Api::new(&s);
     let raw =
         |method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>| -> (u16, Value) {
@@ -794,13 +805,13 @@ fn changes_apply_live_emit_audit_events_and_ingest_reports_rejects() {
     let s = Server::start(&dir.path().join("data"), &[]);
     let api = Api::new(&s);
     let (audit_out, traffic_out) = (
-        dir.path().join("audit.ndjson"),
-        dir.path().join("traffic.ndjson"),
+        file_area(&s).join("audit.ndjson"),
+        file_area(&s).join("traffic.ndjson"),
     );
     let da = api.ok(
         "POST",
         "/event_destinations",
-        Some(json!({"description":"audit file","target": file_target(&audit_out)})),
+        Some(json!({"description":"audit file","target": file_target("audit.ndjson")})),
         201,
     )["id"]
         .as_str()
@@ -825,7 +836,7 @@ fn changes_apply_live_emit_audit_events_and_ingest_reports_rejects() {
     let dt = api.ok(
         "POST",
         "/event_destinations",
-        Some(json!({"description":"traffic file","target": file_target(&traffic_out)})),
+        Some(json!({"description":"traffic file","target": file_target("traffic.ndjson")})),
         201,
     );
     let dt_id = dt["id"].as_str().unwrap().to_string();
@@ -1022,7 +1033,15 @@ fn ingest_reads_every_gzip_member() {
 #[test]
 fn ingest_pushes_back_with_429_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"), &["--workers", "1"]);
+    let s = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--workers",
+            "1",
+            "--tenant-delivery",
+            "buffer_max_bytes=1024..67108864",
+        ],
+    );
     let api = Api::new(&s);
     let out = dir.path().join("slow.ndjson");
     let target = json!({"plugin":{"kind":"faulty","config":{"mode":"slow","delay_ms":200,"path": out},"delivery":{"linger_ms":1,"max_in_flight":1,"buffer_max_bytes":20000}}});

@@ -522,6 +522,9 @@ fn a_slow_destination_sheds_with_drop_newest_and_pushes_back_with_block() {
 
 /// Creates a destination (plugin target) and a subscription of every HTTP
 /// event of the server's account to it.
+/// The operator lets tenants retry without limit (`max_attempts = 0`).
+const UNLIMITED_ATTEMPTS: &[&str] = &["--tenant-delivery", "max_attempts=0..50"];
+
 fn serve_pipeline(s: &sluice_e2e::Server, target: Value) {
     let http = reqwest::blocking::Client::new();
     let call = |path: &str, body: Value| -> Value {
@@ -533,8 +536,10 @@ fn serve_pipeline(s: &sluice_e2e::Server, target: Value) {
             .body(body.to_string())
             .send()
             .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-        r.json().unwrap()
+        let status = r.status().as_u16();
+        let v: Value = r.json().unwrap();
+        assert_eq!(status, 201, "{path}: {v}");
+        v
     };
     let d = call(
         "/event_destinations",
@@ -565,7 +570,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start();
     rx.go_down();
-    let mut s = sluice_e2e::Server::start(&dir.path().join("data"), &[]);
+    let mut s = sluice_e2e::Server::start(&dir.path().join("data"), UNLIMITED_ATTEMPTS);
     let acct = s.account.clone();
     let batch = |prefix: &str| {
         events(300, prefix).replace(&format!("\"{ACCOUNT}\""), &format!("\"{acct}\""))
@@ -602,7 +607,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     let dir2 = tempfile::tempdir().unwrap();
     let rx2 = Receiver::start();
     rx2.go_down();
-    let mut s = sluice_e2e::Server::start(&dir2.path().join("data"), &[]);
+    let mut s = sluice_e2e::Server::start(&dir2.path().join("data"), UNLIMITED_ATTEMPTS);
     let acct = s.account.clone();
     serve_pipeline(
         &s,

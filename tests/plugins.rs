@@ -203,7 +203,7 @@ fn plugin_list_shows_what_each_plugin_declares() {
         .expect("the http plugin is listed");
     assert_eq!(http["limits"]["max_records"], 1000);
     assert_eq!(http["config_schema"]["required"][0], "url");
-    assert_eq!(http["abi"], "1.1");
+    assert_eq!(http["abi"], "1.2");
     assert_eq!(http["thread_safe"], true);
     let out = run(dir.path(), &["plugin", "list"]);
     let (o, _) = text(&out);

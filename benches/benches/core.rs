@@ -235,8 +235,14 @@ fn abi(c: &mut Criterion) {
         eprintln!("abi: blackhole plugin not found; build the workspace in release first");
         return;
     };
-    let sink =
-        SinkInstance::create(lib, "ed_bench", "{}", Arc::new(DestinationStats::default())).unwrap();
+    let sink = SinkInstance::create(
+        lib,
+        "ed_bench",
+        "{}",
+        "",
+        Arc::new(DestinationStats::default()),
+    )
+    .unwrap();
     let evs = events(650, 500);
     let mut group = c.benchmark_group("abi");
     group.throughput(Throughput::Elements(500));
@@ -254,6 +260,7 @@ fn abi(c: &mut Criterion) {
             http,
             "ed_bench_http",
             &format!(r#"{{"url":"{url}"}}"#),
+            "",
             Arc::new(DestinationStats::default()),
         )
         .unwrap();
@@ -290,7 +297,7 @@ fn delivery(c: &mut Criterion) {
     let tmp = std::env::temp_dir().join(format!("sluice-bench-delivery-{}", std::process::id()));
     let d = Delivery::new(2, tmp.join("dead"), tmp.join("buffer")).expect("runtime");
     let stats = Arc::new(DestinationStats::default());
-    let sink = SinkInstance::create(lib, "ed_bench", "{}", stats.clone()).expect("blackhole");
+    let sink = SinkInstance::create(lib, "ed_bench", "{}", "", stats.clone()).expect("blackhole");
     let cfg = DeliveryConfig {
         linger_ms: 0,
         ..DeliveryConfig::default()

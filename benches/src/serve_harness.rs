@@ -33,6 +33,18 @@ pub struct ServerProcess {
     pub key: Option<String>,
 }
 
+/// The serve configuration of benchmark runs.
+const BENCH_OPERATOR: &str = r#"[tenants]
+plugin_kinds = ["kinesis", "firehose", "cloudwatch_logs", "datadog", "azure_logs_ingestion", "http", "file", "blackhole", "faulty"]
+allow_private_destinations = true
+max_destinations = 100000
+max_subscriptions = 100000
+max_destinations_per_subscription = 1000
+writes_per_minute = 10000000
+test_events_per_minute = 100000
+auth_failures_per_minute = 100000
+"#;
+
 impl ServerProcess {
     /// Starts `sluice serve` on `data_dir`.
     pub fn start(
@@ -41,6 +53,12 @@ impl ServerProcess {
         plugin_dirs: &[PathBuf],
         extra: &[&str],
     ) -> Result<ServerProcess, String> {
+        // The benchmark is the operator: its tenants reach the local sink
+        // stand-ins, use the test plugins, and hold as many subscriptions as
+        // a scenario needs.
+        let config = data_dir.join("bench-serve.toml");
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+        std::fs::write(&config, BENCH_OPERATOR).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(sluice);
         cmd.args([
             "serve",
@@ -48,8 +66,10 @@ impl ServerProcess {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
-            "--data-dir",
+            "--config",
         ])
+        .arg(&config)
+        .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
         .stdout(Stdio::piped())

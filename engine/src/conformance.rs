@@ -192,11 +192,13 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
             lib.clone(),
             "ed_sluicecheck",
             "this is not JSON",
+            "",
             stats.clone(),
         ),
     ));
     // The configuration to check with.
-    let inst = match SinkInstance::create(lib.clone(), "ed_sluicecheck", config, stats.clone()) {
+    let inst = match SinkInstance::create(lib.clone(), "ed_sluicecheck", config, "", stats.clone())
+    {
         Ok(i) => {
             out.push(pass(
                 "create",
@@ -220,6 +222,7 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
                     lib.clone(),
                     "ed_sluicecheck",
                     &serde_json::Value::Object(m).to_string(),
+                    "",
                     stats.clone(),
                 ),
             )
@@ -228,6 +231,29 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
             "unknown config key",
             "the given configuration is not a JSON object",
         ),
+    });
+    // An operator restriction the plugin cannot know: enforcing only the
+    // rules it knows would let a tenant past the others.
+    out.push(if lib.info.abi_minor < 2 {
+        skip(
+            "unknown restriction",
+            format!(
+                "built for ABI 1.{}, before restrictions (ABI 1.2); the engine refuses it any, so `sluice serve` cannot offer it to tenants",
+                lib.info.abi_minor
+            ),
+        )
+    } else {
+        refused_fatal(
+            "unknown restriction",
+            &format!("the operator restriction `{UNKNOWN_RESTRICTION}`"),
+            SinkInstance::create(
+                lib.clone(),
+                "ed_sluicecheck",
+                config,
+                UNKNOWN_RESTRICTION,
+                stats.clone(),
+            ),
+        )
     });
 
     // An empty batch.
@@ -373,6 +399,8 @@ pub fn check_plugin(path: &Path, config: &str) -> Vec<CheckResult> {
 
 /// The key added to the configuration to check that unknown keys are refused.
 const UNKNOWN_KEY: &str = "sluice_check_unknown_key";
+/// A restriction no plugin knows.
+const UNKNOWN_RESTRICTION: &str = "egress=public;sluice_check_unknown_restriction=1";
 
 /// The smallest record [`record`] makes.
 const MIN_RECORD: u64 = 32;
@@ -474,7 +502,7 @@ fn over_the_limit(lib: &Arc<PluginLibrary>, config: &str, at_limit: &Record) -> 
         let d = Delivery::new(1, dir.join("dead-letter"), dir.join("buffer"))
             .map_err(|e| e.to_string())?;
         let stats = Arc::new(DestinationStats::default());
-        let inst = SinkInstance::create(lib.clone(), "ed_sluicecheck", config, stats.clone())
+        let inst = SinkInstance::create(lib.clone(), "ed_sluicecheck", config, "", stats.clone())
             .map_err(|e| e.to_string())?;
         let cfg = DeliveryConfig {
             linger_ms: 0,

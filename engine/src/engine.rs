@@ -51,6 +51,11 @@ pub struct EngineConfig {
     pub stage_sampling: bool,
     /// What a destination whose plugin is not loaded does.
     pub missing_plugin: MissingPlugin,
+    /// The operator's rules for every plugin instance this engine creates
+    /// (`sluice_sdk::restrictions`: e.g. `egress=public;max_timeout_ms=30000`);
+    /// empty: the instances are trusted. `sluice serve` sets them, its
+    /// destinations being its tenants'.
+    pub plugin_restrictions: String,
 }
 
 /// What happens to a destination whose plugin kind is not loaded.
@@ -80,6 +85,7 @@ impl Default for EngineConfig {
             drain_timeout: Duration::from_secs(30),
             stage_sampling: false,
             missing_plugin: MissingPlugin::Refuse,
+            plugin_restrictions: String::new(),
         }
     }
 }
@@ -408,7 +414,8 @@ impl Engine {
                     continue;
                 }
             };
-            match SinkInstance::create(plugin, &d.id, &config, stats) {
+            match SinkInstance::create(plugin, &d.id, &config, &self.cfg.plugin_restrictions, stats)
+            {
                 Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, Ok(inst), disk)),
                 Err(e) => errs.push(ConfigError {
                     file: None,

@@ -448,6 +448,7 @@ impl PluginRegistry {
 /// Per-instance host state, reached from the plugin through `SluiceHost::ctx`.
 struct HostState {
     destination: String,
+    restrictions: String,
     kind: String,
     stats: Arc<DestinationStats>,
 }
@@ -625,15 +626,31 @@ impl std::fmt::Debug for SinkInstance {
 }
 
 impl SinkInstance {
-    /// Creates an instance of `lib` for `destination` with a JSON configuration.
+    /// Creates an instance of `lib` for `destination` with a JSON
+    /// configuration, under the operator's `restrictions`
+    /// (`sluice_sdk::restrictions`; empty: trusted). A plugin built before
+    /// ABI 1.2 cannot read restrictions, so it is refused any.
     pub fn create(
         lib: Arc<PluginLibrary>,
         destination: &str,
         config_json: &str,
+        restrictions: &str,
         stats: Arc<DestinationStats>,
     ) -> Result<SinkInstance, PluginError> {
+        if !restrictions.is_empty() && lib.info.abi_minor < 2 {
+            return Err(PluginError::Create {
+                kind: lib.info.kind.clone(),
+                destination: destination.to_string(),
+                retryable: false,
+                message: format!(
+                    "the plugin was built for ABI 1.{}, which cannot receive the operator's restrictions ({restrictions}); rebuild it with an SDK of ABI 1.2 or later",
+                    lib.info.abi_minor
+                ),
+            });
+        }
         let state = Box::new(HostState {
             destination: destination.to_string(),
+            restrictions: restrictions.to_string(),
             kind: lib.info.kind.clone(),
             stats,
         });
@@ -647,6 +664,7 @@ impl SinkInstance {
             counter_add: Some(host_counter_add),
             gauge_set: Some(host_gauge_set),
             destination_id: SluiceStr::from_str(&state.destination),
+            restrictions: SluiceStr::from_str(&state.restrictions),
         });
         let mut cs = CallState::default();
         let call = new_call(&mut cs);
@@ -872,11 +890,13 @@ impl SinkInstance {
 /// Sends a destination's test event: creates a throwaway instance of its
 /// plugin with its configuration and calls the ABI's verify (the plugin
 /// writes one record of `event_type` `test`). Used by `sluice check
-/// --destination` and by the API's `verify_with_test_event`. Blocks for as
+/// --destination` and by the API's `verify_with_test_event`, under the
+/// operator's `restrictions` (see [`SinkInstance::create`]). Blocks for as
 /// long as the plugin's call takes.
 pub fn verify_destination(
     plugins: &PluginRegistry,
     d: &crate::config::DestinationSpec,
+    restrictions: &str,
 ) -> Result<(), VerifyError> {
     let refused = |e: &PluginError| VerifyError {
         retryable: matches!(
@@ -893,6 +913,7 @@ pub fn verify_destination(
         lib,
         &d.id,
         &d.config.to_string(),
+        restrictions,
         Arc::new(DestinationStats::default()),
     )
     .map_err(|e| refused(&e))?;

@@ -816,7 +816,10 @@ fn a_plugin_built_for_a_newer_minor_abi_loads_and_delivers() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let header = std::fs::read_to_string(root.join("../sdk/include/sluice_sink.h")).unwrap();
     let future = header
-        .replace("#define SLUICE_ABI_MINOR 1u", "#define SLUICE_ABI_MINOR 9u")
+        .replace(
+            &format!("#define SLUICE_ABI_MINOR {}u", sluice_sdk::abi::ABI_MINOR),
+            "#define SLUICE_ABI_MINOR 9u",
+        )
         .replace(
             "    int64_t timestamp_ms; /* event_timestamp, ms since the Unix epoch */\n} SluiceRecord;",
             "    int64_t timestamp_ms; /* event_timestamp, ms since the Unix epoch */\n    uint64_t future_field;\n} SluiceRecord;",
@@ -826,7 +829,9 @@ fn a_plugin_built_for_a_newer_minor_abi_loads_and_delivers() {
             "    void (*destroy)(void *sink);\n    int32_t (*describe)(void *sink);\n} SluiceSinkVTable;",
         );
     assert!(
-        future.contains("future_field") && future.contains("describe"),
+        future.contains("future_field")
+            && future.contains("describe")
+            && future.contains("SLUICE_ABI_MINOR 9u"),
         "the header changed shape: update this test"
     );
     let inc = dir.path().join("include");

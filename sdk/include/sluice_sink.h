@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #ifdef __cplusplus
@@ -30,7 +31,7 @@ extern "C" {
 #endif
 
 #define SLUICE_ABI_MAJOR 1u
-#define SLUICE_ABI_MINOR 1u
+#define SLUICE_ABI_MINOR 2u
 #define SLUICE_ENTRY_SYMBOL "sluice_sink_entry_v1"
 
 /* SluiceSinkVTable.flags */
@@ -124,6 +125,14 @@ typedef struct SluiceHost {
     void (*counter_add)(void *ctx, SluiceStr name, uint64_t value);
     void (*gauge_set)(void *ctx, SluiceStr name, double value);
     SluiceStr destination_id;
+    /* ABI 1.2: the operator's rules for an instance that delivers for a
+     * tenant, "key=value" pairs separated by ';' (empty: trusted). Known keys:
+     *   egress=public      connect only to public addresses (check the address
+     *                      connected to, after DNS and on every redirect)
+     *   max_timeout_ms=N   no outbound call waits longer than N ms
+     * Refuse to be created (SLUICE_STATUS_FATAL) on a key you do not know.
+     * Read it only if struct_size covers it. */
+    SluiceStr restrictions;
 } SluiceHost;
 
 typedef struct SluiceSinkVTable {
@@ -157,6 +166,36 @@ typedef const SluiceSinkVTable *(*SluiceEntryFn)(void);
  *     if (SLUICE_HAS_FIELD(host->struct_size, SluiceHost, gauge_set) && host->gauge_set) ... */
 #define SLUICE_HAS_FIELD(size, type, field) \
     ((size_t)(size) >= offsetof(type, field) + sizeof(((type *)0)->field))
+
+/* The first of the host's restrictions (ABI 1.2) whose key is not one of
+ * `known` (a NULL-terminated list, e.g. {"egress", "max_timeout_ms", NULL}:
+ * the keys your plugin enforces), as a "key=value" slice in *unknown; returns
+ * 1 if there is one (refuse to be created, SLUICE_STATUS_FATAL, naming it),
+ * 0 if every rule is known or the engine passes none. */
+static inline int sluice_restriction_unknown(const SluiceHost *host, const char *const *known, SluiceStr *unknown) {
+    if (!host || !SLUICE_HAS_FIELD(host->struct_size, SluiceHost, restrictions)) return 0;
+    const uint8_t *p = host->restrictions.ptr;
+    size_t n = host->restrictions.len, i = 0;
+    while (p && i < n) {
+        while (i < n && (p[i] == ';' || p[i] == ' ')) i++;
+        size_t start = i, key_end = i;
+        while (i < n && p[i] != ';') i++;
+        while (key_end < i && p[key_end] != '=' && p[key_end] != ' ') key_end++;
+        if (start == i) break;
+        int found = 0;
+        for (const char *const *k = known; *k; k++) {
+            size_t kl = 0;
+            while ((*k)[kl]) kl++;
+            if (kl == key_end - start && memcmp(*k, p + start, kl) == 0) found = 1;
+        }
+        if (!found) {
+            unknown->ptr = p + start;
+            unknown->len = i - start;
+            return 1;
+        }
+    }
+    return 0;
+}
 
 /* Milliseconds since the Unix epoch, now (0 before 1970), as Rust's
  * sluice_sdk::events::now_ms. */

@@ -22,7 +22,7 @@ use std::ffi::c_void;
 /// Major version of this ABI. A plugin is loaded only if it declares the same.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: grows when fields are appended; never breaks older plugins.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 /// The symbol every plugin exports (NUL-terminated, for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"sluice_sink_entry_v1\0";
 /// Prefix of the entry symbol of any major version (`sluice_sink_entry_v<N>`).
@@ -225,6 +225,11 @@ pub struct SluiceHost {
     pub gauge_set: Option<unsafe extern "C" fn(ctx: *mut c_void, name: SluiceStr, value: f64)>,
     /// The destination id this instance delivers to (UTF-8).
     pub destination_id: SluiceStr,
+    /// The operator's rules for this instance (ABI 1.2): `key=value` pairs
+    /// separated by `;`, empty when the instance is trusted. See
+    /// [`crate::restrictions`]; a plugin that does not know a key must refuse
+    /// to be created.
+    pub restrictions: SluiceStr,
 }
 
 /// `create`: builds an instance from a JSON configuration. Writes the instance

@@ -45,11 +45,13 @@
 
 pub mod abi;
 pub mod events;
+pub mod restrictions;
 mod sink;
 
 #[doc = include_str!("../README.md")]
 pub mod contract {}
 
+pub use restrictions::Restrictions;
 pub use sink::{Batch, Error, Host, Level, Limits, Outcomes, Record, Sink, SinkInfo};
 
 #[doc(hidden)]

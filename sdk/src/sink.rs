@@ -156,6 +156,7 @@ pub enum Level {
 #[derive(Clone, Copy)]
 pub struct Host {
     raw: SluiceHost,
+    restrictions: crate::Restrictions,
 }
 
 // SAFETY: the ABI requires the host callbacks to be thread-safe and the
@@ -165,11 +166,13 @@ unsafe impl Send for Host {}
 unsafe impl Sync for Host {}
 
 impl Host {
-    /// Copies the host table, reading no more than the engine says it has.
+    /// Copies the host table, reading no more than the engine says it has,
+    /// and reads the operator's restrictions: one this SDK does not know is
+    /// a fatal error (a plugin cannot enforce a rule it does not know).
     ///
     /// # Safety
     /// `raw` is null or points to a `SluiceHost` of at least `struct_size` bytes.
-    unsafe fn from_raw(raw: *const SluiceHost) -> Host {
+    unsafe fn from_raw(raw: *const SluiceHost) -> Result<Host, Error> {
         // SAFETY: an all-zero SluiceHost is valid (null pointers, `None` callbacks).
         let mut host: SluiceHost = unsafe { std::mem::zeroed() };
         if !raw.is_null() {
@@ -185,7 +188,14 @@ impl Host {
                 )
             };
         }
-        Host { raw: host }
+        // SAFETY: the engine lends the string until destroy; a table too
+        // short to hold it left it zeroed (empty).
+        let text = unsafe { host.restrictions.to_string_lossy() };
+        let restrictions = crate::Restrictions::parse(&text).map_err(Error::fatal)?;
+        Ok(Host {
+            raw: host,
+            restrictions,
+        })
     }
 
     /// A host that drops everything: for unit tests of a sink outside the engine.
@@ -193,6 +203,7 @@ impl Host {
         // SAFETY: an all-zero SluiceHost is valid and has no callbacks.
         Host {
             raw: unsafe { std::mem::zeroed() },
+            restrictions: crate::Restrictions::default(),
         }
     }
 
@@ -230,6 +241,22 @@ impl Host {
     pub fn destination_id(&self) -> String {
         // SAFETY: the engine keeps the id alive while the instance lives.
         unsafe { self.raw.destination_id.to_string_lossy() }
+    }
+
+    /// The operator's rules for this instance (none from an engine older
+    /// than ABI 1.2, or for a trusted one). The SDK has already refused to
+    /// create an instance under a rule it does not know.
+    pub fn restrictions(&self) -> crate::Restrictions {
+        self.restrictions
+    }
+
+    /// A host with these restrictions and no callbacks: for unit tests of a
+    /// sink's egress checks outside the engine.
+    pub fn detached_with(restrictions: crate::Restrictions) -> Host {
+        Host {
+            restrictions,
+            ..Host::detached()
+        }
     }
 }
 
@@ -519,7 +546,7 @@ unsafe extern "C" fn create<T: Sink>(
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: per the ABI, `host` is null or valid until destroy.
-        let host = unsafe { Host::from_raw(host) };
+        let host = unsafe { Host::from_raw(host) }?;
         // SAFETY: the engine lends the configuration for the call.
         let bytes = unsafe { config.as_bytes() };
         let config = std::str::from_utf8(bytes)

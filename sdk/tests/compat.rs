@@ -36,6 +36,9 @@ impl Sink for Probe {
         SEEN.lock()
             .unwrap()
             .push(format!("destination={}", host.destination_id()));
+        SEEN.lock()
+            .unwrap()
+            .push(format!("restrictions={}", host.restrictions().encode()));
         host.gauge_set("g", 1.0);
         host.counter_add("c", 2);
         Ok(Probe { host })
@@ -100,6 +103,7 @@ fn host(struct_size: usize) -> SluiceHost {
         counter_add: Some(counter),
         gauge_set: Some(gauge),
         destination_id: SluiceStr::from_str("ed_compat"),
+        restrictions: SluiceStr::from_str("egress=public"),
     }
 }
 
@@ -221,6 +225,7 @@ fn a_plugin_reads_exactly_what_newer_and_older_engines_give_it() {
         seen,
         vec![
             "destination=ed_compat".to_string(),
+            "restrictions=egress=public".into(),
             "{\"a\":0}|ac_1|ev_0|http_request_complete.v0|esb_1|1000".into(),
             "{\"a\":1}|ac_1|ev_1|http_request_complete.v0|esb_1|1001".into(),
             "{\"a\":2}|ac_1|ev_2|http_request_complete.v0|esb_1|1002".into(),
@@ -266,6 +271,10 @@ fn a_plugin_reads_exactly_what_newer_and_older_engines_give_it() {
     assert_eq!(
         seen[0], "destination=",
         "destination_id is beyond the old host table"
+    );
+    assert_eq!(
+        seen[1], "restrictions=",
+        "restrictions are beyond the old host table: none"
     );
     let calls = std::mem::take(&mut *HOST_CALLS.lock().unwrap());
     assert!(

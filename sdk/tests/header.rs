@@ -62,7 +62,8 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
             log,
             counter_add,
             gauge_set,
-            destination_id
+            destination_id,
+            restrictions
         }),
         layout!(SluiceSinkVTable {
             abi_major,

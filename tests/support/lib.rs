@@ -137,7 +137,22 @@ pub struct Server {
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Start with [`TEST_OPERATOR`]'s policy (most tests) or the defaults.
+    permissive: bool,
 }
+
+/// The operator's policy most tests run under: destinations on loopback
+/// (the tests' receivers), the test plugins offered, generous limits. The
+/// adversarial tests start with the defaults ([`Server::start_default_policy`]).
+pub const TEST_OPERATOR: &[&str] = &[
+    "--tenant-allow-private-destinations",
+    "--tenant-plugin-kinds",
+    "kinesis,firehose,cloudwatch_logs,datadog,azure_logs_ingestion,http,file,blackhole,faulty",
+    "--tenant-writes-per-minute",
+    "100000",
+    "--tenant-test-events-per-minute",
+    "10000",
+];
 
 impl Server {
     /// `POST path` with a JSON body to the API, as the official clients do
@@ -159,9 +174,24 @@ impl Server {
         Server::start_with_env(data_dir, extra_args, &[])
     }
 
+    /// Starts a server under the default operator policy (no test plugins,
+    /// no private addresses, default quotas), plus `extra_args`.
+    pub fn start_default_policy(data_dir: &Path, extra_args: &[&str]) -> Server {
+        let mut s = Server::new(data_dir, extra_args, &[]);
+        s.permissive = false;
+        s.spawn();
+        s
+    }
+
     /// Starts a server with these environment variables set.
     pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut s = Server {
+        let mut s = Server::new(data_dir, extra_args, env);
+        s.spawn();
+        s
+    }
+
+    fn new(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server {
             child: None,
             url: String::new(),
             metrics_url: String::new(),
@@ -175,9 +205,8 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        s.spawn();
-        s
+            permissive: true,
+        }
     }
 
     fn spawn(&mut self) {
@@ -192,6 +221,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(&self.data_dir)
+            .args(if self.permissive { TEST_OPERATOR } else { &[] })
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())

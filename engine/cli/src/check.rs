@@ -152,6 +152,7 @@ fn check_config(
                     lib,
                     &d.id,
                     &d.config.to_string(),
+                    "",
                     Arc::new(DestinationStats::default()),
                 )
                 .map(drop)
@@ -180,7 +181,7 @@ fn check_config(
             );
             return Ok(ExitCode::from(2));
         };
-        return Ok(match verify_destination(&plugins, d) {
+        return Ok(match verify_destination(&plugins, d, "") {
             Ok(()) => {
                 println!("destination \"{id}\" ({}): test event delivered", d.kind);
                 ExitCode::SUCCESS

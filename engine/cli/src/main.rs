@@ -104,26 +104,32 @@ struct GenArgs {
     out: String,
 }
 
+/// `sluice serve` flags. Each is also a key of the `--config` file (the
+/// flag wins); defaults are listed in docs/security.md.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0 picks a free one; the address is printed).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
-    /// Where the SQLite database and dead letters live.
+    /// A serve configuration file (TOML): these settings, with tenants'
+    /// limits under [tenants] (see docs/security.md).
     #[arg(long)]
-    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free one; the address is printed). Default 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where the SQLite database, dead letters, disk buffers and tenants' files live (required, here or in --config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Directory searched first for sink plugins.
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
-    /// Token POST /ingest requires (default: $SLUICE_INGEST_TOKEN, else generated once and printed).
+    /// Token POST /ingest requires (default: $SLUICE_INGEST_TOKEN, else generated once, printed, stored hashed).
     #[arg(long)]
     ingest_token: Option<String>,
     /// Allow only the fields ngrok allows in filters.
-    #[arg(long)]
-    strict_ngrok_filters: bool,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    strict_ngrok_filters: Option<bool>,
     /// Filter worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    #[arg(long)]
+    workers: Option<usize>,
     /// The operator's listener for Prometheus `/metrics` and a detailed
     /// `/healthz` (e.g. 127.0.0.1:9464). Never on --listen: metric labels name
     /// every tenant's destinations and subscriptions.
@@ -133,6 +139,46 @@ struct ServeArgs {
     /// https://console.example.com; repeat for more. None by default.
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    /// Seconds shutdown waits for undelivered records before dead-lettering them. Default 30.
+    #[arg(long)]
+    drain_timeout_s: Option<u64>,
+    /// Destination kinds tenants may use, comma-separated (default: the ngrok targets and http).
+    #[arg(long, value_delimiter = ',')]
+    tenant_plugin_kinds: Option<Vec<String>>,
+    /// Let tenants' destinations reach loopback, private and link-local addresses (default false).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tenant_allow_private_destinations: Option<bool>,
+    /// Longest one outbound call of a tenant's destination may take, in ms (default 30000).
+    #[arg(long)]
+    tenant_max_outbound_timeout_ms: Option<u64>,
+    /// Destinations per account (default 100).
+    #[arg(long)]
+    tenant_max_destinations: Option<usize>,
+    /// Subscriptions per account (default 1000).
+    #[arg(long)]
+    tenant_max_subscriptions: Option<usize>,
+    /// Destinations per subscription (default 10).
+    #[arg(long)]
+    tenant_max_destinations_per_subscription: Option<usize>,
+    /// Sources per subscription (default 64).
+    #[arg(long)]
+    tenant_max_sources_per_subscription: Option<usize>,
+    /// Bytes of one filter (default 4096).
+    #[arg(long)]
+    tenant_max_filter_bytes: Option<usize>,
+    /// API writes per account per minute (default 300).
+    #[arg(long)]
+    tenant_writes_per_minute: Option<u32>,
+    /// Test events per account per minute (default 20).
+    #[arg(long)]
+    tenant_test_events_per_minute: Option<u32>,
+    /// Failed authentications per client address per minute before 429 (default 30).
+    #[arg(long)]
+    tenant_auth_failures_per_minute: Option<u32>,
+    /// Range of a delivery setting tenants may set, NAME=MIN..MAX (e.g.
+    /// send_timeout_ms=1000..60000); repeat for more.
+    #[arg(long = "tenant-delivery")]
+    tenant_delivery: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -149,20 +195,77 @@ enum KeysCommand {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {
+    use sluice_engine::serve::settings::ServeFile;
+    let file = match &a.config {
+        Some(p) => ServeFile::load(p)?,
+        None => ServeFile::default(),
+    };
+    let mut policy = file.tenants;
+    macro_rules! flag {
+        ($($f:ident => $k:ident),* $(,)?) => {
+            $(if let Some(v) = a.$f { policy.$k = v; })*
+        };
+    }
+    flag!(
+        tenant_plugin_kinds => plugin_kinds,
+        tenant_allow_private_destinations => allow_private_destinations,
+        tenant_max_outbound_timeout_ms => max_outbound_timeout_ms,
+        tenant_max_destinations => max_destinations,
+        tenant_max_subscriptions => max_subscriptions,
+        tenant_max_destinations_per_subscription => max_destinations_per_subscription,
+        tenant_max_sources_per_subscription => max_sources_per_subscription,
+        tenant_max_filter_bytes => max_filter_bytes,
+        tenant_writes_per_minute => writes_per_minute,
+        tenant_test_events_per_minute => test_events_per_minute,
+        tenant_auth_failures_per_minute => auth_failures_per_minute,
+    );
+    for d in &a.tenant_delivery {
+        let (name, range) = d
+            .split_once('=')
+            .ok_or_else(|| format!("--tenant-delivery {d}: expected NAME=MIN..MAX"))?;
+        let bound = range
+            .parse()
+            .map_err(|e| format!("--tenant-delivery {d}: {e}"))?;
+        policy
+            .delivery
+            .set(name, bound)
+            .map_err(|e| format!("--tenant-delivery {d}: {e}"))?;
+    }
+    policy.check()?;
+    let data_dir = a
+        .data_dir
+        .or(file.data_dir)
+        .ok_or("--data-dir is required (or data_dir in --config)")?;
+    let plugin_dir = a.plugin_dir.or(file.plugin_dir);
+    let cors_origins = if a.cors_origins.is_empty() {
+        file.cors_origins.unwrap_or_default()
+    } else {
+        a.cors_origins
+    };
     let opts = sluice_engine::serve::ServeOptions {
-        listen: a.listen,
-        data_dir: a.data_dir,
+        listen: a
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        data_dir,
         plugin_dirs: sluice_engine::plugin::plugin_dirs(
-            &a.plugin_dir.into_iter().collect::<Vec<_>>(),
+            &plugin_dir.into_iter().collect::<Vec<_>>(),
         ),
-        ingest_token: a.ingest_token,
-        strict_ngrok_filters: a.strict_ngrok_filters,
+        ingest_token: a.ingest_token.or(file.ingest_token),
+        strict_ngrok_filters: a
+            .strict_ngrok_filters
+            .or(file.strict_ngrok_filters)
+            .unwrap_or(false),
         engine: sluice_engine::EngineConfig {
-            workers: a.workers,
+            workers: a.workers.or(file.workers).unwrap_or(0),
+            drain_timeout: std::time::Duration::from_secs(
+                a.drain_timeout_s.or(file.drain_timeout_s).unwrap_or(30),
+            ),
             ..Default::default()
         },
-        metrics_addr: a.metrics_addr,
-        cors_origins: a.cors_origins,
+        metrics_addr: a.metrics_addr.or(file.metrics_addr),
+        cors_origins,
+        policy,
     };
     sluice_engine::serve::run(opts, |at| {
         // The metrics line first: scripts read until the listening line.

@@ -8,6 +8,7 @@ use super::model::{
     Destination, Subscription, SubscriptionJson, check_format, check_lengths, member, only_keys,
     parse_target, source_json, string,
 };
+use super::policy::{RateMeter, TenantPolicy, rate_limited};
 use super::store::{AccountState, State, Store, sha256_hex, split_token};
 use crate::Engine;
 use crate::config::SourceSpec;
@@ -36,10 +37,23 @@ pub struct App {
     pub write: Mutex<()>,
     /// Plugin kinds loaded (for `plugin` targets).
     pub plugin_kinds: Vec<String>,
+    /// What tenants may do.
+    pub policy: TenantPolicy,
+    /// The restrictions every plugin instance receives
+    /// ([`TenantPolicy::restrictions`]).
+    pub restrictions: String,
+    /// Where the server keeps its data (tenants' file areas under `files/`).
+    pub data_dir: std::path::PathBuf,
+    /// API writes per account.
+    pub writes: RateMeter,
+    /// Test events per account.
+    pub test_events: RateMeter,
+    /// Failed authentications per client address.
+    pub auth_failures: RateMeter,
     /// Filters restricted to ngrok's fields.
     pub strict_ngrok_filters: bool,
-    /// The token `POST /ingest` requires.
-    pub ingest_token: String,
+    /// Hex SHA-256 of the token `POST /ingest` requires.
+    pub ingest_token_sha256: String,
     /// Refuse ingest (429) while the fullest worker queue is above this fill ratio.
     pub ingest_pressure_limit: f64,
     /// Origins allowed to call the API from a browser (CORS), exactly as a
@@ -179,6 +193,11 @@ impl App {
                 _ => {}
             }
         }
+        if *method != Method::GET {
+            self.writes
+                .take(&key.account_id)
+                .map_err(|s| rate_limited("changes for this account", s))?;
+        }
         Ok(Ctx {
             account: key.account_id,
             key_id: key.id,
@@ -213,7 +232,12 @@ impl App {
             .state
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .pipeline_with(self.strict_ngrok_filters, Some((account, &acct)));
+            .pipeline_with(
+                self.strict_ngrok_filters,
+                &self.policy,
+                &self.data_dir,
+                Some((account, &acct)),
+            );
         if let Err(e) = self.engine.reconfigure(&spec) {
             let msg =
                 e.0.iter()
@@ -228,7 +252,7 @@ impl App {
                 .state
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .pipeline(self.strict_ngrok_filters);
+                .pipeline(self.strict_ngrok_filters, &self.policy, &self.data_dir);
             let _ = self.engine.reconfigure(&old);
             return Err(ApiError::internal(format!(
                 "could not store the change: {e}"
@@ -586,7 +610,7 @@ async fn create_destination(
     let target_v = member(&obj, "target").ok_or_else(|| {
         ApiError::bad("ERR_NGROK_5100", "The target must contain exactly one of: kinesis, firehose, cloudwatch_logs, datadog, azure_logs_ingestion (or plugin).")
     })?;
-    let target = parse_target(target_v, None, &app.plugin_kinds)?;
+    let target = parse_target(target_v, None, &app.policy, &app.plugin_kinds)?;
     let d = Destination {
         id: ids::new_id("ed"),
         account_id: ctx.account.clone(),
@@ -596,12 +620,17 @@ async fn create_destination(
         format,
         target,
     };
+    check_file_area(&app, &d)?;
     if verify {
+        app.test_events
+            .take(&ctx.account)
+            .map_err(|s| rate_limited("test events for this account", s))?;
         // Send the test event before storing: a destination that refuses it is not created.
         let plugins = app.engine.plugins();
-        let spec = d.to_spec();
+        let spec = d.to_spec(&app.policy, &app.data_dir);
+        let restrictions = app.restrictions.clone();
         blocking(move || {
-            verify_destination(&plugins, &spec).map_err(|e| {
+            verify_destination(&plugins, &spec, &restrictions).map_err(|e| {
                 // Spec §3: 5132 "Datadog key rejected", 5139 "other Azure
                 // config problem" for a refusal; 5140 (generic invalid
                 // fields) otherwise, and for a destination that could
@@ -624,6 +653,7 @@ async fn create_destination(
         let committed = app2.commit(
             &ctx2.account,
             |a| {
+                app2.policy.check_destinations(a.destinations.len())?;
                 a.destinations.insert(d.id.clone(), d.clone());
                 Ok(())
             },
@@ -717,7 +747,7 @@ async fn update_destination(
         d.format = check_format(Some(&f))?;
     }
     if let Some(t) = member(&obj, "target") {
-        let target = parse_target(t, Some(&old.target), &app.plugin_kinds)?;
+        let target = parse_target(t, Some(&old.target), &app.policy, &app.plugin_kinds)?;
         if target.member() != old.target.member() || target.kind() != old.target.kind() {
             return Err(ApiError::bad(
                 "ERR_NGROK_5108",
@@ -729,6 +759,7 @@ async fn update_destination(
             ));
         }
         d.target = target;
+        check_file_area(&app, &d)?;
     }
     let app2 = app.clone();
     let json = blocking(move || {
@@ -756,6 +787,20 @@ async fn update_destination(
     })
     .await?;
     Ok(Json(json).into_response())
+}
+
+/// Refuses a `file` destination whose path would leave the account's file
+/// area through a symbolic link.
+fn check_file_area(app: &App, d: &Destination) -> Result<(), ApiError> {
+    if let super::model::Target::Plugin { kind, config, .. } = &d.target
+        && kind == "file"
+        && let Some(path) = config.get("path").and_then(Value::as_str)
+    {
+        let root = super::policy::files_root(&app.data_dir, &d.account_id);
+        super::policy::resolve_file_path(&root, path)
+            .map_err(|e| ApiError::bad("ERR_NGROK_5140", format!("file target: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Whether a resource is still the version a change was computed from: gone
@@ -821,7 +866,8 @@ async fn delete_destination(
 // ----------------------------------------------------------- subscriptions
 
 /// Parses one source object, with the audit-type rules of spec §5.3.
-fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
+fn parse_source(v: &Value, app: &App) -> Result<SourceSpec, ApiError> {
+    let strict = app.strict_ngrok_filters;
     let Value::Object(o) = v else {
         return Err(ApiError::bad(
             "ERR_NGROK_215",
@@ -897,6 +943,7 @@ fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
         }
     }
     if let Some(f) = &filter {
+        app.policy.check_filter(f)?;
         let compiled = crate::cel::Filter::compile(
             f,
             &crate::cel::FilterOptions {
@@ -927,7 +974,7 @@ fn parse_source(v: &Value, strict: bool) -> Result<SourceSpec, ApiError> {
     })
 }
 
-fn parse_sources(v: Option<&Value>, strict: bool) -> Result<Option<Vec<SourceSpec>>, ApiError> {
+fn parse_sources(v: Option<&Value>, app: &App) -> Result<Option<Vec<SourceSpec>>, ApiError> {
     let Some(v) = v else { return Ok(None) };
     let Value::Array(items) = v else {
         return Err(ApiError::bad(
@@ -937,7 +984,7 @@ fn parse_sources(v: Option<&Value>, strict: bool) -> Result<Option<Vec<SourceSpe
     };
     let mut out: Vec<SourceSpec> = Vec::with_capacity(items.len());
     for it in items {
-        let s = parse_source(it, strict)?;
+        let s = parse_source(it, app)?;
         if out.iter().any(|o| o.event_type == s.event_type) {
             return Err(ApiError::bad(
                 "ERR_NGROK_5127",
@@ -995,8 +1042,7 @@ async fn create_subscription(
     let description = string(&obj, "description")?.unwrap_or_default();
     let metadata = string(&obj, "metadata")?.unwrap_or_default();
     check_lengths(Some(&description), Some(&metadata))?;
-    let sources =
-        parse_sources(member(&obj, "sources"), app.strict_ngrok_filters)?.unwrap_or_default();
+    let sources = parse_sources(member(&obj, "sources"), &app)?.unwrap_or_default();
     let destination_ids = {
         let st = app.state.read().unwrap_or_else(|p| p.into_inner());
         parse_destination_ids(
@@ -1020,6 +1066,9 @@ async fn create_subscription(
         let committed = app2.commit(
             &ctx.account,
             |a| {
+                app2.policy.check_subscriptions(a.subscriptions.len())?;
+                app2.policy
+                    .check_subscription_shape(s.destination_ids.len(), s.sources.len())?;
                 // Re-check under the write lock: a destination may have gone.
                 if let Some(missing) = s
                     .destination_ids
@@ -1147,6 +1196,8 @@ async fn save_subscription(
                     || no_subscription(&s.id),
                     || changed_meanwhile("event subscription", &s.id),
                 )?;
+                app.policy
+                    .check_subscription_shape(s.destination_ids.len(), s.sources.len())?;
                 if check_destinations
                     && let Some(missing) = s
                         .destination_ids
@@ -1196,9 +1247,7 @@ async fn update_subscription(
     check_lengths(Some(&s.description), Some(&s.metadata))?;
     // Absent, null and [] leave the lists unchanged (the Python client always
     // sends "sources": []); a non-empty list replaces them.
-    if let Some(list) =
-        parse_sources(member(&obj, "sources"), app.strict_ngrok_filters)?.filter(|l| !l.is_empty())
-    {
+    if let Some(list) = parse_sources(member(&obj, "sources"), &app)?.filter(|l| !l.is_empty()) {
         s.sources = list;
     }
     let ids = {
@@ -1269,7 +1318,7 @@ async fn create_source(
             format!("'subscription_id' {other} does not match the path ({sub})."),
         ));
     }
-    let src = parse_source(&Value::Object(obj), app.strict_ngrok_filters)?;
+    let src = parse_source(&Value::Object(obj), &app)?;
     if s.sources.iter().any(|x| x.event_type == src.event_type) {
         return Err(ApiError::bad(
             "ERR_NGROK_5127",
@@ -1357,7 +1406,7 @@ async fn update_source(
     } else if let Some(f) = &cur.fields {
         merged.insert("fields".into(), json!(f));
     }
-    let src = parse_source(&Value::Object(merged), app.strict_ngrok_filters)?;
+    let src = parse_source(&Value::Object(merged), &app)?;
     let changed = src != s.sources[idx];
     s.sources[idx] = src.clone();
     let base = ctx.base.clone();
@@ -1392,16 +1441,29 @@ async fn ingest(
     axum::extract::State(app): Shared,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
-    body: Bytes,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    // The token first: without it not one byte of the body is read.
     let token = bearer(&headers)?;
-    if !constant_time_eq(token.as_bytes(), app.ingest_token.as_bytes()) {
+    if !constant_time_eq(
+        sha256_hex(token).as_bytes(),
+        app.ingest_token_sha256.as_bytes(),
+    ) {
         return Err(ApiError::new(
             401,
             "ERR_NGROK_203",
             "The ingest token is not valid.",
         ));
     }
+    let body = axum::body::to_bytes(req.into_body(), INGEST_MAX_BYTES)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                413,
+                "ERR_NGROK_413",
+                format!("The body is over {INGEST_MAX_BYTES} bytes or was cut off: {e}."),
+            )
+        })?;
     // `ack=durable`: answer once every record is safe (fsynced to a disk
     // buffer, delivered or dead-lettered), so the caller may forget the events.
     let mut durable = false;
@@ -1553,10 +1615,22 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// CORS for the configured origins only (preflight answered) and access logs without secrets.
-async fn cors_and_log(axum::extract::State(app): Shared, req: Request, next: Next) -> Response {
+/// In front of every public route: refuses (429) a client address that
+/// failed to authenticate too often, counts its failures, answers CORS for
+/// the operator's origins only, and writes the access log.
+async fn edge(axum::extract::State(app): Shared, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    if let Some(p) = &peer
+        && let Err(wait) = app.auth_failures.has_room(p)
+    {
+        return rate_limited("failed authentications from this address", wait).into_response();
+    }
     // Only the operator's origins get CORS headers: a page elsewhere cannot
     // use a visitor's credentials against the API.
     let origin = req
@@ -1575,6 +1649,11 @@ async fn cors_and_log(axum::extract::State(app): Shared, req: Request, next: Nex
     } else {
         next.run(req).await
     };
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && let Some(p) = &peer
+    {
+        let _ = app.auth_failures.take(p);
+    }
     if let Some(o) = origin {
         let h = resp.headers_mut();
         h.insert("access-control-allow-origin", o);
@@ -1654,9 +1733,6 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            cors_and_log,
-        ))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), edge))
         .with_state(app)
 }

@@ -14,6 +14,8 @@ pub mod error;
 pub mod ids;
 pub mod list_filter;
 pub mod model;
+pub mod policy;
+pub mod settings;
 pub mod store;
 
 use crate::plugin::PluginRegistry;
@@ -44,6 +46,8 @@ pub struct ServeOptions {
     pub metrics_addr: Option<String>,
     /// Origins allowed to call the API from a browser (CORS); empty: none.
     pub cors_origins: Vec<String>,
+    /// What tenants may do.
+    pub policy: policy::TenantPolicy,
 }
 
 /// Where `sluice serve` listens, once it does.
@@ -77,6 +81,37 @@ pub(super) fn now() -> String {
     format!("{}Z", &s[..19])
 }
 
+/// The hex SHA-256 of the ingest token: the operator's (`--ingest-token`,
+/// else `$SLUICE_INGEST_TOKEN`), else the stored one, else a new one, stored
+/// hashed and printed once. A token stored in clear by an older version is
+/// replaced by its hash.
+fn ingest_token(store: &store::Store, given: Option<String>) -> Result<String, String> {
+    let given = given.or_else(|| {
+        std::env::var("SLUICE_INGEST_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    if let Some(t) = given {
+        return Ok(store::sha256_hex(&t));
+    }
+    if let Some(h) = store.setting("ingest_token_sha256")? {
+        return Ok(h);
+    }
+    let h = match store.setting("ingest_token")? {
+        Some(clear) => store::sha256_hex(&clear),
+        None => {
+            let t = ids::secret(40);
+            println!(
+                "sluice serve: ingest token (POST /ingest, Authorization: Bearer ...): {t}\n(it is shown only once and stored hashed)"
+            );
+            store::sha256_hex(&t)
+        }
+    };
+    store.set_setting("ingest_token_sha256", &h)?;
+    store.delete_setting("ingest_token")?;
+    Ok(h)
+}
+
 /// Runs the server until SIGINT or SIGTERM, then drains the engine.
 /// `on_ready` receives the bound address once the server accepts requests.
 pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), String> {
@@ -92,24 +127,7 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
         state.keys.insert(key.id.clone(), key);
         state.accounts.entry(account).or_default().created_at = now();
     }
-    let ingest_token = match opts.ingest_token.clone().or_else(|| {
-        std::env::var("SLUICE_INGEST_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-    }) {
-        Some(t) => t,
-        None => match store.setting("ingest_token")? {
-            Some(t) => t,
-            None => {
-                let t = ids::secret(40);
-                store.set_setting("ingest_token", &t)?;
-                println!(
-                    "sluice serve: ingest token (POST /ingest, Authorization: Bearer ...): {t}"
-                );
-                t
-            }
-        },
-    };
+    let ingest_token_sha256 = ingest_token(&store, opts.ingest_token.clone())?;
     let plugins = PluginRegistry::discover(&opts.plugin_dirs);
     let plugin_kinds = plugins.kinds();
     let mut cfg = opts.engine.clone();
@@ -120,7 +138,9 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
     if cfg.buffer_dir == EngineConfig::default().buffer_dir {
         cfg.buffer_dir = opts.data_dir.join("buffer");
     }
-    let spec = state.pipeline(opts.strict_ngrok_filters);
+    opts.policy.check()?;
+    cfg.plugin_restrictions = opts.policy.restrictions();
+    let spec = state.pipeline(opts.strict_ngrok_filters, &opts.policy, &opts.data_dir);
     let engine = Arc::new(
         Engine::start(cfg, plugins, &spec)
             .map_err(|e| format!("the stored configuration does not start: {e}"))?,
@@ -131,8 +151,14 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
         state: RwLock::new(state),
         write: Mutex::new(()),
         plugin_kinds,
+        restrictions: opts.policy.restrictions(),
+        writes: policy::RateMeter::new(opts.policy.writes_per_minute),
+        test_events: policy::RateMeter::new(opts.policy.test_events_per_minute),
+        auth_failures: policy::RateMeter::new(opts.policy.auth_failures_per_minute),
+        policy: opts.policy.clone(),
+        data_dir: opts.data_dir.clone(),
         strict_ngrok_filters: opts.strict_ngrok_filters,
-        ingest_token,
+        ingest_token_sha256,
         ingest_pressure_limit: 0.75,
         cors_origins: opts.cors_origins.clone(),
     });
@@ -164,32 +190,35 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
             }
         };
         on_ready(Listening { api: addr, metrics });
-        axum::serve(listener, api::router(app))
-            .with_graceful_shutdown(async {
-                let ctrl_c = tokio::signal::ctrl_c();
-                #[cfg(unix)]
-                {
-                    let mut term = match tokio::signal::unix::signal(
-                        tokio::signal::unix::SignalKind::terminate(),
-                    ) {
+        axum::serve(
+            listener,
+            api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
                         Ok(s) => s,
                         Err(_) => {
                             let _ = ctrl_c.await;
                             return;
                         }
                     };
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
                 }
-                #[cfg(not(unix))]
-                {
-                    let _ = ctrl_c.await;
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = ctrl_c.await;
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
     });
     drop(rt);
     match Arc::try_unwrap(engine) {

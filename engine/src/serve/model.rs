@@ -2,6 +2,7 @@
 //! redacted) and turned into the engine's pipeline configuration.
 
 use super::error::ApiError;
+use super::policy::TenantPolicy;
 use crate::config::{DeliveryConfig, DestinationSpec, SourceSpec, SubscriptionSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -328,8 +329,10 @@ impl Destination {
         })
     }
 
-    /// What the engine runs for it.
-    pub fn to_spec(&self) -> DestinationSpec {
+    /// What the engine runs for it: delivery settings inside the operator's
+    /// bounds (as they are now), a `file` path resolved under the account's
+    /// file area of `data_dir`.
+    pub fn to_spec(&self, policy: &TenantPolicy, data_dir: &std::path::Path) -> DestinationSpec {
         let aws = |auth: &AwsAuth, key: &str, arn: &str| {
             let auth = match auth {
                 AwsAuth::Role { role_arn } => json!({ "role": { "role_arn": role_arn } }),
@@ -391,14 +394,23 @@ impl Destination {
                 {
                     o.insert("external_id".into(), Value::String(self.account_id.clone()));
                 }
+                if kind == "file"
+                    && let Some(path) = config.get("path").and_then(Value::as_str)
+                {
+                    let root = super::policy::files_root(data_dir, &self.account_id);
+                    config["path"] = Value::String(root.join(path).to_string_lossy().into_owned());
+                }
                 (config, delivery.clone())
             }
         };
+        let mut delivery = delivery.unwrap_or_default();
+        // Bounds tightened since the destination was stored apply too.
+        let _ = policy.delivery.apply(&mut delivery, &[]);
         DestinationSpec {
             id: self.id.clone(),
             kind: self.target.kind().to_string(),
             config,
-            delivery: delivery.unwrap_or_default(),
+            delivery,
         }
     }
 }
@@ -816,12 +828,14 @@ fn parse_auth(t: &Map<String, Value>, old: Option<&AwsAuth>) -> Result<AwsAuth, 
 }
 
 /// Parses an `EventTarget`. `old` is the current target of a destination
-/// being updated (secrets not re-sent are kept from it). `plugin_kinds` are
-/// the kinds loaded, for `plugin` targets.
+/// being updated (secrets not re-sent are kept from it). The operator's
+/// `policy` says which kinds are offered (of the `loaded` plugin kinds) and
+/// bounds the delivery settings.
 pub fn parse_target(
     v: &Value,
     old: Option<&Target>,
-    plugin_kinds: &[String],
+    policy: &TenantPolicy,
+    loaded: &[String],
 ) -> Result<Target, ApiError> {
     let Value::Object(t) = v else {
         return Err(ApiError::bad(
@@ -866,6 +880,9 @@ pub fn parse_target(
     }
     let m = object(t, name)?
         .ok_or_else(|| ApiError::bad("ERR_NGROK_236", "target member must be an object"))?;
+    if name != "plugin" {
+        policy.check_kind(name, loaded)?;
+    }
     let old_auth = match old {
         Some(
             Target::Kinesis { auth, .. }
@@ -1004,15 +1021,7 @@ pub fn parse_target(
         _ => {
             only_keys(m, &["kind", "config", "delivery"], "plugin")?;
             let kind = string(m, "kind")?.unwrap_or_default();
-            if !plugin_kinds.contains(&kind) {
-                return Err(ApiError::bad(
-                    "ERR_NGROK_5140",
-                    format!(
-                        "No plugin of kind '{kind}' is loaded; loaded kinds: {}.",
-                        plugin_kinds.join(", ")
-                    ),
-                ));
-            }
+            policy.check_kind(&kind, loaded)?;
             let mut config = member(m, "config").cloned().unwrap_or_else(|| json!({}));
             if !config.is_object() {
                 return Err(ApiError::bad(
@@ -1066,16 +1075,28 @@ pub fn parse_target(
                     ),
                 ));
             }
+            if kind == "file" {
+                check_file_config(&mut config)?;
+            }
             let delivery = match member(m, "delivery") {
                 None => None,
-                Some(d) => Some(serde_json::from_value::<DeliveryConfig>(d.clone()).map_err(
-                    |e| {
+                Some(d) => {
+                    let bad = |e: String| {
                         ApiError::bad(
                             "ERR_NGROK_215",
                             format!("Invalid value for parameter 'delivery': {e}"),
                         )
-                    },
-                )?),
+                    };
+                    let mut parsed = serde_json::from_value::<DeliveryConfig>(d.clone())
+                        .map_err(|e| bad(e.to_string()))?;
+                    let given: Vec<&str> = d
+                        .as_object()
+                        .map(|o| o.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    policy.delivery.apply(&mut parsed, &given).map_err(bad)?;
+                    parsed.check().map_err(bad)?;
+                    Some(parsed)
+                }
             };
             Target::Plugin {
                 kind,
@@ -1084,6 +1105,38 @@ pub fn parse_target(
             }
         }
     })
+}
+
+/// The `file` plugin's configuration, as a tenant may give it: `path`
+/// relative to the account's file area (resolved by [`Destination::to_spec`]),
+/// rotation bounded so that one tenant cannot fill the disk.
+fn check_file_config(config: &mut Value) -> Result<(), ApiError> {
+    let bad = |msg: String| ApiError::bad("ERR_NGROK_5140", format!("file target: {msg}"));
+    let path = config
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("'path' (a string) is required".into()))?;
+    super::policy::check_file_path(path).map_err(bad)?;
+    let o = config
+        .as_object_mut()
+        .ok_or_else(|| bad("'config' must be an object".into()))?;
+    for (key, default, min, max) in [
+        ("max_files", 10, 1, 100),
+        ("max_bytes", 128 << 20, 1 << 20, 1 << 30),
+    ] {
+        match o.get(key).map(Value::as_u64) {
+            None => {
+                o.insert(key.into(), json!(default));
+            }
+            Some(Some(v)) if (min..=max).contains(&v) => {}
+            Some(_) => {
+                return Err(bad(format!(
+                    "'{key}' must be a whole number from {min} to {max} on this server"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn restore_secrets(new: &mut Value, old: &Value) {
@@ -1136,8 +1189,26 @@ mod tests {
         assert_eq!(back, cfg);
     }
 
+    fn test_policy() -> TenantPolicy {
+        let mut p = TenantPolicy::default();
+        p.plugin_kinds.push("file".into());
+        p
+    }
+
+    fn dest(account: &str, target: Target) -> Destination {
+        Destination {
+            id: "ed_1".into(),
+            account_id: account.into(),
+            created_at: String::new(),
+            description: String::new(),
+            metadata: String::new(),
+            format: "json".into(),
+            target,
+        }
+    }
+
     fn target(v: Value) -> Result<Target, ApiError> {
-        parse_target(&v, None, &["file".to_string()])
+        parse_target(&v, None, &test_policy(), &["file".to_string()])
     }
 
     fn code(v: Value) -> &'static str {
@@ -1151,6 +1222,7 @@ mod tests {
             parse_target(
                 &json!({"plugin": {"kind": "kinesis", "config": c}}),
                 None,
+                &test_policy(),
                 &kinds,
             )
         };
@@ -1171,16 +1243,8 @@ mod tests {
         }
         let t =
             parse(json!({"stream_arn": arn, "auth": auth, "partition_key": "event_id"})).unwrap();
-        let d = Destination {
-            id: "ed_1".into(),
-            account_id: "ac_1".into(),
-            created_at: String::new(),
-            description: String::new(),
-            metadata: String::new(),
-            format: "json".into(),
-            target: t,
-        };
-        let spec = d.to_spec();
+        let d = dest("ac_1", t);
+        let spec = d.to_spec(&test_policy(), std::path::Path::new("/data"));
         assert_eq!(spec.config["external_id"], "ac_1");
         assert_eq!(spec.config["partition_key"], "event_id");
     }
@@ -1205,7 +1269,7 @@ mod tests {
             "arn:aws:iam::123456789012:role/example"
         );
         assert_eq!(v["uri"], "https://x/event_destinations/ed_1");
-        let spec = d.to_spec();
+        let spec = d.to_spec(&test_policy(), std::path::Path::new("/data"));
         assert_eq!(spec.kind, "kinesis");
         assert_eq!(spec.config["external_id"], d.account_id.as_str());
         assert_eq!(
@@ -1301,15 +1365,7 @@ mod tests {
     fn secrets_are_redacted_and_kept_when_sent_back_redacted() {
         let creds = json!({"kinesis":{"auth":{"creds":{"aws_access_key_id":"AK","aws_secret_access_key":"SECRET"}},"stream_arn":"arn:aws:kinesis:us-east-1:123456789012:stream/s"}});
         let t = target(creds).unwrap();
-        let d = Destination {
-            id: "ed_1".into(),
-            account_id: "a".into(),
-            created_at: String::new(),
-            description: String::new(),
-            metadata: String::new(),
-            format: "json".into(),
-            target: t.clone(),
-        };
+        let d = dest("a", t.clone());
         let shown = d.to_json("http://h");
         assert!(!shown.to_string().contains("SECRET"));
         assert_eq!(
@@ -1317,10 +1373,13 @@ mod tests {
             ""
         );
         assert!(
-            d.to_spec().config.to_string().contains("SECRET"),
+            d.to_spec(&test_policy(), std::path::Path::new("/data"))
+                .config
+                .to_string()
+                .contains("SECRET"),
             "the engine gets the secret"
         );
-        let again = parse_target(&shown["target"], Some(&t), &[]).unwrap();
+        let again = parse_target(&shown["target"], Some(&t), &test_policy(), &[]).unwrap();
         assert_eq!(again, t);
         let p = Target::Plugin {
             kind: "x".into(),
@@ -1330,5 +1389,34 @@ mod tests {
         let d2 = Destination { target: p, ..d };
         let s = d2.to_json("h").to_string();
         assert!(!s.contains("Bearer T") && !s.contains("\"K\""), "{s}");
+    }
+
+    #[test]
+    fn file_targets_stay_in_the_account_area_and_delivery_in_its_bounds() {
+        let file = |config: Value| json!({"plugin": {"kind": "file", "config": config}});
+        for bad in [
+            json!({"path": "/etc/x"}),
+            json!({"path": "../../sluice.db"}),
+            json!({"path": "x", "max_files": 0}),
+            json!({"path": "x", "max_bytes": 1}),
+            json!({}),
+        ] {
+            assert_eq!(code(file(bad.clone())), "ERR_NGROK_5140", "{bad}");
+        }
+        let t = target(file(json!({"path": "a/x.ndjson"}))).unwrap();
+        let d = dest("ac_1", t);
+        let spec = d.to_spec(&test_policy(), std::path::Path::new("/data"));
+        assert_eq!(spec.config["path"], "/data/files/ac_1/a/x.ndjson");
+        assert_eq!(spec.config["max_files"], 10);
+        let e = parse_target(
+            &file(json!({"path": "x"})),
+            None,
+            &TenantPolicy::default(),
+            &["file".to_string()],
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("not offered"), "{}", e.msg);
+        let slow = json!({"plugin": {"kind": "file", "config": {"path": "x"}, "delivery": {"send_timeout_ms": 0}}});
+        assert_eq!(code(slow), "ERR_NGROK_215");
     }
 }

@@ -7,6 +7,7 @@
 
 use super::ids;
 use super::model::{Destination, Subscription};
+use super::policy::TenantPolicy;
 use crate::config::PipelineSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -80,9 +81,15 @@ pub struct State {
 }
 
 impl State {
-    /// The pipeline of every account.
-    pub fn pipeline(&self, strict_ngrok_filters: bool) -> PipelineSpec {
-        self.pipeline_with(strict_ngrok_filters, None)
+    /// The pipeline of every account, under the operator's `policy`
+    /// (destinations' files under `data_dir`).
+    pub fn pipeline(
+        &self,
+        strict_ngrok_filters: bool,
+        policy: &TenantPolicy,
+        data_dir: &Path,
+    ) -> PipelineSpec {
+        self.pipeline_with(strict_ngrok_filters, policy, data_dir, None)
     }
 
     /// The pipeline of every account, with `over` (an account id and its
@@ -91,6 +98,8 @@ impl State {
     pub fn pipeline_with(
         &self,
         strict_ngrok_filters: bool,
+        policy: &TenantPolicy,
+        data_dir: &Path,
         over: Option<(&str, &AccountState)>,
     ) -> PipelineSpec {
         let mut spec = PipelineSpec {
@@ -104,7 +113,7 @@ impl State {
         });
         for a in accounts.chain(new.map(|(_, a)| a)) {
             spec.destinations
-                .extend(a.destinations.values().map(Destination::to_spec));
+                .extend(a.destinations.values().map(|d| d.to_spec(policy, data_dir)));
             spec.subscriptions
                 .extend(a.subscriptions.values().map(Subscription::to_spec));
         }
@@ -361,6 +370,14 @@ impl Store {
                 "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
             )
+            .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Removes a setting (absent is fine).
+    pub fn delete_setting(&self, key: &str) -> Result<(), String> {
+        self.conn()
+            .execute("DELETE FROM settings WHERE key = ?1", params![key])
             .map_err(sql)?;
         Ok(())
     }

@@ -6,10 +6,10 @@
 //! `TimeGenerated` from its `event_timestamp`. See
 //! `plugins/azure_logs_ingestion/README.md`.
 
-use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
+use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Restrictions, Sink, SinkInfo};
 use sluice_vendor_http::{
-    Answer, Verdict, array_body, client, deliver, json_rfc3339_ms, post, test_event_array_at,
-    test_event_result, timeout_ms, verdict,
+    Answer, Verdict, array_body, check_url, client, deliver, json_rfc3339_ms, post, read_capped,
+    test_event_array_at, test_event_result, timeout_ms, verdict,
 };
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ pub const SCOPE: &str = "https://monitor.azure.com//.default";
 pub struct Config {
     /// The token endpoint.
     pub token_url: String,
+    /// Who chose the token endpoint's authority.
+    pub authority_from: AuthorityFrom,
     /// The token request's form body.
     pub token_form: String,
     /// Where records are POSTed.
@@ -52,6 +54,19 @@ pub struct Config {
     pub stream: String,
     /// Request timeout.
     pub timeout: Duration,
+}
+
+/// Who chose the authority (token endpoint): it decides whether the
+/// operator's egress restriction applies to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthorityFrom {
+    /// Microsoft Entra ID's public authority.
+    Public,
+    /// `authority_url` in the configuration (refused under restrictions: it
+    /// is the operator's to set, not a tenant's).
+    Config,
+    /// The operator's `SLUICE_AZURE_AUTHORITY_URL` (trusted).
+    Operator,
 }
 
 fn percent_encode(s: &str) -> String {
@@ -109,30 +124,34 @@ impl Config {
         }
         let dcr = req("data_collection_rule_id")?;
         let stream = req("data_collection_stream_name")?;
-        let authority = match obj.get("authority_url") {
+        let (authority, authority_from) = match obj.get("authority_url") {
             // The operator's override (`sluice serve`, whose tenants cannot
             // set `authority_url`): sovereign clouds, proxies, tests.
             None => match std::env::var(AUTHORITY_ENV) {
                 Ok(u) if u.starts_with("http://") || u.starts_with("https://") => {
-                    u.trim_end_matches('/').to_string()
+                    (u.trim_end_matches('/').to_string(), AuthorityFrom::Operator)
                 }
                 Ok(u) if !u.is_empty() => {
                     return Err(format!(
                         "{AUTHORITY_ENV} must be an http(s):// URL, got `{u}`"
                     ));
                 }
-                _ => "https://login.microsoftonline.com".to_string(),
+                _ => (
+                    "https://login.microsoftonline.com".to_string(),
+                    AuthorityFrom::Public,
+                ),
             },
             Some(serde_json::Value::String(u))
                 if u.starts_with("http://") || u.starts_with("https://") =>
             {
-                u.trim_end_matches('/').to_string()
+                (u.trim_end_matches('/').to_string(), AuthorityFrom::Config)
             }
             Some(_) => return Err("`authority_url` must be an http(s):// URL".into()),
         };
         let timeout = timeout_ms(obj)?;
         Ok(Config {
             token_url: format!("{authority}/{}/oauth2/v2.0/token", percent_encode(&tenant)),
+            authority_from,
             token_form: format!(
                 "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
                 percent_encode(&client_id),
@@ -160,7 +179,10 @@ struct Token {
 /// The azure_logs_ingestion sink.
 pub struct AzureLogs {
     cfg: Config,
+    /// For the logs ingestion endpoint (the tenant's).
     client: reqwest::blocking::Client,
+    /// For the token endpoint (trusted when the operator chose it).
+    token_client: reqwest::blocking::Client,
     host: Host,
     token: Mutex<Option<Token>>,
 }
@@ -189,7 +211,7 @@ impl AzureLogs {
             return Ok(tok.value.clone());
         }
         let resp = self
-            .client
+            .token_client
             .post(&self.cfg.token_url)
             .header(
                 reqwest::header::CONTENT_TYPE,
@@ -199,7 +221,8 @@ impl AzureLogs {
             .send()
             .map_err(|e| Error::retry(format!("azure_logs_ingestion: cannot get a token: {e}")))?;
         let status = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().unwrap_or_default();
+        let body: serde_json::Value =
+            serde_json::from_slice(&read_capped(resp)).unwrap_or_default();
         self.host.counter_add("token_requests", 1);
         if status != 200 {
             let why = body["error_description"]
@@ -301,10 +324,25 @@ impl Sink for AzureLogs {
     fn create(config: &str, host: Host) -> Result<Self, Error> {
         let cfg = Config::parse(config)
             .map_err(|e| Error::fatal(format!("azure_logs_ingestion: {e}")))?;
-        let client = client("azure_logs_ingestion", cfg.timeout)?;
+        let restrictions = host.restrictions();
+        let mut token_restrictions = restrictions;
+        match cfg.authority_from {
+            AuthorityFrom::Config if restrictions != Restrictions::default() => {
+                return Err(Error::fatal(
+                    "azure_logs_ingestion: `authority_url` is set by the server's operator (SLUICE_AZURE_AUTHORITY_URL), not in a destination",
+                ));
+            }
+            AuthorityFrom::Operator => token_restrictions.public_egress_only = false,
+            _ => {}
+        }
+        check_url("`logs_ingestion_uri`", &cfg.url, restrictions)
+            .map_err(|e| Error::fatal(format!("azure_logs_ingestion: {e}")))?;
+        let token_client = client("azure_logs_ingestion", cfg.timeout, token_restrictions)?;
+        let client = client("azure_logs_ingestion", cfg.timeout, restrictions)?;
         Ok(AzureLogs {
             cfg,
             client,
+            token_client,
             host,
             token: Mutex::new(None),
         })

@@ -8,7 +8,7 @@
 //! `plugins/datadog/README.md`.
 
 use sluice_sdk::events::{now_ms, rfc3339_ms};
-use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Sink, SinkInfo};
+use sluice_sdk::{Batch, Error, Host, Limits, Outcomes, Restrictions, Sink, SinkInfo};
 use sluice_vendor_http::{
     Verdict, array_body, client, deliver, json_str, post, test_event_array_at, test_event_result,
     timeout_ms, verdict,
@@ -107,10 +107,25 @@ pub struct Config {
     pub api_key: String,
     /// Where to POST.
     pub url: String,
+    /// Who chose `url`.
+    pub url_from: UrlFrom,
     /// `"ddsource":"ngrok","service":...,"ddtags":...,` ready to splice.
     pub prefix: Vec<u8>,
     /// Request timeout.
     pub timeout: Duration,
+}
+
+/// Who chose the intake URL: it decides whether the operator's egress
+/// restriction applies to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrlFrom {
+    /// The site's public intake.
+    Site,
+    /// `intake_url` in the configuration (refused under restrictions: it is
+    /// the operator's to set, not a tenant's).
+    Config,
+    /// The operator's `SLUICE_DATADOG_INTAKE_URL` (trusted, e.g. a loopback proxy).
+    Operator,
 }
 
 impl Config {
@@ -154,8 +169,10 @@ impl Config {
                 SITES.join(", ")
             ));
         }
-        let url = match text("intake_url")? {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => u,
+        let (url, url_from) = match text("intake_url")? {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                (u, UrlFrom::Config)
+            }
             Some(u) => {
                 return Err(format!(
                     "`intake_url` must start with http:// or https://, got `{u}`"
@@ -164,13 +181,18 @@ impl Config {
             // The operator's override (`sluice serve`, whose tenants cannot
             // set `intake_url`): egress proxies, tests.
             None => match std::env::var(INTAKE_ENV) {
-                Ok(u) if u.starts_with("http://") || u.starts_with("https://") => u,
+                Ok(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    (u, UrlFrom::Operator)
+                }
                 Ok(u) if !u.is_empty() => {
                     return Err(format!(
                         "{INTAKE_ENV} must start with http:// or https://, got `{u}`"
                     ));
                 }
-                _ => format!("https://http-intake.logs.{site}/api/v2/logs"),
+                _ => (
+                    format!("https://http-intake.logs.{site}/api/v2/logs"),
+                    UrlFrom::Site,
+                ),
             },
         };
         let service = text("service")?.filter(|s| !s.is_empty());
@@ -196,6 +218,7 @@ impl Config {
         Ok(Config {
             api_key,
             url,
+            url_from,
             prefix,
             timeout,
         })
@@ -268,7 +291,18 @@ impl Sink for Datadog {
 
     fn create(config: &str, host: Host) -> Result<Self, Error> {
         let cfg = Config::parse(config).map_err(|e| Error::fatal(format!("datadog: {e}")))?;
-        let client = client("datadog", cfg.timeout)?;
+        let mut restrictions = host.restrictions();
+        match cfg.url_from {
+            UrlFrom::Config if restrictions != Restrictions::default() => {
+                return Err(Error::fatal(
+                    "datadog: `intake_url` is set by the server's operator (SLUICE_DATADOG_INTAKE_URL), not in a destination",
+                ));
+            }
+            // The operator's own endpoint is trusted wherever it is.
+            UrlFrom::Operator => restrictions.public_egress_only = false,
+            _ => {}
+        }
+        let client = client("datadog", cfg.timeout, restrictions)?;
         Ok(Datadog { cfg, client, host })
     }
 

@@ -98,6 +98,17 @@ static int32_t create(const SluiceHost *host, SluiceStr config, const SluiceCall
         error(call, "c_stdout: out of memory");
         return SLUICE_STATUS_RETRY;
     }
+    /* This sink connects nowhere, so it keeps every rule it knows by
+     * construction; a rule it does not know it cannot promise to keep. */
+    static const char *const known[] = {"egress", "max_timeout_ms", NULL};
+    SluiceStr rule;
+    if (sluice_restriction_unknown(host, known, &rule)) {
+        free(s);
+        snprintf(msg, sizeof msg, "c_stdout: unknown operator restriction `%.*s`; update the plugin",
+                 (int)(rule.len > 64 ? 64 : rule.len), (const char *)rule.ptr);
+        error(call, msg);
+        return SLUICE_STATUS_FATAL;
+    }
     if (parse_config(config, s->prefix, sizeof s->prefix, msg, sizeof msg) != 0) {
         free(s);
         error(call, msg);

@@ -183,8 +183,7 @@ impl HttpSink {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
-        Ok((status, after, body))
+        Ok((status, after, sluice_vendor_http::read_capped(resp)))
     }
 }
 
@@ -315,9 +314,12 @@ impl Sink for HttpSink {
     }
 
     fn create(config: &str, host: Host) -> Result<Self, Error> {
-        let cfg = Config::parse(config).map_err(|e| Error::fatal(format!("http: {e}")))?;
-        let client = reqwest::blocking::Client::builder()
-            .timeout(cfg.timeout)
+        let mut cfg = Config::parse(config).map_err(|e| Error::fatal(format!("http: {e}")))?;
+        let restrictions = host.restrictions();
+        sluice_vendor_http::check_url("`url`", &cfg.url, restrictions)
+            .map_err(|e| Error::fatal(format!("http: {e}")))?;
+        cfg.timeout = restrictions.timeout(cfg.timeout);
+        let client = sluice_vendor_http::egress::builder(cfg.timeout, restrictions)
             .pool_max_idle_per_host(64)
             .user_agent(concat!("sluice-sink-http/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -2,6 +2,9 @@
 //! share: a JSON-array body built by splicing fields into each record
 //! (no parse), gzip, and what an intake's answer means for the records.
 
+pub mod egress;
+
+pub use egress::{check_url, client, read_capped};
 use sluice_sdk::{Batch, Outcomes};
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -72,17 +75,6 @@ pub fn timeout_ms(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Du
     }
 }
 
-/// The plugin's HTTP client (connection pool), with a whole-request timeout.
-pub fn client(
-    kind: &str,
-    timeout: Duration,
-) -> Result<reqwest::blocking::Client, sluice_sdk::Error> {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| sluice_sdk::Error::fatal(format!("{kind}: cannot build the HTTP client: {e}")))
-}
-
 /// Gzips a body (fast level: intake bodies are JSON, ~8-10x smaller anyway).
 pub fn gzip(raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut gz = flate2::write::GzEncoder::new(
@@ -148,7 +140,7 @@ pub fn post(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(retry_after);
-    let body = resp.text().unwrap_or_default();
+    let body = String::from_utf8_lossy(&read_capped(resp)).into_owned();
     let mut body = body.trim().to_string();
     if body.len() > 300 {
         let mut cut = 300;
