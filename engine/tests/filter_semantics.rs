@@ -37,6 +37,16 @@ fn filter_semantics_table() {
             parts.next().expect("event").trim(),
             parts.next().expect("expression").trim(),
         );
+        if want == "refused" {
+            cases += 1;
+            if Filter::compile(expr, &FilterOptions::default()).is_ok() {
+                failures.push(format!(
+                    "line {}: `{expr}` compiles; it must be refused",
+                    n + 1
+                ));
+            }
+            continue;
+        }
         let want = match want {
             "match" => Verdict::Match,
             "nomatch" => Verdict::NoMatch,

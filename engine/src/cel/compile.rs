@@ -9,7 +9,6 @@ use super::fallback::PathTrie;
 use crate::events::{EventClass, EventTypeDef, PathLookup};
 use crate::json::Json;
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, SourceInfo, operators};
-use regex::Regex;
 use simd_json::Node;
 
 /// Longest filter source accepted, in bytes.
@@ -27,6 +26,10 @@ pub const MAX_DEPTH: usize = 256;
 /// takes tens of KiB of stack per level (measured in a debug build: 45
 /// levels ran on a 2 MiB stack, 65 overflowed it).
 pub const MAX_INTERPRETER_DEPTH: usize = 32;
+
+/// Most bytes a filter's compiled regex may take (the `regex` crate refuses
+/// a bigger one at compile time: `a{1000}{1000}` and the like).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Stack of the thread a filter is parsed on: the parser recurses once or
 /// more per nesting level, so a 16 KiB source nested as deep as it can be
@@ -125,7 +128,7 @@ pub fn line_col(src: &str, char_offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn error_at(src: &str, info: &SourceInfo, id: u64, message: String) -> FilterError {
+pub(crate) fn error_at(src: &str, info: &SourceInfo, id: u64, message: String) -> FilterError {
     let (line, column) = info
         .offset_for(id)
         .map(|(start, _)| line_col(src, start as usize))
@@ -400,12 +403,9 @@ fn fold(ex: Ex) -> Ex {
         | Ex::InStrSet(x, _) => {
             matches!(**x, Ex::Lit(_))
         }
-        Ex::Index(b)
-        | Ex::Cmp(_, b)
-        | Ex::Arith(_, b)
-        | Ex::In(b)
-        | Ex::Str(_, b)
-        | Ex::MatchesDyn(b) => b.iter().all(|x| matches!(x, Ex::Lit(_))),
+        Ex::Index(b) | Ex::Cmp(_, b) | Ex::Arith(_, b) | Ex::In(b) | Ex::Str(_, b) => {
+            b.iter().all(|x| matches!(x, Ex::Lit(_)))
+        }
         Ex::Cond(b) => b.iter().all(|x| matches!(x, Ex::Lit(_))),
         Ex::And(xs) | Ex::Or(xs) | Ex::List(xs) => xs.iter().all(|x| matches!(x, Ex::Lit(_))),
     };
@@ -416,6 +416,7 @@ fn fold(ex: Ex) -> Ex {
     let Some(ev) = Json::root(&empty) else {
         return ex;
     };
+    eval::start_budget(u32::MAX);
     let lit = match eval::eval(&ex, ev) {
         V::Err(_) => None,
         v => v.to_lit(),
@@ -568,7 +569,11 @@ impl Lowerer<'_> {
         let s = self.lower(subject)?;
         let p = self.lower(pattern)?;
         if let Ex::Lit(Lit::Str(pat)) = &p {
-            return match Regex::new(pat) {
+            return match regex::RegexBuilder::new(pat)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .dfa_size_limit(REGEX_SIZE_LIMIT)
+                .build()
+            {
                 Ok(re) => Ok(match literal_plan(pat) {
                     Some((op, lit)) => Ex::Str(op, Box::new([s, Ex::Lit(Lit::Str(lit.into()))])),
                     None => Ex::Matches(Box::new(s), Box::new(re)),
@@ -582,7 +587,12 @@ impl Lowerer<'_> {
                 )),
             };
         }
-        Ok(Ex::MatchesDyn(Box::new([s, p])))
+        // A pattern from the event would be compiled for every event, and
+        // its size would be the event's to choose.
+        Err(self.invalid(
+            pattern.id,
+            "the pattern of matches() must be a constant string (a pattern built from the event would be compiled for every event)".into(),
+        ))
     }
 }
 

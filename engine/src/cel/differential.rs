@@ -13,8 +13,14 @@ pub enum Agreement {
     BothRefuse,
     /// Sluice refused at compile time what the interpreter accepts and fails
     /// on at run time: an invalid constant regex, or a variable other than
-    /// `ev` (as cel-go's type checker refuses undeclared references).
+    /// `ev` (as cel-go's type checker refuses undeclared references); or
+    /// what the interpreter would run at a cost over Sluice's limits
+    /// ([`super::cost`]).
     RefusedAtCompileTime,
+    /// The event is over what this filter may cost ([`super::cost`]: the
+    /// interpreter's input limits, the fast path's step budget): Sluice
+    /// answers a filter error, the reference a value.
+    OverInputLimits,
     /// Both produced the same value (`true` if it is a value, not an error).
     Same {
         /// Whether the result was a value rather than an error.
@@ -49,7 +55,9 @@ pub fn compare(expr: &str, objects: &[&[u8]]) -> Result<Vec<Agreement>, String> 
         (Err(_), Ok(_)) => return Err(format!("we accept `{expr}`, cel does not")),
         (Ok(_), Err(e))
             if e.message.contains("invalid regular expression")
-                || e.message.starts_with("unknown variable") =>
+                || e.message.starts_with("unknown variable")
+                || e.message.contains("steps per event")
+                || e.message.contains("must be a constant string") =>
         {
             return Ok(vec![Agreement::RefusedAtCompileTime]);
         }
@@ -68,6 +76,11 @@ pub fn compare(expr: &str, objects: &[&[u8]]) -> Result<Vec<Agreement>, String> 
         let ours = f.evaluate(obj);
         let theirs = eval_reference(&program, obj);
         out.push(match (&ours, &theirs) {
+            (Err(e), _)
+                if e.starts_with(super::fallback::TOO_BIG) || e == super::eval::OUT_OF_STEPS =>
+            {
+                Agreement::OverInputLimits
+            }
             (Err(_), Err(_)) => Agreement::Same {
                 value: false,
                 truth: false,

@@ -11,7 +11,61 @@ use crate::json::{Json, Kind};
 use regex::Regex;
 use rustc_hash::FxHashSet;
 use simd_json::{Node, StaticNode};
+use std::cell::Cell;
 use std::cmp::Ordering;
+
+thread_local! {
+    /// Steps left in the current evaluation ([`super::cost::FAST_STEP_BUDGET`]).
+    static STEPS: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+/// The error of an evaluation that ran out of steps.
+pub const OUT_OF_STEPS: &str = "the filter's step budget per event is exhausted";
+
+/// Starts an evaluation with `steps` to spend on work that grows with the
+/// event (members scanned, bytes searched, elements compared).
+#[inline]
+pub fn start_budget(steps: u32) {
+    STEPS.with(|s| s.set(steps));
+}
+
+/// Whether the current evaluation ran out of steps.
+#[inline]
+pub fn out_of_steps() -> bool {
+    STEPS.with(|s| s.get() == 0)
+}
+
+/// Work below this many steps is not counted: what every filter does on
+/// ordinary events (a lookup in an object of a few dozen members, a search in
+/// a short string) stays free of bookkeeping, and is bounded anyway by the
+/// size of the expression.
+const FREE_STEPS: usize = 64;
+
+/// Spends `n` steps; false when there are not that many left, which leaves
+/// none. Work under [`FREE_STEPS`] is free.
+#[inline]
+fn charge(n: usize) -> bool {
+    if n < FREE_STEPS {
+        return true;
+    }
+    STEPS.with(|s| {
+        let left = s.get();
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n < left {
+            s.set(left - n);
+            true
+        } else {
+            s.set(0);
+            false
+        }
+    })
+}
+
+/// Steps for searching `bytes` bytes of a string.
+#[inline]
+fn scan(bytes: usize) -> usize {
+    bytes / 16 + 1
+}
 
 /// A compile-time constant.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,8 +186,6 @@ pub enum Ex {
     Str(StrOp, Box<[Ex; 2]>),
     /// `x.matches("constant")`: the regex compiled once.
     Matches(Box<Ex>, Box<Regex>),
-    /// `x.matches(y)` with a pattern known only at run time.
-    MatchesDyn(Box<[Ex; 2]>),
     /// `int(x)` and friends.
     Conv(Conv, Box<Ex>),
 }
@@ -515,6 +567,9 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
                 if !cur.is_object() {
                     return V::Err("field selection on a non-map value");
                 }
+                if !charge(cur.len()) {
+                    return V::Err(OUT_OF_STEPS);
+                }
                 match cur.get(seg) {
                     Some(n) => cur = n,
                     None => return V::Err("no such key"),
@@ -524,13 +579,21 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
         }
         Ex::Select(x, f) => match eval(x, ev) {
             V::Json(j) if j.kind() == Kind::Object => {
+                if !charge(j.len()) {
+                    return V::Err(OUT_OF_STEPS);
+                }
                 j.get(f).map_or(V::Err("no such key"), V::from_json)
             }
             e @ V::Err(_) => e,
             _ => V::Err("field selection on a non-map value"),
         },
         Ex::Has(x, f) => match eval(x, ev) {
-            V::Json(j) if j.kind() == Kind::Object => V::Bool(j.get(f).is_some()),
+            V::Json(j) if j.kind() == Kind::Object => {
+                if !charge(j.len()) {
+                    return V::Err(OUT_OF_STEPS);
+                }
+                V::Bool(j.get(f).is_some())
+            }
             e @ V::Err(_) => e,
             _ => V::Err("has() on a non-map value"),
         },
@@ -542,6 +605,11 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             let i = eval(&b[1], ev);
             if let V::Err(_) = i {
                 return i;
+            }
+            if let V::Json(j) = &c
+                && !charge(j.len())
+            {
+                return V::Err(OUT_OF_STEPS);
             }
             index(c, i)
         }
@@ -596,6 +664,9 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             if let V::Err(_) = r {
                 return r;
             }
+            if !charge(weight(&l).min(weight(&r))) {
+                return V::Err(OUT_OF_STEPS);
+            }
             match op {
                 CmpOp::Eq => V::Bool(equals(&l, &r)),
                 CmpOp::Ne => V::Bool(!equals(&l, &r)),
@@ -630,9 +701,14 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             if let V::Err(_) = r {
                 return r;
             }
+            if !charge(weight(&r)) {
+                return V::Err(OUT_OF_STEPS);
+            }
             contains(&l, &r)
         }
         Ex::InStrSet(x, set) => match eval(x, ev) {
+            V::Str(s) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
+            V::String(s) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
             V::Str(s) => V::Bool(set.contains(s)),
             V::String(s) => V::Bool(set.contains(s.as_str())),
             e @ V::Err(_) => e,
@@ -651,6 +727,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
         }
         Ex::Size(x) => match eval(x, ev) {
             e @ V::Err(_) => e,
+            v if !charge(weight(&v)) => V::Err(OUT_OF_STEPS),
             v => size(&v),
         },
         Ex::Str(op, b) => {
@@ -663,6 +740,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
                 return r;
             }
             match (l.as_str(), r.as_str()) {
+                (Some(s), _) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
                 (Some(s), Some(t)) => V::Bool(match op {
                     StrOp::StartsWith => s.starts_with(t),
                     StrOp::EndsWith => s.ends_with(t),
@@ -673,32 +751,34 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
         }
         Ex::Matches(x, re) => match eval(x, ev) {
+            V::Str(s) if !charge(s.len() / 4 + 1) => V::Err(OUT_OF_STEPS),
+            V::String(s) if !charge(s.len() / 4 + 1) => V::Err(OUT_OF_STEPS),
             V::Str(s) => V::Bool(re.is_match(s)),
             V::String(s) => V::Bool(re.is_match(&s)),
             e @ V::Err(_) => e,
             _ => V::Err("no matching overload for matches"),
         },
-        Ex::MatchesDyn(b) => {
-            let l = eval(&b[0], ev);
-            if let V::Err(_) = l {
-                return l;
-            }
-            let r = eval(&b[1], ev);
-            if let V::Err(_) = r {
-                return r;
-            }
-            match (l.as_str(), r.as_str()) {
-                (Some(s), Some(p)) => match Regex::new(p) {
-                    Ok(re) => V::Bool(re.is_match(s)),
-                    Err(_) => V::Err("invalid regex"),
-                },
-                _ => V::Err("no matching overload for matches"),
-            }
-        }
         Ex::Conv(c, x) => match eval(x, ev) {
             e @ V::Err(_) => e,
             v => convert(*c, v),
         },
+    }
+}
+
+/// Steps to walk a value whole (compare it, count it, search it).
+fn weight(v: &V<'_>) -> usize {
+    match v {
+        V::Str(s) => scan(s.len()),
+        V::String(s) => scan(s.len()),
+        // Nodes on the tape: every element and member, nested ones too.
+        V::Json(j) => match j.node() {
+            Node::String(s) => scan(s.len()),
+            Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+            _ => 1,
+        },
+        V::Lits(l) => l.len() + 1,
+        V::List(l) => l.len() + 1,
+        _ => 1,
     }
 }
 

@@ -69,18 +69,80 @@ pub fn to_cel(j: Json<'_, '_>) -> Value {
     }
 }
 
-/// Converts only the parts of `j` that `trie` names.
-pub fn extract(j: Json<'_, '_>, trie: &PathTrie) -> Value {
+/// What the interpreter may still be given for one event
+/// ([`super::cost`]): elements per list or map, and bytes of strings.
+struct Allowance {
+    bytes: usize,
+}
+
+/// Why an event is too big for an interpreted filter (the start of the error).
+pub const TOO_BIG: &str = "the fields this filter reads are too big for the cel interpreter";
+
+impl Allowance {
+    fn take_bytes(&mut self, n: usize) -> Result<(), String> {
+        self.bytes = self.bytes.checked_sub(n).ok_or_else(|| {
+            format!(
+                "{TOO_BIG} (over {} bytes of strings)",
+                super::cost::INTERPRETER_MAX_INPUT_BYTES
+            )
+        })?;
+        Ok(())
+    }
+
+    fn check_len(&self, n: usize) -> Result<(), String> {
+        if n > super::cost::INTERPRETER_MAX_ELEMENTS {
+            return Err(format!(
+                "{TOO_BIG} (a list or map of {n} elements, over {})",
+                super::cost::INTERPRETER_MAX_ELEMENTS
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// [`to_cel`] within an allowance.
+fn to_cel_bounded(j: Json<'_, '_>, a: &mut Allowance) -> Result<Value, String> {
+    Ok(match j.node() {
+        Node::String(s) => {
+            a.take_bytes(s.len())?;
+            Value::String(Arc::new(s.to_owned()))
+        }
+        Node::Object { len, .. } => {
+            a.check_len(len)?;
+            let mut m: HashMap<Key, Value> = HashMap::with_capacity(len);
+            for (k, v) in j.entries() {
+                a.take_bytes(k.len())?;
+                if !m.contains_key(&Key::from(k)) {
+                    let v = to_cel_bounded(v, a)?;
+                    m.insert(Key::from(k), v);
+                }
+            }
+            Value::Map(m.into())
+        }
+        Node::Array { len, .. } => {
+            a.check_len(len)?;
+            Value::List(Arc::new(
+                j.elements()
+                    .map(|e| to_cel_bounded(e, a))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        _ => to_cel(j),
+    })
+}
+
+/// Converts only the parts of `j` that `trie` names, within an allowance.
+fn extract(j: Json<'_, '_>, trie: &PathTrie, a: &mut Allowance) -> Result<Value, String> {
     if trie.whole || j.kind() != Kind::Object {
-        return to_cel(j);
+        return to_cel_bounded(j, a);
     }
     let mut m: HashMap<Key, Value> = HashMap::with_capacity(trie.children.len());
     for (name, sub) in &trie.children {
         if let Some(v) = j.get(name) {
-            m.insert(Key::from(&**name), extract(v, sub));
+            m.insert(Key::from(&**name), extract(v, sub, a)?);
         }
     }
-    Value::Map(m.into())
+    Ok(Value::Map(m.into()))
 }
 
 /// A program run by the `cel` crate.
@@ -96,9 +158,13 @@ impl Fallback {
         Fallback { program, reads }
     }
 
-    /// Evaluates with `ev` bound to (the referenced parts of) `object`.
+    /// Evaluates with `ev` bound to (the referenced parts of) `object`; an
+    /// error if those parts are over the interpreter's input limits.
     pub fn eval(&self, object: Json<'_, '_>) -> Result<Value, String> {
-        let ev = extract(object, &self.reads);
+        let mut allowance = Allowance {
+            bytes: super::cost::INTERPRETER_MAX_INPUT_BYTES,
+        };
+        let ev = extract(object, &self.reads, &mut allowance)?;
         ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
             ctx.add_variable_from_value("ev", ev);

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod compile;
+pub mod cost;
 pub mod differential;
 pub mod eval;
 pub mod fallback;
@@ -213,6 +214,7 @@ impl Filter {
                     compile::MAX_INTERPRETER_DEPTH,
                     &format!(" for the cel interpreter, which this filter needs ({why})"),
                 )?;
+                cost::check_interpreter_cost(source, &parsed)?;
                 let program = cel::Program::compile(source).map_err(|e| FilterError {
                     message: e.to_string(),
                     line: 1,
@@ -272,11 +274,17 @@ impl Filter {
     #[inline]
     pub fn matches(&self, object: Json<'_, '_>) -> Verdict {
         match &self.plan {
-            Plan::Fast(ex) => match eval::eval(ex, object) {
-                V::Bool(true) => Verdict::Match,
-                V::Bool(false) => Verdict::NoMatch,
-                _ => Verdict::Error,
-            },
+            Plan::Fast(ex) => {
+                eval::start_budget(cost::FAST_STEP_BUDGET);
+                match eval::eval(ex, object) {
+                    // A value decided after running out (absorbed by `||`
+                    // or `&&`) is an overrun all the same.
+                    _ if eval::out_of_steps() => Verdict::Error,
+                    V::Bool(true) => Verdict::Match,
+                    V::Bool(false) => Verdict::NoMatch,
+                    _ => Verdict::Error,
+                }
+            }
             Plan::Fallback(fb, _) => match fb.eval(object) {
                 Ok(cel::Value::Bool(true)) => Verdict::Match,
                 Ok(cel::Value::Bool(false)) => Verdict::NoMatch,
@@ -289,7 +297,14 @@ impl Filter {
     /// error: for `sluice check` and for differential testing.
     pub fn evaluate(&self, object: Json<'_, '_>) -> Result<cel::Value, String> {
         match &self.plan {
-            Plan::Fast(ex) => to_cel_value(&eval::eval(ex, object)),
+            Plan::Fast(ex) => {
+                eval::start_budget(cost::FAST_STEP_BUDGET);
+                let v = eval::eval(ex, object);
+                if eval::out_of_steps() {
+                    return Err(eval::OUT_OF_STEPS.to_string());
+                }
+                to_cel_value(&v)
+            }
             Plan::Fallback(fb, _) => fb.eval(object),
         }
     }

@@ -1029,6 +1029,20 @@ pub fn parse_target(
                     "Invalid value for parameter 'config': expected an object.",
                 ));
             }
+            // Endpoints are the operator's (environment), never a tenant's.
+            let operator_keys: &[&str] = match kind.as_str() {
+                "datadog" => &["intake_url"],
+                "azure_logs_ingestion" => &["authority_url"],
+                _ => &[],
+            };
+            if let Some(k) = operator_keys.iter().find(|k| config.get(**k).is_some()) {
+                return Err(ApiError::bad(
+                    "ERR_NGROK_5140",
+                    format!(
+                        "'{k}' of a {kind} plugin target is set by the operator, not through the API."
+                    ),
+                ));
+            }
             if AWS_KINDS.contains(&kind.as_str()) {
                 // A tenant's AWS plugin target gets the guarantees of the
                 // native targets: its own account as the external id, its
