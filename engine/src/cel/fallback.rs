@@ -112,9 +112,8 @@ fn to_cel_bounded(j: Json<'_, '_>, a: &mut Allowance) -> Result<Value, String> {
             let mut m: HashMap<Key, Value> = HashMap::with_capacity(len);
             for (k, v) in j.entries() {
                 a.take_bytes(k.len())?;
-                if !m.contains_key(&Key::from(k)) {
-                    let v = to_cel_bounded(v, a)?;
-                    m.insert(Key::from(k), v);
+                if let std::collections::hash_map::Entry::Vacant(slot) = m.entry(Key::from(k)) {
+                    slot.insert(to_cel_bounded(v, a)?);
                 }
             }
             Value::Map(m.into())
