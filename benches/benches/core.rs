@@ -372,6 +372,7 @@ fn disk_buffer(c: &mut Criterion) {
         fsync_interval: std::time::Duration::from_secs(3600),
         max_bytes: 1 << 40,
         when_full: WhenFull::Block,
+        wait_for_room: true,
         segment_bytes: 64 << 20,
     };
     let (buf, _) = DiskBuffer::open(

@@ -88,6 +88,12 @@ pub struct DeliveryConfig {
     /// Where dead-lettered records go: `<dir>/<destination id>.ndjson`
     /// (default: the engine's dead-letter directory).
     pub dead_letter_dir: Option<PathBuf>,
+    /// The group whose destinations share one quota of concurrent plugin
+    /// calls on an engine of many tenants (`EngineConfig::shared`):
+    /// `sluice serve` sets the owning account. Never read from a file or the
+    /// API; none: no quota.
+    #[serde(skip)]
+    pub call_group: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -110,6 +116,7 @@ impl Default for DeliveryConfig {
             disk_max_bytes: 1 << 30,
             buffer_dir: None,
             dead_letter_dir: None,
+            call_group: None,
         }
     }
 }

@@ -165,9 +165,43 @@ pub struct DestinationHandle {
     budget: Arc<ByteBudget>,
     disk: Option<Arc<DiskBuffer>>,
     when_full: WhenFull,
+    /// On a shared engine a full destination never makes the caller wait.
+    never_block: bool,
 }
 
 impl DestinationHandle {
+    /// Whether the destination's buffer is half full or more (memory or
+    /// disk budget): `sluice serve` then holds back the account's ingest
+    /// (back-pressure), keeping the other half for what is already on its
+    /// way, rather than dead-letter.
+    pub fn is_full(&self) -> bool {
+        match &self.disk {
+            Some(d) => {
+                let max = d.max_bytes();
+                self.stats.disk_bytes.load(Relaxed).saturating_mul(2) >= max
+            }
+            None => self.budget.used().saturating_mul(2) >= self.budget.max,
+        }
+    }
+
+    fn full_reason(&self) -> String {
+        match &self.disk {
+            Some(d) => format!(
+                "the destination's disk buffer was full (disk_max_bytes = {}): it is not keeping up",
+                d.max_bytes()
+            ),
+            None => format!(
+                "the destination's buffer was full (buffer_max_bytes = {}): it is not keeping up",
+                self.budget.max
+            ),
+        }
+    }
+
+    fn dead_letter_chunk(&self, chunk: Chunk, why: &str) {
+        let (sub, records) = pending(chunk);
+        self.dead.write(&self.stats, &sub, &records, why);
+    }
+
     /// Hands a chunk to the destination. With `when_full = "block"` this
     /// blocks while the destination's buffer is full. Must not be called
     /// from inside the delivery runtime.
@@ -188,6 +222,10 @@ impl DestinationHandle {
                 Ok(()) => {}
                 Err(AppendError::Full) if self.when_full == WhenFull::DropNewest => {
                     self.drop_chunk(&chunk);
+                }
+                Err(AppendError::Full) if self.never_block => {
+                    let why = self.full_reason();
+                    self.dead_letter_chunk(chunk, &why);
                 }
                 Err(e) => {
                     let why = match e {
@@ -234,6 +272,13 @@ impl DestinationHandle {
     fn push_piece(&self, chunk: Chunk, bytes: u64) {
         let n = chunk.records.len() as u64;
         match self.when_full {
+            WhenFull::Block if self.never_block => {
+                if !self.budget.try_acquire(bytes) {
+                    let why = self.full_reason();
+                    self.dead_letter_chunk(chunk, &why);
+                    return;
+                }
+            }
             WhenFull::Block => self.budget.acquire(bytes),
             WhenFull::DropNewest => {
                 if !self.budget.try_acquire(bytes) {
@@ -244,15 +289,27 @@ impl DestinationHandle {
         }
         self.stats.queued.fetch_add(n, Relaxed);
         self.stats.queued_bytes.fetch_add(bytes, Relaxed);
-        if let Err(mpsc::error::SendError(chunk)) = self.tx.blocking_send(chunk) {
+        let sent = if self.never_block {
+            self.tx.try_send(chunk).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            })
+        } else {
+            self.tx
+                .blocking_send(chunk)
+                .map_err(|mpsc::error::SendError(c)| c)
+        };
+        if let Err(chunk) = sent {
             // The task is gone (it only ends once every handle is dropped, or
             // if it panicked): keep the records rather than lose them.
             self.budget.release(bytes);
             self.stats.queued.fetch_sub(n, Relaxed);
             self.stats.queued_bytes.fetch_sub(bytes, Relaxed);
-            let (sub, records) = pending(chunk);
-            self.dead
-                .write(&self.stats, &sub, &records, "destination task stopped");
+            let why = if self.tx.is_closed() {
+                "destination task stopped".to_string()
+            } else {
+                self.full_reason()
+            };
+            self.dead_letter_chunk(chunk, &why);
         }
     }
 
@@ -416,6 +473,11 @@ impl Pending {
 /// The delivery runtime: one task per destination, and the syncer thread of
 /// the disk buffers.
 pub struct Delivery {
+    /// Many tenants share the workers and the plugin call pool: never block
+    /// a worker on a full destination, and cap each call group's calls.
+    pub shared: bool,
+    /// Per `delivery.call_group`: permits for concurrent plugin calls.
+    groups: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     rt: tokio::runtime::Runtime,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stopping: Arc<Stopping>,
@@ -446,7 +508,7 @@ impl Delivery {
     ) -> std::io::Result<Delivery> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
-            .max_blocking_threads(64)
+            .max_blocking_threads(MAX_PLUGIN_CALLS)
             .thread_name("sluice-delivery")
             .enable_time()
             .build()?;
@@ -466,6 +528,8 @@ impl Delivery {
                 .spawn(move || syncer_loop(disks, signal, stop, stopping))?
         };
         Ok(Delivery {
+            shared: false,
+            groups: Mutex::default(),
             rt,
             tasks: Mutex::new(Vec::new()),
             stopping,
@@ -500,6 +564,7 @@ impl Delivery {
             fsync_interval: Duration::from_millis(cfg.fsync_interval_ms.max(1)),
             max_bytes: cfg.disk_max_bytes,
             when_full: cfg.when_full,
+            wait_for_room: !self.shared,
             segment_bytes: DiskOptions::segment_size_for(cfg.disk_max_bytes),
         };
         let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
@@ -560,8 +625,20 @@ impl Delivery {
         }
         let aimd = Aimd::new(cfg.max_in_flight, cfg.adaptive_concurrency);
         stats.concurrency_limit.store(aimd.limit() as u64, Relaxed);
+        let group = match (&cfg.call_group, self.shared) {
+            (Some(g), true) => Some(
+                self.groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(g.clone())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(CALLS_PER_GROUP)))
+                    .clone(),
+            ),
+            _ => None,
+        };
         let task = Task {
             id: id.clone(),
+            group,
             sink: sink.map(Arc::new),
             limits,
             ordered,
@@ -599,6 +676,7 @@ impl Delivery {
             budget,
             disk,
             when_full: cfg.when_full,
+            never_block: self.shared,
         })
     }
 
@@ -709,6 +787,15 @@ fn syncer_loop(
 /// beyond which the destination sends nothing more.
 const MAX_STUCK_SENDS: usize = 4;
 
+/// Threads for plugin calls, shared by every destination.
+pub const MAX_PLUGIN_CALLS: usize = 256;
+
+/// Most plugin calls at once (running, or given up on and not returned) of
+/// the destinations of one call group on a shared engine: one tenant's
+/// stuck or slow destinations take at most this share of
+/// [`MAX_PLUGIN_CALLS`].
+pub const CALLS_PER_GROUP: usize = 16;
+
 /// Calls the plugin, catching a panic of the engine's side of the call.
 fn call_plugin(sink: &SinkInstance, recs: &[Record], sub: &str) -> crate::plugin::SendReport {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -811,6 +898,8 @@ impl Lane {
 
 struct Task {
     id: Arc<str>,
+    /// The call group's permits (shared engines only).
+    group: Option<Arc<tokio::sync::Semaphore>>,
     sink: Result<Arc<SinkInstance>, String>,
     limits: sluice_sdk::abi::SluiceLimits,
     ordered: bool,
@@ -1194,13 +1283,21 @@ impl Task {
             let timeout = self.send_timeout;
             let stuck = self.stuck.clone();
             let stats = self.stats.clone();
+            let group = self.group.clone();
             inflight.spawn(async move {
+                // The group's share of the call pool: held until the call
+                // really returns, so calls given up on count too.
+                let permit = match group {
+                    Some(g) => g.acquire_owned().await.ok(),
+                    None => None,
+                };
                 let sent = Instant::now();
                 let n = recs.len();
                 // 0 running, 1 returned, 2 given up on.
                 let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
                 let (state2, stuck2, sub2) = (state.clone(), stuck.clone(), sub.clone());
                 let call = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     let report = call_plugin(&sink, &recs, &sub2);
                     if state2.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
                         // Given up on earlier: it is no longer stuck.

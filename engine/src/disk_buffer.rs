@@ -65,6 +65,9 @@ pub struct DiskOptions {
     pub max_bytes: u64,
     /// What a full log does to writers.
     pub when_full: WhenFull,
+    /// With `when_full = "block"`: wait for room (false on a shared engine,
+    /// whose workers never wait: a full log answers `Full`).
+    pub wait_for_room: bool,
     /// A segment is closed and a new one started past this size.
     pub segment_bytes: u64,
 }
@@ -586,6 +589,11 @@ impl DiskBuffer {
         self.opts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Most bytes of the log (`disk_max_bytes`).
+    pub fn max_bytes(&self) -> u64 {
+        self.options().max_bytes
+    }
+
     /// The directory of the log.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -617,7 +625,10 @@ impl DiskBuffer {
         let need = buf.len() as u64;
         // Room.
         while w.total_bytes + need > opts.max_bytes && w.total_bytes > HEADER {
-            if opts.when_full == WhenFull::DropNewest || self.closing.load(Relaxed) {
+            if opts.when_full == WhenFull::DropNewest
+                || !opts.wait_for_room
+                || self.closing.load(Relaxed)
+            {
                 w.buf = buf;
                 return Err(AppendError::Full);
             }
@@ -1159,6 +1170,7 @@ mod tests {
             fsync_interval: Duration::from_millis(10),
             max_bytes: max,
             when_full,
+            wait_for_room: true,
             segment_bytes: seg,
         }
     }

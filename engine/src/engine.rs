@@ -56,6 +56,12 @@ pub struct EngineConfig {
     /// empty: the instances are trusted. `sluice serve` sets them, its
     /// destinations being its tenants'.
     pub plugin_restrictions: String,
+    /// The engine serves many tenants (`sluice serve`): a full destination
+    /// never blocks a worker, whatever its `when_full` (its records are
+    /// dead-lettered with the reason, counted), and the destinations of one
+    /// `delivery.call_group` (an account) make at most
+    /// [`crate::delivery::CALLS_PER_GROUP`] plugin calls at once.
+    pub shared: bool,
 }
 
 /// What happens to a destination whose plugin kind is not loaded.
@@ -86,6 +92,7 @@ impl Default for EngineConfig {
             stage_sampling: false,
             missing_plugin: MissingPlugin::Refuse,
             plugin_restrictions: String::new(),
+            shared: false,
         }
     }
 }
@@ -265,11 +272,12 @@ impl Engine {
             );
             shards.push(tx);
         }
-        let delivery = Delivery::new(
+        let mut delivery = Delivery::new(
             cfg.delivery_threads,
             cfg.dead_letter_dir.clone(),
             cfg.buffer_dir.clone(),
         )?;
+        delivery.shared = cfg.shared;
         let engine = Engine {
             shared,
             shards,
@@ -574,6 +582,23 @@ impl Engine {
         done: impl FnOnce(PublishReport) + Send + 'static,
     ) -> usize {
         self.publish_lines(buf, Instant::now(), Some(Ticket::new(true, Box::new(done))))
+    }
+
+    /// The accounts that have a destination whose buffer is half full or more,
+    /// each with one such destination: where `sluice serve` aims
+    /// back-pressure instead of blocking workers every account shares.
+    pub fn full_accounts(&self) -> HashMap<Box<str>, Arc<str>> {
+        let snap = self.snapshot();
+        let mut out: HashMap<Box<str>, Arc<str>> = HashMap::new();
+        for sub in &snap.subscriptions {
+            if out.contains_key(&sub.account_id) {
+                continue;
+            }
+            if let Some(d) = sub.destinations.iter().find(|d| d.is_full()) {
+                out.insert(sub.account_id.clone(), d.id.clone());
+            }
+        }
+        out
     }
 
     /// How full the fullest worker queue is, from 0 to 1. HTTP ingest refuses

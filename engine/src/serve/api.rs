@@ -50,6 +50,8 @@ pub struct App {
     pub test_events: RateMeter,
     /// Failed authentications per client address.
     pub auth_failures: RateMeter,
+    /// Accounts with a full destination, for ingest's back-pressure.
+    pub full_accounts: super::back_pressure::FullAccountsCache,
     /// Filters restricted to ngrok's fields.
     pub strict_ngrok_filters: bool,
     /// Hex SHA-256 of the token `POST /ingest` requires.
@@ -1521,6 +1523,26 @@ async fn ingest(
         e.retry_after = Some(1);
         return Err(e);
     }
+    // Lines of accounts whose destinations are full wait (back-pressure
+    // aimed at them); every other account's lines go in.
+    let full = app.full_accounts.get(|| app.engine.full_accounts());
+    let split = super::back_pressure::hold_back(&body, &full);
+    let body = match &split {
+        Some(s) if s.kept.is_empty() => {
+            let mut e = ApiError::new(
+                429,
+                "ERR_NGROK_226",
+                format!(
+                    "Every event of this request belongs to an account whose destination ({}) is full; retry after the delay in Retry-After.",
+                    s.refused.first().map_or("", |(_, d)| &**d)
+                ),
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
+        Some(s) => s.kept.clone(),
+        None => body,
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let engine = app.engine.clone();
     let data = body.clone();
@@ -1549,19 +1571,35 @@ async fn ingest(
             .filter(|b| **b == b'\n')
             .count();
         pos = off.min(body.len());
-        errors.push(json!({ "line": line, "reason": reason.as_str(), "detail": detail }));
+        let sent_line = split.as_ref().map_or(line, |s| s.line_at(off));
+        errors.push(json!({ "line": sent_line, "reason": reason.as_str(), "detail": detail }));
+    }
+    let held: &[(usize, std::sync::Arc<str>)] = split.as_ref().map_or(&[], |s| &s.refused);
+    for (line, dest) in held.iter().take(100) {
+        errors.push(json!({
+            "line": line,
+            "reason": "back_pressure",
+            "detail": format!("destination {dest} of this event's account is full; send this line again after the delay in Retry-After"),
+            "retryable": true,
+        }));
     }
     let mut out = json!({
-        "events": queued,
+        "events": queued + held.len(),
         "accepted": report.accepted,
-        "rejected": report.rejected.len(),
+        "rejected": report.rejected.len() + held.len(),
+        "back_pressure": held.len(),
         "errors": errors,
     });
     if durable {
         out["durable"] = json!(true);
         out["dropped"] = json!(report.dropped);
     }
-    Ok(Json(out).into_response())
+    let mut resp = Json(out).into_response();
+    if !held.is_empty() {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+    }
+    Ok(resp)
 }
 
 /// Largest ingest body, in bytes (after decompression).

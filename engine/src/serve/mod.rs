@@ -10,6 +10,7 @@
 //! dead-letters it after the delivery policy), then stops.
 
 pub mod api;
+pub mod back_pressure;
 pub mod error;
 pub mod ids;
 pub mod list_filter;
@@ -140,6 +141,7 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
     }
     opts.policy.check()?;
     cfg.plugin_restrictions = opts.policy.restrictions();
+    cfg.shared = true;
     let spec = state.pipeline(opts.strict_ngrok_filters, &opts.policy, &opts.data_dir);
     let engine = Arc::new(
         Engine::start(cfg, plugins, &spec)
@@ -155,6 +157,7 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
         writes: policy::RateMeter::new(opts.policy.writes_per_minute),
         test_events: policy::RateMeter::new(opts.policy.test_events_per_minute),
         auth_failures: policy::RateMeter::new(opts.policy.auth_failures_per_minute),
+        full_accounts: Default::default(),
         policy: opts.policy.clone(),
         data_dir: opts.data_dir.clone(),
         strict_ngrok_filters: opts.strict_ngrok_filters,

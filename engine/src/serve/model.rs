@@ -406,6 +406,8 @@ impl Destination {
         let mut delivery = delivery.unwrap_or_default();
         // Bounds tightened since the destination was stored apply too.
         let _ = policy.delivery.apply(&mut delivery, &[]);
+        // The account's destinations share one quota of plugin calls.
+        delivery.call_group = Some(self.account_id.clone());
         DestinationSpec {
             id: self.id.clone(),
             kind: self.target.kind().to_string(),
