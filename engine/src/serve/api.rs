@@ -113,6 +113,37 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 impl App {
+    /// The handlers' state for an engine already started with `state`'s
+    /// pipeline.
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Store,
+        state: State,
+        plugin_kinds: Vec<String>,
+        opts: &super::ServeOptions,
+        ingest_token_sha256: String,
+    ) -> App {
+        let p = &opts.policy;
+        App {
+            engine,
+            store,
+            state: RwLock::new(state),
+            write: Mutex::new(()),
+            plugin_kinds,
+            restrictions: p.restrictions(),
+            writes: RateMeter::new(p.writes_per_minute),
+            test_events: RateMeter::new(p.test_events_per_minute),
+            auth_failures: RateMeter::new(p.auth_failures_per_minute),
+            full_accounts: Default::default(),
+            policy: p.clone(),
+            data_dir: opts.data_dir.clone(),
+            strict_ngrok_filters: opts.strict_ngrok_filters,
+            ingest_token_sha256,
+            ingest_pressure_limit: 0.75,
+            cors_origins: opts.cors_origins.clone(),
+        }
+    }
+
     /// Authenticates a request and checks the protocol headers and body rules.
     fn prelude(&self, headers: &HeaderMap, method: &Method, body: &[u8]) -> Result<Ctx, ApiError> {
         let token = bearer(headers)?;

@@ -147,24 +147,14 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
         Engine::start(cfg, plugins, &spec)
             .map_err(|e| format!("the stored configuration does not start: {e}"))?,
     );
-    let app = Arc::new(api::App {
-        engine: engine.clone(),
+    let app = Arc::new(api::App::new(
+        engine.clone(),
         store,
-        state: RwLock::new(state),
-        write: Mutex::new(()),
+        state,
         plugin_kinds,
-        restrictions: opts.policy.restrictions(),
-        writes: policy::RateMeter::new(opts.policy.writes_per_minute),
-        test_events: policy::RateMeter::new(opts.policy.test_events_per_minute),
-        auth_failures: policy::RateMeter::new(opts.policy.auth_failures_per_minute),
-        full_accounts: Default::default(),
-        policy: opts.policy.clone(),
-        data_dir: opts.data_dir.clone(),
-        strict_ngrok_filters: opts.strict_ngrok_filters,
+        &opts,
         ingest_token_sha256,
-        ingest_pressure_limit: 0.75,
-        cors_origins: opts.cors_origins.clone(),
-    });
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-api")

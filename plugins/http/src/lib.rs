@@ -170,9 +170,9 @@ impl HttpSink {
             Error::retry(if e.is_timeout() {
                 format!("http: no response within {:?}", self.cfg.timeout)
             } else if e.is_connect() {
-                format!("http: cannot connect: {e}")
+                format!("http: cannot connect: {}", sluice_vendor_http::describe(&e))
             } else {
-                format!("http: request failed: {e}")
+                format!("http: request failed: {}", sluice_vendor_http::describe(&e))
             })
         })?;
         let status = resp.status().as_u16();

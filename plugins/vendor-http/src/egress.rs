@@ -82,6 +82,23 @@ fn refused(what: &str, target: &str) -> String {
     )
 }
 
+/// A transport error with its causes (reqwest's message alone says only
+/// "error sending request"; the cause says why: refused, reset, a name
+/// that resolves to no public address).
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Reads at most [`MAX_RESPONSE_BYTES`] of an answer's body.
 pub fn read_capped(resp: reqwest::blocking::Response) -> Vec<u8> {
     let mut out = Vec::new();
@@ -109,7 +126,10 @@ impl reqwest::dns::Resolve for PublicOnly {
                 .filter(|a| sluice_sdk::restrictions::is_public(a.ip()))
                 .collect();
             if public.is_empty() {
-                return Err(refused(&format!("'{host}'"), "no public address").into());
+                return Err(format!(
+                    "'{host}' resolves to no public address; this server's operator allows destinations on public addresses only"
+                )
+                .into());
             }
             Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
         })

@@ -4,7 +4,7 @@
 
 pub mod egress;
 
-pub use egress::{check_url, client, read_capped};
+pub use egress::{check_url, client, describe, read_capped};
 use sluice_sdk::{Batch, Outcomes};
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -129,9 +129,9 @@ pub fn post(
         if e.is_timeout() {
             "no response within the timeout".to_string()
         } else if e.is_connect() {
-            format!("cannot connect: {e}")
+            format!("cannot connect: {}", describe(&e))
         } else {
-            format!("request failed: {e}")
+            format!("request failed: {}", describe(&e))
         }
     })?;
     let status = resp.status().as_u16();
