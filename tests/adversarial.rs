@@ -58,12 +58,17 @@ impl Tenant {
     /// Asserts a refusal with this status and code; returns the message.
     fn refused(&self, path: &str, body: Value, status: u16, code: &str) -> String {
         let (st, v) = self.call("POST", path, Some(body.clone()));
-        assert_eq!((st, v["error_code"].as_str().unwrap_or("")), (status, code), "POST {path} {body}: {v}");
+        assert_eq!(
+            (st, v["error_code"].as_str().unwrap_or("")),
+            (status, code),
+            "POST {path} {body}: {v}"
+        );
         v["msg"].as_str().unwrap_or("").to_string()
     }
 }
 
-const OFFERED: &str = "kinesis,firehose,cloudwatch_logs,datadog,azure_logs_ingestion,http,file,faulty";
+const OFFERED: &str =
+    "kinesis,firehose,cloudwatch_logs,datadog,azure_logs_ingestion,http,file,faulty";
 
 fn start(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--tenant-plugin-kinds", OFFERED];
@@ -147,13 +152,22 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
         "/event_subscriptions",
         json!({"sources": [{"type": "http_request_complete.v0", "filter": "ev.http.response.status_code >= 500"}], "destination_ids": [vd]}),
     );
-    let victim_file = s.data_dir.join("files").join(&victim.account).join("5xx.ndjson");
+    let victim_file = s
+        .data_dir
+        .join("files")
+        .join(&victim.account)
+        .join("5xx.ndjson");
 
     // Paths: nowhere outside the attacker's own file area, no directories.
     let dest = |target: Value| json!({ "target": target });
     let file = |config: Value| dest(json!({"plugin": {"kind": "file", "config": config}}));
     for path in ["/tmp/x.ndjson", "../../sluice.db", "a/../../../x"] {
-        attacker.refused("/event_destinations", file(json!({"path": path})), 400, "ERR_NGROK_5140");
+        attacker.refused(
+            "/event_destinations",
+            file(json!({"path": path})),
+            400,
+            "ERR_NGROK_5140",
+        );
     }
     attacker.refused(
         "/event_destinations",
@@ -175,7 +189,11 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     );
     assert!(m.contains("not offered"), "{m}");
     // Delivery settings outside the operator's bounds.
-    for (k, v) in [("send_timeout_ms", 0), ("max_attempts", 0), ("buffer_max_bytes", 1024)] {
+    for (k, v) in [
+        ("send_timeout_ms", 0),
+        ("max_attempts", 0),
+        ("buffer_max_bytes", 1024),
+    ] {
         let mut t = json!({"plugin": {"kind": "file", "config": {"path": "x"}, "delivery": {}}});
         t["plugin"]["delivery"][k] = json!(v);
         let m = attacker.refused("/event_destinations", dest(t), 400, "ERR_NGROK_215");
@@ -202,7 +220,10 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
         Some(json!({"verify_with_test_event": true, "target": {"plugin": {"kind": "http", "config": {"url": format!("http://localhost:{}/", s.url.rsplit(':').next().unwrap())}}}})),
     );
     assert_eq!(st, 400, "{v}");
-    assert!(v["msg"].as_str().unwrap().contains("no public address"), "{v}");
+    assert!(
+        v["msg"].as_str().unwrap().contains("no public address"),
+        "{v}"
+    );
     attacker.refused(
         "/event_destinations",
         dest(json!({"plugin": {"kind": "datadog", "config": {"api_key": "k", "intake_url": "http://127.0.0.1:1/"}}})),
@@ -211,9 +232,7 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     );
 
     // Filters that would crash or stall the workers.
-    let sub = |filter: String| {
-        json!({"sources": [{"type": "http_request_complete.v0", "filter": filter}]})
-    };
+    let sub = |filter: String| json!({"sources": [{"type": "http_request_complete.v0", "filter": filter}]});
     let m = attacker.refused(
         "/event_subscriptions",
         sub(format!("{} > 0", vec!["1"; 4000].join("+"))),
@@ -221,11 +240,19 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
         "ERR_NGROK_215",
     );
     assert!(m.contains("limit of 4096 bytes"), "{m}");
-    let deep = format!("{}1{} > 0", "(".repeat(300), ")".repeat(300));
+    // The same attack within the length limit: 1,500 chained terms.
+    let deep = format!("{} > 0", vec!["1"; 1500].join("+"));
     let m = attacker.refused("/event_subscriptions", sub(deep), 400, "ERR_NGROK_5404");
-    assert!(m.contains("nested more than"), "{m}");
-    let list = format!("[{}]", (0..150).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
-    let stall = format!("{list}.all(a, {list}.all(b, {list}.all(c, {list}.all(d, a + b + c + d >= 0))))");
+    assert!(m.contains("nested more than 256 levels"), "{m}");
+    let list = format!(
+        "[{}]",
+        (0..150)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let stall =
+        format!("{list}.all(a, {list}.all(b, {list}.all(c, {list}.all(d, a + b + c + d >= 0))))");
     let m = attacker.refused("/event_subscriptions", sub(stall), 400, "ERR_NGROK_5404");
     assert!(m.contains("steps per event"), "{m}");
     let m = attacker.refused(
@@ -245,7 +272,11 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
             Some(file(json!({"path": format!("d{made}.ndjson")}))),
         );
         if st != 201 {
-            assert_eq!((st, v["error_code"].as_str().unwrap()), (400, "ERR_NGROK_5102"), "{v}");
+            assert_eq!(
+                (st, v["error_code"].as_str().unwrap()),
+                (400, "ERR_NGROK_5102"),
+                "{v}"
+            );
             break;
         }
         made += 1;
@@ -254,7 +285,11 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     assert_eq!(made, 4);
     let mut throttled = None;
     for _ in 0..40 {
-        let (st, v) = attacker.call("PATCH", &format!("/event_destinations/{}", "ed_2Nope0000000000000000000000"), Some(json!({})));
+        let (st, v) = attacker.call(
+            "PATCH",
+            &format!("/event_destinations/{}", "ed_2Nope0000000000000000000000"),
+            Some(json!({})),
+        );
         if st == 429 {
             throttled = Some(v);
             break;
@@ -262,7 +297,11 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     }
     let v = throttled.expect("the attacker's writes are rate-limited");
     assert_eq!(v["error_code"], "ERR_NGROK_226", "{v}");
-    let (st, v) = victim.call("PATCH", &format!("/event_destinations/{vd}"), Some(json!({"description": "still mine"})));
+    let (st, v) = victim.call(
+        "PATCH",
+        &format!("/event_destinations/{vd}"),
+        Some(json!({"description": "still mine"})),
+    );
     assert_eq!(st, 200, "the victim's writes go on: {v}");
 
     // Guessing keys from one address: throttled there, not elsewhere.
@@ -274,7 +313,10 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     for _ in 0..40 {
         codes.push(guesser.call("GET", "/event_destinations", None).0);
     }
-    assert!(codes.contains(&401) && codes.last() == Some(&429), "{codes:?}");
+    assert!(
+        codes.contains(&401) && codes.last() == Some(&429),
+        "{codes:?}"
+    );
     assert_eq!(victim.call("GET", "/event_subscriptions", None).0, 200);
     // Operator endpoints are not public.
     assert_eq!(victim.call("GET", "/metrics", None).0, 404);
@@ -311,14 +353,21 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     let (st, v) = victim.call("GET", &format!("/event_subscriptions/{vs}"), None);
     assert_eq!(st, 200, "{v}");
     let (st, v) = victim.call("GET", &format!("/event_destinations/{vd}"), None);
-    assert_eq!((st, v["description"].as_str()), (200, Some("still mine")), "{v}");
+    assert_eq!(
+        (st, v["description"].as_str()),
+        (200, Some("still mine")),
+        "{v}"
+    );
     let attacker = Tenant::new(&s, &key, &account, Ipv4Addr::new(127, 0, 0, 2));
     let (st, v) = attacker.call("GET", "/event_destinations", None);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["event_destinations"].as_array().unwrap().len(), 4, "{v}");
     let (st, _) = ingest(&s, format!("{}\n", traffic(&victim.account, "ev_after")));
     assert_eq!(st, 200);
-    assert_eq!(wait_lines(&victim_file, 51, Duration::from_secs(20)).len(), 51);
+    assert_eq!(
+        wait_lines(&victim_file, 51, Duration::from_secs(20)).len(),
+        51
+    );
 }
 
 #[test]
@@ -348,7 +397,11 @@ fn one_tenants_stuck_destination_costs_that_tenant_alone() {
         json!({"sources": [{"type": "http_request_complete.v0"}], "destination_ids": [ad]}),
     );
     // The attacker floods; the victim sends in the same bodies.
-    let victim_file = s.data_dir.join("files").join(&victim.account).join("all.ndjson");
+    let victim_file = s
+        .data_dir
+        .join("files")
+        .join(&victim.account)
+        .join("all.ndjson");
     let started = Instant::now();
     let mut held_back = 0;
     let mut victim_sent = 0;
@@ -366,7 +419,10 @@ fn one_tenants_stuck_destination_costs_that_tenant_alone() {
         assert_eq!(st, 200, "the victim's lines are always taken: {v}");
         held_back += v["back_pressure"].as_u64().unwrap();
         victim_sent += 50;
-        if let Some(e) = v["errors"].as_array().and_then(|e| e.iter().find(|e| e["reason"] == "back_pressure")) {
+        if let Some(e) = v["errors"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["reason"] == "back_pressure"))
+        {
             assert_eq!(e["retryable"], true, "{e}");
         }
     }
@@ -380,8 +436,14 @@ fn one_tenants_stuck_destination_costs_that_tenant_alone() {
     );
     // API writes of the victim are not held up either.
     let t = Instant::now();
-    let (st, _) = victim.call("PATCH", &format!("/event_destinations/{vd}"), Some(json!({"description": "x"})));
+    let (st, _) = victim.call(
+        "PATCH",
+        &format!("/event_destinations/{vd}"),
+        Some(json!({"description": "x"})),
+    );
     assert_eq!(st, 200);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    eprintln!("{victim_sent} victim events delivered in {took:?}; {held_back} attacker lines held back");
+    eprintln!(
+        "{victim_sent} victim events delivered in {took:?}; {held_back} attacker lines held back"
+    );
 }

@@ -22,7 +22,7 @@ pub mod store;
 use crate::plugin::PluginRegistry;
 use crate::{Engine, EngineConfig, MissingPlugin};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// How to serve.
 #[derive(Clone, Debug)]
