@@ -447,3 +447,75 @@ fn one_tenants_stuck_destination_costs_that_tenant_alone() {
         "{victim_sent} victim events delivered in {took:?}; {held_back} attacker lines held back"
     );
 }
+
+#[test]
+fn a_restart_serves_every_tenant_when_one_destination_no_longer_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), &[]);
+    let victim = Tenant::new(&s, &s.key, &s.account, Ipv4Addr::LOCALHOST);
+    let (key, account) = second_account(&s, dir.path());
+    let other = Tenant::new(&s, &key, &account, Ipv4Addr::new(127, 0, 0, 2));
+    let vd = victim.create(
+        "/event_destinations",
+        json!({"target": {"plugin": {"kind": "file", "config": {"path": "v.ndjson"}, "delivery": {"linger_ms": 10}}}}),
+    );
+    victim.create(
+        "/event_subscriptions",
+        json!({"sources": [{"type": "http_request_complete.v0"}], "destination_ids": [vd]}),
+    );
+    // The other tenant's destination starts only while the gate exists.
+    let (gate, out) = (dir.path().join("gate"), dir.path().join("other.ndjson"));
+    std::fs::write(&gate, b"").unwrap();
+    let od = other.create(
+        "/event_destinations",
+        json!({"target": {"plugin": {"kind": "faulty", "config": {"mode": "ok", "path": out, "start_gate": gate, "gate_fatal": true}, "delivery": {"linger_ms": 10}}}}),
+    );
+    other.create(
+        "/event_subscriptions",
+        json!({"sources": [{"type": "http_request_complete.v0"}], "destination_ids": [od]}),
+    );
+    // Restarted while that plugin refuses its configuration: the server
+    // starts all the same and serves the victim.
+    std::fs::remove_file(&gate).unwrap();
+    s.restart();
+    let victim = Tenant::new(&s, &victim.key, &victim.account, Ipv4Addr::LOCALHOST);
+    assert_eq!(victim.call("GET", "/event_destinations", None).0, 200);
+    let mut body = String::new();
+    for i in 0..20 {
+        body.push_str(&traffic(&victim.account, &format!("ev_v{i}")));
+        body.push('\n');
+        body.push_str(&traffic(&account, &format!("ev_o{i}")));
+        body.push('\n');
+    }
+    let (st, v) = ingest(&s, body);
+    assert_eq!((st, v["accepted"].as_u64()), (200, Some(40)), "{v}");
+    let vfile = s
+        .data_dir
+        .join("files")
+        .join(&victim.account)
+        .join("v.ndjson");
+    assert_eq!(wait_lines(&vfile, 20, Duration::from_secs(20)).len(), 20);
+    // The operator sees which destination has not started, and why.
+    let health: Value = reqwest::blocking::get(format!("{}/healthz", s.metrics_url))
+        .unwrap()
+        .json()
+        .unwrap();
+    let ns = &health["not_started"][0];
+    assert_eq!(ns["id"], od.as_str(), "{health}");
+    assert!(
+        ns["error"].as_str().unwrap().contains("start gate"),
+        "{health}"
+    );
+    assert!(
+        health["unhealthy_destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == od.as_str()),
+        "{health}"
+    );
+    // Its records waited: once it can start, they are delivered.
+    assert!(read_ndjson(&out).is_empty());
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(wait_lines(&out, 20, Duration::from_secs(30)).len(), 20);
+}

@@ -327,7 +327,7 @@ fn delivery(c: &mut Criterion) {
         "blackhole",
         String::new(),
         &cfg,
-        Ok(sink),
+        sluice_engine::delivery::SinkSource::Ready(sink),
         stats.clone(),
         None,
     );

@@ -513,7 +513,7 @@ fn over_the_limit(lib: &Arc<PluginLibrary>, config: &str, at_limit: &Record) -> 
             &lib.info.kind,
             String::new(),
             &cfg,
-            Ok(inst),
+            crate::delivery::SinkSource::Ready(inst),
             stats.clone(),
             None,
         );

@@ -476,6 +476,8 @@ pub struct Delivery {
     /// Many tenants share the workers and the plugin call pool: never block
     /// a worker on a full destination, and cap each call group's calls.
     pub shared: bool,
+    /// How long a destination that cannot start is tried again (none: forever).
+    pub start_timeout: Option<Duration>,
     /// Per `delivery.call_group`: permits for concurrent plugin calls.
     groups: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     rt: tokio::runtime::Runtime,
@@ -529,6 +531,7 @@ impl Delivery {
         };
         Ok(Delivery {
             shared: false,
+            start_timeout: None,
             groups: Mutex::default(),
             rt,
             tasks: Mutex::new(Vec::new()),
@@ -594,7 +597,7 @@ impl Delivery {
         kind: &str,
         fingerprint: String,
         cfg: &DeliveryConfig,
-        sink: Result<SinkInstance, String>,
+        sink: SinkSource,
         stats: Arc<DestinationStats>,
         disk: Option<Arc<DiskBuffer>>,
     ) -> Arc<DestinationHandle> {
@@ -606,10 +609,28 @@ impl Delivery {
         let dead = Arc::new(DeadLetters::new(&dir, id.clone()));
         let (tx, rx) = mpsc::channel(1024);
         let budget = Arc::new(ByteBudget::new(cfg.buffer_max_bytes, self.stopping.clone()));
-        let (mut limits, ordered) = sink
-            .as_ref()
-            .map(|s| (s.plugin().info.limits, s.plugin().info.ordered))
-            .unwrap_or_default();
+        let (mut limits, ordered) = match &sink {
+            SinkSource::Ready(s) => (s.plugin().info.limits, s.plugin().info.ordered),
+            SinkSource::Retry { plugin, .. } => (plugin.info.limits, plugin.info.ordered),
+            SinkSource::Missing(_) => Default::default(),
+        };
+        let (sink, starter) = match sink {
+            SinkSource::Ready(s) => (Ok(Arc::new(s)), None),
+            SinkSource::Missing(why) => (Err(why), None),
+            SinkSource::Retry { create, error, .. } => {
+                stats.unhealthy.store(1, Relaxed);
+                *stats.start_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((error.clone(), Instant::now()));
+                let starter = Starter {
+                    create,
+                    deadline: self.start_timeout.map(|t| Instant::now() + t),
+                    attempts: 1,
+                    next: Instant::now() + start_backoff(1),
+                    running: None,
+                };
+                (Err(error), Some(starter))
+            }
+        };
         let lower = |sink: u64, ours: u64| match (sink, ours) {
             (0, o) => o,
             (s, 0) => s,
@@ -639,7 +660,8 @@ impl Delivery {
         let task = Task {
             id: id.clone(),
             group,
-            sink: sink.map(Arc::new),
+            starter,
+            sink,
             limits,
             ordered,
             cfg: cfg.clone(),
@@ -783,6 +805,43 @@ fn syncer_loop(
     }
 }
 
+/// How a destination's plugin instance is had.
+pub enum SinkSource {
+    /// Created.
+    Ready(SinkInstance),
+    /// Its plugin is not loaded: its records are dead-lettered with this reason.
+    Missing(String),
+    /// Creating it failed (`error`): `create` is tried again with backoff
+    /// (1 s doubling to 60 s) while the records wait and the destination is
+    /// unhealthy.
+    Retry {
+        /// The plugin, for its limits.
+        plugin: Arc<crate::plugin::PluginLibrary>,
+        /// Makes the instance.
+        create: StartFn,
+        /// Why the first attempt failed.
+        error: String,
+    },
+}
+
+/// Creates a destination's plugin instance.
+pub type StartFn = Arc<dyn Fn() -> Result<SinkInstance, crate::plugin::PluginError> + Send + Sync>;
+
+/// A destination waiting for its plugin instance.
+struct Starter {
+    create: StartFn,
+    /// Past this, give up.
+    deadline: Option<Instant>,
+    attempts: u32,
+    next: Instant,
+    running: Option<tokio::task::JoinHandle<Result<SinkInstance, crate::plugin::PluginError>>>,
+}
+
+/// Wait before the next attempt to create an instance, after `attempts`.
+fn start_backoff(attempts: u32) -> Duration {
+    Duration::from_secs((1u64 << attempts.saturating_sub(1).min(6)).min(60))
+}
+
 /// Sends given up on (timed out) and not yet returned, per destination,
 /// beyond which the destination sends nothing more.
 const MAX_STUCK_SENDS: usize = 4;
@@ -900,6 +959,8 @@ struct Task {
     id: Arc<str>,
     /// The call group's permits (shared engines only).
     group: Option<Arc<tokio::sync::Semaphore>>,
+    /// While the plugin instance is not created yet.
+    starter: Option<Starter>,
     sink: Result<Arc<SinkInstance>, String>,
     limits: sluice_sdk::abi::SluiceLimits,
     ordered: bool,
@@ -1106,10 +1167,12 @@ impl Task {
     fn next_wakeup(&self) -> Option<Instant> {
         let a = self.deadlines.peek().map(|Reverse((d, _))| *d);
         let b = self.retries.peek().map(|Reverse((d, _, _))| *d);
-        match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        }
+        let c = self
+            .starter
+            .as_ref()
+            .filter(|st| st.running.is_none())
+            .map(|st| st.next);
+        [a, b, c].into_iter().flatten().min()
     }
 
     fn rand(&mut self) -> u64 {
@@ -1238,7 +1301,69 @@ impl Task {
         }
     }
 
+    /// Starts an attempt to create the plugin instance when one is due.
+    fn begin_start(&mut self, now: Instant) {
+        if let Some(st) = &mut self.starter
+            && st.running.is_none()
+            && now >= st.next
+        {
+            let create = st.create.clone();
+            st.running = Some(tokio::task::spawn_blocking(move || create()));
+        }
+    }
+
+    /// The outcome of an attempt to create the plugin instance.
+    fn started(&mut self, r: Result<SinkInstance, crate::plugin::PluginError>) {
+        let Some(st) = &mut self.starter else { return };
+        match r {
+            Ok(inst) => {
+                tracing::info!(destination = %self.id, attempts = st.attempts + 1, "the destination's plugin instance is created; delivering");
+                self.sink = Ok(Arc::new(inst));
+                self.starter = None;
+                self.stats.unhealthy.store(0, Relaxed);
+                *self
+                    .stats
+                    .start_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            Err(e) if st.deadline.is_some_and(|d| Instant::now() >= d) => {
+                let why = format!(
+                    "the destination's plugin instance could not be created in {} attempts: {e}",
+                    st.attempts + 1
+                );
+                tracing::error!(destination = %self.id, "{why}; its records are dead-lettered");
+                self.stats.start_failed.store(1, Relaxed);
+                *self
+                    .stats
+                    .start_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((e.to_string(), Instant::now()));
+                self.sink = Err(why);
+                self.starter = None;
+            }
+            Err(e) => {
+                st.attempts += 1;
+                let wait = start_backoff(st.attempts);
+                st.next = Instant::now() + wait;
+                tracing::warn!(destination = %self.id, attempts = st.attempts, "the destination's plugin instance could not be created ({e}); trying again in {wait:?}");
+                let mut slot = self
+                    .stats
+                    .start_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let since = slot.as_ref().map_or_else(Instant::now, |(_, t)| *t);
+                *slot = Some((e.to_string(), since));
+                self.sink = Err(e.to_string());
+            }
+        }
+    }
+
     fn dispatch(&mut self, inflight: &mut JoinSet<Flight>) {
+        // Records wait while the plugin instance is not created.
+        if self.starter.is_some() {
+            return;
+        }
         // Calls that never returned hold threads of the shared pool: past a
         // few, send nothing more to this destination until they come back.
         if self.stuck.load(Relaxed) >= MAX_STUCK_SENDS {
@@ -1439,6 +1564,7 @@ impl Task {
                 abandoned = true;
             }
             if !abandoned {
+                self.begin_start(now);
                 self.dispatch(&mut inflight);
             }
             if draining {
@@ -1460,7 +1586,18 @@ impl Task {
             let disk = self.disk.clone();
             let want_disk =
                 disk.is_some() && !abandoned && !handed_over && self.budget.available() > 0;
+            let mut starting = self.starter.as_mut().and_then(|st| st.running.take());
+            let mut started = None;
             tokio::select! {
+                r = async { starting.as_mut().expect("guarded").await }, if starting.is_some() => {
+                    starting = None;
+                    started = Some(r.unwrap_or_else(|e| Err(crate::plugin::PluginError::Create {
+                        kind: String::new(),
+                        destination: self.id.to_string(),
+                        retryable: true,
+                        message: format!("creating the instance failed: {e}"),
+                    })));
+                }
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
                     Ok(flight) => self.handle(flight),
                     Err(e) => {
@@ -1481,6 +1618,14 @@ impl Task {
                 },
                 _ = async { if let Some(d) = &disk { d.written_since_read().await } }, if want_disk => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if let Some(h) = starting
+                && let Some(st) = &mut self.starter
+            {
+                st.running = Some(h);
+            }
+            if let Some(r) = started {
+                self.started(r);
             }
         }
         if let Ok(sink) = self.sink.clone() {

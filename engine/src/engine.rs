@@ -9,11 +9,11 @@ use crate::cel::Verdict;
 use crate::config::{
     CompiledSource, ConfigError, ConfigErrors, PipelineSpec, SourceSpec, compile_source,
 };
-use crate::delivery::{Chunk, Delivery, DestinationHandle};
+use crate::delivery::{Chunk, Delivery, DestinationHandle, SinkSource};
 use crate::encode::{Encoder, Record};
 use crate::ingest::{EventParser, RejectReason, Span, lines, shard_of};
 use crate::metrics::Metrics;
-use crate::plugin::{PluginRegistry, SinkInstance};
+use crate::plugin::{PluginError, PluginRegistry, SinkInstance};
 use crate::route::{Snapshot, SubscriptionRt};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -62,6 +62,11 @@ pub struct EngineConfig {
     /// `delivery.call_group` (an account) make at most
     /// [`crate::delivery::CALLS_PER_GROUP`] plugin calls at once.
     pub shared: bool,
+    /// How long a destination whose plugin instance cannot be created is
+    /// tried again before the engine gives up on it (its records are then
+    /// dead-lettered with the reason, and [`Engine::failed_starts`] names
+    /// it); `None`: tried for as long as the engine runs (`sluice serve`).
+    pub start_timeout: Option<Duration>,
 }
 
 /// What happens to a destination whose plugin kind is not loaded.
@@ -93,6 +98,7 @@ impl Default for EngineConfig {
             missing_plugin: MissingPlugin::Refuse,
             plugin_restrictions: String::new(),
             shared: false,
+            start_timeout: None,
         }
     }
 }
@@ -278,6 +284,7 @@ impl Engine {
             cfg.buffer_dir.clone(),
         )?;
         delivery.shared = cfg.shared;
+        delivery.start_timeout = cfg.start_timeout;
         let engine = Engine {
             shared,
             shards,
@@ -377,9 +384,13 @@ impl Engine {
             String,
             String,
             String,
-            Result<SinkInstance, String>,
+            SinkSource,
             Option<Arc<crate::disk_buffer::DiskBuffer>>,
         );
+        // The first configuration of a shared engine is the stored one
+        // (`sluice serve` restarting): a destination whose plugin refuses it
+        // now is retried, not allowed to stop every other tenant.
+        let initial = control.version == 0;
         let mut created: Vec<Created> = Vec::new();
         let mut fingerprints = HashMap::new();
         for d in &spec.destinations {
@@ -397,7 +408,13 @@ impl Engine {
                 Err(e) if self.cfg.missing_plugin == MissingPlugin::DeadLetter => {
                     tracing::warn!(destination = %d.id, "{e}; its records will be dead-lettered");
                     let why = format!("no plugin for destination kind `{}` is loaded", d.kind);
-                    created.push((d.id.clone(), d.kind.clone(), fp, Err(why), None));
+                    created.push((
+                        d.id.clone(),
+                        d.kind.clone(),
+                        fp,
+                        SinkSource::Missing(why),
+                        None,
+                    ));
                     continue;
                 }
                 Err(e) => {
@@ -422,9 +439,46 @@ impl Engine {
                     continue;
                 }
             };
-            match SinkInstance::create(plugin, &d.id, &config, &self.cfg.plugin_restrictions, stats)
-            {
-                Ok(inst) => created.push((d.id.clone(), d.kind.clone(), fp, Ok(inst), disk)),
+            let restrictions = self.cfg.plugin_restrictions.clone();
+            let create: crate::delivery::StartFn = {
+                let (plugin, id, stats) = (plugin.clone(), d.id.clone(), stats.clone());
+                Arc::new(move || {
+                    SinkInstance::create(plugin.clone(), &id, &config, &restrictions, stats.clone())
+                })
+            };
+            match create() {
+                Ok(inst) => created.push((
+                    d.id.clone(),
+                    d.kind.clone(),
+                    fp,
+                    SinkSource::Ready(inst),
+                    disk,
+                )),
+                // A plugin that asks to be tried later is; so is any start
+                // of the stored configuration of a shared engine.
+                Err(e)
+                    if matches!(
+                        e,
+                        PluginError::Create {
+                            retryable: true,
+                            ..
+                        }
+                    ) || (initial && self.cfg.shared) =>
+                {
+                    tracing::warn!(destination = %d.id, "cannot create the plugin instance ({e}); its records wait while it is tried again");
+                    let error = e.to_string();
+                    created.push((
+                        d.id.clone(),
+                        d.kind.clone(),
+                        fp,
+                        SinkSource::Retry {
+                            plugin,
+                            create,
+                            error,
+                        },
+                        disk,
+                    ));
+                }
                 Err(e) => errs.push(ConfigError {
                     file: None,
                     item: format!("destination \"{}\"", d.id),
@@ -451,15 +505,13 @@ impl Engine {
             let disk = match (disk, &inst) {
                 (Some(d), _) => Some(d),
                 // A destination whose plugin is missing still keeps its records on disk.
-                (None, Err(_)) => {
-                    delivery
-                        .open_disk(&id, &d.delivery, &stats)
-                        .unwrap_or_else(|e| {
-                            tracing::error!(destination = %id, "{e}");
-                            None
-                        })
-                }
-                (None, Ok(_)) => None,
+                (None, SinkSource::Missing(_)) => delivery
+                    .open_disk(&id, &d.delivery, &stats)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(destination = %id, "{e}");
+                        None
+                    }),
+                (None, _) => None,
             };
             let h = delivery.start(&id, &kind, fp, &d.delivery, inst, stats, disk);
             handles.insert(id, h);
@@ -582,6 +634,25 @@ impl Engine {
         done: impl FnOnce(PublishReport) + Send + 'static,
     ) -> usize {
         self.publish_lines(buf, Instant::now(), Some(Ticket::new(true, Box::new(done))))
+    }
+
+    /// The destinations the engine gave up starting
+    /// ([`EngineConfig::start_timeout`]), with why.
+    pub fn failed_starts(&self) -> Vec<(String, String)> {
+        self.metrics()
+            .destination_stats()
+            .into_iter()
+            .filter(|(_, d)| d.start_failed.load(std::sync::atomic::Ordering::Relaxed) == 1)
+            .map(|(id, d)| {
+                let why = d
+                    .start_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map_or_else(String::new, |(e, _)| e.clone());
+                (id, why)
+            })
+            .collect()
     }
 
     /// The accounts that have a destination whose buffer is half full or more,

@@ -74,6 +74,12 @@ pub struct DestinationStats {
     pub disk_errors: AtomicU64,
     /// Dead-lettered records by reason.
     pub dead_lettered: Mutex<BTreeMap<String, u64>>,
+    /// While its plugin instance could not be created: why, and since when
+    /// (it is tried again with backoff; the destination is unhealthy).
+    pub start_error: Mutex<Option<(String, std::time::Instant)>>,
+    /// 1 once the engine gave up creating it (`EngineConfig::start_timeout`):
+    /// its records are dead-lettered with the reason.
+    pub start_failed: AtomicU64,
     /// Counters and gauges the plugin reports through the host callbacks.
     pub plugin: Mutex<BTreeMap<String, PluginValue>>,
     /// Ingest-to-ack latency of delivered records.
@@ -103,6 +109,8 @@ impl Default for DestinationStats {
             disk_lost_records: AtomicU64::new(0),
             disk_errors: AtomicU64::new(0),
             dead_lettered: Mutex::new(BTreeMap::new()),
+            start_error: Mutex::new(None),
+            start_failed: AtomicU64::new(0),
             plugin: Mutex::new(BTreeMap::new()),
             latency: Mutex::new(latency_histogram()),
         }

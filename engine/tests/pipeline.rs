@@ -943,3 +943,110 @@ fn a_send_that_does_not_return_in_time_is_given_up_on_and_retried() {
         .collect();
     assert_eq!(ids.len(), 100);
 }
+
+/// A destination whose plugin asks to be tried later (RETRY at create)
+/// starts as soon as it can: its records wait meanwhile (nothing lost), it is
+/// unhealthy with the reason, and the other destinations deliver as usual.
+#[test]
+fn a_destination_that_cannot_start_yet_is_retried_and_its_records_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, held, fine) = (
+        dir.path().join("gate"),
+        dir.path().join("held.ndjson"),
+        dir.path().join("fine.ndjson"),
+    );
+    let spec = PipelineSpec {
+        destinations: vec![
+            DestinationSpec {
+                id: "ed_gated".into(),
+                kind: "faulty".into(),
+                config: serde_json::json!({"mode": "ok", "path": held, "start_gate": gate}),
+                delivery: delivery(),
+            },
+            file_dest("ed_fine", &fine),
+        ],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_gated", "ed_fine"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 300);
+    engine.barrier();
+    let m = engine.metrics().clone();
+    let d = m.destination("ed_gated");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while read_ndjson(&fine).len() < 300 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        read_ndjson(&fine).len(),
+        300,
+        "the other destination delivers"
+    );
+    assert_eq!(d.unhealthy.load(Relaxed), 1);
+    let why = d.start_error.lock().unwrap().clone().map(|(e, _)| e);
+    assert!(
+        why.as_deref().is_some_and(|e| e.contains("start gate")),
+        "{why:?}"
+    );
+    assert!(read_ndjson(&held).is_empty());
+    // Open the gate: the next attempt (within 2 s) creates it.
+    std::fs::write(&gate, b"").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while read_ndjson(&held).len() < 300 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        read_ndjson(&held).len(),
+        300,
+        "the records waited and are delivered"
+    );
+    assert_eq!(d.unhealthy.load(Relaxed), 0);
+    assert!(engine.failed_starts().is_empty());
+    engine.shutdown();
+    assert_eq!(d.dead_lettered_total(), 0);
+}
+
+/// With a start timeout (`sluice run`), a destination that never starts is
+/// given up: its records are dead-lettered with the reason and
+/// `failed_starts` names it.
+#[test]
+fn a_destination_that_never_starts_is_given_up_after_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_never".into(),
+            kind: "faulty".into(),
+            config: serde_json::json!({"mode": "ok", "start_gate": dir.path().join("no-such-gate")}),
+            delivery: delivery(),
+        }],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_never"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let cfg = EngineConfig {
+        start_timeout: Some(Duration::from_secs(2)),
+        ..engine_cfg(dir.path())
+    };
+    let engine = Engine::start(cfg, plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 50);
+    engine.barrier();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while engine.failed_starts().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed = engine.failed_starts();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].1.contains("start gate"), "{failed:?}");
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    assert_eq!(m.destination("ed_never").dead_lettered_total(), 50);
+}

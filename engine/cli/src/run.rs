@@ -34,6 +34,11 @@ pub struct RunArgs {
     /// buffers are dead-lettered; disk buffers keep them for the next run).
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Seconds a destination whose plugin asks to be tried later (RETRY at
+    /// create) is tried again, with backoff, while its records wait; then the
+    /// run stops with exit 2 and its records are dead-lettered.
+    #[arg(long, default_value_t = 60)]
+    start_timeout: u64,
     /// Where disk buffers live (`durability = "disk"`), unless a destination says otherwise.
     #[arg(long, default_value = "buffer")]
     buffer_dir: PathBuf,
@@ -99,6 +104,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
         rejects_path: a.rejects.clone(),
         drain_timeout: Duration::from_secs(a.drain_timeout),
         buffer_dir: a.buffer_dir.clone(),
+        start_timeout: Some(Duration::from_secs(a.start_timeout)),
         ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, plugins, &spec).map_err(|e| match e {
@@ -117,7 +123,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     let acks = a.ack_file.as_deref().map(Acks::start).transpose()?;
     let mut read_error = None;
     let mut index = 0u64;
+    let mut failed = Vec::new();
     for chunk in NdjsonReader::new(input, 4 << 20) {
+        // A destination that never started ends the run (after what it
+        // holds is dead-lettered and the others are drained).
+        failed = engine.failed_starts();
+        if !failed.is_empty() {
+            break;
+        }
         match chunk {
             Ok(Chunk::Lines(b)) => match &acks {
                 Some(acks) => {
@@ -158,6 +171,12 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     }
     if let Some(e) = read_error {
         return Err(format!("reading --input {}: {e}", a.input));
+    }
+    if let Some((id, why)) = failed.first() {
+        return Err(format!(
+            "destination \"{id}\" could not start within --start-timeout {} s ({why}); the run was stopped and its records dead-lettered",
+            a.start_timeout
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

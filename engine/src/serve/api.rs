@@ -1662,7 +1662,19 @@ async fn operator_healthz(axum::extract::State(app): Shared) -> Response {
         .filter(|(_, d)| d.unhealthy.load(std::sync::atomic::Ordering::Relaxed) == 1)
         .map(|(id, _)| id)
         .collect();
-    Json(json!({ "status": "ok", "unhealthy_destinations": unhealthy })).into_response()
+    // Destinations whose plugin instance is not created yet, with why.
+    let not_started: Vec<Value> = app
+        .engine
+        .metrics()
+        .destination_stats()
+        .into_iter()
+        .filter_map(|(id, d)| {
+            let e = d.start_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            e.map(|(why, since)| json!({ "id": id, "error": why, "for_s": since.elapsed().as_secs() }))
+        })
+        .collect();
+    Json(json!({ "status": "ok", "unhealthy_destinations": unhealthy, "not_started": not_started }))
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

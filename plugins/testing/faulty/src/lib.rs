@@ -10,6 +10,10 @@
 //!   `slow_calls`), then behaves;
 //! * `ok`: behaves.
 //!
+//! `start_gate: F`: `create` fails while the file F does not exist, with
+//! RETRY (or FATAL with `gate_fatal: true`): a destination that cannot start
+//! yet, or whose configuration is refused since a restart.
+//!
 //! `accept_unknown_keys: true` and `retry_refusals: true` break the
 //! configuration contract (unknown keys are ignored; a refused configuration
 //! answers RETRY instead of FATAL), for the conformance kit's own tests.
@@ -47,10 +51,16 @@ struct Config {
     #[serde(default)]
     #[allow(dead_code)]
     retry_refusals: bool,
+    /// `create` fails while this file does not exist.
+    #[serde(default)]
+    start_gate: Option<String>,
+    /// With `start_gate`: fail FATAL rather than RETRY.
+    #[serde(default)]
+    gate_fatal: bool,
 }
 
 /// The keys of [`Config`], for `accept_unknown_keys`.
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 10] = [
     "mode",
     "every",
     "path",
@@ -59,6 +69,8 @@ const KEYS: [&str; 8] = [
     "slow_calls",
     "accept_unknown_keys",
     "retry_refusals",
+    "start_gate",
+    "gate_fatal",
 ];
 
 fn one() -> u64 {
@@ -108,6 +120,16 @@ impl Sink for Faulty {
         })?;
         if config.panic_in_create {
             panic!("faulty: panic in create, as configured");
+        }
+        if let Some(gate) = &config.start_gate
+            && !std::path::Path::new(gate).exists()
+        {
+            let msg = format!("faulty: the start gate {gate} is closed");
+            return Err(if config.gate_fatal {
+                Error::fatal(msg)
+            } else {
+                Error::retry(msg)
+            });
         }
         if !["panic", "error", "unset", "reject", "slow", "ok"].contains(&config.mode.as_str()) {
             return Err(Error::fatal(format!(
