@@ -587,6 +587,83 @@ impl Delivery {
         Ok(Some(d))
     }
 
+    /// Dead-letters what the disk buffers under the buffer directory that no
+    /// destination opened hold (destinations deleted, or moved to memory,
+    /// before the last stop: their records were acknowledged to publishers),
+    /// with the reason, then deletes those buffers. Returns the records
+    /// dead-lettered. Call after the first configuration is applied.
+    pub fn drain_orphan_buffers(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.buffer_dir) else {
+            return 0;
+        };
+        let open: std::collections::HashSet<PathBuf> = self
+            .disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut total = 0;
+        for e in entries.flatten() {
+            let dir = e.path();
+            if !dir.is_dir() || open.contains(&dir) {
+                continue;
+            }
+            let id: Arc<str> = e.file_name().to_string_lossy().into();
+            match self.drain_orphan(&dir, id.clone()) {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::warn!(destination = %id, records = n, "the disk buffer of a destination no longer configured was dead-lettered");
+                    }
+                    total += n;
+                }
+                Err(err) => {
+                    tracing::error!(dir = %dir.display(), "cannot drain the disk buffer of a destination no longer configured: {err}; left in place")
+                }
+            }
+        }
+        total
+    }
+
+    fn drain_orphan(&self, dir: &Path, id: Arc<str>) -> std::io::Result<u64> {
+        let stats = Arc::new(DestinationStats::default());
+        let opts = DiskOptions {
+            fsync: crate::config::Fsync::Interval,
+            fsync_interval: Duration::from_secs(1),
+            max_bytes: u64::MAX,
+            when_full: WhenFull::DropNewest,
+            wait_for_room: false,
+            segment_bytes: 64 << 20,
+        };
+        let (d, _) = DiskBuffer::open(dir, opts, stats.clone(), self.sync_signal.clone())?;
+        let dead = DeadLetters::new(&self.dead_letter_dir, id);
+        let mut n = 0;
+        let mut entries = Vec::new();
+        while d.read(1 << 20, &mut entries)? > 0 {
+            let now = Instant::now();
+            let mut by_sub: Vec<(Arc<str>, Vec<Pending>)> = Vec::new();
+            for e in entries.drain(..) {
+                let p = Pending::new(e.record, now, e.seq, None);
+                match by_sub.iter_mut().find(|(s, _)| *s == e.subscription) {
+                    Some((_, v)) => v.push(p),
+                    None => by_sub.push((e.subscription, vec![p])),
+                }
+            }
+            for (sub, recs) in by_sub {
+                n += recs.len() as u64;
+                dead.write(
+                    &stats,
+                    &sub,
+                    &recs,
+                    "the destination was deleted before the engine last stopped; its buffered records were kept until this start",
+                );
+            }
+        }
+        d.finish()?;
+        d.remove()?;
+        Ok(n)
+    }
+
     /// Starts delivering to a destination through `sink`, or, when `sink` is
     /// an error (its plugin is not loaded), dead-lettering its records with
     /// that reason. `disk` comes from [`Delivery::open_disk`].

@@ -229,6 +229,9 @@ impl Acks {
 #[derive(Debug)]
 pub struct DiskBuffer {
     dir: PathBuf,
+    /// An exclusive lock on `<dir>/lock` for as long as the buffer is open:
+    /// no other engine, in this process or another, opens (or drains) it.
+    _lock: File,
     opts: Mutex<DiskOptions>,
     /// Delivery tasks reading this buffer (two while a destination is being
     /// replaced: the old one stops reading once it sees the new one).
@@ -412,6 +415,21 @@ impl DiskBuffer {
         syncer: Arc<SyncSignal>,
     ) -> std::io::Result<(Arc<DiskBuffer>, OpenReport)> {
         std::fs::create_dir_all(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is in use by another engine",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let mut report = OpenReport::default();
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
         for e in std::fs::read_dir(dir)? {
@@ -576,6 +594,7 @@ impl DiskBuffer {
             .fetch_add(report.repaired_bytes, Relaxed);
         let buffer = Arc::new(DiskBuffer {
             dir: dir.to_path_buf(),
+            _lock: lock,
             opts: Mutex::new(opts),
             consumers: std::sync::atomic::AtomicUsize::new(0),
             stats,
@@ -1719,5 +1738,21 @@ mod tests {
         }
         std::fs::write(seg, &bytes).unwrap();
         true
+    }
+
+    #[test]
+    fn a_buffer_is_opened_by_one_engine_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _, _) = open(dir.path(), opts(1 << 30, 1 << 20, WhenFull::Block));
+        let second = DiskBuffer::open(
+            dir.path(),
+            opts(1 << 30, 1 << 20, WhenFull::Block),
+            Arc::new(DestinationStats::default()),
+            Arc::new(SyncSignal::default()),
+        );
+        let e = second.err().expect("refused while the first is open");
+        assert!(e.to_string().contains("in use by another engine"), "{e}");
+        drop(b);
+        let _ = open(dir.path(), opts(1 << 30, 1 << 20, WhenFull::Block));
     }
 }

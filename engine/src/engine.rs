@@ -301,6 +301,9 @@ impl Engine {
             started: Instant::now(),
         };
         engine.reconfigure(spec)?;
+        if let Some(d) = &engine.delivery {
+            d.drain_orphan_buffers();
+        }
         Ok(engine)
     }
 

@@ -1050,3 +1050,60 @@ fn a_destination_that_never_starts_is_given_up_after_the_start_timeout() {
     engine.shutdown();
     assert_eq!(m.destination("ed_never").dead_lettered_total(), 50);
 }
+
+/// Records in the disk buffer of a destination deleted before a stop are
+/// dead-lettered with the reason at the next start, and the buffer removed:
+/// they were acknowledged to publishers, so they are neither lost nor left.
+#[test]
+fn the_disk_buffer_of_a_deleted_destination_is_dead_lettered_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || EngineConfig {
+        buffer_dir: dir.path().join("buffer"),
+        drain_timeout: Duration::from_millis(500),
+        ..engine_cfg(dir.path())
+    };
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_gone".into(),
+            kind: "faulty".into(),
+            config: serde_json::json!({"mode": "ok", "start_gate": dir.path().join("closed")}),
+            delivery: DeliveryConfig {
+                durability: sluice_engine::config::Durability::Disk,
+                fsync: sluice_engine::config::Fsync::EveryBatch,
+                ..delivery()
+            },
+        }],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_gone"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(cfg(), plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 40);
+    engine.barrier();
+    engine.shutdown();
+    assert!(
+        dir.path().join("buffer/ed_gone").is_dir(),
+        "the records are kept on disk"
+    );
+    // Started again without the destination (deleted meanwhile).
+    let engine = Engine::start(cfg(), plugins(), &PipelineSpec::default()).unwrap();
+    engine.shutdown();
+    let dead = read_ndjson(&dir.path().join("dead-letter/ed_gone.ndjson"));
+    assert_eq!(dead.len(), 40);
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted before the engine last stopped"),
+        "{}",
+        dead[0]
+    );
+    assert!(
+        !dir.path().join("buffer/ed_gone").exists(),
+        "the buffer is removed"
+    );
+}

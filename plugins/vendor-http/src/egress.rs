@@ -170,7 +170,8 @@ mod tests {
             .get(format!("http://localhost:{port}/"))
             .send()
             .unwrap_err();
-        assert!(format!("{e:?}").contains("not a public address"), "{e:?}");
+        let why = describe(&e);
+        assert!(why.contains("resolves to no public address"), "{why}");
     }
 
     #[test]
