@@ -1750,7 +1750,9 @@ mod tests {
             Arc::new(DestinationStats::default()),
             Arc::new(SyncSignal::default()),
         );
-        let e = second.err().expect("refused while the first is open");
+        let Err(e) = second else {
+            panic!("a second engine opened a buffer in use")
+        };
         assert!(e.to_string().contains("in use by another engine"), "{e}");
         drop(b);
         let _ = open(dir.path(), opts(1 << 30, 1 << 20, WhenFull::Block));
