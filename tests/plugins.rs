@@ -57,7 +57,7 @@ fn every_built_in_plugin_passes_the_conformance_kit() {
 #[test]
 fn the_kit_fails_a_plugin_that_breaks_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let faulty = lib("sluice_sink_faulty");
+    let faulty = lib("sluice_test_sink_faulty");
     let (ok, out) = check(dir.path(), &faulty, r#"{"mode":"ok"}"#);
     assert!(ok, "{out}");
     for (cfg, want) in [

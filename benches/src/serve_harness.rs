@@ -35,7 +35,7 @@ pub struct ServerProcess {
 
 /// The serve configuration of benchmark runs.
 const BENCH_OPERATOR: &str = r#"[tenants]
-plugin_kinds = ["kinesis", "firehose", "cloudwatch_logs", "datadog", "azure_logs_ingestion", "http", "file", "blackhole", "faulty"]
+plugin_kinds = ["kinesis", "firehose", "cloudwatch_logs", "datadog", "azure_logs_ingestion", "http", "file", "blackhole"]
 allow_private_destinations = true
 max_destinations = 100000
 max_subscriptions = 100000

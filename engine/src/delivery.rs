@@ -1486,6 +1486,7 @@ impl Task {
             let stuck = self.stuck.clone();
             let stats = self.stats.clone();
             let group = self.group.clone();
+            let stopping = self.stopping.clone();
             inflight.spawn(async move {
                 // The group's share of the call pool: held until the call
                 // really returns, so calls given up on count too.
@@ -1507,20 +1508,44 @@ impl Task {
                     }
                     report
                 });
-                let report = match timeout {
-                    None => call.await.ok(),
-                    Some(t) => {
-                        let mut call = call;
-                        match tokio::time::timeout(t, &mut call).await {
-                            Ok(r) => r.ok(),
-                            Err(_) if state.compare_exchange(0, 2, Relaxed, Relaxed).is_ok() => {
-                                stuck.fetch_add(1, Relaxed);
+                // Wait for the call, at most the send timeout, and never
+                // past the engine's drain deadline: a call stuck in foreign
+                // code is given up on (its thread is abandoned), and its
+                // records are retried, kept on disk or dead-lettered.
+                let mut call = call;
+                let give_up = async {
+                    let limit = async {
+                        match timeout {
+                            Some(t) => tokio::time::sleep(t).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
+                    let stop = async {
+                        while !stopping.past() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = limit => false,
+                        _ = stop => true,
+                    }
+                };
+                let report = tokio::select! {
+                    biased;
+                    r = &mut call => r.ok(),
+                    stopped = give_up => {
+                        if state.compare_exchange(0, 2, Relaxed, Relaxed).is_ok() {
+                            stuck.fetch_add(1, Relaxed);
+                            let why = if stopped {
+                                "the engine stopped while the plugin's send was still running".to_string()
+                            } else {
                                 stats.send_timeouts.fetch_add(1, Relaxed);
-                                let why = format!("the plugin's send did not return within {t:?}");
-                                Some(failed_report(n, &why))
-                            }
+                                format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default())
+                            };
+                            Some(failed_report(n, &why))
+                        } else {
                             // It returned just as the time ran out.
-                            Err(_) => call.await.ok(),
+                            call.await.ok()
                         }
                     }
                 };
@@ -1636,7 +1661,9 @@ impl Task {
             }
             self.expire(now, draining);
             self.due_retries(now, false);
-            if closed == Closed::Stopping && !abandoned && self.stopping.past() {
+            // Past the drain deadline, whatever is held (and whatever comes
+            // back from calls given up on) is kept on disk or dead-lettered.
+            if closed == Closed::Stopping && self.stopping.past() {
                 self.abandon_all();
                 abandoned = true;
             }

@@ -322,6 +322,41 @@ fn is_library_file(path: &Path) -> bool {
         .is_some_and(|n| LIBRARY_EXTENSIONS.iter().any(|e| n.ends_with(e)))
 }
 
+/// Makes `dir` a plugin directory that offers `plugins`, each a
+/// (kind, library) pair, under the file name discovery looks for
+/// (`libsluice_sink_<kind>.so`), as a symbolic link to the library. Test
+/// plugins are built as `libsluice_test_sink_<kind>.so`, a name discovery
+/// skips, so that they are never loaded from next to the `sluice` executable;
+/// a test links them into a directory of its own and points the engine at it.
+/// Idempotent and safe for concurrent callers.
+pub fn link_plugins(dir: &Path, plugins: &[(&str, &Path)]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (kind, lib) in plugins {
+        let name = format!(
+            "{}sluice_sink_{kind}{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        );
+        let link = dir.join(&name);
+        if link.exists() {
+            continue;
+        }
+        // Made under a unique name, then renamed into place: atomic.
+        let tmp = dir.join(format!(
+            ".{name}.{}.{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(lib, &tmp)?;
+        #[cfg(not(unix))]
+        std::fs::copy(lib, &tmp).map(drop)?;
+        std::fs::rename(&tmp, &link)?;
+    }
+    Ok(())
+}
+
 /// The plugin directories in search order: `explicit`, `$SLUICE_PLUGIN_DIR`,
 /// then the executable's directory.
 pub fn plugin_dirs(explicit: &[PathBuf]) -> Vec<PathBuf> {

@@ -1107,3 +1107,44 @@ fn the_disk_buffer_of_a_deleted_destination_is_dead_lettered_at_the_next_start()
         "the buffer is removed"
     );
 }
+
+/// Shutdown finishes within the drain timeout plus a few seconds even when a
+/// plugin's `send` never returns (no send timeout): the call is given up on
+/// and its records are dead-lettered, never lost.
+#[test]
+fn shutdown_is_bounded_when_a_plugin_call_never_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_stuck".into(),
+            kind: "faulty".into(),
+            config: serde_json::json!({"mode": "slow", "delay_ms": 600_000}),
+            delivery: DeliveryConfig {
+                send_timeout_ms: 0,
+                linger_ms: 1,
+                ..delivery()
+            },
+        }],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_stuck"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let cfg = EngineConfig {
+        drain_timeout: Duration::from_secs(1),
+        ..engine_cfg(dir.path())
+    };
+    let engine = Engine::start(cfg, plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 30);
+    engine.barrier();
+    std::thread::sleep(Duration::from_millis(300));
+    let m = engine.metrics().clone();
+    let started = std::time::Instant::now();
+    engine.shutdown();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    assert_eq!(m.destination("ed_stuck").dead_lettered_total(), 30);
+}

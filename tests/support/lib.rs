@@ -26,11 +26,24 @@ pub fn sluice() -> PathBuf {
     p
 }
 
-/// A `sluice` command running in `dir`.
+/// `target/<profile>/test-plugins/`, offering the test plugin `faulty`
+/// (built as `libsluice_test_sink_faulty.so`, a name discovery skips: it is
+/// never loaded from next to the `sluice` executable).
+pub fn test_plugin_dir() -> PathBuf {
+    let dir = target_dir().join("test-plugins");
+    let lib = target_dir().join("libsluice_test_sink_faulty.so");
+    sluice_engine::plugin::link_plugins(&dir, &[("faulty", &lib)]).expect("linking test plugins");
+    dir
+}
+
+/// A `sluice` command running in `dir`, finding the built plugins and the
+/// test plugins.
 pub fn cmd(dir: &Path) -> Command {
     let mut c = Command::new(sluice());
+    let plugin_dirs = std::env::join_paths([test_plugin_dir(), target_dir()])
+        .expect("plugin directories");
     c.current_dir(dir)
-        .env("SLUICE_PLUGIN_DIR", target_dir())
+        .env("SLUICE_PLUGIN_DIR", plugin_dirs)
         .env_remove("SLUICE_LOG")
         .env_remove("RUST_LOG");
     c

@@ -4,9 +4,10 @@
 use sluice_engine::plugin::{PluginRegistry, plugin_dirs};
 use std::path::{Path, PathBuf};
 
-/// The plugins built by `cargo build`/`cargo test` next to the test binary.
+/// The plugins built by `cargo build`/`cargo test` next to the test binary,
+/// and the test plugin `faulty`, linked into a directory of its own.
 pub fn plugins() -> PluginRegistry {
-    let reg = PluginRegistry::discover(&plugin_dirs(&[]));
+    let reg = PluginRegistry::discover(&plugin_dirs(&[test_plugin_dir()]));
     for kind in ["file", "blackhole", "faulty"] {
         assert!(
             reg.get(kind).is_ok(),
@@ -15,6 +16,24 @@ pub fn plugins() -> PluginRegistry {
         );
     }
     reg
+}
+
+/// `target/<profile>/test-plugins/`, offering the test plugin `faulty`
+/// (built as `libsluice_test_sink_faulty.so`, a name discovery skips).
+pub fn test_plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let dir = profile.join("test-plugins");
+    let lib = profile.join(format!(
+        "{}sluice_test_sink_faulty{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    sluice_engine::plugin::link_plugins(&dir, &[("faulty", &lib)]).expect("linking test plugins");
+    dir
 }
 
 /// Compiles `engine/tests/plugins/<name>.c` into a shared library in `dir`.
