@@ -562,6 +562,13 @@ impl Engine {
         }
     }
 
+    /// Whether the queue of the worker that `event` goes to has room now, so
+    /// that publishing it would not block (barring a race with another
+    /// publisher).
+    pub fn has_room_for(&self, event: &[u8]) -> bool {
+        !self.shards[shard_of(event, self.shards.len())].is_full()
+    }
+
     /// Publishes one event (a JSON object). Blocks while the worker's queue is
     /// full. For throughput prefer [`Engine::publish_ndjson`] or a [`Publisher`].
     pub fn publish(&self, event: &[u8]) {

@@ -40,8 +40,8 @@ pub fn test_plugin_dir() -> PathBuf {
 /// test plugins.
 pub fn cmd(dir: &Path) -> Command {
     let mut c = Command::new(sluice());
-    let plugin_dirs = std::env::join_paths([test_plugin_dir(), target_dir()])
-        .expect("plugin directories");
+    let plugin_dirs =
+        std::env::join_paths([test_plugin_dir(), target_dir()]).expect("plugin directories");
     c.current_dir(dir)
         .env("SLUICE_PLUGIN_DIR", plugin_dirs)
         .env_remove("SLUICE_LOG")

@@ -302,9 +302,8 @@ impl App {
         })
     }
 
-    /// Publishes an audit event about this API's own resources and waits
-    /// until a worker has routed it.
-    fn audit(&self, ctx: &Ctx, event_type: &str, object: &Value) {
+    /// An audit event about this API's own resources.
+    fn audit_event(&self, ctx: &Ctx, event_type: &str, object: &Value) -> Bytes {
         let ev = json!({
             "event_id": ids::new_id("ev"),
             "event_type": event_type,
@@ -318,13 +317,18 @@ impl App {
             },
             "object": object,
         });
+        Bytes::from(ev.to_string())
+    }
+
+    /// Publishes an audit event and waits up to `wait` until a worker has
+    /// routed it.
+    fn publish_audit(&self, ev: Bytes, event_type: &str, wait: std::time::Duration) {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.engine
-            .publish_ndjson_tracked(Bytes::from(ev.to_string()), move |r| {
-                let _ = tx.send(r);
-            });
-        if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
-            tracing::warn!(event_type, "audit event not processed within 30 s");
+        self.engine.publish_ndjson_tracked(ev, move |r| {
+            let _ = tx.send(r);
+        });
+        if rx.recv_timeout(wait).is_err() {
+            tracing::warn!(event_type, "audit event not processed within {wait:?}");
         }
     }
 }
@@ -336,9 +340,20 @@ struct Committed<'a> {
 }
 
 impl Committed<'_> {
-    /// Emits the change's audit event (see [`App::audit`]).
+    /// Emits the change's audit event, processed under the configuration the
+    /// change made, before any later change, when the worker it goes to has
+    /// room. Otherwise (the engine is overloaded) the lock on changes is let
+    /// go first: no publish blocks while holding it, and the event may then
+    /// be routed under a later configuration.
     fn audit(self, ctx: &Ctx, event_type: &str, object: &Value) {
-        self.app.audit(ctx, event_type, object);
+        let app = self.app;
+        let ev = app.audit_event(ctx, event_type, object);
+        if app.engine.has_room_for(&ev) {
+            app.publish_audit(ev, event_type, std::time::Duration::from_secs(5));
+        } else {
+            drop(self);
+            app.publish_audit(ev, event_type, std::time::Duration::from_secs(30));
+        }
     }
 }
 
