@@ -519,3 +519,56 @@ fn a_restart_serves_every_tenant_when_one_destination_no_longer_starts() {
     std::fs::write(&gate, b"").unwrap();
     assert_eq!(wait_lines(&out, 20, Duration::from_secs(30)).len(), 20);
 }
+
+/// A destination whose endpoint answers 200 with an endless body: the test
+/// event reads 64 KiB of it and goes on; the server's memory stays flat.
+/// (The operator allows private addresses here, to reach the endpoint.)
+#[test]
+fn an_endless_answer_costs_64_kib_not_the_servers_memory() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &["--tenant-allow-private-destinations"]);
+    let victim = Tenant::new(&s, &s.key, &s.account, Ipv4Addr::LOCALHOST);
+    let endless = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", endless.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in endless.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+                let chunk = vec![b'x'; 1 << 20];
+                while c.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let rss_kib = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let pid = s.child.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let (st, v) = victim.call(
+        "POST",
+        "/event_destinations",
+        Some(json!({"verify_with_test_event": true, "target": {"plugin": {"kind": "http", "config": {"url": url, "timeout_ms": 5000}}}})),
+    );
+    assert_eq!(st, 201, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 100 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(victim.call("GET", "/event_destinations", None).0, 200);
+}
