@@ -349,8 +349,13 @@ pub fn run_http(
                             }
                             Ok(resp) if resp.status().is_success() => {
                                 let v: serde_json::Value = resp.json().unwrap_or_default();
+                                // Lines held back for back-pressure never
+                                // entered the engine.
                                 published.fetch_add(
-                                    v["events"].as_u64().unwrap_or(0),
+                                    v["events"]
+                                        .as_u64()
+                                        .unwrap_or(0)
+                                        .saturating_sub(v["back_pressure"].as_u64().unwrap_or(0)),
                                     Ordering::Relaxed,
                                 );
                                 break;
