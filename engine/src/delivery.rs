@@ -1667,6 +1667,16 @@ impl Task {
                 self.abandon_all();
                 abandoned = true;
             }
+            // Deleted before its instance could be created: what it holds
+            // is dead-lettered (by dispatch, through the error) so that it
+            // can finish.
+            if closed == Closed::Removed && self.starter.is_some() {
+                self.starter = None;
+                self.sink = Err(
+                    "the destination was deleted before its plugin instance could be created"
+                        .to_string(),
+                );
+            }
             if !abandoned {
                 self.begin_start(now);
                 self.dispatch(&mut inflight);

@@ -1148,3 +1148,56 @@ fn shutdown_is_bounded_when_a_plugin_call_never_returns() {
     assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
     assert_eq!(m.destination("ed_stuck").dead_lettered_total(), 30);
 }
+
+/// A destination deleted while its plugin instance cannot be created does
+/// not hold up the engine: what it held is dead-lettered with the reason.
+#[test]
+fn a_destination_deleted_before_it_could_start_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = DestinationSpec {
+        id: "ed_gated".into(),
+        kind: "faulty".into(),
+        config: serde_json::json!({"mode": "ok", "start_gate": dir.path().join("closed")}),
+        delivery: delivery(),
+    };
+    let spec = PipelineSpec {
+        destinations: vec![gated],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_gated"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 25);
+    engine.barrier();
+    engine.reconfigure(&PipelineSpec::default()).unwrap();
+    // The workers move to the new configuration, dropping the destination.
+    engine.barrier();
+    let m = engine.metrics().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.destination("ed_gated").dead_lettered_total() < 25
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    engine.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(m.destination("ed_gated").dead_lettered_total(), 25);
+    let dead = read_ndjson(&dir.path().join("dead-letter/ed_gated.ndjson"));
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deleted before"),
+        "{}",
+        dead[0]
+    );
+}
