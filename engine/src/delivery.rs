@@ -606,7 +606,7 @@ impl Delivery {
         let mut total = 0;
         for e in entries.flatten() {
             let dir = e.path();
-            if !dir.is_dir() || open.contains(&dir) {
+            if !dir.is_dir() || open.contains(&dir) || !DiskBuffer::is_log_dir(&dir) {
                 continue;
             }
             let id: Arc<str> = e.file_name().to_string_lossy().into();
@@ -660,7 +660,8 @@ impl Delivery {
             }
         }
         d.finish()?;
-        d.remove()?;
+        drop(d);
+        DiskBuffer::remove_log_dir(dir)?;
         Ok(n)
     }
 

@@ -639,6 +639,35 @@ impl DiskBuffer {
         self.opts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether `dir` holds a log (segment files or saved acknowledgements):
+    /// only such a directory is ever opened, drained or removed as an
+    /// orphan.
+    pub fn is_log_dir(dir: &Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let p = e.path();
+                p.extension().is_some_and(|x| x == "seg")
+                    || p.file_name().is_some_and(|n| n == "acked" || n == "synced")
+            })
+        })
+    }
+
+    /// Removes a closed log: its own files, then the directory if that left
+    /// it empty (anything else found there is kept, and so is the directory).
+    pub fn remove_log_dir(dir: &Path) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            let ours = p.extension().is_some_and(|x| x == "seg" || x == "damaged")
+                || ["acked", "acked.tmp", "synced", "synced.tmp", "lock"].contains(&name.as_str());
+            if ours {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+        Ok(())
+    }
+
     /// Most bytes of the log (`disk_max_bytes`).
     pub fn max_bytes(&self) -> u64 {
         self.options().max_bytes

@@ -1201,3 +1201,25 @@ fn a_destination_deleted_before_it_could_start_finishes() {
         dead[0]
     );
 }
+
+/// Only directories that hold a log are taken for orphaned disk buffers:
+/// anything else under the buffer directory is left alone.
+#[test]
+fn directories_that_are_not_logs_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("buffer/not-a-log");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let cfg = EngineConfig {
+        buffer_dir: dir.path().join("buffer"),
+        ..engine_cfg(dir.path())
+    };
+    let engine = Engine::start(cfg, plugins(), &PipelineSpec::default()).unwrap();
+    engine.shutdown();
+    assert_eq!(std::fs::read(other.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(
+        std::fs::read_dir(&other).unwrap().count(),
+        1,
+        "nothing added"
+    );
+}
