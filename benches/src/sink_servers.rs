@@ -10,6 +10,7 @@
 //! | `$HTTP_SINK_URL` | an HTTP endpoint taking NDJSON or JSON-array POSTs (gzip or not), answering 200 |
 //! | `$AWS_SINK_URL` | an AWS JSON 1.1 endpoint (Kinesis PutRecords, Firehose PutRecordBatch, CloudWatch Logs PutLogEvents and CreateLogStream), answering success for every record |
 //! | `$DATADOG_SINK_URL` | the Datadog logs intake v2 (`/api/v2/logs`: `DD-API-KEY`, gzipped JSON array of at most 5 MB), answering 202 |
+//! | `$HANG_SINK_URL` | an endpoint that accepts connections and never answers (a destination down and blocking: every call waits for its timeout) |
 //! | `$AZURE_SINK_URL` | Azure Monitor Logs Ingestion (`/dataCollectionRules/{dcr}/streams/{stream}`, bearer token, gzipped JSON array of at most 1 MB) and its token authority (`/{tenant}/oauth2/v2.0/token`), answering 204 |
 //!
 //! Each server counts the records, requests, connections and bytes it saw
@@ -75,6 +76,9 @@ pub struct SinkServers {
     pub servers: Vec<(&'static str, Arc<ServerStats>)>,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// `$HANG_SINK_URL`: bound and listening, never accepting, so that
+    /// connections wait in its backlog (or for their handshake) unanswered.
+    hang: Option<std::net::TcpListener>,
 }
 
 impl Drop for SinkServers {
@@ -110,8 +114,9 @@ fn replace(v: &mut serde_json::Value, placeholder: &str, with: &str) {
 pub fn start_for(s: &mut Scenario) -> Result<SinkServers, String> {
     let mut servers = SinkServers::default();
     type Start = fn(&mut SinkServers) -> Result<String, String>;
-    let all: [(&str, Start); 4] = [
+    let all: [(&str, Start); 5] = [
         ("$HTTP_SINK_URL", SinkServers::start_http),
+        ("$HANG_SINK_URL", SinkServers::start_hang),
         ("$AWS_SINK_URL", SinkServers::start_aws),
         ("$DATADOG_SINK_URL", SinkServers::start_datadog),
         ("$AZURE_SINK_URL", SinkServers::start_azure),
@@ -317,6 +322,13 @@ impl SinkServers {
             );
         let addr = self.serve("sluice-sink-az", app, st)?;
         Ok(format!("http://{addr}"))
+    }
+
+    fn start_hang(&mut self) -> Result<String, String> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        self.hang = Some(l);
+        Ok(format!("http://{addr}/ingest"))
     }
 
     fn start_http(&mut self) -> Result<String, String> {
