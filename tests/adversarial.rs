@@ -115,11 +115,21 @@ fn traffic(account: &str, id: &str) -> String {
     )
 }
 
-/// Waits until `path` has `n` lines.
+/// Waits until `path` has `n` whole lines (a sink may be writing the next
+/// one), then reads them.
 fn wait_lines(path: &Path, n: usize, within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
+    let whole = || {
+        let b = std::fs::read(path).unwrap_or_default();
+        let end = b.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
+        String::from_utf8_lossy(&b[..end])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).expect("a whole JSON line"))
+            .collect::<Vec<Value>>()
+    };
     loop {
-        let lines = read_ndjson(path);
+        let lines = whole();
         if lines.len() >= n || Instant::now() > deadline {
             return lines;
         }

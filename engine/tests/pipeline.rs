@@ -919,7 +919,7 @@ fn a_send_that_does_not_return_in_time_is_given_up_on_and_retried() {
     // Both destinations have everything well before the hung calls return.
     let m = engine.metrics().clone();
     let slow = m.destination("ed_slow");
-    while slow.delivered.load(Relaxed) < 100 || read_ndjson(&fine).len() < 100 {
+    while slow.delivered.load(Relaxed) < 100 || complete_lines(&fine) < 100 {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(2),
             "delivery waited for the hung calls"
@@ -979,7 +979,7 @@ fn a_destination_that_cannot_start_yet_is_retried_and_its_records_wait() {
     let m = engine.metrics().clone();
     let d = m.destination("ed_gated");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while read_ndjson(&fine).len() < 300 && std::time::Instant::now() < deadline {
+    while complete_lines(&fine) < 300 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
@@ -997,7 +997,7 @@ fn a_destination_that_cannot_start_yet_is_retried_and_its_records_wait() {
     // Open the gate: the next attempt (within 2 s) creates it.
     std::fs::write(&gate, b"").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while read_ndjson(&held).len() < 300 && std::time::Instant::now() < deadline {
+    while complete_lines(&held) < 300 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(

@@ -84,6 +84,12 @@ pub fn event(id: &str, account: &str, ty: &str, object: &str) -> String {
     )
 }
 
+/// Lines of a file that are whole (end with a newline): what a test may
+/// poll while a sink is still appending (0 if missing).
+pub fn complete_lines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
+}
+
 /// Reads an NDJSON file into parsed values (empty if missing).
 pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
     match std::fs::read_to_string(path) {
