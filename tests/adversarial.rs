@@ -6,7 +6,7 @@
 //! so that per-address limits do not touch the victim on 127.0.0.1.
 
 use serde_json::{Value, json};
-use sluice_e2e::{Server, event, read_ndjson, run, text};
+use sluice_e2e::{Server, event, read_ndjson, run, text, wait_for_lines};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -113,28 +113,6 @@ fn traffic(account: &str, id: &str) -> String {
         "http_request_complete.v0",
         r#"{"http":{"response":{"status_code":500}}}"#,
     )
-}
-
-/// Waits until `path` has `n` whole lines (a sink may be writing the next
-/// one), then reads them.
-fn wait_lines(path: &Path, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + within;
-    let whole = || {
-        let b = std::fs::read(path).unwrap_or_default();
-        let end = b.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
-        String::from_utf8_lossy(&b[..end])
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_str(l).expect("a whole JSON line"))
-            .collect::<Vec<Value>>()
-    };
-    loop {
-        let lines = whole();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -354,7 +332,7 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     let (st, v) = ingest(&s, body);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["accepted"], 50, "{v}");
-    let got = wait_lines(&victim_file, 50, Duration::from_secs(20));
+    let got = wait_for_lines(&victim_file, 50, Duration::from_secs(20));
     assert_eq!(got.len(), 50, "the victim's events are delivered");
 
     // A restart finds both tenants' data intact.
@@ -375,7 +353,7 @@ fn a_hostile_tenant_is_refused_or_contained_and_the_other_tenant_is_unaffected()
     let (st, _) = ingest(&s, format!("{}\n", traffic(&victim.account, "ev_after")));
     assert_eq!(st, 200);
     assert_eq!(
-        wait_lines(&victim_file, 51, Duration::from_secs(20)).len(),
+        wait_for_lines(&victim_file, 51, Duration::from_secs(20)).len(),
         51
     );
 }
@@ -436,7 +414,7 @@ fn one_tenants_stuck_destination_costs_that_tenant_alone() {
             assert_eq!(e["retryable"], true, "{e}");
         }
     }
-    let got = wait_lines(&victim_file, victim_sent, Duration::from_secs(10));
+    let got = wait_for_lines(&victim_file, victim_sent, Duration::from_secs(10));
     let took = started.elapsed();
     assert_eq!(got.len(), victim_sent, "every victim event delivered");
     assert!(held_back > 0, "the attacker's account was pushed back");
@@ -504,7 +482,10 @@ fn a_restart_serves_every_tenant_when_one_destination_no_longer_starts() {
         .join("files")
         .join(&victim.account)
         .join("v.ndjson");
-    assert_eq!(wait_lines(&vfile, 20, Duration::from_secs(20)).len(), 20);
+    assert_eq!(
+        wait_for_lines(&vfile, 20, Duration::from_secs(20)).len(),
+        20
+    );
     // The operator sees which destination has not started, and why.
     let health: Value = reqwest::blocking::get(format!("{}/healthz", s.metrics_url))
         .unwrap()
@@ -527,7 +508,7 @@ fn a_restart_serves_every_tenant_when_one_destination_no_longer_starts() {
     // Its records waited: once it can start, they are delivered.
     assert!(read_ndjson(&out).is_empty());
     std::fs::write(&gate, b"").unwrap();
-    assert_eq!(wait_lines(&out, 20, Duration::from_secs(30)).len(), 20);
+    assert_eq!(wait_for_lines(&out, 20, Duration::from_secs(30)).len(), 20);
 }
 
 /// A destination whose endpoint answers 200 with an endless body: the test

@@ -118,6 +118,35 @@ pub fn event(id: &str, account: &str, ty: &str, object: &str) -> String {
     )
 }
 
+/// The whole lines of an NDJSON file (those ending with a newline) as
+/// values: what a test may read while a sink is still appending (empty if
+/// missing).
+pub fn read_whole_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    let b = std::fs::read(path).unwrap_or_default();
+    let end = b.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&b[..end])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// Waits up to `within` until `path` has `n` whole lines; returns them.
+pub fn wait_for_lines(
+    path: &Path,
+    n: usize,
+    within: std::time::Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let v = read_whole_ndjson(path);
+        if v.len() >= n || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Reads an NDJSON file into values (empty if missing).
 pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
