@@ -5,7 +5,6 @@
 //! directory, which the release build puts in target/release).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice_bench::traffic::{GenConfig, Generator};
 use sluice_engine::cel::{Filter, FilterOptions};
 use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull, compile_source};
 use sluice_engine::delivery::{Chunk, Delivery};
@@ -18,6 +17,7 @@ use sluice_engine::json::Json;
 use sluice_engine::metrics::{DestinationStats, SubscriptionStats};
 use sluice_engine::plugin::{PluginRegistry, RecordRef, SinkInstance, plugin_dirs};
 use sluice_engine::route::{Snapshot, SubscriptionRt};
+use sluice_traffic::{GenConfig, Generator};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,5 +1,5 @@
 //! Prints a few generated events and their average size: `cargo run -p sluice-bench --example sample -- [target_size]`.
-use sluice_bench::traffic::{GenConfig, Generator};
+use sluice_traffic::{GenConfig, Generator};
 
 fn main() {
     let target = std::env::args()

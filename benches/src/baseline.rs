@@ -5,29 +5,14 @@
 //! It runs on the same events with as many threads as Sluice has workers, so
 //! that the ratio compares pipelines, not parallelism.
 
+use crate::results::BaselineResult;
 use crate::scenario::Scenario;
-use crate::traffic::Generator;
-use serde::{Deserialize, Serialize};
+use sluice_traffic::Generator;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What the baseline measured.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct BaselineResult {
-    /// Events processed.
-    pub events: u64,
-    /// Threads used.
-    pub threads: usize,
-    /// Time taken.
-    pub elapsed_s: f64,
-    /// Events per second.
-    pub events_per_s: f64,
-    /// Records matched (and encoded).
-    pub matched: u64,
-}
 
 /// Converts a JSON value into a CEL value, the obvious way.
 fn to_cel(v: &serde_json::Value) -> cel::Value {

@@ -7,95 +7,20 @@
 //! scheduled times and stamps them with that time, so that latency counts any
 //! delay of the harness itself (no coordinated omission).
 
-use crate::scenario::Scenario;
+use crate::results::{Latency, RunResult};
+use crate::scenario::{RunOptions, Scenario};
 use crate::sysinfo;
-use crate::traffic::Generator;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use sluice_engine::ingest::{Chunk, NdjsonReader};
 use sluice_engine::plugin::PluginRegistry;
 use sluice_engine::{Engine, EngineConfig};
+use sluice_traffic::Generator;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// How to run.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// Plugin directories.
-    pub plugin_dirs: Vec<PathBuf>,
-    /// Show a progress bar.
-    pub progress: bool,
-    /// Override the scenario's offered rate.
-    pub rate: Option<u64>,
-    /// Override the scenario's worker count.
-    pub workers: Option<usize>,
-}
-
-/// Latency percentiles, in microseconds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Latency {
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th.
-    pub p99: u64,
-    /// 99.9th.
-    pub p999: u64,
-    /// Maximum.
-    pub max: u64,
-    /// Records measured.
-    pub count: u64,
-}
-
-/// What one run measured.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct RunResult {
-    /// Events published.
-    pub events: u64,
-    /// Bytes of those events.
-    pub bytes_in: u64,
-    /// From the first publish to the last record delivered.
-    pub elapsed_s: f64,
-    /// Events per second.
-    pub events_per_s: f64,
-    /// Input megabytes (10^6) per second.
-    pub mb_in_per_s: f64,
-    /// Delivered megabytes per second.
-    pub mb_out_per_s: f64,
-    /// Offered rate (0: as fast as possible).
-    pub offered_rate: u64,
-    /// Records matched.
-    pub matched: u64,
-    /// Records delivered.
-    pub delivered: u64,
-    /// Bytes delivered.
-    pub delivered_bytes: u64,
-    /// Events rejected.
-    pub rejected: u64,
-    /// Filter errors.
-    pub filter_errors: u64,
-    /// Records dead-lettered.
-    pub dead_lettered: u64,
-    /// Ingest-to-ack latency.
-    pub latency_us: Latency,
-    /// (percentile, microseconds) pairs, for plots.
-    pub latency_curve: Vec<(f64, u64)>,
-    /// (seconds since start, events/s over the last interval), for plots.
-    pub timeline: Vec<(f64, f64)>,
-    /// Peak resident memory during the run.
-    pub peak_rss_mib: Option<f64>,
-    /// Heap allocations per event (the whole process).
-    pub allocs_per_event: Option<f64>,
-    /// CPU seconds by role.
-    pub cpu_s: BTreeMap<String, f64>,
-    /// Share of the worker time per stage (sampled one event in 64).
-    pub stage_share: BTreeMap<String, f64>,
-}
 
 fn percentiles(h: &sluice_engine::metrics::LatencyHistogram) -> (Latency, Vec<(f64, u64)>) {
     if h.is_empty() {

@@ -1,8 +1,7 @@
 //! # sluice-bench
 //!
-//! The traffic generator behind `sluice gen` and `sluice demo`, and the
-//! benchmark and load-test harness behind `sluice bench`: scenario files,
-//! in-process runs with throughput, latency, CPU, memory and allocation
+//! The benchmark and load-test harness behind `sluice bench`: scenario
+//! files, in-process runs with throughput, latency, CPU, memory and allocation
 //! figures, the naive baseline, JSON records with a regression guard, and
 //! SVG plots.
 
@@ -13,8 +12,8 @@ pub mod baseline;
 pub mod harness;
 pub mod plot;
 pub mod report;
+pub mod results;
 pub mod scenario;
 pub mod serve_harness;
 pub mod sink_servers;
 pub mod sysinfo;
-pub mod traffic;

@@ -261,7 +261,7 @@ pub fn svg(r: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::RunResult;
+    use crate::results::RunResult;
 
     #[test]
     fn the_svg_has_a_line_per_run_and_panel() {

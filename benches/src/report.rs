@@ -1,8 +1,8 @@
 //! Benchmark records (`sluice bench --json`), the text report, and the
 //! regression guard that compares two records against their measured noise.
 
-use crate::baseline::BaselineResult;
-use crate::harness::RunResult;
+use crate::results::BaselineResult;
+use crate::results::RunResult;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -116,7 +116,7 @@ pub struct Record {
     pub baseline: Option<BaselineReport>,
     /// The control-plane benchmark, if the scenario has one.
     #[serde(default)]
-    pub api: Option<crate::serve_harness::ApiResult>,
+    pub api: Option<crate::results::ApiResult>,
     /// What the local sink servers (the vendors' stand-ins) saw.
     #[serde(default)]
     pub sink_servers: Vec<SinkServerReport>,
@@ -495,7 +495,7 @@ mod tests {
                 .iter()
                 .map(|e| RunResult {
                     events_per_s: *e,
-                    latency_us: crate::harness::Latency {
+                    latency_us: crate::results::Latency {
                         p99,
                         ..Default::default()
                     },

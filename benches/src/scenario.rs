@@ -29,9 +29,9 @@
 //!   filter = 'ev.http.response.status_code >= 500'
 //! ```
 
-use crate::traffic::GenConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_engine::config::{DestinationSpec, PipelineSpec, SourceSpec, SubscriptionSpec};
+use sluice_traffic::GenConfig;
 use std::path::{Path, PathBuf};
 
 /// The traffic of a scenario.
@@ -207,7 +207,7 @@ pub struct Scenario {
     pub subscriptions: Vec<SubscriptionTemplate>,
     /// The control-plane benchmark (needs `sluice serve`).
     #[serde(default)]
-    pub api: Option<crate::serve_harness::ApiSpec>,
+    pub api: Option<ApiSpec>,
 }
 
 impl Scenario {
@@ -308,5 +308,43 @@ mod tests {
         assert_eq!(p.subscriptions.len(), 5 + 3 + 2);
         assert_eq!(p.subscriptions[5].account_id, "ac_0");
         assert_eq!(p.subscriptions[9].account_id, "ac_1");
+    }
+}
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Plugin directories.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Override the scenario's offered rate.
+    pub rate: Option<u64>,
+    /// Override the scenario's worker count.
+    pub workers: Option<usize>,
+}
+
+/// The control-plane benchmark of a scenario's `[api]` table.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSpec {
+    /// Subscriptions stored (in one account).
+    pub subscriptions: usize,
+    /// Concurrent clients for get and list.
+    pub clients: usize,
+    /// How long they run.
+    pub seconds: u64,
+    /// Changes timed one after the other.
+    pub changes: usize,
+}
+
+impl Default for ApiSpec {
+    fn default() -> Self {
+        ApiSpec {
+            subscriptions: 10_000,
+            clients: 64,
+            seconds: 10,
+            changes: 20,
+        }
     }
 }

@@ -6,14 +6,14 @@
 //! scenario with 10,000 subscriptions starts in a second instead of making
 //! 10,000 API calls that each reconfigure the engine.
 
-use crate::harness::{Latency, RunOptions, RunResult};
+use crate::results::{ApiResult, Latency, Millis, RunResult};
 use crate::scenario::Scenario;
-use crate::traffic::Generator;
-use serde::{Deserialize, Serialize};
+use crate::scenario::{ApiSpec, RunOptions};
 use sluice_engine::ingest::{Chunk, NdjsonReader};
-use sluice_engine::serve::ids::new_id;
-use sluice_engine::serve::model::{Destination, Subscription, Target};
-use sluice_engine::serve::store::Store;
+use sluice_serve::ids::new_id;
+use sluice_serve::model::{Destination, Subscription, Target};
+use sluice_serve::store::Store;
+use sluice_traffic::Generator;
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -199,7 +199,7 @@ pub fn seed(data_dir: &Path, s: &Scenario) -> Result<String, String> {
             sources: sub.sources.clone(),
         })?;
     }
-    let token = sluice_engine::serve::ids::secret(32);
+    let token = sluice_serve::ids::secret(32);
     store.set_setting("ingest_token", &token)?;
     Ok(token)
 }
@@ -458,63 +458,6 @@ pub fn run_http(
     Ok(result)
 }
 
-/// The control-plane benchmark of a scenario's `[api]` table.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiSpec {
-    /// Subscriptions stored (in one account).
-    pub subscriptions: usize,
-    /// Concurrent clients for get and list.
-    pub clients: usize,
-    /// How long they run.
-    pub seconds: u64,
-    /// Changes timed one after the other.
-    pub changes: usize,
-}
-
-impl Default for ApiSpec {
-    fn default() -> Self {
-        ApiSpec {
-            subscriptions: 10_000,
-            clients: 64,
-            seconds: 10,
-            changes: 20,
-        }
-    }
-}
-
-/// Latency percentiles in milliseconds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Millis {
-    /// Requests measured.
-    pub count: u64,
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Maximum.
-    pub max: f64,
-}
-
-/// What the API benchmark measured.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct ApiResult {
-    /// Subscriptions stored.
-    pub subscriptions: usize,
-    /// Concurrent clients.
-    pub clients: usize,
-    /// GET /event_subscriptions/{id}.
-    pub get: Millis,
-    /// GET /event_subscriptions?limit=100 (random pages).
-    pub list: Millis,
-    /// Requests per second over both.
-    pub requests_per_s: f64,
-    /// PATCH of a subscription's filter: stored and live in the engine when it returns.
-    pub change: Millis,
-    /// A change checked end to end: from the PATCH to the first record its new filter selects, delivered.
-    pub change_to_first_record_ms: f64,
-}
-
 fn millis(h: &hdrhistogram::Histogram<u64>) -> Millis {
     Millis {
         count: h.len(),
@@ -567,7 +510,7 @@ fn load_reads(
                 sub_ids.to_vec(),
             );
             tasks.push(tokio::spawn(async move {
-                let mut rng = crate::traffic::Rng::new(c as u64 + 1);
+                let mut rng = sluice_traffic::Rng::new(c as u64 + 1);
                 let (mut g, mut l, mut failed) = (histogram(), histogram(), 0u64);
                 while Instant::now() < end {
                     let list = rng.chance(0.3);
@@ -660,7 +603,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
             })?;
             ids.push(id);
         }
-        let token = sluice_engine::serve::ids::secret(32);
+        let token = sluice_serve::ids::secret(32);
         store.set_setting("ingest_token", &token)?;
         (ids, key, token)
     };

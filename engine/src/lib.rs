@@ -51,8 +51,6 @@ pub mod json;
 pub mod metrics;
 pub mod plugin;
 pub mod route;
-#[cfg(feature = "serve")]
-pub mod serve;
 
 pub use config::{
     ConfigError, ConfigErrors, DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec,

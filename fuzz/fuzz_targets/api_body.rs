@@ -5,9 +5,9 @@
 use axum::body::Body;
 use axum::http::Request;
 use libfuzzer_sys::fuzz_target;
-use sluice_engine::serve::api::{App, router};
-use sluice_engine::serve::policy::TenantPolicy;
-use sluice_engine::serve::{ServeOptions, store::Store};
+use sluice_serve::api::{App, router};
+use sluice_serve::policy::TenantPolicy;
+use sluice_serve::{ServeOptions, store::Store};
 use sluice_engine::{Engine, EngineConfig, plugin::PluginRegistry};
 use std::sync::{Arc, OnceLock};
 use tower::ServiceExt;

@@ -200,8 +200,8 @@ impl Host {
 
     /// A host that drops everything: for unit tests of a sink outside the engine.
     pub fn detached() -> Host {
-        // SAFETY: an all-zero SluiceHost is valid and has no callbacks.
         Host {
+            // SAFETY: an all-zero SluiceHost is valid and has no callbacks.
             raw: unsafe { std::mem::zeroed() },
             restrictions: crate::Restrictions::default(),
         }
@@ -638,9 +638,10 @@ unsafe extern "C" fn destroy<T: Sink>(sink: *mut c_void) {
     if sink.is_null() {
         return;
     }
-    // SAFETY: `sink` came from `Box::into_raw` in `create::<T>` and the engine
-    // calls destroy exactly once. A panicking Drop is swallowed.
+    // A panicking Drop is swallowed.
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `sink` came from `Box::into_raw` in `create::<T>` and the
+        // engine calls destroy exactly once.
         drop(unsafe { Box::from_raw(sink as *mut T) })
     }));
 }

@@ -70,18 +70,21 @@ unsafe extern "C" fn log(_: *mut c_void, _: u32, m: SluiceStr) {
     HOST_CALLS
         .lock()
         .unwrap()
+        // SAFETY: the plugin passes a valid string for the call's duration.
         .push(format!("log {}", unsafe { m.to_string_lossy() }));
 }
 unsafe extern "C" fn counter(_: *mut c_void, n: SluiceStr, v: u64) {
     HOST_CALLS
         .lock()
         .unwrap()
+        // SAFETY: the plugin passes a valid string for the call's duration.
         .push(format!("counter {} {v}", unsafe { n.to_string_lossy() }));
 }
 unsafe extern "C" fn gauge(_: *mut c_void, n: SluiceStr, v: f64) {
     HOST_CALLS
         .lock()
         .unwrap()
+        // SAFETY: the plugin passes a valid string for the call's duration.
         .push(format!("gauge {} {v}", unsafe { n.to_string_lossy() }));
 }
 unsafe extern "C" fn set_error(_: *mut c_void, _: SluiceStr) {}
@@ -89,6 +92,7 @@ unsafe extern "C" fn set_reason(_: *mut c_void, i: usize, r: SluiceStr) {
     REASONS
         .lock()
         .unwrap()
+        // SAFETY: the plugin passes a valid string for the call's duration.
         .push((i, unsafe { r.to_string_lossy() }));
 }
 

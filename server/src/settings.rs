@@ -17,7 +17,7 @@
 //! send_timeout_ms = "1000..60000"
 //! ```
 
-use super::policy::TenantPolicy;
+use crate::policy::TenantPolicy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

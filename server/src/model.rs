@@ -1,11 +1,11 @@
 //! The API's resources: how they are stored, validated, shown (secrets
 //! redacted) and turned into the engine's pipeline configuration.
 
-use super::error::ApiError;
-use super::policy::TenantPolicy;
-use crate::config::{DeliveryConfig, DestinationSpec, SourceSpec, SubscriptionSpec};
+use crate::error::ApiError;
+use crate::policy::TenantPolicy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use sluice_engine::config::{DeliveryConfig, DestinationSpec, SourceSpec, SubscriptionSpec};
 
 /// AWS credentials of a target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,7 +397,7 @@ impl Destination {
                 if kind == "file"
                     && let Some(path) = config.get("path").and_then(Value::as_str)
                 {
-                    let root = super::policy::files_root(data_dir, &self.account_id);
+                    let root = crate::policy::files_root(data_dir, &self.account_id);
                     config["path"] = Value::String(root.join(path).to_string_lossy().into_owned());
                 }
                 (config, delivery.clone())
@@ -1132,7 +1132,7 @@ fn check_file_config(config: &mut Value) -> Result<(), ApiError> {
         .get("path")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("'path' (a string) is required".into()))?;
-    super::policy::check_file_path(path).map_err(bad)?;
+    crate::policy::check_file_path(path).map_err(bad)?;
     let o = config
         .as_object_mut()
         .ok_or_else(|| bad("'config' must be an object".into()))?;

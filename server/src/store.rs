@@ -5,12 +5,12 @@
 //! only then to memory, so what the API acknowledged survives a crash.
 //! API keys are stored as SHA-256 hashes of their secret part.
 
-use super::ids;
-use super::model::{Destination, Subscription};
-use super::policy::TenantPolicy;
-use crate::config::PipelineSpec;
+use crate::ids;
+use crate::model::{Destination, Subscription};
+use crate::policy::TenantPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
+use sluice_engine::config::PipelineSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
@@ -386,7 +386,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::model::Target;
+    use crate::model::Target;
 
     #[test]
     fn everything_survives_reopening() {

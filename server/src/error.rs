@@ -48,7 +48,7 @@ impl ApiError {
         let mut v = serde_json::json!({
             "status_code": self.status.as_u16(),
             "msg": self.msg,
-            "details": { "operation_id": super::ids::new_id("op") },
+            "details": { "operation_id": crate::ids::new_id("op") },
         });
         if let Some(c) = self.code {
             v["error_code"] = serde_json::Value::String(c.to_string());

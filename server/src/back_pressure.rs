@@ -7,8 +7,8 @@
 //! every other account at full speed. It answers 429 only when nothing could
 //! be taken.
 
-use crate::ingest::prescan_account;
 use bytes::Bytes;
+use sluice_engine::ingest::prescan_account;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -195,7 +195,7 @@ enum KeysCommand {
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode, String> {
-    use sluice_engine::serve::settings::ServeFile;
+    use sluice_serve::settings::ServeFile;
     let file = match &a.config {
         Some(p) => ServeFile::load(p)?,
         None => ServeFile::default(),
@@ -242,7 +242,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
     } else {
         a.cors_origins
     };
-    let opts = sluice_engine::serve::ServeOptions {
+    let opts = sluice_serve::ServeOptions {
         listen: a
             .listen
             .or(file.listen)
@@ -267,13 +267,35 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         cors_origins,
         policy,
     };
-    sluice_engine::serve::run(opts, |at| {
-        // The metrics line first: scripts read until the listening line.
+    let data_dir = opts.data_dir.clone();
+    let summary = sluice_serve::run(opts, |at| {
+        if let Some(first) = &at.first_account {
+            println!(
+                "sluice serve: first start: created account {} with API key\n  {}\n(it is shown only once; make more with `sluice keys create --data-dir {} --account {}`)",
+                first.account,
+                first.api_key,
+                data_dir.display(),
+                first.account
+            );
+        }
+        if let Some(t) = &at.new_ingest_token {
+            println!(
+                "sluice serve: ingest token (POST /ingest, Authorization: Bearer ...): {t}\n(it is shown only once and stored hashed)"
+            );
+        }
+        // The metrics line before the listening line: scripts read until
+        // the listening line.
         if let Some(m) = at.metrics {
             println!("sluice serve: metrics on http://{m}/metrics");
         }
         println!("sluice serve: listening on http://{}", at.api)
     })?;
+    match summary {
+        Some(summary) => eprintln!("sluice serve: {summary}"),
+        None => eprintln!(
+            "sluice serve: the engine was still in use at exit; queued records were not drained"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -373,7 +395,7 @@ enum LogFormat {
 }
 
 fn generate(a: GenArgs) -> Result<(), String> {
-    use sluice_bench::traffic::{GenConfig, Generator};
+    use sluice_traffic::{GenConfig, Generator};
     use std::io::Write as _;
     let mut g = Generator::new(GenConfig {
         seed: a.seed,
@@ -557,7 +579,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve(a),
         Command::Keys(KeysCommand::Create { data_dir, account }) => {
-            sluice_engine::serve::create_key(&data_dir, &account).map(|token| {
+            sluice_serve::create_key(&data_dir, &account).map(|token| {
                 println!("{token}");
                 ExitCode::SUCCESS
             })

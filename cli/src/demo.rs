@@ -6,9 +6,9 @@
 //! prints what each subscription kept and how fast it went.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_bench::traffic::{GenConfig, Generator};
 use sluice_engine::plugin::{PluginRegistry, plugin_dirs};
 use sluice_engine::{Engine, EngineConfig, PipelineSpec};
+use sluice_traffic::{GenConfig, Generator};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,3 +1,5 @@
+//! # sluice-serve
+//!
 //! `sluice serve`: the engine behind an HTTP API compatible with the public
 //! ngrok API v2 for event destinations, subscriptions and sources, with
 //! HTTP ingest, persisted in SQLite and applied to the running engine live.
@@ -19,8 +21,8 @@ pub mod policy;
 pub mod settings;
 pub mod store;
 
-use crate::plugin::PluginRegistry;
-use crate::{Engine, EngineConfig, MissingPlugin};
+use sluice_engine::plugin::PluginRegistry;
+use sluice_engine::{Engine, EngineConfig, MissingPlugin};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -51,13 +53,29 @@ pub struct ServeOptions {
     pub policy: policy::TenantPolicy,
 }
 
-/// Where `sluice serve` listens, once it does.
-#[derive(Clone, Copy, Debug)]
+/// Where `sluice serve` listens, once it does, and the credentials this
+/// start created (the library prints nothing: the caller shows them).
+#[derive(Clone, Debug)]
 pub struct Listening {
     /// The public listener: the API, `/ingest`, `/healthz`.
     pub api: std::net::SocketAddr,
     /// The operator's listener, when configured.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The account and API key made on the first start of an empty data
+    /// directory (shown once: only its hash is stored).
+    pub first_account: Option<FirstAccount>,
+    /// The ingest token made because none was given or stored (shown once:
+    /// only its hash is stored).
+    pub new_ingest_token: Option<String>,
+}
+
+/// The account and API key `sluice serve` creates on its first start.
+#[derive(Clone, Debug)]
+pub struct FirstAccount {
+    /// The new account's id (`ac_…`).
+    pub account: String,
+    /// Its API key, in clear (only its hash is stored).
+    pub api_key: String,
 }
 
 /// Creates an API key for `account` in the store under `data_dir` and
@@ -74,61 +92,74 @@ pub fn create_key(data_dir: &std::path::Path, account: &str) -> Result<String, S
 }
 
 /// Now, as the API writes times: RFC 3339 UTC to the second.
-pub(super) fn now() -> String {
+pub(crate) fn now() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let s = crate::events::format_rfc3339_ms(ms);
+    let s = sluice_engine::events::format_rfc3339_ms(ms);
     format!("{}Z", &s[..19])
 }
 
 /// The hex SHA-256 of the ingest token: the operator's (`--ingest-token`,
 /// else `$SLUICE_INGEST_TOKEN`), else the stored one, else a new one, stored
-/// hashed and printed once. A token stored in clear by an older version is
-/// replaced by its hash.
-fn ingest_token(store: &store::Store, given: Option<String>) -> Result<String, String> {
+/// hashed and returned in clear (the second value) to be shown once. A token
+/// stored in clear by an older version is replaced by its hash.
+fn ingest_token(
+    store: &store::Store,
+    given: Option<String>,
+) -> Result<(String, Option<String>), String> {
     let given = given.or_else(|| {
         std::env::var("SLUICE_INGEST_TOKEN")
             .ok()
             .filter(|t| !t.is_empty())
     });
     if let Some(t) = given {
-        return Ok(store::sha256_hex(&t));
+        return Ok((store::sha256_hex(&t), None));
     }
     if let Some(h) = store.setting("ingest_token_sha256")? {
-        return Ok(h);
+        return Ok((h, None));
     }
-    let h = match store.setting("ingest_token")? {
-        Some(clear) => store::sha256_hex(&clear),
+    let (h, new) = match store.setting("ingest_token")? {
+        Some(clear) => (store::sha256_hex(&clear), None),
         None => {
             let t = ids::secret(40);
-            println!(
-                "sluice serve: ingest token (POST /ingest, Authorization: Bearer ...): {t}\n(it is shown only once and stored hashed)"
-            );
-            store::sha256_hex(&t)
+            (store::sha256_hex(&t), Some(t))
         }
     };
     store.set_setting("ingest_token_sha256", &h)?;
     store.delete_setting("ingest_token")?;
-    Ok(h)
+    Ok((h, new))
 }
 
-/// Runs the server until SIGINT or SIGTERM, then drains the engine.
-/// `on_ready` receives the bound address once the server accepts requests.
-pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), String> {
+/// Runs the server until SIGINT or SIGTERM, then drains the engine and
+/// returns its summary (`None` if the engine was still shared at exit and
+/// could not be drained). `on_ready` receives the bound addresses and the
+/// credentials this start created, once the server accepts requests.
+///
+/// Blocks the calling thread; starts its own tokio runtime (two threads,
+/// `sluice-api`) besides the engine's threads.
+pub fn run(
+    opts: ServeOptions,
+    on_ready: impl FnOnce(Listening),
+) -> Result<Option<sluice_engine::Summary>, String> {
     let store = store::Store::open(&opts.data_dir)?;
     let mut state = store.load()?;
+    let mut first_account = None;
     if state.accounts.is_empty() && state.keys.is_empty() {
         let account = ids::new_id("ac");
         let (key, token) = store.create_key(&account, "default key", &now())?;
-        println!(
-            "sluice serve: first start: created account {account} with API key\n  {token}\n(it is shown only once; make more with `sluice keys create --data-dir {} --account {account}`)",
-            opts.data_dir.display()
-        );
         state.keys.insert(key.id.clone(), key);
-        state.accounts.entry(account).or_default().created_at = now();
+        state
+            .accounts
+            .entry(account.clone())
+            .or_default()
+            .created_at = now();
+        first_account = Some(FirstAccount {
+            account,
+            api_key: token,
+        });
     }
-    let ingest_token_sha256 = ingest_token(&store, opts.ingest_token.clone())?;
+    let (ingest_token_sha256, new_ingest_token) = ingest_token(&store, opts.ingest_token.clone())?;
     let plugins = PluginRegistry::discover(&opts.plugin_dirs);
     let plugin_kinds = plugins.kinds();
     let mut cfg = opts.engine.clone();
@@ -182,7 +213,12 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
                 Some(at)
             }
         };
-        on_ready(Listening { api: addr, metrics });
+        on_ready(Listening {
+            api: addr,
+            metrics,
+            first_account,
+            new_ingest_token,
+        });
         axum::serve(
             listener,
             api::router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -214,14 +250,12 @@ pub fn run(opts: ServeOptions, on_ready: impl FnOnce(Listening)) -> Result<(), S
         .map_err(|e| e.to_string())
     });
     drop(rt);
-    match Arc::try_unwrap(engine) {
-        Ok(e) => {
-            let summary = e.shutdown();
-            eprintln!("sluice serve: {summary}");
+    let summary = match Arc::try_unwrap(engine) {
+        Ok(e) => Some(e.shutdown()),
+        Err(_) => {
+            tracing::error!("the engine was still in use at exit; queued records were not drained");
+            None
         }
-        Err(_) => eprintln!(
-            "sluice serve: the engine was still in use at exit; queued records were not drained"
-        ),
-    }
-    result
+    };
+    result.map(|()| summary)
 }

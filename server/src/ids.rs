@@ -16,9 +16,8 @@ pub const ID_CHARS: usize = 27;
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     if let Err(e) = getrandom::fill(&mut b) {
-        tracing::error!("the operating system's random number generator failed: {e}");
-        eprintln!(
-            "sluice: the operating system's random number generator failed ({e}); \
+        tracing::error!(
+            "the operating system's random number generator failed ({e}); \
              stopping rather than make guessable keys and ids"
         );
         std::process::abort();

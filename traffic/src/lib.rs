@@ -1,3 +1,5 @@
+//! # sluice-traffic
+//!
 //! A deterministic generator of realistic, high-cardinality account events.
 //!
 //! From a seed it produces `http_request_complete.v0` events carrying every
@@ -9,7 +11,7 @@
 //! and skewed methods, status codes and sizes.
 //!
 //! ```
-//! use sluice_bench::traffic::{GenConfig, Generator};
+//! use sluice_traffic::{GenConfig, Generator};
 //! let mut g = Generator::new(GenConfig { seed: 7, accounts: 10, ..GenConfig::default() });
 //! let mut line = Vec::new();
 //! g.next_event(&mut line);

@@ -5,7 +5,7 @@
 //! `created_at` (a timestamp), `description`, `metadata`. Anything else is
 //! refused with ERR_NGROK_250 "Invalid CEL query: ...".
 
-use super::error::ApiError;
+use crate::error::ApiError;
 use cel::common::ast::{Expr, IdedExpr, operators};
 use cel::extractors::This;
 use cel::objects::{Key, Value};

@@ -1,19 +1,15 @@
 //! The HTTP API: ngrok API v2 for event destinations, subscriptions and
 //! sources; HTTP ingest; metrics and health.
 
-use super::error::ApiError;
-use super::ids;
-use super::list_filter::ListFilter;
-use super::model::{
+use crate::error::ApiError;
+use crate::ids;
+use crate::list_filter::ListFilter;
+use crate::model::{
     Destination, Subscription, SubscriptionJson, check_format, check_lengths, member, only_keys,
     parse_target, source_json, string,
 };
-use super::policy::{RateMeter, TenantPolicy, rate_limited};
-use super::store::{AccountState, State, Store, sha256_hex, split_token};
-use crate::Engine;
-use crate::config::SourceSpec;
-use crate::events::{EventClass, EventTypeId};
-use crate::plugin::verify_destination;
+use crate::policy::{RateMeter, TenantPolicy, rate_limited};
+use crate::store::{AccountState, State, Store, sha256_hex, split_token};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -22,6 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
+use sluice_engine::Engine;
+use sluice_engine::config::SourceSpec;
+use sluice_engine::events::{EventClass, EventTypeId};
+use sluice_engine::plugin::verify_destination;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -51,7 +51,7 @@ pub struct App {
     /// Failed authentications per client address.
     pub auth_failures: RateMeter,
     /// Accounts with a full destination, for ingest's back-pressure.
-    pub full_accounts: super::back_pressure::FullAccountsCache,
+    pub full_accounts: crate::back_pressure::FullAccountsCache,
     /// Filters restricted to ngrok's fields.
     pub strict_ngrok_filters: bool,
     /// Hex SHA-256 of the token `POST /ingest` requires.
@@ -120,7 +120,7 @@ impl App {
         store: Store,
         state: State,
         plugin_kinds: Vec<String>,
-        opts: &super::ServeOptions,
+        opts: &crate::ServeOptions,
         ingest_token_sha256: String,
     ) -> App {
         let p = &opts.policy;
@@ -258,7 +258,7 @@ impl App {
             st.accounts.get(account).cloned().unwrap_or_default()
         };
         if acct.created_at.is_empty() {
-            acct.created_at = super::now();
+            acct.created_at = crate::now();
         }
         f(&mut acct)?;
         let spec = self
@@ -307,7 +307,7 @@ impl App {
         let ev = json!({
             "event_id": ids::new_id("ev"),
             "event_type": event_type,
-            "event_timestamp": super::now(),
+            "event_timestamp": crate::now(),
             "account_id": ctx.account,
             "principal": {
                 "id": ctx.key_id,
@@ -662,7 +662,7 @@ async fn create_destination(
     let d = Destination {
         id: ids::new_id("ed"),
         account_id: ctx.account.clone(),
-        created_at: super::now(),
+        created_at: crate::now(),
         description,
         metadata,
         format,
@@ -840,12 +840,12 @@ async fn update_destination(
 /// Refuses a `file` destination whose path would leave the account's file
 /// area through a symbolic link.
 fn check_file_area(app: &App, d: &Destination) -> Result<(), ApiError> {
-    if let super::model::Target::Plugin { kind, config, .. } = &d.target
+    if let crate::model::Target::Plugin { kind, config, .. } = &d.target
         && kind == "file"
         && let Some(path) = config.get("path").and_then(Value::as_str)
     {
-        let root = super::policy::files_root(&app.data_dir, &d.account_id);
-        super::policy::resolve_file_path(&root, path)
+        let root = crate::policy::files_root(&app.data_dir, &d.account_id);
+        crate::policy::resolve_file_path(&root, path)
             .map_err(|e| ApiError::bad("ERR_NGROK_5140", format!("file target: {e}")))?;
     }
     Ok(())
@@ -951,14 +951,16 @@ fn parse_source(v: &Value, app: &App) -> Result<SourceSpec, ApiError> {
     };
     let fields = fields.filter(|f| !f.is_empty());
     let Some(t) = EventTypeId::from_name(&ty) else {
-        let hint = crate::events::closest(&ty, crate::events::type_names())
+        let hint = sluice_engine::events::closest(&ty, sluice_engine::events::type_names())
             .map(|s| format!(" Did you mean '{s}'?"))
             .unwrap_or_default();
         return Err(ApiError::bad(
             "ERR_NGROK_238",
             format!(
                 "'{ty}' is not a valid event type.{hint} Valid types are: {}.",
-                crate::events::type_names().collect::<Vec<_>>().join(", ")
+                sluice_engine::events::type_names()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     };
@@ -978,7 +980,7 @@ fn parse_source(v: &Value, app: &App) -> Result<SourceSpec, ApiError> {
         }
     }
     if let Some(list) = &fields {
-        match crate::config::check_fields(def, list, strict) {
+        match sluice_engine::config::check_fields(def, list, strict) {
             Ok(None) => {}
             // The API's answer has no place for warnings: the log has them.
             Ok(Some(w)) => tracing::warn!("in `fields`: {w}"),
@@ -992,9 +994,9 @@ fn parse_source(v: &Value, app: &App) -> Result<SourceSpec, ApiError> {
     }
     if let Some(f) = &filter {
         app.policy.check_filter(f)?;
-        let compiled = crate::cel::Filter::compile(
+        let compiled = sluice_engine::cel::Filter::compile(
             f,
-            &crate::cel::FilterOptions {
+            &sluice_engine::cel::FilterOptions {
                 event_type: Some(t),
                 strict_ngrok: strict,
             },
@@ -1102,7 +1104,7 @@ async fn create_subscription(
     let s = Subscription {
         id: ids::new_id("esb"),
         account_id: ctx.account.clone(),
-        created_at: super::now(),
+        created_at: crate::now(),
         description,
         metadata,
         destination_ids,
@@ -1572,7 +1574,7 @@ async fn ingest(
     // Lines of accounts whose destinations are full wait (back-pressure
     // aimed at them); every other account's lines go in.
     let full = app.full_accounts.get(|| app.engine.full_accounts());
-    let split = super::back_pressure::hold_back(&body, &full);
+    let split = crate::back_pressure::hold_back(&body, &full);
     let body = match &split {
         Some(s) if s.kept.is_empty() => {
             let mut e = ApiError::new(

@@ -1,8 +1,8 @@
 //! `sluice bench`: run a scenario, report, record, plot, compare.
 
-use sluice_bench::harness::{RunOptions, ensure_data, run_in_process};
+use sluice_bench::harness::{ensure_data, run_in_process};
 use sluice_bench::report::{BaselineReport, Record, compare, compare_text};
-use sluice_bench::scenario::{Mode, Scenario, data_path};
+use sluice_bench::scenario::{Mode, RunOptions, Scenario, data_path};
 use sluice_bench::{baseline, plot, serve_harness, sysinfo};
 use sluice_engine::plugin::plugin_dirs;
 use std::path::PathBuf;
@@ -99,7 +99,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         rate: a.rate,
         workers: a.workers,
     };
-    let accounts = sluice_bench::traffic::Generator::new(s.generator.gen_config()).account_ids();
+    let accounts = sluice_traffic::Generator::new(s.generator.gen_config()).account_ids();
     let workers = match a.workers.unwrap_or(s.run.workers) {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,

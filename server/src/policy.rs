@@ -8,9 +8,9 @@
 //! The serve configuration's `[tenants]` table deserializes into
 //! [`TenantPolicy`]; every key is also a `sluice serve` flag.
 
-use super::error::ApiError;
-use crate::config::DeliveryConfig;
+use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
+use sluice_engine::config::DeliveryConfig;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
