@@ -6,21 +6,21 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice_engine::cel::{Filter, FilterOptions};
-use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull, compile_source};
-use sluice_engine::delivery::{Chunk, Delivery};
-use sluice_engine::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
-use sluice_engine::encode::Record;
-use sluice_engine::encode::{Encoder, Projection};
+use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull};
 use sluice_engine::events::EventTypeId;
-use sluice_engine::ingest::EventParser;
+use sluice_engine::internal::config::compile_source;
+use sluice_engine::internal::delivery::{Chunk, Delivery};
+use sluice_engine::internal::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
+use sluice_engine::internal::encode::Record;
+use sluice_engine::internal::encode::{Encoder, Projection};
+use sluice_engine::internal::ingest::EventParser;
+use sluice_engine::internal::route::{Snapshot, SubscriptionRt};
 use sluice_engine::json::Json;
 use sluice_engine::metrics::{DestinationStats, SubscriptionStats};
 use sluice_engine::plugin::{PluginRegistry, RecordRef, SinkInstance, plugin_dirs};
-use sluice_engine::route::{Snapshot, SubscriptionRt};
 use sluice_traffic::{GenConfig, Generator};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 fn events(target: usize, n: usize) -> Vec<Vec<u8>> {
     let mut g = Generator::new(GenConfig {
@@ -129,7 +129,7 @@ fn filter(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % objects.len();
                 black_box(
-                    sluice_engine::cel::fallback::eval_reference(&program, objects[i]).is_ok(),
+                    sluice_engine::internal::cel::eval_reference(&program, objects[i]).is_ok(),
                 )
             })
         },
@@ -327,7 +327,7 @@ fn delivery(c: &mut Criterion) {
         "blackhole",
         String::new(),
         &cfg,
-        sluice_engine::delivery::SinkSource::Ready(sink),
+        sluice_engine::internal::delivery::SinkSource::Ready(sink),
         stats.clone(),
         None,
     );
@@ -338,7 +338,7 @@ fn delivery(c: &mut Criterion) {
         "chunk of 1000 records to the blackhole, batched, sent, settled",
         |b| {
             b.iter_custom(|iters| {
-                let target = stats.delivered.load(Relaxed) + iters * recs.len() as u64;
+                let target = stats.delivered() + iters * recs.len() as u64;
                 let t0 = std::time::Instant::now();
                 for _ in 0..iters {
                     h.push(Chunk {
@@ -348,7 +348,7 @@ fn delivery(c: &mut Criterion) {
                         hold: None,
                     });
                 }
-                while stats.delivered.load(Relaxed) < target {
+                while stats.delivered() < target {
                     std::hint::spin_loop();
                 }
                 t0.elapsed()

@@ -17,7 +17,6 @@ use sluice_engine::{Engine, EngineConfig};
 use sluice_traffic::Generator;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -111,7 +110,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
                     let t = t0.elapsed().as_secs_f64();
-                    let n = metrics.events_in.load(Relaxed);
+                    let n = metrics.events_in();
                     bar.set_position(n);
                     if t > last.0 {
                         timeline
@@ -152,11 +151,11 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
     // Wait for delivery to finish what it holds.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let busy = metrics.destination_stats().iter().any(|(_, d)| {
-            d.queued.load(Relaxed) > 0
-                || d.in_flight.load(Relaxed) > 0
-                || d.disk_records.load(Relaxed) > 0
-        });
+        let busy = metrics
+            .snapshot()
+            .destinations
+            .values()
+            .any(|d| d.queued > 0 || d.in_flight > 0 || d.disk_records > 0);
         if !busy || Instant::now() > deadline {
             break;
         }
@@ -174,12 +173,13 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         let before = cpu0.get(tid).map_or(0.0, |(_, s)| *s);
         *cpu_s.entry(sysinfo::role(name).to_string()).or_default() += (secs - before).max(0.0);
     }
-    let st = &metrics.stages;
+    let snapshot = metrics.snapshot();
+    let st = &snapshot.stages;
     let parts = [
-        ("parse", st.parse_ns.load(Relaxed)),
-        ("route", st.route_ns.load(Relaxed)),
-        ("filter", st.filter_ns.load(Relaxed)),
-        ("encode", st.encode_ns.load(Relaxed)),
+        ("parse", st.parse_ns),
+        ("route", st.route_ns),
+        ("filter", st.filter_ns),
+        ("encode", st.encode_ns),
     ];
     let total_ns: u64 = parts.iter().map(|p| p.1).sum();
     let stage_share = parts
@@ -197,10 +197,10 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         .collect();
     let (latency_us, latency_curve) = percentiles(&metrics.latency());
     let summary = engine.summary();
-    let delivered_bytes: u64 = metrics
-        .destination_stats()
-        .iter()
-        .map(|(_, d)| d.delivered_bytes.load(Relaxed))
+    let delivered_bytes: u64 = snapshot
+        .destinations
+        .values()
+        .map(|d| d.delivered_bytes)
         .sum();
     let peak = sysinfo::peak_rss_bytes();
     let _ = engine.shutdown();

@@ -3,7 +3,6 @@
 
 use sluice_engine::PipelineSpec;
 use sluice_engine::cel::{Filter, FilterOptions, Verdict};
-use sluice_engine::config::compile_source;
 use sluice_engine::events::{EVENT_TYPES, EventClass, EventTypeId};
 use sluice_engine::json::Json;
 use sluice_engine::metrics::DestinationStats;
@@ -196,8 +195,14 @@ fn check_config(
     for s in &spec.subscriptions {
         for src in &s.sources {
             sources += 1;
-            if let Ok(c) = compile_source(src, spec.strict_ngrok_filters)
-                && let Some(f) = &c.filter
+            if let Some(text) = src.filter.as_deref().filter(|f| !f.trim().is_empty())
+                && let Ok(f) = Filter::compile(
+                    text,
+                    &FilterOptions {
+                        event_type: EventTypeId::from_name(&src.event_type),
+                        strict_ngrok: spec.strict_ngrok_filters,
+                    },
+                )
             {
                 filters += 1;
                 if f.is_fast() {

@@ -254,13 +254,10 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         "\n{:<22} {:<31} {:>10} {:>9} {:>7}  DESTINATION",
         "SUBSCRIPTION", "ACCOUNT", "EVALUATED", "MATCHED", "ERRORS"
     );
-    let subs = metrics.subscription_counts();
+    let subs = metrics.snapshot().subscriptions;
     for s in &spec.subscriptions {
-        let (_, evaluated, matched, errors) = subs
-            .iter()
-            .find(|c| c.0 == s.id)
-            .cloned()
-            .unwrap_or_default();
+        let c = subs.get(&s.id).copied().unwrap_or_default();
+        let (evaluated, matched, errors) = (c.evaluated, c.matched, c.filter_errors);
         let dest = s.destination_ids.first().cloned().unwrap_or_default();
         let file = spec
             .destinations

@@ -172,10 +172,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
     if let Some(e) = read_error {
         return Err(format!("reading --input {}: {e}", a.input));
     }
-    if let Some((id, why)) = failed.first() {
+    if let Some(f) = failed.first() {
         return Err(format!(
-            "destination \"{id}\" could not start within --start-timeout {} s ({why}); the run was stopped and its records dead-lettered",
-            a.start_timeout
+            "destination \"{}\" could not start within --start-timeout {} s ({}); the run was stopped and its records dead-lettered",
+            f.destination, a.start_timeout, f.error
         ));
     }
     Ok(ExitCode::SUCCESS)

@@ -20,11 +20,22 @@ use std::sync::{Arc, Mutex};
 pub struct PublishReport {
     /// Events accepted (parsed and routed, or unrouted).
     pub accepted: u64,
-    /// Events rejected: (byte offset of the line in the buffer, reason, detail).
-    pub rejected: Vec<(u32, RejectReason, String)>,
+    /// Events rejected, in line order.
+    pub rejected: Vec<RejectedLine>,
     /// Records shed by destinations whose buffer was full
     /// (`when_full = "drop_newest"`); always 0 unless the publish was durable.
     pub dropped: u64,
+}
+
+/// One line a tracked publish rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedLine {
+    /// Byte offset of the line in the published buffer.
+    pub offset: u32,
+    /// Why it was rejected.
+    pub reason: RejectReason,
+    /// What exactly was wrong (e.g. the parser's message).
+    pub detail: String,
 }
 
 /// Called once with the report of a tracked publish.
@@ -35,7 +46,7 @@ pub(crate) struct Ticket {
     remaining: AtomicUsize,
     accepted: AtomicU64,
     dropped: AtomicU64,
-    rejected: Mutex<Vec<(u32, RejectReason, String)>>,
+    rejected: Mutex<Vec<RejectedLine>>,
     done: Mutex<Option<Done>>,
     /// Whether records hold the report until they are safe.
     pub durable: bool,
@@ -65,7 +76,7 @@ impl Ticket {
     }
 
     /// A worker finished one batch.
-    pub fn finish_batch(&self, accepted: u64, mut rejected: Vec<(u32, RejectReason, String)>) {
+    pub fn finish_batch(&self, accepted: u64, mut rejected: Vec<RejectedLine>) {
         self.accepted.fetch_add(accepted, Relaxed);
         if !rejected.is_empty() {
             self.rejected
@@ -87,7 +98,7 @@ impl Ticket {
         if self.remaining.fetch_sub(1, AcqRel) == 1 {
             let mut rej =
                 std::mem::take(&mut *self.rejected.lock().unwrap_or_else(|p| p.into_inner()));
-            rej.sort_by_key(|r| r.0);
+            rej.sort_by_key(|r| r.offset);
             let report = PublishReport {
                 accepted: self.accepted.load(Relaxed),
                 rejected: rej,
@@ -138,7 +149,14 @@ mod tests {
         let h = t.hold();
         let h2 = h.clone();
         t.finish_batch(3, Vec::new());
-        t.finish_batch(1, vec![(7, RejectReason::BadJson, "x".into())]);
+        t.finish_batch(
+            1,
+            vec![RejectedLine {
+                offset: 7,
+                reason: RejectReason::BadJson,
+                detail: "x".into(),
+            }],
+        );
         assert!(rx.try_recv().is_err(), "a hold is alive");
         drop(h);
         h2.dropped(2);

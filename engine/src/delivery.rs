@@ -374,11 +374,6 @@ impl DeadLetters {
         }
     }
 
-    /// The file written to.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn write(
         &self,
         stats: &DestinationStats,

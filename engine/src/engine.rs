@@ -60,7 +60,7 @@ pub struct EngineConfig {
     /// never blocks a worker, whatever its `when_full` (its records are
     /// dead-lettered with the reason, counted), and the destinations of one
     /// `delivery.call_group` (an account) make at most
-    /// [`crate::delivery::CALLS_PER_GROUP`] plugin calls at once.
+    /// `delivery::CALLS_PER_GROUP` plugin calls at once.
     pub shared: bool,
     /// How long a destination whose plugin instance cannot be created is
     /// tried again before the engine gives up on it (its records are then
@@ -80,8 +80,8 @@ pub enum MissingPlugin {
     DeadLetter,
 }
 
-pub use crate::ack::PublishReport;
 use crate::ack::Ticket;
+pub use crate::ack::{PublishReport, RejectedLine};
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -112,6 +112,15 @@ pub enum EngineError {
     /// An I/O error (rejects file, threads).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A destination the engine gave up starting ([`Engine::failed_starts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedStart {
+    /// The destination's id.
+    pub destination: String,
+    /// Why its plugin instance could not be created.
+    pub error: String,
 }
 
 /// What an engine did, for the line printed on exit.
@@ -648,19 +657,22 @@ impl Engine {
 
     /// The destinations the engine gave up starting
     /// ([`EngineConfig::start_timeout`]), with why.
-    pub fn failed_starts(&self) -> Vec<(String, String)> {
+    pub fn failed_starts(&self) -> Vec<FailedStart> {
         self.metrics()
             .destination_stats()
             .into_iter()
             .filter(|(_, d)| d.start_failed.load(std::sync::atomic::Ordering::Relaxed) == 1)
             .map(|(id, d)| {
-                let why = d
+                let error = d
                     .start_error
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .as_ref()
                     .map_or_else(String::new, |(e, _)| e.clone());
-                (id, why)
+                FailedStart {
+                    destination: id,
+                    error,
+                }
             })
             .collect()
     }
@@ -708,6 +720,58 @@ impl Engine {
                 }
             };
         }
+        let Some(ticket) = ticket else {
+            return self.publish_untracked(buf, received);
+        };
+        let (batches, total) = self.tracked_batches(buf, received, ticket);
+        for (s, batch) in batches {
+            self.send(s, batch);
+        }
+        total
+    }
+
+    /// Splits `buf` into batches per worker and sends each as soon as it is
+    /// full, so that a large buffer never waits whole in memory.
+    fn publish_untracked(&self, buf: Bytes, received: Instant) -> usize {
+        let n = self.shards.len();
+        let max = self.cfg.batch_events.max(1);
+        let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
+        let mut total = 0;
+        let batch = |spans| InputBatch {
+            data: buf.clone(),
+            spans,
+            received,
+            barrier: None,
+            ticket: None,
+        };
+        for span in lines(&buf) {
+            let raw = &buf[span.start as usize..(span.start + span.len) as usize];
+            let s = shard_of(raw, n);
+            per[s].push(span);
+            total += 1;
+            if per[s].len() >= max {
+                let spans = std::mem::replace(&mut per[s], Vec::with_capacity(max));
+                self.send(s, batch(spans));
+            }
+        }
+        for (s, spans) in per.into_iter().enumerate() {
+            if !spans.is_empty() {
+                self.send(s, batch(spans));
+            }
+        }
+        total
+    }
+
+    /// Splits `buf` into batches per worker that all carry `ticket`, and
+    /// tells the ticket how many there are before any is sent (so that no
+    /// worker can see the count reach 0 early). Returns them with the number
+    /// of events.
+    fn tracked_batches(
+        &self,
+        buf: Bytes,
+        received: Instant,
+        ticket: Arc<Ticket>,
+    ) -> (Vec<(usize, InputBatch)>, usize) {
         let n = self.shards.len();
         let max = self.cfg.batch_events.max(1);
         let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
@@ -719,21 +783,7 @@ impl Engine {
             per[s].push(span);
             total += 1;
             if per[s].len() >= max {
-                let spans = std::mem::replace(&mut per[s], Vec::with_capacity(max));
-                if ticket.is_some() {
-                    full.push((s, spans));
-                } else {
-                    self.send(
-                        s,
-                        InputBatch {
-                            data: buf.clone(),
-                            spans,
-                            received,
-                            barrier: None,
-                            ticket: None,
-                        },
-                    );
-                }
+                full.push((s, std::mem::replace(&mut per[s], Vec::with_capacity(max))));
             }
         }
         full.extend(
@@ -741,23 +791,73 @@ impl Engine {
                 .enumerate()
                 .filter(|(_, spans)| !spans.is_empty()),
         );
-        if let Some(t) = &ticket {
-            // The count is set before any batch is sent, so no worker can see 0 early.
-            t.expect(full.len());
+        ticket.expect(full.len());
+        let batches = full
+            .into_iter()
+            .map(|(s, spans)| {
+                (
+                    s,
+                    InputBatch {
+                        data: buf.clone(),
+                        spans,
+                        received,
+                        barrier: None,
+                        ticket: Some(ticket.clone()),
+                    },
+                )
+            })
+            .collect();
+        (batches, total)
+    }
+
+    /// Publishes a buffer of NDJSON from async code and returns its report:
+    /// with `durable`, once every record it produced is safe (as
+    /// [`Engine::publish_ndjson_durable`]), else once every event was parsed
+    /// and routed (as [`Engine::publish_ndjson_tracked`]). It never blocks
+    /// the calling thread: while a worker's queue is full it sleeps on the
+    /// tokio timer (1 ms, doubling up to 10 ms) and tries again, so it must be
+    /// awaited within a tokio runtime with the timer enabled. `None` if the
+    /// engine is shutting down and did not take every event.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: &sluice_engine::Engine, buf: bytes::Bytes) {
+    /// let report = engine.publish_ndjson_async(buf, true).await.expect("engine running");
+    /// println!("{} accepted, {} rejected", report.accepted, report.rejected.len());
+    /// # }
+    /// ```
+    pub async fn publish_ndjson_async(&self, buf: Bytes, durable: bool) -> Option<PublishReport> {
+        if buf.len() > u32::MAX as usize {
+            tracing::error!("tracked publishes are limited to 4 GiB");
+            return None;
         }
-        for (s, spans) in full {
-            self.send(
-                s,
-                InputBatch {
-                    data: buf.clone(),
-                    spans,
-                    received,
-                    barrier: None,
-                    ticket: ticket.clone(),
-                },
-            );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ticket = Ticket::new(
+            durable,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let (batches, _) = self.tracked_batches(buf, Instant::now(), ticket);
+        for (s, mut batch) in batches {
+            let mut wait = Duration::from_millis(1);
+            loop {
+                match self.shards[s].try_send(batch) {
+                    Ok(()) => break,
+                    Err(crossbeam_channel::TrySendError::Full(back)) => {
+                        batch = back;
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_millis(10));
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        tracing::error!("engine is shutting down; events not accepted");
+                        // The batch and its ticket are dropped: the report
+                        // never comes and `rx` answers None.
+                        break;
+                    }
+                }
+            }
         }
-        total
+        rx.await.ok()
     }
 
     /// Counts (and writes to the rejects file) a line that was too long to
@@ -827,8 +927,8 @@ impl Engine {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             unrouted: m.unrouted.load(Relaxed),
-            matched: subs.iter().map(|s| s.2).sum(),
-            filter_errors: subs.iter().map(|s| s.3).sum(),
+            matched: subs.iter().map(|(_, c)| c.matched).sum(),
+            filter_errors: subs.iter().map(|(_, c)| c.filter_errors).sum(),
             delivered: dests.iter().map(|(_, d)| d.delivered.load(Relaxed)).sum(),
             dead_lettered: dests.iter().map(|(_, d)| d.dead_lettered_total()).sum(),
             dropped: dests.iter().map(|(_, d)| d.dropped.load(Relaxed)).sum(),
@@ -970,7 +1070,7 @@ fn write_rejects(file: std::fs::File, rx: Receiver<RejectLine>) {
 #[derive(Default)]
 struct Local {
     sample_tick: u64,
-    tracked_rejects: Vec<(u32, RejectReason, String)>,
+    tracked_rejects: Vec<RejectedLine>,
     rejected: [u64; RejectReason::ALL.len()],
     unrouted: u64,
     encoded: u64,
@@ -1031,9 +1131,11 @@ fn process_sampled(
             Err(rej) => {
                 local.rejected[rej.reason.index()] += 1;
                 if batch.ticket.is_some() {
-                    local
-                        .tracked_rejects
-                        .push((start as u32, rej.reason, rej.detail.clone()));
+                    local.tracked_rejects.push(RejectedLine {
+                        offset: start as u32,
+                        reason: rej.reason,
+                        detail: rej.detail.clone(),
+                    });
                 }
                 if let Some(tx) = &shared.rejects {
                     let _ = tx.send(RejectLine {
@@ -1123,9 +1225,11 @@ fn process(
             Err(rej) => {
                 local.rejected[rej.reason.index()] += 1;
                 if batch.ticket.is_some() {
-                    local
-                        .tracked_rejects
-                        .push((start as u32, rej.reason, rej.detail.clone()));
+                    local.tracked_rejects.push(RejectedLine {
+                        offset: start as u32,
+                        reason: rej.reason,
+                        detail: rej.detail.clone(),
+                    });
                 }
                 if let Some(tx) = &shared.rejects {
                     let _ = tx.send(RejectLine {

@@ -30,32 +30,103 @@
 //! println!("{}", engine.shutdown());
 //! ```
 //!
-//! What blocks: `publish*` block while the target worker's queue is full
-//! (backpressure); workers block while a destination's queue is full;
-//! `shutdown` blocks until every accepted record is delivered or
-//! dead-lettered.
+//! ## The API
+//!
+//! [`Engine`] with its publishers ([`Publisher`], `publish*`), the
+//! configuration ([`EngineConfig`], [`PipelineSpec`] and the [`config`]
+//! types), [`metrics`] (live counters read as values:
+//! [`metrics::Metrics::snapshot`], Prometheus text), the [`plugin`] registry
+//! and loader, the [`events`] registry, [`cel`] filter compilation, [`ingest`]
+//! (NDJSON framing, reject reasons) and [`conformance`] (the plugin kit). The
+//! `internal` module is for Sluice's own benchmarks and tests only.
+//!
+//! ## Threads and runtimes
+//!
+//! [`Engine::start`] starts, and [`Engine::shutdown`] (or drop) stops:
+//! - `sluice-worker-N`: one OS thread per worker ([`EngineConfig::workers`],
+//!   default the number of cores), each owning a bounded queue of input
+//!   batches; parsing, routing, filtering and encoding run there.
+//! - `sluice-delivery`: a multi-threaded tokio runtime of its own (worker
+//!   threads as configured, plus up to 256 blocking threads for plugin
+//!   calls), which never runs on, and never needs, the caller's runtime.
+//! - `sluice-fsync`: one OS thread that fsyncs disk buffers.
+//! - `sluice-rejects`: one OS thread writing the rejects file, when
+//!   [`EngineConfig::rejects_path`] is set.
+//!
+//! ## What blocks
+//!
+//! - `publish*` and [`Publisher`] block the calling thread while the target
+//!   worker's queue is full (backpressure); from async code use
+//!   [`Engine::publish_ndjson_async`], which waits on the tokio timer instead.
+//! - A worker blocks while a destination's queue is full (`when_full =
+//!   "block"`), except on a shared engine ([`EngineConfig::shared`]), where a
+//!   full destination spills or dead-letters instead.
+//! - [`Engine::reconfigure`] blocks while it creates plugin instances.
+//! - [`Engine::barrier`] blocks until every event published before it is
+//!   processed; [`Engine::shutdown`] until every accepted record is delivered
+//!   or dead-lettered (within [`EngineConfig::drain_timeout`]).
 
 #![warn(missing_docs)]
 
-pub mod ack;
 pub mod cel;
 pub mod config;
 pub mod conformance;
-pub mod delivery;
-pub mod disk_buffer;
-pub mod encode;
-pub mod engine;
 pub mod events;
 pub mod ingest;
 pub mod json;
 pub mod metrics;
 pub mod plugin;
-pub mod route;
+
+mod ack;
+mod delivery;
+mod disk_buffer;
+mod encode;
+mod engine;
+mod route;
 
 pub use config::{
     ConfigError, ConfigErrors, DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec,
     SubscriptionSpec,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, MissingPlugin, PublishReport, Publisher, Summary,
+    Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PublishReport, Publisher,
+    RejectedLine, Summary,
 };
+
+/// Engine internals that Sluice's own benchmarks, tests and fuzz targets
+/// reach into (the router, the encoder, delivery, the disk buffer, the
+/// filter oracle). **Not part of the API**: anything here may change or go
+/// away in any release; an embedder uses the items above.
+#[doc(hidden)]
+pub mod internal {
+    /// The filter oracle and the reference interpreter.
+    pub mod cel {
+        pub use crate::cel::differential::{Agreement, compare};
+        pub use crate::cel::fallback::eval_reference;
+    }
+    /// Compiled sources.
+    pub mod config {
+        pub use crate::config::{CompiledSource, compile_source};
+    }
+    /// Delivery tasks.
+    pub mod delivery {
+        pub use crate::delivery::{Chunk, Delivery, SinkSource};
+    }
+    /// The disk buffer.
+    pub mod disk_buffer {
+        pub use crate::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
+    }
+    /// Projection and records.
+    pub mod encode {
+        pub use crate::encode::{Encoder, Projection, Record, check_roundtrip};
+    }
+    /// Parsing and framing below the public NDJSON reader.
+    pub mod ingest {
+        pub use crate::ingest::parse::EventParser;
+        pub use crate::ingest::{lines, shard_of};
+    }
+    /// The routing snapshot.
+    pub mod route {
+        pub use crate::route::{Snapshot, SubscriptionRt};
+    }
+}

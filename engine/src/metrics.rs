@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct SubscriptionStats {
     /// Events of a wanted type and account that reached this subscription.
-    pub evaluated: AtomicU64,
+    pub(crate) evaluated: AtomicU64,
     /// Events that passed its filter (or that it takes unfiltered).
-    pub matched: AtomicU64,
+    pub(crate) matched: AtomicU64,
     /// Events whose filter failed (missing field, type error): not matched.
-    pub filter_errors: AtomicU64,
+    pub(crate) filter_errors: AtomicU64,
 }
 
 /// Latency from ingest (the batch's receive time) to the sink's ack, in
@@ -35,55 +35,55 @@ pub fn latency_histogram() -> LatencyHistogram {
 #[derive(Debug)]
 pub struct DestinationStats {
     /// Records the sink reported delivered.
-    pub delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Bytes of those records.
-    pub delivered_bytes: AtomicU64,
+    pub(crate) delivered_bytes: AtomicU64,
     /// Batches sent (each `send` call).
-    pub batches: AtomicU64,
+    pub(crate) batches: AtomicU64,
     /// Records retried (each retry of each record counts once).
-    pub retried: AtomicU64,
+    pub(crate) retried: AtomicU64,
     /// Records handed to delivery and not yet delivered or dead-lettered.
-    pub queued: AtomicU64,
+    pub(crate) queued: AtomicU64,
     /// Bytes of those.
-    pub queued_bytes: AtomicU64,
+    pub(crate) queued_bytes: AtomicU64,
     /// Batches in flight.
-    pub in_flight: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
     /// Plugin calls that broke the ABI contract (bad outcome code, unset outcome, bad status).
-    pub protocol_errors: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
     /// Plugin calls that failed as a whole.
-    pub send_errors: AtomicU64,
+    pub(crate) send_errors: AtomicU64,
     /// Sends given up on because the plugin did not return in time.
-    pub send_timeouts: AtomicU64,
+    pub(crate) send_timeouts: AtomicU64,
     /// 1 while the destination's last call failed as a whole.
-    pub unhealthy: AtomicU64,
+    pub(crate) unhealthy: AtomicU64,
     /// Records shed because the buffer was full (`when_full = "drop_newest"`).
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// Batches the adaptive concurrency allows in flight now.
-    pub concurrency_limit: AtomicU64,
+    pub(crate) concurrency_limit: AtomicU64,
     /// Bytes of the disk buffer's segment files.
-    pub disk_bytes: AtomicU64,
+    pub(crate) disk_bytes: AtomicU64,
     /// Records in the disk buffer not yet delivered or dead-lettered.
-    pub disk_records: AtomicU64,
+    pub(crate) disk_records: AtomicU64,
     /// Records read back from the disk buffer after a restart.
-    pub disk_replayed: AtomicU64,
+    pub(crate) disk_replayed: AtomicU64,
     /// Damaged disk-buffer data found and cut off (torn tails, bad CRCs), in bytes.
-    pub disk_repaired_bytes: AtomicU64,
+    pub(crate) disk_repaired_bytes: AtomicU64,
     /// Records lost to disk-buffer damage (known from the gap in sequence numbers).
-    pub disk_lost_records: AtomicU64,
+    pub(crate) disk_lost_records: AtomicU64,
     /// Disk-buffer writes or fsyncs that failed.
-    pub disk_errors: AtomicU64,
+    pub(crate) disk_errors: AtomicU64,
     /// Dead-lettered records by reason.
-    pub dead_lettered: Mutex<BTreeMap<String, u64>>,
+    pub(crate) dead_lettered: Mutex<BTreeMap<String, u64>>,
     /// While its plugin instance could not be created: why, and since when
     /// (it is tried again with backoff; the destination is unhealthy).
-    pub start_error: Mutex<Option<(String, std::time::Instant)>>,
+    pub(crate) start_error: Mutex<Option<(String, std::time::Instant)>>,
     /// 1 once the engine gave up creating it (`EngineConfig::start_timeout`):
     /// its records are dead-lettered with the reason.
-    pub start_failed: AtomicU64,
+    pub(crate) start_failed: AtomicU64,
     /// Counters and gauges the plugin reports through the host callbacks.
-    pub plugin: Mutex<BTreeMap<String, PluginValue>>,
+    pub(crate) plugin: Mutex<BTreeMap<String, PluginValue>>,
     /// Ingest-to-ack latency of delivered records.
-    pub latency: Mutex<LatencyHistogram>,
+    pub(crate) latency: Mutex<LatencyHistogram>,
 }
 
 impl Default for DestinationStats {
@@ -128,18 +128,183 @@ pub enum PluginValue {
 
 impl DestinationStats {
     /// Counts dead-lettered records under `reason`.
-    pub fn dead_letter(&self, reason: &str, n: u64) {
+    pub(crate) fn dead_letter(&self, reason: &str, n: u64) {
         let mut m = self.dead_lettered.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(reason.to_string()).or_default() += n;
     }
 
     /// Total dead-lettered records.
-    pub fn dead_lettered_total(&self) -> u64 {
+    pub(crate) fn dead_lettered_total(&self) -> u64 {
         self.dead_lettered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .sum()
+    }
+
+    /// Records the sink reported delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Relaxed)
+    }
+
+    /// A copy of these counters, as values.
+    pub fn counts(&self) -> DestinationCounts {
+        DestinationCounts {
+            delivered: self.delivered.load(Relaxed),
+            delivered_bytes: self.delivered_bytes.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            queued_bytes: self.queued_bytes.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            send_errors: self.send_errors.load(Relaxed),
+            send_timeouts: self.send_timeouts.load(Relaxed),
+            unhealthy: self.unhealthy.load(Relaxed) != 0,
+            dropped: self.dropped.load(Relaxed),
+            concurrency_limit: self.concurrency_limit.load(Relaxed),
+            disk_bytes: self.disk_bytes.load(Relaxed),
+            disk_records: self.disk_records.load(Relaxed),
+            disk_replayed: self.disk_replayed.load(Relaxed),
+            disk_repaired_bytes: self.disk_repaired_bytes.load(Relaxed),
+            disk_lost_records: self.disk_lost_records.load(Relaxed),
+            disk_errors: self.disk_errors.load(Relaxed),
+            dead_lettered: self
+                .dead_lettered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            start_error: self
+                .start_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(e, since)| (e.clone(), since.elapsed())),
+            start_failed: self.start_failed.load(Relaxed) != 0,
+            plugin: self
+                .plugin
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// The counters of one destination at one moment, as values
+/// ([`Metrics::snapshot`], [`DestinationStats::counts`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DestinationCounts {
+    /// Records the sink reported delivered.
+    pub delivered: u64,
+    /// Bytes of those records.
+    pub delivered_bytes: u64,
+    /// Batches sent (each `send` call).
+    pub batches: u64,
+    /// Records retried (each retry of each record counts once).
+    pub retried: u64,
+    /// Records handed to delivery and not yet delivered or dead-lettered.
+    pub queued: u64,
+    /// Bytes of those.
+    pub queued_bytes: u64,
+    /// Batches in flight.
+    pub in_flight: u64,
+    /// Plugin calls that broke the ABI contract.
+    pub protocol_errors: u64,
+    /// Plugin calls that failed as a whole.
+    pub send_errors: u64,
+    /// Sends given up on because the plugin did not return in time.
+    pub send_timeouts: u64,
+    /// Whether the destination's last call failed as a whole (or its plugin
+    /// instance could not be created).
+    pub unhealthy: bool,
+    /// Records shed because the buffer was full (`when_full = "drop_newest"`).
+    pub dropped: u64,
+    /// Batches the adaptive concurrency allows in flight now.
+    pub concurrency_limit: u64,
+    /// Bytes of the disk buffer's segment files.
+    pub disk_bytes: u64,
+    /// Records in the disk buffer not yet delivered or dead-lettered.
+    pub disk_records: u64,
+    /// Records read back from the disk buffer after a restart.
+    pub disk_replayed: u64,
+    /// Damaged disk-buffer data found and cut off, in bytes.
+    pub disk_repaired_bytes: u64,
+    /// Records lost to disk-buffer damage.
+    pub disk_lost_records: u64,
+    /// Disk-buffer writes or fsyncs that failed.
+    pub disk_errors: u64,
+    /// Dead-lettered records by reason.
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// While its plugin instance cannot be created: why, and for how long.
+    pub start_error: Option<(String, std::time::Duration)>,
+    /// Whether the engine gave up creating it (its records are dead-lettered).
+    pub start_failed: bool,
+    /// Counters and gauges the plugin reports.
+    pub plugin: BTreeMap<String, PluginValue>,
+}
+
+impl DestinationCounts {
+    /// Total dead-lettered records.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.values().sum()
+    }
+}
+
+/// The counters of one subscription at one moment, as values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionCounts {
+    /// Events of a wanted type and account that reached it.
+    pub evaluated: u64,
+    /// Events that passed its filter (or that it takes unfiltered).
+    pub matched: u64,
+    /// Events whose filter failed (missing field, type error): not matched.
+    pub filter_errors: u64,
+}
+
+/// Sampled time per worker stage at one moment, as values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    /// Sampled events.
+    pub samples: u64,
+    /// Nanoseconds parsing.
+    pub parse_ns: u64,
+    /// Nanoseconds looking up routes.
+    pub route_ns: u64,
+    /// Nanoseconds evaluating filters.
+    pub filter_ns: u64,
+    /// Nanoseconds encoding records.
+    pub encode_ns: u64,
+}
+
+/// Every metric of an engine at one moment, as values ([`Metrics::snapshot`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Events received (lines of NDJSON, or single events).
+    pub events_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Rejected events by reason (every reason present, zero included).
+    pub rejected: BTreeMap<RejectReason, u64>,
+    /// Events parsed that no subscription wanted.
+    pub unrouted: u64,
+    /// Records encoded (one per event and matching subscription).
+    pub records_encoded: u64,
+    /// Configuration snapshots applied.
+    pub reconfigurations: u64,
+    /// Input batches processed by workers.
+    pub batches_processed: u64,
+    /// Sampled time per stage (with `EngineConfig::stage_sampling`).
+    pub stages: StageCounts,
+    /// Per subscription id.
+    pub subscriptions: BTreeMap<String, SubscriptionCounts>,
+    /// Per destination id.
+    pub destinations: BTreeMap<String, DestinationCounts>,
+}
+
+impl MetricsSnapshot {
+    /// Total rejected events.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
     }
 }
 
@@ -147,21 +312,21 @@ impl DestinationStats {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Events received (lines of NDJSON, or single events).
-    pub events_in: AtomicU64,
+    pub(crate) events_in: AtomicU64,
     /// Bytes received.
-    pub bytes_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
     /// Rejected events by reason, indexed by [`RejectReason::index`].
-    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    pub(crate) rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Events parsed that no subscription wanted (no route for account and type).
-    pub unrouted: AtomicU64,
+    pub(crate) unrouted: AtomicU64,
     /// Records encoded (one per event and matching subscription).
-    pub records_encoded: AtomicU64,
+    pub(crate) records_encoded: AtomicU64,
     /// Configuration snapshots applied.
-    pub reconfigurations: AtomicU64,
+    pub(crate) reconfigurations: AtomicU64,
     /// Input batches processed by workers.
-    pub batches_processed: AtomicU64,
+    pub(crate) batches_processed: AtomicU64,
     /// Sampled time spent per stage (with `EngineConfig::stage_sampling`).
-    pub stages: StageTimes,
+    pub(crate) stages: StageTimes,
     subscriptions: Mutex<BTreeMap<String, Arc<SubscriptionStats>>>,
     destinations: Mutex<BTreeMap<String, Arc<DestinationStats>>>,
 }
@@ -170,15 +335,15 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct StageTimes {
     /// Sampled events.
-    pub samples: AtomicU64,
+    pub(crate) samples: AtomicU64,
     /// Nanoseconds parsing (simd-json and envelope checks).
-    pub parse_ns: AtomicU64,
+    pub(crate) parse_ns: AtomicU64,
     /// Nanoseconds looking up routes.
-    pub route_ns: AtomicU64,
+    pub(crate) route_ns: AtomicU64,
     /// Nanoseconds evaluating filters.
-    pub filter_ns: AtomicU64,
+    pub(crate) filter_ns: AtomicU64,
     /// Nanoseconds encoding records.
-    pub encode_ns: AtomicU64,
+    pub(crate) encode_ns: AtomicU64,
 }
 
 impl Metrics {
@@ -192,46 +357,89 @@ impl Metrics {
         all
     }
 
+    /// Every metric, as values.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            events_in: self.events_in.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            rejected: RejectReason::ALL
+                .iter()
+                .map(|r| (*r, self.rejected[r.index()].load(Relaxed)))
+                .collect(),
+            unrouted: self.unrouted.load(Relaxed),
+            records_encoded: self.records_encoded.load(Relaxed),
+            reconfigurations: self.reconfigurations.load(Relaxed),
+            batches_processed: self.batches_processed.load(Relaxed),
+            stages: StageCounts {
+                samples: self.stages.samples.load(Relaxed),
+                parse_ns: self.stages.parse_ns.load(Relaxed),
+                route_ns: self.stages.route_ns.load(Relaxed),
+                filter_ns: self.stages.filter_ns.load(Relaxed),
+                encode_ns: self.stages.encode_ns.load(Relaxed),
+            },
+            subscriptions: self.subscription_counts().into_iter().collect(),
+            destinations: self
+                .destination_stats()
+                .into_iter()
+                .map(|(id, d)| (id, d.counts()))
+                .collect(),
+        }
+    }
+
+    /// The counters of destination `id`, as values (`None` if the engine
+    /// never had it).
+    pub fn destination_counts(&self, id: &str) -> Option<DestinationCounts> {
+        let m = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(id).map(|d| d.counts())
+    }
+
+    /// Events received so far (cheaper than a whole [`Metrics::snapshot`]).
+    pub fn events_in(&self) -> u64 {
+        self.events_in.load(Relaxed)
+    }
+
     /// The counters of subscription `id` (created on first use).
-    pub fn subscription(&self, id: &str) -> Arc<SubscriptionStats> {
+    pub(crate) fn subscription(&self, id: &str) -> Arc<SubscriptionStats> {
         let mut m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id.to_string()).or_default().clone()
     }
 
     /// The counters of destination `id` (created on first use).
-    pub fn destination(&self, id: &str) -> Arc<DestinationStats> {
+    pub(crate) fn destination(&self, id: &str) -> Arc<DestinationStats> {
         let mut m = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id.to_string()).or_default().clone()
     }
 
-    /// A copy of every subscription's counters: (id, evaluated, matched, filter errors).
-    pub fn subscription_counts(&self) -> Vec<(String, u64, u64, u64)> {
+    /// A copy of every subscription's counters, by id.
+    pub(crate) fn subscription_counts(&self) -> Vec<(String, SubscriptionCounts)> {
         let m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         m.iter()
             .map(|(id, s)| {
                 (
                     id.clone(),
-                    s.evaluated.load(Relaxed),
-                    s.matched.load(Relaxed),
-                    s.filter_errors.load(Relaxed),
+                    SubscriptionCounts {
+                        evaluated: s.evaluated.load(Relaxed),
+                        matched: s.matched.load(Relaxed),
+                        filter_errors: s.filter_errors.load(Relaxed),
+                    },
                 )
             })
             .collect()
     }
 
-    /// Every destination's counters.
-    pub fn destination_stats(&self) -> Vec<(String, Arc<DestinationStats>)> {
+    /// Every destination's live counters.
+    pub(crate) fn destination_stats(&self) -> Vec<(String, Arc<DestinationStats>)> {
         let m = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// Total rejected events.
-    pub fn rejected_total(&self) -> u64 {
+    pub(crate) fn rejected_total(&self) -> u64 {
         self.rejected.iter().map(|c| c.load(Relaxed)).sum()
     }
 
     /// Rejected events of one reason.
-    pub fn rejected_for(&self, r: RejectReason) -> u64 {
+    pub(crate) fn rejected_for(&self, r: RejectReason) -> u64 {
         self.rejected[r.index()].load(Relaxed)
     }
 
@@ -295,11 +503,12 @@ impl Metrics {
             "sluice_subscription_evaluated_total",
             "Events offered to a subscription's source.",
         );
-        for (id, e, _, _) in &subs {
+        for (id, c) in &subs {
             let _ = writeln!(
                 s,
-                "sluice_subscription_evaluated_total{{subscription=\"{}\"}} {e}",
-                esc(id)
+                "sluice_subscription_evaluated_total{{subscription=\"{}\"}} {}",
+                esc(id),
+                c.evaluated
             );
         }
         counter(
@@ -307,11 +516,12 @@ impl Metrics {
             "sluice_subscription_matched_total",
             "Events that matched a subscription.",
         );
-        for (id, _, m, _) in &subs {
+        for (id, c) in &subs {
             let _ = writeln!(
                 s,
-                "sluice_subscription_matched_total{{subscription=\"{}\"}} {m}",
-                esc(id)
+                "sluice_subscription_matched_total{{subscription=\"{}\"}} {}",
+                esc(id),
+                c.matched
             );
         }
         counter(
@@ -319,11 +529,12 @@ impl Metrics {
             "sluice_subscription_filter_errors_total",
             "Filter evaluations that failed (counted as not matched).",
         );
-        for (id, _, _, f) in &subs {
+        for (id, c) in &subs {
             let _ = writeln!(
                 s,
-                "sluice_subscription_filter_errors_total{{subscription=\"{}\"}} {f}",
-                esc(id)
+                "sluice_subscription_filter_errors_total{{subscription=\"{}\"}} {}",
+                esc(id),
+                c.filter_errors
             );
         }
 

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sluice_engine::cel::differential::{Agreement, compare};
+use sluice_engine::internal::cel::{Agreement, compare};
 
 /// Events of varied shapes: the generator's, plus nulls, wrong types, extremes.
 fn events() -> Vec<String> {

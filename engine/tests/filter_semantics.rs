@@ -2,8 +2,8 @@
 //! is evaluated by the fast evaluator and by the `cel` crate's interpreter,
 //! and both must give the expected verdict.
 
-use sluice_engine::cel::fallback::eval_reference;
 use sluice_engine::cel::{Filter, FilterOptions, Verdict};
+use sluice_engine::internal::cel::eval_reference;
 use sluice_engine::json::Json;
 use std::collections::HashMap;
 

@@ -31,7 +31,7 @@ fn filter_differential_corpus_agrees() {
         let Ok(expr) = std::str::from_utf8(&data[..nl]) else {
             continue;
         };
-        if let Err(e) = sluice_engine::cel::differential::compare(expr, &[&data[nl + 1..]]) {
+        if let Err(e) = sluice_engine::internal::cel::compare(expr, &[&data[nl + 1..]]) {
             panic!("{name}: {e}");
         }
     }
@@ -41,9 +41,9 @@ fn filter_differential_corpus_agrees() {
 fn ingest_corpus_round_trips() {
     let mut accepted = 0;
     for (name, data) in corpus("ingest") {
-        let _ = sluice_engine::ingest::lines(&data).count();
-        let _ = sluice_engine::ingest::shard_of(&data, 4);
-        match sluice_engine::encode::check_roundtrip(&data) {
+        let _ = sluice_engine::internal::ingest::lines(&data).count();
+        let _ = sluice_engine::internal::ingest::shard_of(&data, 4);
+        match sluice_engine::internal::encode::check_roundtrip(&data) {
             Ok(true) => accepted += 1,
             Ok(false) => {}
             Err(e) => panic!("{name}: {e}"),

@@ -3,10 +3,11 @@
 //! values). Checked with a counting global allocator, on this thread only.
 
 use sluice_engine::cel::Verdict;
-use sluice_engine::config::{SourceSpec, compile_source};
-use sluice_engine::ingest::EventParser;
+use sluice_engine::config::SourceSpec;
+use sluice_engine::internal::config::compile_source;
+use sluice_engine::internal::ingest::EventParser;
+use sluice_engine::internal::route::{Snapshot, SubscriptionRt};
 use sluice_engine::metrics::SubscriptionStats;
-use sluice_engine::route::{Snapshot, SubscriptionRt};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;

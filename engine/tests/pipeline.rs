@@ -9,12 +9,17 @@ use sluice_engine::config::{
     DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec, SubscriptionSpec,
 };
 use sluice_engine::ingest::RejectReason;
+use sluice_engine::metrics::{DestinationCounts, Metrics};
 use sluice_engine::plugin::{PluginError, PluginLibrary};
 use sluice_engine::{Engine, EngineConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+
+/// The counters of destination `id` now, as values.
+fn counts(m: &Metrics, id: &str) -> DestinationCounts {
+    m.destination_counts(id).unwrap_or_default()
+}
 
 fn delivery() -> DeliveryConfig {
     DeliveryConfig {
@@ -124,7 +129,7 @@ fn malformed_events_are_rejected_by_reason_and_the_pipeline_goes_on() {
             .iter()
             .find(|r| r.as_str() == *reason)
             .unwrap();
-        assert_eq!(m.rejected_for(*r), *n, "reason {reason}");
+        assert_eq!(m.snapshot().rejected[r], *n, "reason {reason}");
     }
     assert_eq!(summary.rejected, expected.values().sum::<u64>());
     assert_eq!(
@@ -219,8 +224,13 @@ fn filter_errors_are_counted_per_subscription_and_not_matched() {
     engine.publish(event("ev_4", "ac_2", HTTP, r#"{"conn":{"server_port":443}}"#).as_bytes());
     let m = engine.metrics().clone();
     let summary = engine.shutdown();
-    let counts = m.subscription_counts();
-    assert_eq!(counts, vec![("esb_1".to_string(), 3, 1, 1)]);
+    let subs = m.snapshot().subscriptions;
+    assert_eq!(
+        subs.into_iter()
+            .map(|(id, c)| (id, c.evaluated, c.matched, c.filter_errors))
+            .collect::<Vec<_>>(),
+        vec![("esb_1".to_string(), 3, 1, 1)]
+    );
     assert_eq!(
         (
             summary.matched,
@@ -496,11 +506,8 @@ fn a_panicking_plugin_is_contained_and_its_records_retried() {
     }
     let m = engine.metrics().clone();
     engine.shutdown();
-    let d = m.destination("ed_panic");
-    assert!(
-        d.send_errors.load(Relaxed) > 0,
-        "panics were reported as failed sends"
-    );
+    let d = counts(&m, "ed_panic");
+    assert!(d.send_errors > 0, "panics were reported as failed sends");
     assert_eq!(d.dead_lettered_total(), 0);
     assert_eq!(
         unique_ids(&fo).1,
@@ -538,9 +545,9 @@ fn unreported_outcomes_are_retried_and_rejects_dead_lettered() {
     publish_n(&engine, "ac_1", 300);
     let m = engine.metrics().clone();
     engine.shutdown();
-    assert!(m.destination("ed_unset").protocol_errors.load(Relaxed) > 0);
+    assert!(counts(&m, "ed_unset").protocol_errors > 0);
     assert_eq!(unique_ids(&uo).1, 300);
-    assert_eq!(m.destination("ed_reject").dead_lettered_total(), 300);
+    assert_eq!(counts(&m, "ed_reject").dead_lettered_total(), 300);
     let dl = read_ndjson(&dir.path().join("dead-letter/ed_reject.ndjson"));
     assert_eq!(dl.len(), 300);
     assert!(dl.iter().all(
@@ -586,9 +593,9 @@ fn a_plugin_returning_garbage_is_contained() {
     publish_n(&engine, "ac_1", 120);
     let m = engine.metrics().clone();
     engine.shutdown();
-    let g = m.destination("ed_garbage");
-    assert!(g.protocol_errors.load(Relaxed) > 0);
-    assert_eq!(g.delivered.load(Relaxed), 0);
+    let g = counts(&m, "ed_garbage");
+    assert!(g.protocol_errors > 0);
+    assert_eq!(g.delivered, 0);
     assert_eq!(
         g.dead_lettered_total(),
         120,
@@ -778,7 +785,7 @@ fn arrival_order(kind: &str, defines: &[&str]) -> Vec<u64> {
     publish_n(&engine, "ac_1", 3000);
     let m = engine.metrics().clone();
     engine.shutdown();
-    assert_eq!(m.destination("ed_o").delivered.load(Relaxed), 3000);
+    assert_eq!(counts(&m, "ed_o").delivered, 3000);
     std::fs::read_to_string(&out)
         .unwrap()
         .lines()
@@ -868,10 +875,10 @@ fn a_plugin_built_for_a_newer_minor_abi_loads_and_delivers() {
     publish_n(&engine, "ac_1", 250);
     let m = engine.metrics().clone();
     engine.shutdown();
-    let d = m.destination("ed_future");
-    assert_eq!(d.delivered.load(Relaxed), 250);
-    assert_eq!(d.protocol_errors.load(Relaxed), 0);
-    let p = d.plugin.lock().unwrap();
+    let d = counts(&m, "ed_future");
+    assert_eq!(d.delivered, 250);
+    assert_eq!(d.protocol_errors, 0);
+    let p = &d.plugin;
     assert_eq!(
         p.get("records"),
         Some(&sluice_engine::metrics::PluginValue::Counter(250))
@@ -918,23 +925,20 @@ fn a_send_that_does_not_return_in_time_is_given_up_on_and_retried() {
     publish_n(&engine, "ac_1", 100);
     // Both destinations have everything well before the hung calls return.
     let m = engine.metrics().clone();
-    let slow = m.destination("ed_slow");
-    while slow.delivered.load(Relaxed) < 100 || complete_lines(&fine) < 100 {
+    while counts(&m, "ed_slow").delivered < 100 || complete_lines(&fine) < 100 {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(2),
             "delivery waited for the hung calls"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(slow.send_timeouts.load(Relaxed), 2);
-    assert!(slow.send_errors.load(Relaxed) >= 2);
-    assert!(
-        slow.retried.load(Relaxed) >= 100,
-        "the timed-out batch was retried"
-    );
+    let slow = counts(&m, "ed_slow");
+    assert_eq!(slow.send_timeouts, 2);
+    assert!(slow.send_errors >= 2);
+    assert!(slow.retried >= 100, "the timed-out batch was retried");
     engine.shutdown();
-    assert_eq!(m.destination("ed_fine").delivered.load(Relaxed), 100);
-    assert_eq!(slow.dead_lettered_total(), 0);
+    assert_eq!(counts(&m, "ed_fine").delivered, 100);
+    assert_eq!(counts(&m, "ed_slow").dead_lettered_total(), 0);
     // The hung calls finished later and wrote too: at least once, not exactly once.
     let got = read_ndjson(&slow_out);
     let ids: std::collections::BTreeSet<String> = got
@@ -977,7 +981,6 @@ fn a_destination_that_cannot_start_yet_is_retried_and_its_records_wait() {
     publish_n(&engine, "ac_1", 300);
     engine.barrier();
     let m = engine.metrics().clone();
-    let d = m.destination("ed_gated");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while complete_lines(&fine) < 300 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -987,8 +990,9 @@ fn a_destination_that_cannot_start_yet_is_retried_and_its_records_wait() {
         300,
         "the other destination delivers"
     );
-    assert_eq!(d.unhealthy.load(Relaxed), 1);
-    let why = d.start_error.lock().unwrap().clone().map(|(e, _)| e);
+    let d = counts(&m, "ed_gated");
+    assert!(d.unhealthy);
+    let why = d.start_error.map(|(e, _)| e);
     assert!(
         why.as_deref().is_some_and(|e| e.contains("start gate")),
         "{why:?}"
@@ -1005,10 +1009,10 @@ fn a_destination_that_cannot_start_yet_is_retried_and_its_records_wait() {
         300,
         "the records waited and are delivered"
     );
-    assert_eq!(d.unhealthy.load(Relaxed), 0);
+    assert!(!counts(&m, "ed_gated").unhealthy);
     assert!(engine.failed_starts().is_empty());
     engine.shutdown();
-    assert_eq!(d.dead_lettered_total(), 0);
+    assert_eq!(counts(&m, "ed_gated").dead_lettered_total(), 0);
 }
 
 /// With a start timeout (`sluice run`), a destination that never starts is
@@ -1045,10 +1049,10 @@ fn a_destination_that_never_starts_is_given_up_after_the_start_timeout() {
     }
     let failed = engine.failed_starts();
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(failed[0].1.contains("start gate"), "{failed:?}");
+    assert!(failed[0].error.contains("start gate"), "{failed:?}");
     let m = engine.metrics().clone();
     engine.shutdown();
-    assert_eq!(m.destination("ed_never").dead_lettered_total(), 50);
+    assert_eq!(counts(&m, "ed_never").dead_lettered_total(), 50);
 }
 
 /// Records in the disk buffer of a destination deleted before a stop are
@@ -1146,7 +1150,7 @@ fn shutdown_is_bounded_when_a_plugin_call_never_returns() {
     engine.shutdown();
     let took = started.elapsed();
     assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
-    assert_eq!(m.destination("ed_stuck").dead_lettered_total(), 30);
+    assert_eq!(counts(&m, "ed_stuck").dead_lettered_total(), 30);
 }
 
 /// A destination deleted while its plugin instance cannot be created does
@@ -1178,8 +1182,7 @@ fn a_destination_deleted_before_it_could_start_finishes() {
     engine.barrier();
     let m = engine.metrics().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while m.destination("ed_gated").dead_lettered_total() < 25
-        && std::time::Instant::now() < deadline
+    while counts(&m, "ed_gated").dead_lettered_total() < 25 && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1190,7 +1193,7 @@ fn a_destination_deleted_before_it_could_start_finishes() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(m.destination("ed_gated").dead_lettered_total(), 25);
+    assert_eq!(counts(&m, "ed_gated").dead_lettered_total(), 25);
     let dead = read_ndjson(&dir.path().join("dead-letter/ed_gated.ndjson"));
     assert!(
         dead[0]["reason"]
@@ -1222,4 +1225,82 @@ fn directories_that_are_not_logs_are_left_alone() {
         1,
         "nothing added"
     );
+}
+
+/// `publish_ndjson_async` never blocks the runtime's thread: with two-event
+/// batches and a queue of one batch, the worker's queue is full at once, and
+/// another task on the same single-threaded runtime keeps running while the
+/// publish waits; the report counts every line, rejected ones by offset.
+#[test]
+fn async_publish_yields_while_queues_are_full_and_reports_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.ndjson");
+    let spec = PipelineSpec {
+        destinations: vec![file_dest("ed_1", &out)],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_1"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..PipelineSpec::default()
+    };
+    let cfg = EngineConfig {
+        workers: 1,
+        batch_events: 2,
+        queue_batches: 1,
+        ..engine_cfg(dir.path())
+    };
+    let engine = Engine::start(cfg, plugins(), &spec).unwrap();
+    let mut buf = String::new();
+    let mut bad = Vec::new();
+    for i in 0..2000 {
+        if i % 500 == 7 {
+            bad.push(buf.len() as u32);
+            buf.push_str("{not json\n");
+        } else {
+            buf.push_str(&event(&format!("ev_{i}"), "ac_1", HTTP, "{}"));
+            buf.push('\n');
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let report = rt.block_on(async {
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let report = engine
+            .publish_ndjson_async(bytes::Bytes::from(buf), true)
+            .await;
+        ticker.abort();
+        report
+    });
+    let report = report.expect("the engine is running");
+    assert_eq!(report.accepted, 2000 - bad.len() as u64);
+    assert_eq!(
+        report.rejected.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        bad
+    );
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| r.reason == RejectReason::BadJson),
+        "{:?}",
+        report.rejected.first()
+    );
+    assert!(
+        ticks.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "another task ran while the publish waited for room"
+    );
+    // Durable: every record is delivered (memory durability) when it returns.
+    assert_eq!(complete_lines(&out), 2000 - bad.len());
+    engine.shutdown();
 }

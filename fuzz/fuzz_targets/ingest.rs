@@ -4,9 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = sluice_engine::ingest::lines(data).count();
-    let _ = sluice_engine::ingest::shard_of(data, 4);
-    if let Err(e) = sluice_engine::encode::check_roundtrip(data) {
+    let _ = sluice_engine::internal::ingest::lines(data).count();
+    let _ = sluice_engine::internal::ingest::shard_of(data, 4);
+    if let Err(e) = sluice_engine::internal::encode::check_roundtrip(data) {
         panic!("{e}");
     }
 });

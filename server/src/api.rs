@@ -1591,36 +1591,24 @@ async fn ingest(
         Some(s) => s.kept.clone(),
         None => body,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let engine = app.engine.clone();
-    let data = body.clone();
-    let queued = tokio::task::spawn_blocking(move || {
-        let done = move |r| {
-            let _ = tx.send(r);
-        };
-        if durable {
-            engine.publish_ndjson_durable(data, done)
-        } else {
-            engine.publish_ndjson_tracked(data, done)
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let report = rx
+    let report = app
+        .engine
+        .publish_ndjson_async(body.clone(), durable)
         .await
-        .map_err(|_| ApiError::internal("the engine stopped before processing the events"))?;
+        .ok_or_else(|| ApiError::internal("the engine stopped before processing the events"))?;
+    let queued = report.accepted as usize + report.rejected.len();
     // Offsets to line numbers (1-based), scanning once.
     let mut errors = Vec::new();
     let (mut line, mut pos) = (1usize, 0usize);
-    for (off, reason, detail) in report.rejected.iter().take(100) {
-        let off = *off as usize;
+    for r in report.rejected.iter().take(100) {
+        let off = r.offset as usize;
         line += body[pos..off.min(body.len())]
             .iter()
             .filter(|b| **b == b'\n')
             .count();
         pos = off.min(body.len());
         let sent_line = split.as_ref().map_or(line, |s| s.line_at(off));
-        errors.push(json!({ "line": sent_line, "reason": reason.as_str(), "detail": detail }));
+        errors.push(json!({ "line": sent_line, "reason": r.reason.as_str(), "detail": r.detail }));
     }
     let held: &[(usize, std::sync::Arc<str>)] = split.as_ref().map_or(&[], |s| &s.refused);
     for (line, dest) in held.iter().take(100) {
@@ -1671,23 +1659,19 @@ async fn healthz() -> Response {
 
 /// The operator's health check: which destinations are unhealthy.
 async fn operator_healthz(axum::extract::State(app): Shared) -> Response {
-    let unhealthy: Vec<String> = app
-        .engine
-        .metrics()
-        .destination_stats()
-        .into_iter()
-        .filter(|(_, d)| d.unhealthy.load(std::sync::atomic::Ordering::Relaxed) == 1)
+    let destinations = app.engine.metrics().snapshot().destinations;
+    let unhealthy: Vec<&String> = destinations
+        .iter()
+        .filter(|(_, d)| d.unhealthy)
         .map(|(id, _)| id)
         .collect();
     // Destinations whose plugin instance is not created yet, with why.
-    let not_started: Vec<Value> = app
-        .engine
-        .metrics()
-        .destination_stats()
-        .into_iter()
+    let not_started: Vec<Value> = destinations
+        .iter()
         .filter_map(|(id, d)| {
-            let e = d.start_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            e.map(|(why, since)| json!({ "id": id, "error": why, "for_s": since.elapsed().as_secs() }))
+            d.start_error
+                .as_ref()
+                .map(|(why, since)| json!({ "id": id, "error": why, "for_s": since.as_secs() }))
         })
         .collect();
     Json(json!({ "status": "ok", "unhealthy_destinations": unhealthy, "not_started": not_started }))

@@ -964,7 +964,7 @@ impl Generator {
 mod tests {
     use super::*;
     use sluice_engine::events::{EventTypeId, FieldType};
-    use sluice_engine::ingest::EventParser;
+    use sluice_engine::internal::ingest::EventParser;
     use std::collections::HashSet;
 
     #[test]

@@ -15,9 +15,9 @@ pub enum Agreement {
     /// on at run time: an invalid constant regex, or a variable other than
     /// `ev` (as cel-go's type checker refuses undeclared references); or
     /// what the interpreter would run at a cost over Sluice's limits
-    /// ([`super::cost`]).
+    /// (`cel::cost`).
     RefusedAtCompileTime,
-    /// The event is over what this filter may cost ([`super::cost`]: the
+    /// The event is over what this filter may cost (`cel::cost`: the
     /// interpreter's input limits, the fast path's step budget): Sluice
     /// answers a filter error, the reference a value.
     OverInputLimits,

@@ -264,10 +264,6 @@ impl<'a> V<'a> {
         }
     }
 
-    fn is_map(&self) -> bool {
-        matches!(self, V::Json(j) if j.kind() == Kind::Object)
-    }
-
     fn is_list(&self) -> bool {
         match self {
             V::Json(j) => j.kind() == Kind::Array,
@@ -780,9 +776,4 @@ fn weight(v: &V<'_>) -> usize {
         V::List(l) => l.len() + 1,
         _ => 1,
     }
-}
-
-/// Whether a value is an object (for callers outside this module).
-pub fn is_map(v: &V<'_>) -> bool {
-    v.is_map()
 }

@@ -25,11 +25,11 @@
 //! assert_eq!(f.matches(object), Verdict::Match);
 //! ```
 
-pub mod compile;
-pub mod cost;
-pub mod differential;
-pub mod eval;
-pub mod fallback;
+pub(crate) mod compile;
+pub(crate) mod cost;
+pub(crate) mod differential;
+pub(crate) mod eval;
+pub(crate) mod fallback;
 
 use crate::events::EventTypeId;
 use crate::json::Json;
@@ -123,7 +123,7 @@ pub struct Filter {
 impl Filter {
     /// Compiles `source`, or explains why it does not compile. Runs on a
     /// thread of its own with a stack big enough for the deepest source the
-    /// parser accepts ([`compile::PARSE_STACK_BYTES`]), so no filter text can
+    /// parser accepts (`PARSE_STACK_BYTES`), so no filter text can
     /// overflow the caller's stack; blocks until it is done.
     pub fn compile(source: &str, opts: &FilterOptions) -> Result<Filter, FilterError> {
         let failed = |message: String| FilterError {

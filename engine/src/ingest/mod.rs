@@ -1,14 +1,15 @@
 //! Ingest: framing NDJSON into events, choosing each event's shard by account,
-//! and parsing events (see [`parse`]).
+//! and parsing events (`ingest::parse`).
 //!
 //! The publisher side does as little as possible per event: it finds line
 //! ends (`memchr`) and scans the envelope just far enough to find
 //! `account_id`, which picks the shard. The full parse happens once, on the
 //! shard's worker thread.
 
-pub mod parse;
+pub(crate) mod parse;
 
-pub use parse::{Envelope, EventParser, MAX_DEPTH, MAX_EVENT_BYTES, Reject, RejectReason};
+pub(crate) use parse::{Envelope, EventParser};
+pub use parse::{MAX_DEPTH, MAX_EVENT_BYTES, RejectReason};
 
 use bytes::{Bytes, BytesMut};
 use std::io::Read;

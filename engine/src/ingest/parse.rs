@@ -11,7 +11,7 @@ pub const MAX_DEPTH: usize = 128;
 
 /// Why an event was rejected. The reason's [`RejectReason::as_str`] is the
 /// `reason` label of `sluice_events_rejected_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum RejectReason {
     /// Over [`MAX_EVENT_BYTES`].
