@@ -213,6 +213,64 @@ struct SourceKey {
     strict: bool,
 }
 
+/// A destination instance made by a reconfiguration, not yet started.
+struct Created {
+    id: String,
+    kind: String,
+    fingerprint: String,
+    sink: SinkSource,
+    disk: Option<Arc<crate::disk_buffer::DiskBuffer>>,
+}
+
+/// Compiles every subscription's sources, reusing those compiled before
+/// (cached by their text and strictness). Returns the new cache and each
+/// subscription's compiled sources, in order.
+#[allow(clippy::type_complexity)]
+fn compile_sources(
+    control: &Control,
+    spec: &PipelineSpec,
+    errs: &mut Vec<ConfigError>,
+) -> (
+    HashMap<SourceKey, Arc<CompiledSource>>,
+    Vec<Vec<Arc<CompiledSource>>>,
+) {
+    let mut sources: HashMap<SourceKey, Arc<CompiledSource>> = HashMap::new();
+    let mut compiled_subs: Vec<Vec<Arc<CompiledSource>>> =
+        Vec::with_capacity(spec.subscriptions.len());
+    for s in &spec.subscriptions {
+        let mut list = Vec::with_capacity(s.sources.len());
+        for src in &s.sources {
+            let key = SourceKey {
+                spec: src.clone(),
+                strict: spec.strict_ngrok_filters,
+            };
+            if let Some(c) = sources
+                .get(&key)
+                .or_else(|| control.sources.get(&key))
+                .cloned()
+            {
+                sources.insert(key, c.clone());
+                list.push(c);
+                continue;
+            }
+            match compile_source(src, spec.strict_ngrok_filters) {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    sources.insert(key, c.clone());
+                    list.push(c);
+                }
+                Err(problem) => errs.push(ConfigError {
+                    file: None,
+                    item: format!("subscription \"{}\", source \"{}\"", s.id, src.event_type),
+                    problem,
+                }),
+            }
+        }
+        compiled_subs.push(list);
+    }
+    (sources, compiled_subs)
+}
+
 struct Control {
     plugins: Arc<PluginRegistry>,
     destinations: HashMap<String, Arc<DestinationHandle>>,
@@ -356,49 +414,27 @@ impl Engine {
                 problem: "the engine is shutting down".into(),
             }])
         })?;
-        // Compile sources (cached by their text).
-        let mut sources: HashMap<SourceKey, Arc<CompiledSource>> = HashMap::new();
-        let mut compiled_subs: Vec<Vec<Arc<CompiledSource>>> =
-            Vec::with_capacity(spec.subscriptions.len());
-        for s in &spec.subscriptions {
-            let mut list = Vec::with_capacity(s.sources.len());
-            for src in &s.sources {
-                let key = SourceKey {
-                    spec: src.clone(),
-                    strict: spec.strict_ngrok_filters,
-                };
-                if let Some(c) = sources
-                    .get(&key)
-                    .or_else(|| control.sources.get(&key))
-                    .cloned()
-                {
-                    sources.insert(key, c.clone());
-                    list.push(c);
-                    continue;
-                }
-                match compile_source(src, spec.strict_ngrok_filters) {
-                    Ok(c) => {
-                        let c = Arc::new(c);
-                        sources.insert(key, c.clone());
-                        list.push(c);
-                    }
-                    Err(problem) => errs.push(ConfigError {
-                        file: None,
-                        item: format!("subscription \"{}\", source \"{}\"", s.id, src.event_type),
-                        problem,
-                    }),
-                }
-            }
-            compiled_subs.push(list);
+        let (sources, compiled_subs) = compile_sources(&control, spec, &mut errs);
+        let (created, fingerprints) = self.create_destinations(&control, delivery, spec, &mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
         }
-        // Destinations: reuse unchanged ones, create instances for the others.
-        type Created = (
-            String,
-            String,
-            String,
-            SinkSource,
-            Option<Arc<crate::disk_buffer::DiskBuffer>>,
-        );
+        let handles = self.start_destinations(&control, delivery, spec, created, &fingerprints);
+        self.swap_snapshot(&mut control, spec, compiled_subs, handles, sources);
+        Ok(())
+    }
+
+    /// Creates a plugin instance (and opens the disk buffer) of every
+    /// destination that is new or whose configuration changed; unchanged ones
+    /// (same fingerprint) are kept as they run. Returns what was created and
+    /// every destination's fingerprint.
+    fn create_destinations(
+        &self,
+        control: &Control,
+        delivery: &Delivery,
+        spec: &PipelineSpec,
+        errs: &mut Vec<ConfigError>,
+    ) -> (Vec<Created>, HashMap<String, String>) {
         // The first configuration of a shared engine is the stored one
         // (`sluice serve` restarting): a destination whose plugin refuses it
         // now is retried, not allowed to stop every other tenant.
@@ -420,13 +456,13 @@ impl Engine {
                 Err(e) if self.cfg.missing_plugin == MissingPlugin::DeadLetter => {
                     tracing::warn!(destination = %d.id, "{e}; its records will be dead-lettered");
                     let why = format!("no plugin for destination kind `{}` is loaded", d.kind);
-                    created.push((
-                        d.id.clone(),
-                        d.kind.clone(),
-                        fp,
-                        SinkSource::Missing(why),
-                        None,
-                    ));
+                    created.push(Created {
+                        id: d.id.clone(),
+                        kind: d.kind.clone(),
+                        fingerprint: fp,
+                        sink: SinkSource::Missing(why),
+                        disk: None,
+                    });
                     continue;
                 }
                 Err(e) => {
@@ -459,13 +495,13 @@ impl Engine {
                 })
             };
             match create() {
-                Ok(inst) => created.push((
-                    d.id.clone(),
-                    d.kind.clone(),
-                    fp,
-                    SinkSource::Ready(inst),
+                Ok(inst) => created.push(Created {
+                    id: d.id.clone(),
+                    kind: d.kind.clone(),
+                    fingerprint: fp,
+                    sink: SinkSource::Ready(inst),
                     disk,
-                )),
+                }),
                 // A plugin that asks to be tried later is; so is any start
                 // of the stored configuration of a shared engine.
                 Err(e)
@@ -479,17 +515,17 @@ impl Engine {
                 {
                     tracing::warn!(destination = %d.id, "cannot create the plugin instance ({e}); its records wait while it is tried again");
                     let error = e.to_string();
-                    created.push((
-                        d.id.clone(),
-                        d.kind.clone(),
-                        fp,
-                        SinkSource::Retry {
+                    created.push(Created {
+                        id: d.id.clone(),
+                        kind: d.kind.clone(),
+                        fingerprint: fp,
+                        sink: SinkSource::Retry {
                             plugin,
                             create,
                             error,
                         },
                         disk,
-                    ));
+                    });
                 }
                 Err(e) => errs.push(ConfigError {
                     file: None,
@@ -498,9 +534,19 @@ impl Engine {
                 }),
             }
         }
-        if !errs.is_empty() {
-            return Err(ConfigErrors(errs));
-        }
+        (created, fingerprints)
+    }
+
+    /// The handle of every destination: the running one when unchanged, a
+    /// new delivery task for each created one.
+    fn start_destinations(
+        &self,
+        control: &Control,
+        delivery: &Delivery,
+        spec: &PipelineSpec,
+        created: Vec<Created>,
+        fingerprints: &HashMap<String, String>,
+    ) -> HashMap<String, Arc<DestinationHandle>> {
         let mut handles: HashMap<String, Arc<DestinationHandle>> = HashMap::new();
         for d in &spec.destinations {
             if let Some(h) = control.destinations.get(&d.id)
@@ -509,7 +555,14 @@ impl Engine {
                 handles.insert(d.id.clone(), h.clone());
             }
         }
-        for (id, kind, fp, inst, disk) in created {
+        for Created {
+            id,
+            kind,
+            fingerprint: fp,
+            sink: inst,
+            disk,
+        } in created
+        {
             let Some(d) = spec.destinations.iter().find(|d| d.id == id) else {
                 continue;
             };
@@ -528,6 +581,19 @@ impl Engine {
             let h = delivery.start(&id, &kind, fp, &d.delivery, inst, stats, disk);
             handles.insert(id, h);
         }
+        handles
+    }
+
+    /// Builds the new routing snapshot and swaps it in whole: workers take
+    /// it at their next batch.
+    fn swap_snapshot(
+        &self,
+        control: &mut Control,
+        spec: &PipelineSpec,
+        compiled_subs: Vec<Vec<Arc<CompiledSource>>>,
+        handles: HashMap<String, Arc<DestinationHandle>>,
+        sources: HashMap<SourceKey, Arc<CompiledSource>>,
+    ) {
         let subs = spec
             .subscriptions
             .iter()
@@ -557,7 +623,6 @@ impl Engine {
         control.destinations = handles;
         control.sources = sources;
         self.shared.metrics.reconfigurations.fetch_add(1, Relaxed);
-        Ok(())
     }
 
     fn send(&self, shard: usize, batch: InputBatch) {
@@ -1107,9 +1172,57 @@ impl Local {
     }
 }
 
-/// One event through the same steps as `process`, timing each stage.
+/// Where a worker's time per stage goes: nowhere on the common path (`()`,
+/// which compiles to nothing), or into [`crate::metrics::StageTimes`] for
+/// one event in 64 with `EngineConfig::stage_sampling` ([`Sampled`]). One
+/// event's steps are written once, in [`process_event`], for both.
+trait StageClock {
+    /// Starts timing an event.
+    fn start() -> Self;
+    /// Nanoseconds since the previous lap (or the start).
+    fn lap(&mut self) -> u64;
+    /// Adds one event's stage times to the shared counters.
+    fn record(&self, st: &crate::metrics::StageTimes, stages: [u64; 4]);
+}
+
+impl StageClock for () {
+    #[inline(always)]
+    fn start() -> Self {}
+    #[inline(always)]
+    fn lap(&mut self) -> u64 {
+        0
+    }
+    #[inline(always)]
+    fn record(&self, _: &crate::metrics::StageTimes, _: [u64; 4]) {}
+}
+
+/// A sampled event's clock.
+struct Sampled(Instant);
+
+impl StageClock for Sampled {
+    fn start() -> Self {
+        Sampled(Instant::now())
+    }
+    fn lap(&mut self) -> u64 {
+        let now = Instant::now();
+        let ns = now.duration_since(self.0).as_nanos() as u64;
+        self.0 = now;
+        ns
+    }
+    fn record(&self, st: &crate::metrics::StageTimes, [parse, route, filter, encode]: [u64; 4]) {
+        st.samples.fetch_add(1, Relaxed);
+        st.parse_ns.fetch_add(parse, Relaxed);
+        st.route_ns.fetch_add(route, Relaxed);
+        st.filter_ns.fetch_add(filter, Relaxed);
+        st.encode_ns.fetch_add(encode, Relaxed);
+    }
+}
+
+/// One event: parse, route, filter and encode for every route, counting
+/// into `local`; `C` times the stages (or not).
 #[allow(clippy::too_many_arguments)]
-fn process_sampled(
+#[inline(always)]
+fn process_event<C: StageClock>(
     raw: &[u8],
     batch: &InputBatch,
     start: usize,
@@ -1121,12 +1234,9 @@ fn process_sampled(
     local: &mut Local,
 ) {
     let st = &shared.metrics.stages;
-    let t0 = Instant::now();
+    let mut clock = C::start();
     parser.parse(raw, |res| {
-        let t1 = Instant::now();
-        st.parse_ns
-            .fetch_add(t1.duration_since(t0).as_nanos() as u64, Relaxed);
-        st.samples.fetch_add(1, Relaxed);
+        let parse_ns = clock.lap();
         match res {
             Err(rej) => {
                 local.rejected[rej.reason.index()] += 1;
@@ -1144,39 +1254,37 @@ fn process_sampled(
                         raw: batch.data.slice(start..end),
                     });
                 }
+                clock.record(st, [parse_ns, 0, 0, 0]);
             }
             Ok(env) => {
                 let routes = snap.routes(env.account_id, env.event_type);
-                let t2 = Instant::now();
-                st.route_ns
-                    .fetch_add(t2.duration_since(t1).as_nanos() as u64, Relaxed);
+                let route_ns = clock.lap();
                 if routes.is_empty() {
                     local.unrouted += 1;
+                    clock.record(st, [parse_ns, route_ns, 0, 0]);
                     return;
                 }
                 let (mut filter_ns, mut encode_ns) = (0u64, 0u64);
                 for r in routes {
-                    let a = Instant::now();
+                    clock.lap();
                     let verdict = match &r.source.filter {
                         None => Verdict::Match,
                         Some(f) => f.matches(env.object),
                     };
-                    let b = Instant::now();
-                    filter_ns += b.duration_since(a).as_nanos() as u64;
+                    filter_ns += clock.lap();
                     match verdict {
                         Verdict::Match => {
                             local.count(r.sub, 1);
                             let rec = enc.encode(&env, r.source.fields.as_ref());
-                            encode_ns += b.elapsed().as_nanos() as u64;
                             local.encoded += 1;
                             local.stage(r.sub, rec);
+                            encode_ns += clock.lap();
                         }
                         Verdict::NoMatch => local.count(r.sub, 0),
                         Verdict::Error => local.count(r.sub, 2),
                     }
                 }
-                st.filter_ns.fetch_add(filter_ns, Relaxed);
-                st.encode_ns.fetch_add(encode_ns, Relaxed);
+                clock.record(st, [parse_ns, route_ns, filter_ns, encode_ns]);
             }
         }
     });
@@ -1218,51 +1326,10 @@ fn process(
         bytes_in += raw.len() as u64;
         local.sample_tick = local.sample_tick.wrapping_add(1);
         if shared.stage_sampling && local.sample_tick.is_multiple_of(64) {
-            process_sampled(raw, batch, start, end, snap, shared, parser, enc, local);
-            continue;
+            process_event::<Sampled>(raw, batch, start, end, snap, shared, parser, enc, local);
+        } else {
+            process_event::<()>(raw, batch, start, end, snap, shared, parser, enc, local);
         }
-        parser.parse(raw, |res| match res {
-            Err(rej) => {
-                local.rejected[rej.reason.index()] += 1;
-                if batch.ticket.is_some() {
-                    local.tracked_rejects.push(RejectedLine {
-                        offset: start as u32,
-                        reason: rej.reason,
-                        detail: rej.detail.clone(),
-                    });
-                }
-                if let Some(tx) = &shared.rejects {
-                    let _ = tx.send(RejectLine {
-                        reason: rej.reason,
-                        detail: rej.detail,
-                        raw: batch.data.slice(start..end),
-                    });
-                }
-            }
-            Ok(env) => {
-                let routes = snap.routes(env.account_id, env.event_type);
-                if routes.is_empty() {
-                    local.unrouted += 1;
-                    return;
-                }
-                for r in routes {
-                    let verdict = match &r.source.filter {
-                        None => Verdict::Match,
-                        Some(f) => f.matches(env.object),
-                    };
-                    match verdict {
-                        Verdict::Match => {
-                            local.count(r.sub, 1);
-                            let rec = enc.encode(&env, r.source.fields.as_ref());
-                            local.encoded += 1;
-                            local.stage(r.sub, rec);
-                        }
-                        Verdict::NoMatch => local.count(r.sub, 0),
-                        Verdict::Error => local.count(r.sub, 2),
-                    }
-                }
-            }
-        });
     }
     // Hand records to their destinations: one chunk per subscription and destination.
     for sub in std::mem::take(&mut local.staged_touched) {

@@ -5,7 +5,7 @@
 //! `created_at` (a timestamp), `description`, `metadata`. Anything else is
 //! refused with ERR_NGROK_250 "Invalid CEL query: ...".
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use cel::common::ast::{Expr, IdedExpr, operators};
 use cel::extractors::This;
 use cel::objects::{Key, Value};
@@ -22,7 +22,7 @@ pub struct ListFilter {
 }
 
 fn invalid(msg: impl std::fmt::Display) -> ApiError {
-    ApiError::bad("ERR_NGROK_250", format!("Invalid CEL query: {msg}"))
+    ApiError::new(Code::InvalidListFilter, format!("Invalid CEL query: {msg}"))
 }
 
 fn check(e: &IdedExpr) -> Result<(), ApiError> {
@@ -235,7 +235,7 @@ mod tests {
             ("[1].exists(x, x == 1)", "not supported"),
         ] {
             let e = ListFilter::compile(f).unwrap_err();
-            assert_eq!(e.code, Some("ERR_NGROK_250"));
+            assert_eq!(e.code, Some(Code::InvalidListFilter));
             assert!(e.msg.contains(want), "{f}: {}", e.msg);
         }
         assert_eq!(parse_duration("1h30m"), Some(chrono::Duration::minutes(90)));

@@ -8,7 +8,7 @@
 //! The serve configuration's `[tenants]` table deserializes into
 //! [`TenantPolicy`]; every key is also a `sluice serve` flag.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use serde::{Deserialize, Serialize};
 use sluice_engine::config::DeliveryConfig;
 use std::collections::HashMap;
@@ -320,8 +320,8 @@ impl TenantPolicy {
         if offered.iter().any(|k| k == kind) {
             return Ok(());
         }
-        Err(ApiError::bad(
-            "ERR_NGROK_5140",
+        Err(ApiError::new(
+            Code::InvalidDestination,
             if self.plugin_kinds.iter().any(|k| k == kind) {
                 format!(
                     "No plugin of kind '{kind}' is loaded; kinds offered: {}.",
@@ -350,8 +350,8 @@ impl TenantPolicy {
     /// Refuses a new destination past the account's quota.
     pub fn check_destinations(&self, count: usize) -> Result<(), ApiError> {
         if count >= self.max_destinations {
-            return Err(ApiError::bad(
-                "ERR_NGROK_5102",
+            return Err(ApiError::new(
+                Code::DestinationLimit,
                 format!(
                     "This account has reached its limit of {} event destinations; delete one first.",
                     self.max_destinations
@@ -364,8 +364,8 @@ impl TenantPolicy {
     /// Refuses a new subscription past the account's quota.
     pub fn check_subscriptions(&self, count: usize) -> Result<(), ApiError> {
         if count >= self.max_subscriptions {
-            return Err(ApiError::bad(
-                "ERR_NGROK_5131",
+            return Err(ApiError::new(
+                Code::SubscriptionLimit,
                 format!(
                     "This account has reached its limit of {} event subscriptions; delete one first.",
                     self.max_subscriptions
@@ -382,8 +382,8 @@ impl TenantPolicy {
         sources: usize,
     ) -> Result<(), ApiError> {
         if destinations > self.max_destinations_per_subscription {
-            return Err(ApiError::bad(
-                "ERR_NGROK_5126",
+            return Err(ApiError::new(
+                Code::DestinationsPerSubscriptionLimit,
                 format!(
                     "A subscription may send to at most {} destinations; this one names {destinations}.",
                     self.max_destinations_per_subscription
@@ -391,8 +391,8 @@ impl TenantPolicy {
             ));
         }
         if sources > self.max_sources_per_subscription {
-            return Err(ApiError::bad(
-                "ERR_NGROK_215",
+            return Err(ApiError::new(
+                Code::InvalidFieldValue,
                 format!(
                     "Invalid value for parameter 'sources': at most {} sources per subscription, got {sources}.",
                     self.max_sources_per_subscription
@@ -405,8 +405,8 @@ impl TenantPolicy {
     /// Refuses a filter longer than the operator allows.
     pub fn check_filter(&self, filter: &str) -> Result<(), ApiError> {
         if filter.len() > self.max_filter_bytes {
-            return Err(ApiError::bad(
-                "ERR_NGROK_215",
+            return Err(ApiError::new(
+                Code::InvalidFieldValue,
                 format!(
                     "Invalid value for parameter 'filter': {} bytes, over this server's limit of {} bytes.",
                     filter.len(),
@@ -532,8 +532,7 @@ pub fn rate_limited(what: &str, retry_after: u64) -> ApiError {
     ApiError {
         retry_after: Some(retry_after),
         ..ApiError::new(
-            429,
-            "ERR_NGROK_226",
+            Code::RateLimited,
             format!("Too many {what}; try again in {retry_after} s."),
         )
     }
