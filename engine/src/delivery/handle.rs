@@ -1,0 +1,164 @@
+//! The workers' side of a destination: chunks handed over within the
+//! byte budget (or to the disk buffer), full or not, and what happens when
+//! it is.
+
+use super::*;
+
+impl DestinationHandle {
+    /// Whether the destination's buffer is half full or more (memory or
+    /// disk budget): `sluice serve` then holds back the account's ingest
+    /// (back-pressure), keeping the other half for what is already on its
+    /// way, rather than dead-letter.
+    pub fn is_full(&self) -> bool {
+        match &self.disk {
+            Some(d) => {
+                let max = d.max_bytes();
+                self.stats.disk_bytes.load(Relaxed).saturating_mul(2) >= max
+            }
+            None => self.budget.used().saturating_mul(2) >= self.budget.max,
+        }
+    }
+
+    pub(super) fn full_reason(&self) -> String {
+        match &self.disk {
+            Some(d) => format!(
+                "the destination's disk buffer was full (disk_max_bytes = {}): it is not keeping up",
+                d.max_bytes()
+            ),
+            None => format!(
+                "the destination's buffer was full (buffer_max_bytes = {}): it is not keeping up",
+                self.budget.max
+            ),
+        }
+    }
+
+    pub(super) fn dead_letter_chunk(&self, chunk: Chunk, why: &str) {
+        let (sub, records) = pending(chunk);
+        self.dead.write(&self.stats, &sub, &records, why);
+    }
+
+    /// Hands a chunk to the destination. With `when_full = "block"` this
+    /// blocks while the destination's buffer is full. Must not be called
+    /// from inside the delivery runtime.
+    pub fn push(&self, chunk: Chunk) {
+        let n = chunk.records.len() as u64;
+        if n == 0 {
+            return;
+        }
+        if let Some(disk) = &self.disk {
+            let received_us =
+                DiskBuffer::now_us().saturating_sub(chunk.received.elapsed().as_micros() as u64);
+            match disk.append(
+                &chunk.subscription,
+                &chunk.records,
+                received_us,
+                chunk.hold.clone(),
+            ) {
+                Ok(()) => {}
+                Err(AppendError::Full) if self.when_full == WhenFull::DropNewest => {
+                    self.drop_chunk(&chunk);
+                }
+                Err(AppendError::Full) if self.never_block => {
+                    let why = self.full_reason();
+                    self.dead_letter_chunk(chunk, &why);
+                }
+                Err(e) => {
+                    let why = match e {
+                        AppendError::Full => {
+                            "the disk buffer was full when the engine stopped".to_string()
+                        }
+                        AppendError::Io(e) => format!("writing the disk buffer failed: {e}"),
+                    };
+                    let (sub, records) = pending(chunk);
+                    self.dead.write(&self.stats, &sub, &records, &why);
+                }
+            }
+            return;
+        }
+        // In pieces of at most an eighth of the budget, so that the bound
+        // holds even for a chunk bigger than the whole budget.
+        let piece_max = (self.budget.max / 8).max(1);
+        let mut chunk = chunk;
+        loop {
+            let mut bytes = 0u64;
+            let mut take = 0;
+            for r in &chunk.records {
+                let b = r.data().len() as u64;
+                if take > 0 && bytes + b > piece_max {
+                    break;
+                }
+                bytes += b;
+                take += 1;
+            }
+            let rest = (take < chunk.records.len()).then(|| Chunk {
+                subscription: chunk.subscription.clone(),
+                records: chunk.records.split_off(take),
+                received: chunk.received,
+                hold: chunk.hold.clone(),
+            });
+            self.push_piece(chunk, bytes);
+            match rest {
+                Some(r) => chunk = r,
+                None => return,
+            }
+        }
+    }
+
+    pub(super) fn push_piece(&self, chunk: Chunk, bytes: u64) {
+        let n = chunk.records.len() as u64;
+        match self.when_full {
+            WhenFull::Block if self.never_block => {
+                if !self.budget.try_acquire(bytes) {
+                    let why = self.full_reason();
+                    self.dead_letter_chunk(chunk, &why);
+                    return;
+                }
+            }
+            WhenFull::Block => self.budget.acquire(bytes),
+            WhenFull::DropNewest => {
+                if !self.budget.try_acquire(bytes) {
+                    self.drop_chunk(&chunk);
+                    return;
+                }
+            }
+        }
+        self.stats.queued.fetch_add(n, Relaxed);
+        self.stats.queued_bytes.fetch_add(bytes, Relaxed);
+        let sent = if self.never_block {
+            self.tx.try_send(chunk).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            })
+        } else {
+            self.tx
+                .blocking_send(chunk)
+                .map_err(|mpsc::error::SendError(c)| c)
+        };
+        if let Err(chunk) = sent {
+            // The task is gone (it only ends once every handle is dropped, or
+            // if it panicked): keep the records rather than lose them.
+            self.budget.release(bytes);
+            self.stats.queued.fetch_sub(n, Relaxed);
+            self.stats.queued_bytes.fetch_sub(bytes, Relaxed);
+            let why = if self.tx.is_closed() {
+                "destination task stopped".to_string()
+            } else {
+                self.full_reason()
+            };
+            self.dead_letter_chunk(chunk, &why);
+        }
+    }
+
+    pub(super) fn drop_chunk(&self, chunk: &Chunk) {
+        let n = chunk.records.len() as u64;
+        self.stats.dropped.fetch_add(n, Relaxed);
+        if let Some(h) = &chunk.hold {
+            h.dropped(n);
+        }
+        tracing::debug!(destination = %self.id, records = n, "buffer full: records dropped (when_full = drop_newest)");
+    }
+
+    /// The destination's disk buffer, if it has one.
+    pub fn disk(&self) -> Option<&Arc<DiskBuffer>> {
+        self.disk.as_ref()
+    }
+}

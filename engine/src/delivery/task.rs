@@ -1,0 +1,331 @@
+//! The task loop of one destination: takes chunks, dispatches batches to
+//! the plugin on blocking threads, waits for them, and drains on stop.
+
+use super::*;
+
+/// Calls the plugin, catching a panic of the engine's side of the call.
+pub(super) fn call_plugin(
+    sink: &SinkInstance,
+    recs: &[Record],
+    sub: &str,
+) -> crate::plugin::SendReport {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sink.send_records(recs, sub)
+    }))
+    .unwrap_or_else(|_| failed_report(recs.len(), "engine panicked while calling the plugin"))
+}
+
+/// Every record to retry, the call failed as a whole.
+pub(super) fn failed_report(n: usize, why: &str) -> crate::plugin::SendReport {
+    crate::plugin::SendReport {
+        outcomes: vec![
+            RecordOutcome::Retry {
+                after_ms: 0,
+                reason: why.to_string()
+            };
+            n
+        ],
+        failure: Some((sluice_sdk::abi::STATUS_RETRY, why.to_string())),
+        protocol_errors: 0,
+    }
+}
+
+impl Task {
+    pub(super) fn dead_letter(&mut self, sub: &str, records: Vec<Pending>, reason: &str) {
+        self.dead.write(&self.stats, sub, &records, reason);
+        self.settle(&records);
+    }
+
+    /// Closes batches whose linger expired (or every batch, when draining).
+    pub(super) fn expire(&mut self, now: Instant, all: bool) {
+        if all {
+            let subs: Vec<Arc<str>> = self
+                .lanes
+                .iter()
+                .filter(|(_, l)| !l.filling.is_empty())
+                .map(|(s, _)| s.clone())
+                .collect();
+            for s in subs {
+                self.close_filling(&s);
+            }
+            self.deadlines.clear();
+            return;
+        }
+        while let Some(Reverse((d, _))) = self.deadlines.peek() {
+            if *d > now {
+                break;
+            }
+            let Some(Reverse((d, sub))) = self.deadlines.pop() else {
+                break;
+            };
+            if self.lanes.get(&sub).is_some_and(|l| l.deadline == Some(d)) {
+                self.close_filling(&sub);
+            }
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, inflight: &mut JoinSet<Flight>) {
+        // Records wait while the plugin instance is not created.
+        if self.starter.is_some() {
+            return;
+        }
+        // Calls that never returned hold threads of the shared pool: past a
+        // few, send nothing more to this destination until they come back.
+        if self.stuck.load(Relaxed) >= MAX_STUCK_SENDS {
+            return;
+        }
+        let limit = self.aimd.limit();
+        let mut scan = self.ready.len();
+        while inflight.len() < limit && scan > 0 {
+            scan -= 1;
+            let Some(sub) = self.ready.pop_front() else {
+                break;
+            };
+            let ordered = self.ordered;
+            let Some(lane) = self.lanes.get_mut(&sub) else {
+                continue;
+            };
+            if ordered && (lane.in_flight > 0 || lane.blocked) {
+                self.ready.push_back(sub);
+                continue;
+            }
+            let Some(batch) = lane.queued.pop_front() else {
+                continue;
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let sink = match &self.sink {
+                Ok(s) => s.clone(),
+                Err(why) => {
+                    let why = why.clone();
+                    self.dead_letter(&sub, batch, &why);
+                    continue;
+                }
+            };
+            lane.in_flight += 1;
+            self.stats.in_flight.fetch_add(1, Relaxed);
+            let busy = inflight.len() + 1 >= limit;
+            // The plugin gets its own handles on the records: if it does not
+            // return in time, the task goes on with the batch and the call
+            // keeps only what it was lent.
+            let recs: Vec<Record> = batch.iter().map(|p| p.rec.clone()).collect();
+            let timeout = self.send_timeout;
+            let stuck = self.stuck.clone();
+            let stats = self.stats.clone();
+            let group = self.group.clone();
+            let stopping = self.stopping.clone();
+            inflight.spawn(async move {
+                // The group's share of the call pool: held until the call
+                // really returns, so calls given up on count too.
+                let permit = match group {
+                    Some(g) => g.acquire_owned().await.ok(),
+                    None => None,
+                };
+                let sent = Instant::now();
+                let n = recs.len();
+                // 0 running, 1 returned, 2 given up on.
+                let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
+                let (state2, stuck2, sub2) = (state.clone(), stuck.clone(), sub.clone());
+                let call = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let report = call_plugin(&sink, &recs, &sub2);
+                    if state2.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
+                        // Given up on earlier: it is no longer stuck.
+                        stuck2.fetch_sub(1, Relaxed);
+                    }
+                    report
+                });
+                // Wait for the call, at most the send timeout, and never
+                // past the engine's drain deadline: a call stuck in foreign
+                // code is given up on (its thread is abandoned), and its
+                // records are retried, kept on disk or dead-lettered.
+                let mut call = call;
+                let give_up = async {
+                    let limit = async {
+                        match timeout {
+                            Some(t) => tokio::time::sleep(t).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
+                    let stop = async {
+                        while !stopping.past() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = limit => false,
+                        _ = stop => true,
+                    }
+                };
+                let report = tokio::select! {
+                    biased;
+                    r = &mut call => r.ok(),
+                    stopped = give_up => {
+                        if state.compare_exchange(0, 2, Relaxed, Relaxed).is_ok() {
+                            stuck.fetch_add(1, Relaxed);
+                            let why = if stopped {
+                                "the engine stopped while the plugin's send was still running".to_string()
+                            } else {
+                                stats.send_timeouts.fetch_add(1, Relaxed);
+                                format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default())
+                            };
+                            Some(failed_report(n, &why))
+                        } else {
+                            // It returned just as the time ran out.
+                            call.await.ok()
+                        }
+                    }
+                };
+                let report = report.unwrap_or_else(|| {
+                    failed_report(n, "engine panicked while calling the plugin")
+                });
+                (sub, batch, report, sent, busy)
+            });
+        }
+    }
+
+    pub(super) fn idle(&self, inflight: &JoinSet<Flight>) -> bool {
+        inflight.is_empty()
+            && self.ready.is_empty()
+            && self.retries.is_empty()
+            && self.lanes.values().all(|l| l.filling.is_empty())
+    }
+
+    /// At the drain deadline: memory records are dead-lettered; records of
+    /// the disk buffer stay there (unacknowledged) for the next start.
+    pub(super) fn abandon_all(&mut self) {
+        for (sub, batch) in self.take_all() {
+            if self.disk.is_some() {
+                self.release(&batch);
+            } else {
+                self.dead_letter(&sub, batch, "engine stopped before delivery");
+            }
+        }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) {
+        let mut inflight: JoinSet<Flight> = JoinSet::new();
+        let mut closed = Closed::No;
+        let mut abandoned = false;
+        loop {
+            let now = Instant::now();
+            let draining = closed != Closed::No;
+            // A replaced destination hands its disk buffer to its successor.
+            let handed_over = draining
+                && closed == Closed::Removed
+                && self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.consumers.load(Relaxed) > 1);
+            if !abandoned && !handed_over {
+                self.fill_from_disk();
+            }
+            self.expire(now, draining);
+            self.due_retries(now, false);
+            // Past the drain deadline, whatever is held (and whatever comes
+            // back from calls given up on) is kept on disk or dead-lettered.
+            if closed == Closed::Stopping && self.stopping.past() {
+                self.abandon_all();
+                abandoned = true;
+            }
+            // Deleted before its instance could be created: what it holds
+            // is dead-lettered (by dispatch, through the error) so that it
+            // can finish.
+            if closed == Closed::Removed && self.starter.is_some() {
+                self.starter = None;
+                self.sink = Err(
+                    "the destination was deleted before its plugin instance could be created"
+                        .to_string(),
+                );
+            }
+            if !abandoned {
+                self.begin_start(now);
+                self.dispatch(&mut inflight);
+            }
+            if draining {
+                let disk_done =
+                    abandoned || handed_over || self.disk.as_ref().is_none_or(|d| !d.unread());
+                if self.idle(&inflight) && disk_done {
+                    break;
+                }
+            }
+            let wake = self
+                .next_wakeup()
+                .unwrap_or(now + Duration::from_secs(3600));
+            // While draining, or while sends are stuck, check regularly.
+            let wake = if draining || self.stuck.load(Relaxed) > 0 {
+                wake.min(now + Duration::from_millis(100))
+            } else {
+                wake
+            };
+            let disk = self.disk.clone();
+            let want_disk =
+                disk.is_some() && !abandoned && !handed_over && self.budget.available() > 0;
+            let mut starting = self.starter.as_mut().and_then(|st| st.running.take());
+            let mut started = None;
+            tokio::select! {
+                r = async { starting.as_mut().expect("guarded").await }, if starting.is_some() => {
+                    starting = None;
+                    started = Some(r.unwrap_or_else(|e| Err(crate::plugin::PluginError::Create {
+                        kind: String::new(),
+                        destination: self.id.to_string(),
+                        retryable: true,
+                        message: format!("creating the instance failed: {e}"),
+                    })));
+                }
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => match done {
+                    Ok(flight) => self.handle(flight),
+                    Err(e) => {
+                        // Only cancellation gets here (panics are caught inside the
+                        // task and reported as a failed send), and we never cancel.
+                        self.stats.in_flight.fetch_sub(1, Relaxed);
+                        tracing::error!(destination = %self.id, "send task failed: {e}");
+                    }
+                },
+                msg = rx.recv(), if closed == Closed::No => match msg {
+                    Some(chunk) => {
+                        let (sub, records) = pending(chunk);
+                        self.add(sub, records);
+                    }
+                    None => {
+                        closed = if self.stopping.deadline().is_some() { Closed::Stopping } else { Closed::Removed };
+                    }
+                },
+                _ = async { if let Some(d) = &disk { d.written_since_read().await } }, if want_disk => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            if let Some(h) = starting
+                && let Some(st) = &mut self.starter
+            {
+                st.running = Some(h);
+            }
+            if let Some(r) = started {
+                self.started(r);
+            }
+        }
+        if let Ok(sink) = self.sink.clone() {
+            let id = self.id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = sink.flush() {
+                    tracing::warn!(destination = %id, "flush failed: {e}");
+                }
+            })
+            .await;
+        }
+        if let Some(d) = self.disk.take() {
+            let last = d.consumers.fetch_sub(1, Relaxed) == 1;
+            // A removed destination whose buffer is empty and unclaimed: delete it.
+            if last && closed == Closed::Removed && d.drained() {
+                let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+                if d.consumers.load(Relaxed) == 0 {
+                    disks.remove(d.dir());
+                    drop(disks);
+                    if let Err(e) = d.remove() {
+                        tracing::warn!(dir = %d.dir().display(), "cannot delete the disk buffer of a removed destination: {e}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+use super::*;
+
+const RTT: Duration = Duration::from_millis(10);
+
+#[test]
+fn concurrency_grows_by_one_per_round_trip_while_busy_and_steady() {
+    let mut a = Aimd::new(16, true);
+    assert_eq!(a.limit(), 1, "starts at one batch in flight");
+    // A round trip is `limit` completions, each adding 1/limit: about
+    // one more batch per round trip, never more.
+    let mut trips = 0;
+    while a.limit() < 16 {
+        let before = a.limit();
+        for _ in 0..before {
+            a.observe(RTT, false, true);
+        }
+        assert!(a.limit() <= before + 1, "{before} -> {}", a.limit());
+        trips += 1;
+    }
+    assert!(
+        (15..=24).contains(&trips),
+        "{trips} round trips from 1 to 16"
+    );
+    for _ in 0..100 {
+        a.observe(RTT, false, true);
+    }
+    assert_eq!(a.limit(), 16, "never above max_in_flight");
+}
+
+#[test]
+fn concurrency_does_not_grow_when_idle_or_when_latency_rises() {
+    let mut a = Aimd::new(16, true);
+    for _ in 0..50 {
+        a.observe(RTT, false, false);
+    }
+    assert_eq!(a.limit(), 1, "slots not in use: no reason to grow");
+    for _ in 0..4 {
+        a.observe(RTT, false, true);
+    }
+    let before = a.limit();
+    a.observe(RTT * 10, false, true);
+    assert_eq!(a.limit(), before, "latency well above its average: hold");
+}
+
+#[test]
+fn concurrency_halves_on_congestion_once_per_round_trip_and_floors_at_one() {
+    let mut a = Aimd::new(64, true);
+    for _ in 0..2000 {
+        a.observe(RTT, false, true);
+    }
+    let before = a.limit();
+    assert!(before >= 32, "{before}");
+    a.observe(RTT, true, true);
+    assert_eq!(a.limit(), before / 2);
+    // The other batches of the same round trip saw the same congestion.
+    a.observe(RTT, true, true);
+    a.observe(RTT, true, true);
+    assert_eq!(a.limit(), before / 2, "one cut per round trip");
+    for _ in 0..20 {
+        std::thread::sleep(RTT * 2);
+        a.observe(RTT, true, true);
+    }
+    assert_eq!(a.limit(), 1, "never below one");
+}
+
+#[test]
+fn fixed_concurrency_ignores_what_it_observes() {
+    let mut a = Aimd::new(8, false);
+    assert_eq!(a.limit(), 8);
+    a.observe(RTT, true, true);
+    assert_eq!(a.limit(), 8);
+}
