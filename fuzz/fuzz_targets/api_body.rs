@@ -5,17 +5,15 @@
 use axum::body::Body;
 use axum::http::Request;
 use libfuzzer_sys::fuzz_target;
-use sluice_serve::api::{App, router};
+use sluice_serve::api::router;
 use sluice_serve::policy::TenantPolicy;
-use sluice_serve::{ServeOptions, store::Store};
-use sluice_engine::{Engine, EngineConfig, plugin::PluginRegistry};
-use std::sync::{Arc, OnceLock};
+use sluice_serve::testing::{InProcess, start};
+use std::sync::OnceLock;
 use tower::ServiceExt;
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
-    app: Arc<App>,
-    key: String,
+    server: InProcess,
 }
 
 fn fixture() -> &'static Fixture {
@@ -23,11 +21,7 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("sluice-fuzz-api-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).expect("store");
-        let (_, key) = store
-            .create_key("ac_2FuzzAccount000000000000000", "fuzz", "2026-01-01T00:00:00Z")
-            .expect("key");
-        let state = store.load().expect("state");
+        std::fs::create_dir_all(&dir).expect("data directory");
         let policy = TenantPolicy {
             max_destinations: 20,
             max_subscriptions: 20,
@@ -35,34 +29,12 @@ fn fixture() -> &'static Fixture {
             test_events_per_minute: 0,
             ..TenantPolicy::default()
         };
-        let opts = ServeOptions {
-            listen: String::new(),
-            data_dir: dir.clone(),
-            plugin_dirs: Vec::new(),
-            ingest_token: None,
-            strict_ngrok_filters: false,
-            engine: EngineConfig::default(),
-            metrics_addr: None,
-            cors_origins: Vec::new(),
-            policy: policy.clone(),
-        };
-        let cfg = EngineConfig {
-            workers: 1,
-            dead_letter_dir: dir.join("dead-letter"),
-            buffer_dir: dir.join("buffer"),
-            missing_plugin: sluice_engine::MissingPlugin::DeadLetter,
-            plugin_restrictions: policy.restrictions(),
-            shared: true,
-            ..EngineConfig::default()
-        };
-        let spec = state.pipeline(false, &policy, &dir);
-        let engine = Arc::new(Engine::start(cfg, PluginRegistry::discover(&[]), &spec).expect("engine"));
-        let app = Arc::new(App::new(engine, store, state, Vec::new(), &opts, String::new()));
+        let server = start(&dir, policy, sluice_engine::plugin::PluginRegistry::discover(&[]));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        Fixture { rt, app, key }
+        Fixture { rt, server }
     })
 }
 
@@ -80,12 +52,12 @@ fuzz_target!(|data: &[u8]| {
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header("authorization", format!("Bearer {}", f.key))
+        .header("authorization", format!("Bearer {}", f.server.key))
         .header("ngrok-version", "2")
         .header("content-type", "application/json")
         .body(Body::from(body.to_vec()))
         .expect("request");
-    let resp = f.rt.block_on(router(f.app.clone()).oneshot(req)).expect("infallible");
+    let resp = f.rt.block_on(router(f.server.app.clone()).oneshot(req)).expect("infallible");
     let status = resp.status().as_u16();
     let bytes = f
         .rt

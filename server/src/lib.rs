@@ -20,6 +20,8 @@ pub mod model;
 pub mod policy;
 pub mod settings;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 
 use sluice_engine::plugin::PluginRegistry;
 use sluice_engine::{Engine, EngineConfig, MissingPlugin};
