@@ -56,8 +56,9 @@ pub struct ServeOptions {
 }
 
 /// Where `sluice serve` listens, once it does, and the credentials this
-/// start created (the library prints nothing: the caller shows them).
-#[derive(Clone, Debug)]
+/// start created (the library prints nothing: the caller shows them). Its
+/// `Debug` shows no secret.
+#[derive(Clone)]
 pub struct Listening {
     /// The public listener: the API, `/ingest`, `/healthz`.
     pub api: std::net::SocketAddr,
@@ -71,13 +72,37 @@ pub struct Listening {
     pub new_ingest_token: Option<String>,
 }
 
-/// The account and API key `sluice serve` creates on its first start.
-#[derive(Clone, Debug)]
+/// The account and API key `sluice serve` creates on its first start. Its
+/// `Debug` shows no secret.
+#[derive(Clone)]
 pub struct FirstAccount {
     /// The new account's id (`ac_…`).
     pub account: String,
     /// Its API key, in clear (only its hash is stored).
     pub api_key: String,
+}
+
+impl std::fmt::Debug for FirstAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstAccount")
+            .field("account", &self.account)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listening")
+            .field("api", &self.api)
+            .field("metrics", &self.metrics)
+            .field("first_account", &self.first_account)
+            .field(
+                "new_ingest_token",
+                &self.new_ingest_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// Creates an API key for `account` in the store under `data_dir` and
@@ -260,4 +285,28 @@ pub fn run(
         }
     };
     result.map(|()| summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let l = Listening {
+            api: "127.0.0.1:1".parse().unwrap(),
+            metrics: None,
+            first_account: Some(FirstAccount {
+                account: "ac_1".into(),
+                api_key: "2Secret_Key".into(),
+            }),
+            new_ingest_token: Some("tok3n-secret".into()),
+        };
+        let s = format!("{l:?}");
+        assert!(s.contains("ac_1") && s.contains("<redacted>"), "{s}");
+        assert!(
+            !s.contains("2Secret_Key") && !s.contains("tok3n-secret"),
+            "{s}"
+        );
+    }
 }
