@@ -8,6 +8,7 @@
 
 use serde_json::{Value, json};
 use sluice_e2e::aws::{AwsAnswer, FakeAws, Moto};
+use sluice_e2e::pipeline::{destination, http_events, one_destination, sluice_run, write_pipeline};
 use sluice_e2e::{KillOnDrop, cmd, read_ndjson};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -17,28 +18,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ACCOUNTS: [&str; 3] = ["ac_a", "ac_b", "ac_c"];
-const CREDS: &str =
-    r#"auth = { creds = { aws_access_key_id = "AKIDTEST", aws_secret_access_key = "secret" } }"#;
-const ROLE: &str = r#"auth = { role = { role_arn = "arn:aws:iam::123456789012:role/sluice-export" } }, external_id = "ac_owner""#;
+/// Static test keys.
+fn creds() -> Value {
+    json!({"creds": {"aws_access_key_id": "AKIDTEST", "aws_secret_access_key": "secret"}})
+}
 
-/// `n` HTTP events `ev_<prefix><i>` over three accounts, ~330 bytes each,
-/// stamped `ts(i)` milliseconds from now.
+/// A role to assume, with the external id the trust policy asks for.
+fn role() -> Value {
+    json!({"role": {"role_arn": "arn:aws:iam::123456789012:role/sluice-export"}})
+}
+
+/// `n` HTTP events `ev_<prefix><i>` over the three accounts, stamped `ts(i)`
+/// milliseconds from now.
 fn events(n: usize, prefix: &str, ts: impl Fn(usize) -> i64) -> String {
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut s = String::new();
-    for i in 0..n {
-        let t = chrono::DateTime::from_timestamp_millis(now + ts(i))
-            .unwrap()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        s.push_str(&format!(
-            r#"{{"event_id":"ev_{prefix}{i}","event_type":"http_request_complete.v0","event_timestamp":"{t}","account_id":"{}","object":{{"http":{{"request":{{"method":"GET","url":"/items/{i}"}},"response":{{"status_code":200}}}},"conn":{{"server_name":"app-prod.ngrok.dev","client_ip":"10.0.{}.{}"}},"n":{i}}}}}"#,
-            ACCOUNTS[i % 3],
-            i / 256 % 256,
-            i % 256
-        ));
-        s.push('\n');
-    }
-    s
+    http_events(n, prefix, &ACCOUNTS, ts)
 }
 
 /// Event id -> the published event.
@@ -52,38 +45,17 @@ fn by_id(ndjson: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// A configuration: one destination of `kind` with `config` (TOML inline
-/// table body) and `delivery`, one subscription of every account to it.
-fn config(kind: &str, config: &str, delivery: &str) -> String {
-    let mut c = format!(
-        "[[destination]]\nid = \"ed_aws\"\nkind = \"{kind}\"\nconfig = {{ {config} }}\n[destination.delivery]\n{delivery}\n\n"
-    );
-    for a in ACCOUNTS {
-        c.push_str(&format!(
-            "[[subscription]]\nid = \"esb_{a}\"\naccount_id = \"{a}\"\ndestination_ids = [\"ed_aws\"]\n[[subscription.source]]\ntype = \"http_request_complete.v0\"\n\n"
-        ));
-    }
-    c
+/// Writes `c.toml`: one destination `ed_aws` of `kind` with `config` and
+/// `delivery`, one subscription of every account to it.
+fn write_config(dir: &Path, kind: &str, config: Value, delivery: Value) {
+    let dest = destination("ed_aws", kind, config, delivery);
+    write_pipeline(dir, "c.toml", &one_destination(dest, &ACCOUNTS));
 }
 
 /// Runs `sluice run --config c.toml --input events.ndjson` with `env`;
 /// returns (success, stderr).
 fn run(dir: &Path, env: &[(&str, &str)], timeout: Duration) -> (bool, String) {
-    let mut child = KillOnDrop(
-        cmd(dir)
-            .args(["run", "--config", "c.toml", "--input", "events.ndjson"])
-            .envs(env.iter().copied())
-            .env("SLUICE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait(&mut child, timeout)
-}
-
-fn wait(child: &mut KillOnDrop, timeout: Duration) -> (bool, String) {
-    sluice_e2e::wait_exit(child, timeout, || {})
+    sluice_run(dir, &["--input", "events.ndjson"], env, timeout)
 }
 
 /// The AWS environment of a process pointed at `endpoint` with test keys.
@@ -137,21 +109,19 @@ fn kinesis_records_are_read_back_with_get_records() {
     moto.py(&["create-stream", "web", "2"]);
     let input = events(1500, "k", |i| -(i as i64) * 1000);
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(
-        r#"stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/web", {CREDS}, endpoint_url = "{}""#,
-        moto.url
-    );
+    let cfg = json!({
+        "stream_arn": "arn:aws:kinesis:us-east-1:123456789012:stream/web",
+        "auth": creds(),
+        "endpoint_url": moto.url,
+    });
     // One put at a time: moto numbers a shard's records without a lock, and
     // two concurrent puts to one shard can overwrite each other's records.
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config(
-            "kinesis",
-            &cfg,
-            "batch_max_records = 400\nmax_in_flight = 1",
-        ),
-    )
-    .unwrap();
+    write_config(
+        dir.path(),
+        "kinesis",
+        cfg.clone(),
+        json!({"batch_max_records": 400, "max_in_flight": 1}),
+    );
     let (ok, err) = run(dir.path(), &[], Duration::from_secs(120));
     assert!(ok, "{err}");
     assert!(err.contains("1500 delivered"), "{err}");
@@ -190,11 +160,9 @@ fn kinesis_records_are_read_back_with_get_records() {
     assert_eq!(tests[0]["destination_id"], "ed_aws");
 
     // A stream that does not exist: check says so, naming AWS's error.
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("kinesis", &cfg.replace("stream/web", "stream/nope"), ""),
-    )
-    .unwrap();
+    let mut nope = cfg.clone();
+    nope["stream_arn"] = json!("arn:aws:kinesis:us-east-1:123456789012:stream/nope");
+    write_config(dir.path(), "kinesis", nope, json!({}));
     let o = cmd(dir.path())
         .args(["check", "--config", "c.toml", "--destination", "ed_aws"])
         .output()
@@ -213,14 +181,17 @@ fn firehose_writes_valid_ndjson_objects_to_s3_with_an_assumed_role_and_the_aws_e
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
     // No endpoint_url: AWS_ENDPOINT_URL points every client (STS too) at moto;
     // the region comes from the ARN, not AWS_REGION.
-    let cfg = format!(
-        r#"delivery_stream_arn = "arn:aws:firehose:us-east-1:123456789012:deliverystream/to-s3", {ROLE}"#
+    let cfg = json!({
+        "delivery_stream_arn": "arn:aws:firehose:us-east-1:123456789012:deliverystream/to-s3",
+        "auth": role(),
+        "external_id": "ac_owner",
+    });
+    write_config(
+        dir.path(),
+        "firehose",
+        cfg,
+        json!({"batch_max_records": 300}),
     );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("firehose", &cfg, "batch_max_records = 300"),
-    )
-    .unwrap();
     let env = aws_env(&moto.url);
     let (ok, err) = run(dir.path(), &env_refs(&env), Duration::from_secs(120));
     assert!(ok, "{err}");
@@ -265,15 +236,14 @@ fn cloudwatch_events_are_read_back_in_order_and_out_of_range_ones_are_dead_lette
         }
     });
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(
-        r#"log_group_arn = "arn:aws:logs:us-east-1:123456789012:log-group:/sluice/web:*", {ROLE}, endpoint_url = "{}", node = "n1""#,
-        moto.url
-    );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("cloudwatch_logs", &cfg, ""),
-    )
-    .unwrap();
+    let cfg = json!({
+        "log_group_arn": "arn:aws:logs:us-east-1:123456789012:log-group:/sluice/web:*",
+        "auth": role(),
+        "external_id": "ac_owner",
+        "endpoint_url": moto.url,
+        "node": "n1",
+    });
+    write_config(dir.path(), "cloudwatch_logs", cfg, json!({}));
     let env = aws_env("http://127.0.0.1:9"); // the config's endpoint_url wins
     let (ok, err) = run(dir.path(), &env_refs(&env), Duration::from_secs(120));
     assert!(ok, "{err}");
@@ -341,17 +311,18 @@ fn call_ids(records: &[String]) -> Vec<String> {
 /// Kinesis or Firehose against the fake: the first four calls fail whole
 /// (throttled twice, a 500, a 503); after that, odd events fail the first
 /// time they are sent (partial failure) and every 100th is refused for good.
-fn partial_failures(kind: &str, arn: &str, retry_code: &'static str) {
+fn partial_failures(kind: &str, (arn_key, arn): (&str, &str), retry_code: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let aws = FakeAws::start();
     let input = events(2000, "p", |_| 0);
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(r#"{arn}, {CREDS}, endpoint_url = "{}""#, aws.url());
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config(kind, &cfg, "linger_ms = 20\nretry_max_backoff_ms = 200"),
-    )
-    .unwrap();
+    let cfg = json!({arn_key: arn, "auth": creds(), "endpoint_url": aws.url()});
+    write_config(
+        dir.path(),
+        kind,
+        cfg,
+        json!({"linger_ms": 20, "retry_max_backoff_ms": 200}),
+    );
     let sent: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let calls = Arc::new(Mutex::new(0usize));
     let s2 = sent.clone();
@@ -455,7 +426,10 @@ fn partial_failures(kind: &str, arn: &str, retry_code: &'static str) {
 fn kinesis_partial_failures_retry_exactly_the_failed_records() {
     partial_failures(
         "kinesis",
-        r#"stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/web""#,
+        (
+            "stream_arn",
+            "arn:aws:kinesis:us-east-1:123456789012:stream/web",
+        ),
         "ProvisionedThroughputExceededException",
     );
 }
@@ -464,7 +438,10 @@ fn kinesis_partial_failures_retry_exactly_the_failed_records() {
 fn firehose_partial_failures_retry_exactly_the_failed_records() {
     partial_failures(
         "firehose",
-        r#"delivery_stream_arn = "arn:aws:firehose:us-east-1:123456789012:deliverystream/s3""#,
+        (
+            "delivery_stream_arn",
+            "arn:aws:firehose:us-east-1:123456789012:deliverystream/s3",
+        ),
         "ServiceUnavailableException",
     );
 }
@@ -478,15 +455,13 @@ fn cloudwatch_creates_missing_streams_splits_by_day_and_backs_off_when_throttled
         -((i as i64 * 7919) % (40 * hour / 1000)) * 1000
     });
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    let cfg = format!(
-        r#"log_group_arn = "arn:aws:logs:us-east-1:123456789012:log-group:web", {CREDS}, endpoint_url = "{}", log_stream = "export-{{account_id}}""#,
-        aws.url()
-    );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("cloudwatch_logs", &cfg, "linger_ms = 50"),
-    )
-    .unwrap();
+    let cfg = json!({
+        "log_group_arn": "arn:aws:logs:us-east-1:123456789012:log-group:web",
+        "auth": creds(),
+        "endpoint_url": aws.url(),
+        "log_stream": "export-{account_id}",
+    });
+    write_config(dir.path(), "cloudwatch_logs", cfg, json!({"linger_ms": 50}));
     let puts = Arc::new(Mutex::new(0usize));
     aws.set(move |call| {
         if call.target != "Logs_20140328.PutLogEvents" {
@@ -548,15 +523,13 @@ fn assumed_role_credentials_carry_the_external_id_are_cached_and_refreshed_befor
     // Credentials valid for 12 s: the SDK's cache refreshes them up to 10 s
     // before expiry (less a random jitter), so within the run's 10 s.
     aws.set_sts_lifetime(Duration::from_secs(12));
-    let cfg = format!(
-        r#"stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/web", {ROLE}, endpoint_url = "{}""#,
-        aws.url()
-    );
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("kinesis", &cfg, "linger_ms = 20"),
-    )
-    .unwrap();
+    let cfg = json!({
+        "stream_arn": "arn:aws:kinesis:us-east-1:123456789012:stream/web",
+        "auth": role(),
+        "external_id": "ac_owner",
+        "endpoint_url": aws.url(),
+    });
+    write_config(dir.path(), "kinesis", cfg, json!({"linger_ms": 20}));
     let env = aws_env("http://127.0.0.1:9");
     let mut child = KillOnDrop(
         cmd(dir.path())
@@ -579,7 +552,7 @@ fn assumed_role_credentials_carry_the_external_id_are_cached_and_refreshed_befor
         std::thread::sleep(Duration::from_secs(1));
     }
     drop(stdin);
-    let (ok, err) = wait(&mut child, Duration::from_secs(60));
+    let (ok, err) = sluice_e2e::wait_exit(&mut child, Duration::from_secs(60), || {});
     assert!(ok, "{err}");
     assert!(aws.violations().is_empty(), "{:?}", aws.violations());
     let calls = aws.calls();
@@ -708,23 +681,25 @@ fn the_api_sends_a_test_event_on_create_when_asked_and_refuses_a_destination_tha
 fn the_aws_plugins_pass_the_conformance_kit_against_the_fake() {
     let dir = tempfile::tempdir().unwrap();
     let aws = FakeAws::start();
-    let creds = r#""auth":{"creds":{"aws_access_key_id":"AKIDTEST","aws_secret_access_key":"s"}}"#;
-    for (name, arn) in [
+    for (name, arn_key, arn) in [
         (
             "kinesis",
-            r#""stream_arn":"arn:aws:kinesis:us-east-1:123456789012:stream/web""#,
+            "stream_arn",
+            "arn:aws:kinesis:us-east-1:123456789012:stream/web",
         ),
         (
             "firehose",
-            r#""delivery_stream_arn":"arn:aws:firehose:us-east-1:123456789012:deliverystream/s3""#,
+            "delivery_stream_arn",
+            "arn:aws:firehose:us-east-1:123456789012:deliverystream/s3",
         ),
         (
             "cloudwatch_logs",
-            r#""log_group_arn":"arn:aws:logs:us-east-1:123456789012:log-group:web""#,
+            "log_group_arn",
+            "arn:aws:logs:us-east-1:123456789012:log-group:web",
         ),
     ] {
         let lib = sluice_e2e::target_dir().join(format!("libsluice_sink_{name}.so"));
-        let cfg = format!(r#"{{{arn},{creds},"endpoint_url":"{}"}}"#, aws.url());
+        let cfg = json!({arn_key: arn, "auth": creds(), "endpoint_url": aws.url()}).to_string();
         sluice_e2e::assert_conformant(dir.path(), name, &lib, &cfg, sluice_e2e::VENDOR_KIT_CHECKS);
     }
     assert!(aws.violations().is_empty(), "{:?}", aws.violations());

@@ -4,12 +4,16 @@
 //! batch, or is slow; and `kill -9` in the middle of a stream with a disk
 //! buffer.
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use sluice_e2e::KillOnDrop;
+use sluice_e2e::pipeline::{
+    destination, http_events, http_subscription, sluice_run, spawn_run, write_pipeline,
+};
 use sluice_e2e::receiver::{Action, Receiver};
-use sluice_e2e::{KillOnDrop, cmd, event};
+use sluice_engine::PipelineSpec;
+use sluice_engine::config::DestinationSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,54 +21,43 @@ use std::time::{Duration, Instant};
 const ACCOUNT: &str = "ac_1";
 
 /// `n` HTTP events `ev_<prefix><i>`, one per line, each ~300 bytes.
-fn events(n: usize, prefix: &str) -> String {
-    let mut s = String::new();
-    for i in 0..n {
-        s.push_str(&event(
-            &format!("ev_{prefix}{i}"),
-            ACCOUNT,
-            "http_request_complete.v0",
-            &format!(
-                r#"{{"http":{{"request":{{"method":"GET","url":"/items/{i}"}},"response":{{"status_code":200}}}},"conn":{{"server_name":"app-prod.ngrok.dev","client_ip":"10.0.{}.{}"}},"n":{i}}}"#,
-                i / 256 % 256,
-                i % 256
-            ),
-        ));
-        s.push('\n');
-    }
-    s
+/// `n` HTTP events `ev_<prefix><i>` of `account`.
+fn events_of(n: usize, prefix: &str, account: &str) -> String {
+    http_events(n, prefix, &[account], |_| 0)
 }
 
-/// A configuration with one subscription to each of `dests`
-/// (id, url, extra plugin config, delivery table).
-fn config(dests: &[(&str, &str, &str, &str)]) -> String {
-    let mut c = String::new();
-    for (id, url, extra, delivery) in dests {
-        c.push_str(&format!(
-            "[[destination]]\nid = \"{id}\"\nkind = \"http\"\nconfig = {{ url = \"{url}\"{extra} }}\n[destination.delivery]\n{delivery}\n\n"
-        ));
+fn events(n: usize, prefix: &str) -> String {
+    events_of(n, prefix, ACCOUNT)
+}
+
+/// An `http` destination to `url` (its plugin config completed by `extra`)
+/// with `delivery`.
+fn http_dest(id: &str, url: &str, extra: Value, delivery: Value) -> DestinationSpec {
+    let mut config = json!({ "url": url });
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
     }
-    c.push_str(&format!(
-        "[[subscription]]\nid = \"esb_all\"\naccount_id = \"{ACCOUNT}\"\ndestination_ids = [{}]\n[[subscription.source]]\ntype = \"http_request_complete.v0\"\n",
-        dests
-            .iter()
-            .map(|d| format!("\"{}\"", d.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    c
+    destination(id, "http", config, delivery)
+}
+
+/// Writes `c.toml`: `dests`, and one subscription (`esb_all`) of the
+/// account's HTTP events to every one of them.
+fn write_config(dir: &Path, dests: Vec<DestinationSpec>) {
+    let ids: Vec<&str> = dests.iter().map(|d| d.id.as_str()).collect();
+    let spec = PipelineSpec {
+        subscriptions: vec![http_subscription("esb_all", ACCOUNT, &ids)],
+        destinations: dests,
+        ..PipelineSpec::default()
+    };
+    write_pipeline(dir, "c.toml", &spec);
 }
 
 /// Writes `events.ndjson` (`n` events) and `c.toml` (one `http` destination
 /// `ed_web` to `rx`); returns the events.
-fn setup(dir: &Path, n: usize, rx: &Receiver, extra: &str, delivery: &str) -> String {
+fn setup(dir: &Path, n: usize, rx: &Receiver, extra: Value, delivery: Value) -> String {
     let input = events(n, "");
     write(dir, "events.ndjson", &input);
-    write(
-        dir,
-        "c.toml",
-        &config(&[("ed_web", &rx.url(), extra, delivery)]),
-    );
+    write_config(dir, vec![http_dest("ed_web", &rx.url(), extra, delivery)]);
     input
 }
 
@@ -89,15 +82,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 /// Starts `sluice run --config c.toml ARGS` in `dir` (stderr captured).
 fn spawn(dir: &Path, args: &[&str]) -> KillOnDrop {
-    let child = cmd(dir)
-        .args(["run", "--config", "c.toml"])
-        .args(args)
-        .env("SLUICE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    KillOnDrop(child)
+    spawn_run(dir, args, &[])
 }
 
 /// Waits for it to exit, calling `tick` meanwhile; returns (success, stderr).
@@ -107,7 +92,7 @@ fn finish(child: &mut KillOnDrop, timeout: Duration, tick: impl FnMut()) -> (boo
 
 /// Runs `sluice run` to the end; returns (success, stderr).
 fn run(dir: &Path, args: &[&str], timeout: Duration) -> (bool, String) {
-    finish(&mut spawn(dir, args), timeout, || {})
+    sluice_run(dir, args, &[], timeout)
 }
 
 #[test]
@@ -144,8 +129,8 @@ fn partial_success_retries_exactly_the_failed_records() {
         dir.path(),
         3000,
         &rx,
-        r#", encoding = "json_array", gzip = true, headers = { Authorization = "Bearer s3cret" }"#,
-        "linger_ms = 20\nretry_max_backoff_ms = 200\nbatch_max_records = 250",
+        json!({"encoding": "json_array", "gzip": true, "headers": {"Authorization": "Bearer s3cret"}}),
+        json!({"linger_ms": 20, "retry_max_backoff_ms": 200, "batch_max_records": 250}),
     );
     let (ok, err) = run(
         dir.path(),
@@ -211,8 +196,9 @@ fn throttling_errors_resets_and_hangs_are_retried_until_delivered() {
         dir.path(),
         200,
         &rx,
-        ", timeout_ms = 1000", // One batch at a time, so the faults hit the same records in turn.
-        "linger_ms = 50\nmax_in_flight = 1\nretry_max_backoff_ms = 300",
+        json!({"timeout_ms": 1000}),
+        // One batch at a time, so the faults hit the same records in turn.
+        json!({"linger_ms": 50, "max_in_flight": 1, "retry_max_backoff_ms": 300}),
     );
     let (ok, err) = run(
         dir.path(),
@@ -244,8 +230,8 @@ fn a_destination_down_for_30_seconds_loses_nothing() {
         dir.path(),
         5000,
         &rx,
-        ", timeout_ms = 2000",
-        "linger_ms = 50\nretry_max_backoff_ms = 2000\nmax_attempts = 0\nmax_age_s = 600",
+        json!({"timeout_ms": 2000}),
+        json!({"linger_ms": 50, "retry_max_backoff_ms": 2000, "max_attempts": 0, "max_age_s": 600}),
     );
     let mut child = spawn(
         dir.path(),
@@ -283,8 +269,15 @@ fn kill_9_with_a_disk_buffer_loses_nothing_acknowledged() {
         dir.path(),
         20_000,
         &rx,
-        "",
-        "linger_ms = 20\nbatch_max_records = 100\nmax_in_flight = 2\ndurability = \"disk\"\nfsync = \"interval\"\nfsync_interval_ms = 20",
+        json!({}),
+        json!({
+            "linger_ms": 20,
+            "batch_max_records": 100,
+            "max_in_flight": 2,
+            "durability": "disk",
+            "fsync": "interval",
+            "fsync_interval_ms": 20,
+        }),
     );
     let mut child = spawn(
         dir.path(),
@@ -376,8 +369,8 @@ fn a_torn_write_at_the_end_of_a_segment_is_repaired_on_restart() {
         dir.path(),
         1000,
         &rx,
-        ", timeout_ms = 500",
-        "linger_ms = 20\ndurability = \"disk\"\nretry_max_backoff_ms = 200\nmax_attempts = 0",
+        json!({"timeout_ms": 500}),
+        json!({"linger_ms": 20, "durability": "disk", "retry_max_backoff_ms": 200, "max_attempts": 0}),
     );
     // The destination is down: at the end the records stay in the disk buffer.
     let (ok, err) = run(
@@ -443,19 +436,20 @@ fn fast_and_slow(
     slow: &Receiver,
     when_full: &str,
 ) -> (f64, String, f64) {
-    let delivery = "linger_ms = 10\nbatch_max_records = 50\nmax_in_flight = 1\nadaptive_concurrency = false\nbuffer_max_bytes = 65536";
-    write(
+    let slow_delivery = json!({
+        "linger_ms": 10,
+        "batch_max_records": 50,
+        "max_in_flight": 1,
+        "adaptive_concurrency": false,
+        "buffer_max_bytes": 65536,
+        "when_full": when_full,
+    });
+    write_config(
         dir,
-        "c.toml",
-        &config(&[
-            ("ed_fast", &fast.url(), "", "linger_ms = 10"),
-            (
-                "ed_slow",
-                &slow.url(),
-                "",
-                &format!("{delivery}\nwhen_full = \"{when_full}\""),
-            ),
-        ]),
+        vec![
+            http_dest("ed_fast", &fast.url(), json!({}), json!({"linger_ms": 10})),
+            http_dest("ed_slow", &slow.url(), json!({}), slow_delivery),
+        ],
     );
     let addr = free_port();
     let start = Instant::now();
@@ -572,9 +566,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     rx.go_down();
     let mut s = sluice_e2e::Server::start(&dir.path().join("data"), UNLIMITED_ATTEMPTS);
     let acct = s.account.clone();
-    let batch = |prefix: &str| {
-        events(300, prefix).replace(&format!("\"{ACCOUNT}\""), &format!("\"{acct}\""))
-    };
+    let batch = |prefix: &str| events_of(300, prefix, &acct);
     // Memory: the answer waits for delivery, which waits for the destination.
     serve_pipeline(
         &s,
@@ -615,10 +607,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
             "delivery":{"linger_ms":10,"retry_max_backoff_ms":200,"max_attempts":0,"durability":"disk","fsync":"every_batch"}}}),
     );
     let start = Instant::now();
-    let v = post_durable(
-        &s,
-        events(300, "d").replace(&format!("\"{ACCOUNT}\""), &format!("\"{acct}\"")),
-    );
+    let v = post_durable(&s, events_of(300, "d", &acct));
     assert_eq!(v["accepted"].as_u64(), Some(300), "{v}");
     assert!(
         start.elapsed() < Duration::from_secs(5),

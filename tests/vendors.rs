@@ -5,13 +5,15 @@
 //! halves), refused keys and expiring tokens; Datadog entries dated by their
 //! event, and those Datadog would drop for their date dead-lettered instead.
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use sluice_e2e::pipeline::{
+    destination, http_events, one_destination, sluice_run, spawn_run, write_pipeline,
+};
 use sluice_e2e::vendors::{Intake, Vendor};
-use sluice_e2e::{KillOnDrop, cmd, read_ndjson, wait_exit};
+use sluice_e2e::{cmd, read_ndjson, wait_exit};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 const HOUR: i64 = 3_600_000;
@@ -23,47 +25,35 @@ fn events(n: usize, prefix: &str) -> String {
 
 /// [`events`], event `i` stamped `ts(i)` ms from now.
 fn events_at(n: usize, prefix: &str, ts: impl Fn(usize) -> i64) -> String {
-    let now = chrono::Utc::now().timestamp_millis();
-    let mut s = String::new();
-    for i in 0..n {
-        let t = chrono::DateTime::from_timestamp_millis(now + ts(i))
-            .unwrap()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        s.push_str(&format!(
-            r#"{{"event_id":"ev_{prefix}{i}","event_type":"http_request_complete.v0","event_timestamp":"{t}","account_id":"ac_1","object":{{"http":{{"request":{{"method":"GET","url":"/items/{i}"}},"response":{{"status_code":200}}}},"conn":{{"server_name":"app.ngrok.dev","client_ip":"10.0.0.{}"}},"n":{i}}}}}"#,
-            i % 256
-        ));
-        s.push('\n');
-    }
-    s
+    http_events(n, prefix, &["ac_1"], ts)
 }
 
 /// Writes `c.toml`: a Datadog destination with this API key (service
 /// `edge`, tags `env:prod,team:net`) sending to the stand-in `dd`.
-fn write_datadog_config(dir: &Path, dd: &Intake, api_key: &str, delivery: &str) {
-    let cfg = format!(
-        r#"api_key = "{api_key}", service = "edge", ddtags = "env:prod,team:net", intake_url = "{}/api/v2/logs""#,
-        dd.url()
-    );
-    std::fs::write(dir.join("c.toml"), config("datadog", &cfg, delivery)).unwrap();
+fn write_datadog_config(dir: &Path, dd: &Intake, api_key: &str, delivery: Value) {
+    let cfg = json!({
+        "api_key": api_key,
+        "service": "edge",
+        "ddtags": "env:prod,team:net",
+        "intake_url": format!("{}/api/v2/logs", dd.url()),
+    });
+    write_config(dir, "datadog", cfg, delivery);
 }
 
-fn config(kind: &str, cfg: &str, delivery: &str) -> String {
-    format!(
-        "[[destination]]\nid = \"ed_v\"\nkind = \"{kind}\"\nconfig = {{ {cfg} }}\n[destination.delivery]\n{delivery}\n\n[[subscription]]\nid = \"esb_1\"\naccount_id = \"ac_1\"\ndestination_ids = [\"ed_v\"]\n[[subscription.source]]\ntype = \"http_request_complete.v0\"\n"
-    )
+/// Writes `c.toml`: one destination `ed_v` of `kind`, account `ac_1`'s HTTP
+/// events sent to it.
+fn write_config(dir: &Path, kind: &str, cfg: Value, delivery: Value) {
+    let dest = destination("ed_v", kind, cfg, delivery);
+    write_pipeline(dir, "c.toml", &one_destination(dest, &["ac_1"]));
 }
 
 fn run(dir: &Path) -> (bool, String) {
-    let mut child = KillOnDrop(
-        cmd(dir)
-            .args(["run", "--config", "c.toml", "--input", "events.ndjson"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait_exit(&mut child, Duration::from_secs(120), || {})
+    sluice_run(
+        dir,
+        &["--input", "events.ndjson"],
+        &[],
+        Duration::from_secs(120),
+    )
 }
 
 /// `sluice check --destination ed_v` on `c.toml`: (success, stderr).
@@ -143,7 +133,7 @@ fn datadog_receives_every_record_through_429_500_and_413() {
         dir.path(),
         &dd,
         "dd-key-1",
-        "linger_ms = 20\nretry_max_backoff_ms = 200",
+        json!({"linger_ms": 20, "retry_max_backoff_ms": 200}),
     );
     let (ok, err) = run(dir.path());
     assert!(ok, "{err}");
@@ -210,7 +200,7 @@ fn datadog_dates_entries_by_the_event_and_dead_letters_those_it_would_drop() {
         _ => -((i as i64 * 7919) % (17 * HOUR / 1000)) * 1000,
     });
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    write_datadog_config(dir.path(), &dd, "dd-key-1", "linger_ms = 20");
+    write_datadog_config(dir.path(), &dd, "dd-key-1", json!({"linger_ms": 20}));
     let (ok, err) = run(dir.path());
     assert!(ok, "{err}");
     assert!(dd.violations().is_empty(), "{:?}", dd.violations());
@@ -302,7 +292,7 @@ fn datadog_refused_key_and_oversized_entries_are_dead_lettered_with_the_reason()
     ));
     input.push('\n');
     std::fs::write(dir.path().join("events.ndjson"), &input).unwrap();
-    write_datadog_config(dir.path(), &dd, "wrong", "linger_ms = 20");
+    write_datadog_config(dir.path(), &dd, "wrong", json!({"linger_ms": 20}));
     let (ok, err) = run(dir.path());
     assert!(ok, "{err}");
     assert!(dd.accepted().is_empty());
@@ -326,11 +316,12 @@ fn datadog_refused_key_and_oversized_entries_are_dead_lettered_with_the_reason()
             .all(|r| r.entries.iter().all(|e| e["event_id"] != "ev_big"))
     );
     // A site that is not Datadog's is refused when the destination is created.
-    std::fs::write(
-        dir.path().join("c.toml"),
-        config("datadog", r#"api_key = "k", ddsite = "datadoghq.co""#, ""),
-    )
-    .unwrap();
+    write_config(
+        dir.path(),
+        "datadog",
+        json!({"api_key": "k", "ddsite": "datadoghq.co"}),
+        json!({}),
+    );
     let (ok, e) = check_destination(dir.path());
     assert!(!ok);
     assert!(e.contains("`ddsite` must be one of"), "{e}");
@@ -345,11 +336,16 @@ fn azure() -> Intake {
     })
 }
 
-fn azure_cfg(az: &Intake, secret: &str, stream: &str) -> String {
-    format!(
-        r#"tenant_id = "tenant-1", client_id = "app-1", client_secret = "{secret}", logs_ingestion_uri = "{u}", data_collection_rule_id = "dcr-0123", data_collection_stream_name = "{stream}", authority_url = "{u}""#,
-        u = az.url()
-    )
+fn azure_cfg(az: &Intake, secret: &str, stream: &str) -> Value {
+    json!({
+        "tenant_id": "tenant-1",
+        "client_id": "app-1",
+        "client_secret": secret,
+        "logs_ingestion_uri": az.url(),
+        "data_collection_rule_id": "dcr-0123",
+        "data_collection_stream_name": stream,
+        "authority_url": az.url(),
+    })
 }
 
 /// `sluice run` of `input` to `az` with `delivery`, calling `expire` once
@@ -359,27 +355,17 @@ fn run_azure_expiring(
     dir: &Path,
     az: &Intake,
     input: &str,
-    delivery: &str,
+    delivery: Value,
     expire: impl Fn(),
 ) -> (bool, String) {
     std::fs::write(dir.join("events.ndjson"), input).unwrap();
-    std::fs::write(
-        dir.join("c.toml"),
-        config(
-            "azure_logs_ingestion",
-            &azure_cfg(az, "s3cret", "Custom-NgrokEvents_CL"),
-            delivery,
-        ),
-    )
-    .unwrap();
-    let mut child = KillOnDrop(
-        cmd(dir)
-            .args(["run", "--config", "c.toml", "--input", "events.ndjson"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    write_config(
+        dir,
+        "azure_logs_ingestion",
+        azure_cfg(az, "s3cret", "Custom-NgrokEvents_CL"),
+        delivery,
     );
+    let mut child = spawn_run(dir, &["--input", "events.ndjson"], &[]);
     let mut expired = false;
     let out = wait_exit(&mut child, Duration::from_secs(120), || {
         if !expired && az.accepted().len() >= 1000 {
@@ -404,7 +390,7 @@ fn azure_receives_every_record_with_time_generated_and_survives_token_expiry() {
         dir.path(),
         &az,
         &input,
-        "linger_ms = 20\nretry_max_backoff_ms = 200\nmax_in_flight = 2",
+        json!({"linger_ms": 20, "retry_max_backoff_ms": 200, "max_in_flight": 2}),
         || az.expire_tokens(),
     );
     assert!(ok, "{err}");
@@ -437,7 +423,7 @@ fn azure_keeps_the_records_when_a_fresh_token_is_refused_or_none_can_be_had() {
         dir.path(),
         &az,
         &input,
-        "linger_ms = 20\nretry_max_backoff_ms = 200\nmax_in_flight = 1",
+        json!({"linger_ms": 20, "retry_max_backoff_ms": 200, "max_in_flight": 1}),
         || {
             az.fail_token_requests(3);
             az.expire_tokens();
@@ -466,8 +452,12 @@ fn azure_explains_a_wrong_stream_and_a_wrong_secret() {
     let dir = tempfile::tempdir().unwrap();
     let az = azure();
     let check = |secret: &str, stream: &str| {
-        let cfg = config("azure_logs_ingestion", &azure_cfg(&az, secret, stream), "");
-        std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+        write_config(
+            dir.path(),
+            "azure_logs_ingestion",
+            azure_cfg(&az, secret, stream),
+            json!({}),
+        );
         check_destination(dir.path())
     };
     let (ok, e) = check("s3cret", "NgrokEvents_CL");
@@ -616,7 +606,7 @@ fn the_api_creates_datadog_and_azure_destinations_and_delivers_through_them() {
                "destination_ids": [dd_id, az_id]}),
     );
     assert_eq!(st, 201, "{v}");
-    let input = events(500, "api").replace("\"ac_1\"", &format!("\"{}\"", s.account));
+    let input = http_events(500, "api", &[&s.account], |_| 0);
     let r = client
         .post(format!("{}/ingest", s.url))
         .header("authorization", format!("Bearer {}", s.ingest_token))
@@ -649,7 +639,7 @@ fn the_api_creates_datadog_and_azure_destinations_and_delivers_through_them() {
                 .unwrap();
             assert_eq!(
                 e["object"],
-                json!({"conn": {"client_ip": format!("10.0.0.{}", i % 256)}, "http": {"request": {"method": "GET"}}}),
+                json!({"conn": {"client_ip": format!("10.0.{}.{}", i / 256 % 256, i % 256)}, "http": {"request": {"method": "GET"}}}),
                 "{name}: {e}"
             );
             assert_eq!(e["account_id"], s.account.as_str(), "{name}");

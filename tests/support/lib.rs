@@ -2,6 +2,7 @@
 //! and make sure processes started by a test stop with it.
 
 pub mod aws;
+pub mod pipeline;
 pub mod receiver;
 pub mod vendors;
 
