@@ -6,7 +6,7 @@
 //! so that per-address limits do not touch the victim on 127.0.0.1.
 
 use serde_json::{Value, json};
-use sluice_e2e::{Server, event, read_ndjson, run, text, wait_for_lines};
+use sluice_testkit::{Server, event, read_ndjson, run, text, wait_for_lines};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -542,7 +542,7 @@ fn an_endless_answer_costs_64_kib_not_the_servers_memory() {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap()
     };
-    let pid = s.child.as_ref().unwrap().id();
+    let pid = s.process.child.as_ref().unwrap().id();
     let before = rss_kib(pid);
     let started = Instant::now();
     let (st, v) = victim.call(

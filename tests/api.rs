@@ -5,7 +5,7 @@
 //! `server/tests/api_errors.rs`.)
 
 use serde_json::{Value, json};
-use sluice_e2e::*;
+use sluice_testkit::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -556,7 +556,7 @@ fn changes_persist_keys_are_per_account_and_accounts_are_isolated() {
 }
 
 fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
-    sluice_e2e::wait_for_lines(path, n, Duration::from_secs(20))
+    sluice_testkit::wait_for_lines(path, n, Duration::from_secs(20))
 }
 
 fn ingest(s: &Server, body: Vec<u8>, gzip: bool) -> (u16, Value, Option<String>) {
@@ -889,8 +889,8 @@ fn ingest_pushes_back_with_429_and_loses_nothing() {
     let dead_file = s.data_dir.join("dead-letter").join(format!("{d}.ndjson"));
     let deadline = Instant::now() + Duration::from_secs(120);
     let (delivered, dead) = loop {
-        let delivered = sluice_e2e::read_whole_ndjson(&out).len() as u64;
-        let dead = sluice_e2e::read_whole_ndjson(&dead_file);
+        let delivered = sluice_testkit::read_whole_ndjson(&out).len() as u64;
+        let dead = sluice_testkit::read_whole_ndjson(&dead_file);
         if delivered + dead.len() as u64 >= accepted || Instant::now() > deadline {
             break (delivered, dead);
         }

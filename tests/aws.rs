@@ -7,9 +7,11 @@
 //! events through `sluice check --destination` and the API.
 
 use serde_json::{Value, json};
-use sluice_e2e::aws::{AwsAnswer, FakeAws, Moto};
-use sluice_e2e::pipeline::{destination, http_events, one_destination, sluice_run, write_pipeline};
-use sluice_e2e::{KillOnDrop, cmd, read_ndjson};
+use sluice_testkit::aws::{AwsAnswer, FakeAws, Moto};
+use sluice_testkit::pipeline::{
+    destination, http_events, one_destination, sluice_run, write_pipeline,
+};
+use sluice_testkit::{KillOnDrop, cmd, read_ndjson};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
@@ -552,7 +554,7 @@ fn assumed_role_credentials_carry_the_external_id_are_cached_and_refreshed_befor
         std::thread::sleep(Duration::from_secs(1));
     }
     drop(stdin);
-    let (ok, err) = sluice_e2e::wait_exit(&mut child, Duration::from_secs(60), || {});
+    let (ok, err) = sluice_testkit::wait_exit(&mut child, Duration::from_secs(60), || {});
     assert!(ok, "{err}");
     assert!(aws.violations().is_empty(), "{:?}", aws.violations());
     let calls = aws.calls();
@@ -602,7 +604,7 @@ fn the_api_sends_a_test_event_on_create_when_asked_and_refuses_a_destination_tha
     let dir = tempfile::tempdir().unwrap();
     let aws = FakeAws::start();
     let env = aws_env(&aws.url());
-    let s = sluice_e2e::Server::start_with_env(&dir.path().join("data"), &[], &env_refs(&env));
+    let s = sluice_testkit::Server::start_with_env(&dir.path().join("data"), &[], &env_refs(&env));
     let create = |body: Value| s.api_post("/event_destinations", &body);
     let target = json!({"kinesis": {
         "auth": {"role": {"role_arn": "arn:aws:iam::123456789012:role/sluice"}},
@@ -698,9 +700,15 @@ fn the_aws_plugins_pass_the_conformance_kit_against_the_fake() {
             "arn:aws:logs:us-east-1:123456789012:log-group:web",
         ),
     ] {
-        let lib = sluice_e2e::target_dir().join(format!("libsluice_sink_{name}.so"));
+        let lib = sluice_testkit::target_dir().join(format!("libsluice_sink_{name}.so"));
         let cfg = json!({arn_key: arn, "auth": creds(), "endpoint_url": aws.url()}).to_string();
-        sluice_e2e::assert_conformant(dir.path(), name, &lib, &cfg, sluice_e2e::VENDOR_KIT_CHECKS);
+        sluice_testkit::assert_conformant(
+            dir.path(),
+            name,
+            &lib,
+            &cfg,
+            sluice_testkit::VENDOR_KIT_CHECKS,
+        );
     }
     assert!(aws.violations().is_empty(), "{:?}", aws.violations());
     let services: BTreeSet<String> = aws.accepted().into_iter().map(|(s, _)| s).collect();

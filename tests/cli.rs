@@ -1,6 +1,6 @@
 //! The `sluice` command end to end: real process, real plugins, real files.
 
-use sluice_e2e::*;
+use sluice_testkit::*;
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -5,13 +5,13 @@
 //! buffer.
 
 use serde_json::{Value, json};
-use sluice_e2e::KillOnDrop;
-use sluice_e2e::pipeline::{
-    destination, http_events, http_subscription, sluice_run, spawn_run, write_pipeline,
-};
-use sluice_e2e::receiver::{Action, Receiver};
 use sluice_engine::PipelineSpec;
 use sluice_engine::config::DestinationSpec;
+use sluice_testkit::KillOnDrop;
+use sluice_testkit::pipeline::{
+    destination, http_events, http_subscription, sluice_run, spawn_run, write_pipeline,
+};
+use sluice_testkit::receiver::{Action, Receiver};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -87,7 +87,7 @@ fn spawn(dir: &Path, args: &[&str]) -> KillOnDrop {
 
 /// Waits for it to exit, calling `tick` meanwhile; returns (success, stderr).
 fn finish(child: &mut KillOnDrop, timeout: Duration, tick: impl FnMut()) -> (bool, String) {
-    sluice_e2e::wait_exit(child, timeout, tick)
+    sluice_testkit::wait_exit(child, timeout, tick)
 }
 
 /// Runs `sluice run` to the end; returns (success, stderr).
@@ -163,7 +163,7 @@ fn partial_success_retries_exactly_the_failed_records() {
     let acc = counts(&rx.accepted());
     assert_eq!(acc.len(), 3000 - 30);
     assert!(acc.values().all(|c| *c == 1));
-    let dead = sluice_e2e::read_ndjson(&dir.path().join("dead-letter/ed_web.ndjson"));
+    let dead = sluice_testkit::read_ndjson(&dir.path().join("dead-letter/ed_web.ndjson"));
     assert_eq!(dead.len(), 30, "{err}");
     assert!(dead.iter().all(|d| {
         d["reason"]
@@ -470,7 +470,7 @@ fn a_slow_destination_sheds_with_drop_newest_and_pushes_back_with_block() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "events.ndjson", &events(2000, ""));
     // 150 ms per batch of 50: 2,000 records take 6 s.
-    let slow_behavior = |_: &sluice_e2e::receiver::Request| {
+    let slow_behavior = |_: &sluice_testkit::receiver::Request| {
         std::thread::sleep(Duration::from_millis(150));
         Action::ok()
     };
@@ -519,7 +519,7 @@ fn a_slow_destination_sheds_with_drop_newest_and_pushes_back_with_block() {
 /// The operator lets tenants retry without limit (`max_attempts = 0`).
 const UNLIMITED_ATTEMPTS: &[&str] = &["--tenant-delivery", "max_attempts=0..50"];
 
-fn serve_pipeline(s: &sluice_e2e::Server, target: Value) {
+fn serve_pipeline(s: &sluice_testkit::Server, target: Value) {
     let http = reqwest::blocking::Client::new();
     let call = |path: &str, body: Value| -> Value {
         let r = http
@@ -545,7 +545,7 @@ fn serve_pipeline(s: &sluice_e2e::Server, target: Value) {
     );
 }
 
-fn post_durable(s: &sluice_e2e::Server, body: String) -> Value {
+fn post_durable(s: &sluice_testkit::Server, body: String) -> Value {
     let r = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
@@ -564,7 +564,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start();
     rx.go_down();
-    let mut s = sluice_e2e::Server::start(&dir.path().join("data"), UNLIMITED_ATTEMPTS);
+    let mut s = sluice_testkit::Server::start(&dir.path().join("data"), UNLIMITED_ATTEMPTS);
     let acct = s.account.clone();
     let batch = |prefix: &str| events_of(300, prefix, &acct);
     // Memory: the answer waits for delivery, which waits for the destination.
@@ -599,7 +599,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     let dir2 = tempfile::tempdir().unwrap();
     let rx2 = Receiver::start();
     rx2.go_down();
-    let mut s = sluice_e2e::Server::start(&dir2.path().join("data"), UNLIMITED_ATTEMPTS);
+    let mut s = sluice_testkit::Server::start(&dir2.path().join("data"), UNLIMITED_ATTEMPTS);
     let acct = s.account.clone();
     serve_pipeline(
         &s,
@@ -616,7 +616,7 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     );
     assert!(rx2.accepted().is_empty());
     // kill -9, then start again with the destination back: all 300 arrive.
-    let mut c = s.child.take().unwrap();
+    let mut c = s.process.child.take().unwrap();
     c.kill().unwrap();
     c.wait().unwrap();
     rx2.come_back();

@@ -3,11 +3,11 @@
 //! catching a plugin that breaks the contract, the C example built with cc
 //! and run by `sluice run`, and `sluice plugin list`.
 
-use sluice_e2e::receiver::Receiver;
-use sluice_e2e::{cmd, event, run, target_dir, text};
+use sluice_testkit::receiver::Receiver;
+use sluice_testkit::{cmd, event, run, target_dir, text};
 use std::path::{Path, PathBuf};
 
-use sluice_e2e::plugin_check as check;
+use sluice_testkit::plugin_check as check;
 
 fn lib(name: &str) -> PathBuf {
     target_dir().join(format!("lib{name}.so"))
@@ -28,7 +28,7 @@ fn every_built_in_plugin_passes_the_conformance_kit() {
         ("sluice_sink_http", http_cfg.as_str()),
         ("sluice_example_template", "{}"),
     ] {
-        sluice_e2e::assert_conformant(
+        sluice_testkit::assert_conformant(
             dir.path(),
             name,
             &lib(name),

@@ -6,11 +6,11 @@
 //! event, and those Datadog would drop for their date dead-lettered instead.
 
 use serde_json::{Value, json};
-use sluice_e2e::pipeline::{
+use sluice_testkit::pipeline::{
     destination, http_events, one_destination, sluice_run, spawn_run, write_pipeline,
 };
-use sluice_e2e::vendors::{Intake, Vendor};
-use sluice_e2e::{cmd, read_ndjson, wait_exit};
+use sluice_testkit::vendors::{Intake, Vendor};
+use sluice_testkit::{cmd, read_ndjson, wait_exit};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -497,8 +497,14 @@ fn both_plugins_pass_the_conformance_kit_against_the_vendor_servers() {
             &az,
         ),
     ] {
-        let lib = sluice_e2e::target_dir().join(format!("libsluice_sink_{name}.so"));
-        sluice_e2e::assert_conformant(dir.path(), name, &lib, &cfg, sluice_e2e::VENDOR_KIT_CHECKS);
+        let lib = sluice_testkit::target_dir().join(format!("libsluice_sink_{name}.so"));
+        sluice_testkit::assert_conformant(
+            dir.path(),
+            name,
+            &lib,
+            &cfg,
+            sluice_testkit::VENDOR_KIT_CHECKS,
+        );
         assert!(
             intake.violations().is_empty(),
             "{name}: {:?}",
@@ -534,7 +540,7 @@ fn the_api_creates_datadog_and_azure_destinations_and_delivers_through_them() {
     let dir = tempfile::tempdir().unwrap();
     let (dd, az) = (datadog(), azure());
     let intake = format!("{}/api/v2/logs", dd.url());
-    let s = sluice_e2e::Server::start_with_env(
+    let s = sluice_testkit::Server::start_with_env(
         &dir.path().join("data"),
         &[],
         &[

@@ -13,25 +13,14 @@ use sluice_engine::ingest::{Chunk, NdjsonReader};
 use sluice_serve::ids::new_id;
 use sluice_serve::model::{Destination, Subscription, Target};
 use sluice_serve::store::Store;
+use sluice_testkit::serve::ServeProcess;
 use sluice_traffic::Generator;
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// A `sluice serve` child on a free loopback port; killed when dropped.
-pub struct ServerProcess {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
-    /// Its operator listener (`/metrics`), `http://127.0.0.1:PORT`.
-    pub metrics_url: String,
-    /// Its API key, when it printed one (first start).
-    pub key: Option<String>,
-}
 
 /// The serve configuration of benchmark runs.
 const BENCH_OPERATOR: &str = r#"[tenants]
@@ -45,105 +34,30 @@ test_events_per_minute = 100000
 auth_failures_per_minute = 100000
 "#;
 
-impl ServerProcess {
-    /// Starts `sluice serve` on `data_dir`.
-    pub fn start(
-        sluice: &Path,
-        data_dir: &Path,
-        plugin_dirs: &[PathBuf],
-        extra: &[&str],
-    ) -> Result<ServerProcess, String> {
-        // The benchmark is the operator: its tenants reach the local sink
-        // stand-ins, use the test plugins, and hold as many subscriptions as
-        // a scenario needs.
-        let config = data_dir.join("bench-serve.toml");
-        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
-        std::fs::write(&config, BENCH_OPERATOR).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(sluice);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--config",
-        ])
+/// Starts `sluice serve` on `data_dir` as the benchmark's operator
+/// ([`BENCH_OPERATOR`]), its stderr discarded.
+pub fn start_server(
+    sluice: &Path,
+    data_dir: &Path,
+    plugin_dirs: &[PathBuf],
+) -> Result<ServeProcess, String> {
+    // The benchmark is the operator: its tenants reach the local sink
+    // stand-ins, use the test plugins, and hold as many subscriptions as a
+    // scenario needs.
+    let config = data_dir.join("bench-serve.toml");
+    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    std::fs::write(&config, BENCH_OPERATOR).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(sluice);
+    cmd.arg("serve")
+        .arg("--config")
         .arg(&config)
         .arg("--data-dir")
         .arg(data_dir)
-        .args(extra)
-        .stdout(Stdio::piped())
         .stderr(Stdio::null());
-        if let Some(d) = plugin_dirs.first() {
-            cmd.arg("--plugin-dir").arg(d);
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", sluice.display()))?;
-        let out = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut key = None;
-        let mut metrics_url = String::new();
-        let mut prev = String::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .map_err(|_| "sluice serve did not start".to_string())?;
-            if prev.contains("created account") {
-                key = Some(line.trim().to_string());
-            }
-            if let Some(u) = line.strip_prefix("sluice serve: metrics on ") {
-                metrics_url = u.trim().trim_end_matches("/metrics").to_string();
-            }
-            if let Some(u) = line.strip_prefix("sluice serve: listening on ") {
-                return Ok(ServerProcess {
-                    child,
-                    url: u.trim().to_string(),
-                    metrics_url,
-                    key,
-                });
-            }
-            prev = line;
-        }
+    if let Some(d) = plugin_dirs.first() {
+        cmd.arg("--plugin-dir").arg(d);
     }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops it with SIGTERM (it drains) and waits.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    ServeProcess::start(cmd, Duration::from_secs(120))
 }
 
 fn now() -> String {
@@ -287,7 +201,7 @@ pub fn run_http(
         new_id("r")
     ));
     let token = seed(&dir, s)?;
-    let server = ServerProcess::start(sluice, &dir, &o.plugin_dirs, &[])?;
+    let mut server = start_server(sluice, &dir, &o.plugin_dirs)?;
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(connections)
@@ -453,7 +367,7 @@ pub fn run_http(
         cpu_s,
         stage_share: BTreeMap::new(),
     };
-    server.stop();
+    server.stop(Duration::from_secs(120))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(result)
 }
@@ -607,7 +521,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
         store.set_setting("ingest_token", &token)?;
         (ids, key, token)
     };
-    let server = ServerProcess::start(sluice, &dir, &o.plugin_dirs, &[])?;
+    let mut server = start_server(sluice, &dir, &o.plugin_dirs)?;
     let url = server.url.clone();
     let (get_h, list_h, failures, elapsed) = load_reads(
         &url,
@@ -672,7 +586,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
     }
     let live = start.elapsed().as_secs_f64() * 1000.0;
     let (get, list) = (millis(&get_h), millis(&list_h));
-    server.stop();
+    server.stop(Duration::from_secs(120))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(ApiResult {
         subscriptions: spec.subscriptions,

@@ -1,9 +1,16 @@
-//! Helpers for the end-to-end tests: find the built `sluice` binary, run it,
-//! and make sure processes started by a test stop with it.
+//! # sluice-testkit
+//!
+//! Test support shared by every suite: find the built `sluice` binary and
+//! run it (`sluice run`, a `sluice serve` process), build inputs as values
+//! (`pipeline`), and the stand-ins tests talk to (`receiver`: an HTTP
+//! receiver that misbehaves on demand; `aws`: moto and a fake AWS endpoint;
+//! `vendors`: Datadog and Azure intakes that enforce each protocol). Every
+//! process a test starts stops with it.
 
 pub mod aws;
 pub mod pipeline;
 pub mod receiver;
+pub mod serve;
 pub mod vendors;
 
 use std::path::{Path, PathBuf};
@@ -160,10 +167,12 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// A running `sluice serve` on a free loopback port, stopped when dropped.
+/// A running `sluice serve` on a free loopback port, stopped when dropped,
+/// with what a test needs to call it: its key, account and ingest token,
+/// kept across restarts.
 pub struct Server {
     /// The process.
-    pub child: Option<Child>,
+    pub process: serve::ServeProcess,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// The operator's listener (`--metrics-addr`), `http://127.0.0.1:PORT`.
@@ -176,7 +185,7 @@ pub struct Server {
     pub account: String,
     /// The ingest token.
     pub ingest_token: String,
-    /// Everything the server printed on stdout so far.
+    /// Everything the server printed on stdout so far, across restarts.
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
@@ -220,22 +229,29 @@ impl Server {
     /// Starts a server under the default operator policy (no test plugins,
     /// no private addresses, default quotas), plus `extra_args`.
     pub fn start_default_policy(data_dir: &Path, extra_args: &[&str]) -> Server {
-        let mut s = Server::new(data_dir, extra_args, &[]);
-        s.permissive = false;
-        s.spawn();
-        s
+        Server::launch(data_dir, extra_args, &[], false)
     }
 
     /// Starts a server with these environment variables set.
     pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut s = Server::new(data_dir, extra_args, env);
-        s.spawn();
-        s
+        Server::launch(data_dir, extra_args, env, true)
     }
 
-    fn new(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server {
-            child: None,
+    fn launch(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        permissive: bool,
+    ) -> Server {
+        let mut s = Server {
+            process: serve::ServeProcess {
+                child: None,
+                url: String::new(),
+                metrics_url: String::new(),
+                first_account: None,
+                new_ingest_token: None,
+                stdout: Default::default(),
+            },
             url: String::new(),
             metrics_url: String::new(),
             data_dir: data_dir.to_path_buf(),
@@ -248,105 +264,49 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            permissive: true,
-        }
+            permissive,
+        };
+        s.spawn();
+        s
     }
 
     fn spawn(&mut self) {
-        use std::io::BufRead;
-        let mut child = cmd(self.data_dir.parent().unwrap_or(Path::new("/")))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        let mut c = cmd(self.data_dir.parent().unwrap_or(Path::new("/")));
+        c.args(["serve", "--data-dir"])
             .arg(&self.data_dir)
             .args(if self.permissive { TEST_OPERATOR } else { &[] })
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawning sluice serve");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let buf = self.stdout.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                buf.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut prev = String::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "sluice serve did not start; it printed:\n{}",
-                    self.stdout.lock().unwrap()
-                )
-            });
-            if prev.contains("created account") {
-                self.key = line.trim().to_string();
-                self.account = prev
-                    .split("created account ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .unwrap_or("")
-                    .to_string();
-            }
-            if let Some(t) = line.split("Bearer ...): ").nth(1) {
-                self.ingest_token = t.trim().to_string();
-            }
-            if let Some(u) = line.strip_prefix("sluice serve: metrics on ") {
-                self.metrics_url = u.trim().trim_end_matches("/metrics").to_string();
-            }
-            if let Some(u) = line.strip_prefix("sluice serve: listening on ") {
-                self.url = u.trim().to_string();
-                break;
-            }
-            prev = line;
+            .stderr(std::process::Stdio::inherit());
+        let p = serve::ServeProcess::start_logging_to(
+            c,
+            std::time::Duration::from_secs(30),
+            self.stdout.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        if let Some((account, key)) = &p.first_account {
+            self.account = account.clone();
+            self.key = key.clone();
         }
-        self.child = Some(child);
+        if let Some(t) = &p.new_ingest_token {
+            self.ingest_token = t.clone();
+        }
+        self.url = p.url.clone();
+        self.metrics_url = p.metrics_url.clone();
+        self.process = p;
     }
 
     /// Stops the server with SIGTERM and waits for it (it drains the engine).
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("sluice serve did not stop within 60 s of SIGTERM");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        self.process
+            .stop(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts again after the process was killed (`child` taken and reaped).
+    /// Starts again after the process was killed (`process.child` taken and
+    /// reaped); the key, account and ingest token are kept.
     pub fn restart_after_kill(&mut self) {
-        let (key, account, token) = (
-            self.key.clone(),
-            self.account.clone(),
-            self.ingest_token.clone(),
-        );
         self.spawn();
-        self.key = key;
-        self.account = account;
-        if self.ingest_token.is_empty() {
-            self.ingest_token = token;
-        }
     }
 
     /// Stops and starts again on the same data directory.
@@ -354,15 +314,6 @@ impl Server {
         let status = self.stop();
         assert!(status.success(), "sluice serve exited with {status}");
         self.restart_after_kill();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
