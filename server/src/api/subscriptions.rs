@@ -212,13 +212,7 @@ pub(super) async fn create_subscription(
             app.policy
                 .check_subscription_shape(s.destination_ids.len(), s.sources.len())?;
             // Re-check under the write lock: a destination may have gone.
-            if let Some(missing) = s
-                .destination_ids
-                .iter()
-                .find(|d| !a.destinations.contains_key(*d))
-            {
-                return Err(no_destination(missing));
-            }
+            destinations_exist(a, &s)?;
             a.subscriptions.insert(s.id.clone(), s);
             Ok(())
         },
@@ -333,13 +327,8 @@ pub(super) async fn save_subscription(
             )?;
             app.policy
                 .check_subscription_shape(s.destination_ids.len(), s.sources.len())?;
-            if check_destinations
-                && let Some(missing) = s
-                    .destination_ids
-                    .iter()
-                    .find(|d| !a.destinations.contains_key(*d))
-            {
-                return Err(no_destination(missing));
+            if check_destinations {
+                destinations_exist(a, &s)?;
             }
             a.subscriptions.insert(s.id.clone(), s);
             Ok(())
@@ -416,4 +405,17 @@ pub(super) async fn delete_subscription(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Every destination `s` sends to exists in the account (404 naming the
+/// first that does not).
+fn destinations_exist(a: &AccountState, s: &Subscription) -> Result<(), ApiError> {
+    match s
+        .destination_ids
+        .iter()
+        .find(|d| !a.destinations.contains_key(*d))
+    {
+        Some(missing) => Err(no_destination(missing)),
+        None => Ok(()),
+    }
 }
