@@ -798,10 +798,6 @@ impl Engine {
     /// Splits `buf` into batches per worker and sends each as soon as it is
     /// full, so that a large buffer never waits whole in memory.
     fn publish_untracked(&self, buf: Bytes, received: Instant) -> usize {
-        let n = self.shards.len();
-        let max = self.cfg.batch_events.max(1);
-        let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
-        let mut total = 0;
         let batch = |spans| InputBatch {
             data: buf.clone(),
             spans,
@@ -809,19 +805,29 @@ impl Engine {
             barrier: None,
             ticket: None,
         };
-        for span in lines(&buf) {
+        self.split_lines(&buf, |s, spans| self.send(s, batch(spans)))
+    }
+
+    /// Splits `buf` into batches of at most `batch_events` lines per worker
+    /// (by account), handing each to `emit` with its worker as soon as it is
+    /// full, then the rest, worker by worker. Returns the number of lines.
+    fn split_lines(&self, buf: &Bytes, mut emit: impl FnMut(usize, Vec<Span>)) -> usize {
+        let n = self.shards.len();
+        let max = self.cfg.batch_events.max(1);
+        let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
+        let mut total = 0;
+        for span in lines(buf) {
             let raw = &buf[span.start as usize..(span.start + span.len) as usize];
             let s = shard_of(raw, n);
             per[s].push(span);
             total += 1;
             if per[s].len() >= max {
-                let spans = std::mem::replace(&mut per[s], Vec::with_capacity(max));
-                self.send(s, batch(spans));
+                emit(s, std::mem::replace(&mut per[s], Vec::with_capacity(max)));
             }
         }
         for (s, spans) in per.into_iter().enumerate() {
             if !spans.is_empty() {
-                self.send(s, batch(spans));
+                emit(s, spans);
             }
         }
         total
@@ -837,25 +843,8 @@ impl Engine {
         received: Instant,
         ticket: Arc<Ticket>,
     ) -> (Vec<(usize, InputBatch)>, usize) {
-        let n = self.shards.len();
-        let max = self.cfg.batch_events.max(1);
-        let mut per: Vec<Vec<Span>> = (0..n).map(|_| Vec::new()).collect();
         let mut full: Vec<(usize, Vec<Span>)> = Vec::new();
-        let mut total = 0;
-        for span in lines(&buf) {
-            let raw = &buf[span.start as usize..(span.start + span.len) as usize];
-            let s = shard_of(raw, n);
-            per[s].push(span);
-            total += 1;
-            if per[s].len() >= max {
-                full.push((s, std::mem::replace(&mut per[s], Vec::with_capacity(max))));
-            }
-        }
-        full.extend(
-            per.into_iter()
-                .enumerate()
-                .filter(|(_, spans)| !spans.is_empty()),
-        );
+        let total = self.split_lines(&buf, |s, spans| full.push((s, spans)));
         ticket.expect(full.len());
         let batches = full
             .into_iter()

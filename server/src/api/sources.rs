@@ -74,11 +74,7 @@ pub(super) async fn update_source(
 ) -> Result<Response, ApiError> {
     let mut s = find_subscription(&app, &ctx, &sub)?;
     let old = s.clone();
-    let idx = s
-        .sources
-        .iter()
-        .position(|x| x.event_type == ty)
-        .ok_or_else(|| no_source(&sub, &ty))?;
+    let idx = source_index(&s, &ty)?;
     let obj = body_object(&body)?;
     only_keys(
         &obj,
@@ -122,12 +118,16 @@ pub(super) async fn delete_source(
 ) -> Result<Response, ApiError> {
     let mut s = find_subscription(&app, &ctx, &sub)?;
     let old = s.clone();
-    let idx = s
-        .sources
-        .iter()
-        .position(|x| x.event_type == ty)
-        .ok_or_else(|| no_source(&sub, &ty))?;
+    let idx = source_index(&s, &ty)?;
     s.sources.remove(idx);
     save_subscription(app, ctx, old, s, false).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Where the source of type `ty` is in `s` (404 if it has none).
+fn source_index(s: &Subscription, ty: &str) -> Result<usize, ApiError> {
+    s.sources
+        .iter()
+        .position(|x| x.event_type == ty)
+        .ok_or_else(|| no_source(&s.id, ty))
 }
