@@ -7,7 +7,8 @@
 //! events through `sluice check --destination` and the API.
 
 use serde_json::{Value, json};
-use sluice_testkit::aws::{AwsAnswer, FakeAws, Moto};
+use sluice_standins::aws::{AwsAnswer, FakeAws};
+use sluice_testkit::moto::Moto;
 use sluice_testkit::pipeline::{
     destination, http_events, one_destination, sluice_run, write_pipeline,
 };

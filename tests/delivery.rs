@@ -7,11 +7,11 @@
 use serde_json::{Value, json};
 use sluice_engine::PipelineSpec;
 use sluice_engine::config::DestinationSpec;
+use sluice_standins::http::{Action, Receiver};
 use sluice_testkit::KillOnDrop;
 use sluice_testkit::pipeline::{
     destination, http_events, http_subscription, sluice_run, spawn_run, write_pipeline,
 };
-use sluice_testkit::receiver::{Action, Receiver};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -470,7 +470,7 @@ fn a_slow_destination_sheds_with_drop_newest_and_pushes_back_with_block() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "events.ndjson", &events(2000, ""));
     // 150 ms per batch of 50: 2,000 records take 6 s.
-    let slow_behavior = |_: &sluice_testkit::receiver::Request| {
+    let slow_behavior = |_: &sluice_standins::http::Request| {
         std::thread::sleep(Duration::from_millis(150));
         Action::ok()
     };

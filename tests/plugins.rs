@@ -3,7 +3,7 @@
 //! catching a plugin that breaks the contract, the C example built with cc
 //! and run by `sluice run`, and `sluice plugin list`.
 
-use sluice_testkit::receiver::Receiver;
+use sluice_standins::http::Receiver;
 use sluice_testkit::{cmd, event, run, target_dir, text};
 use std::path::{Path, PathBuf};
 

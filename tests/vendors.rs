@@ -6,10 +6,10 @@
 //! event, and those Datadog would drop for their date dead-lettered instead.
 
 use serde_json::{Value, json};
+use sluice_standins::intake::{Intake, Vendor};
 use sluice_testkit::pipeline::{
     destination, http_events, one_destination, sluice_run, spawn_run, write_pipeline,
 };
-use sluice_testkit::vendors::{Intake, Vendor};
 use sluice_testkit::{cmd, read_ndjson, wait_exit};
 use std::collections::BTreeMap;
 use std::io::Write;

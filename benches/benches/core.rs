@@ -272,10 +272,9 @@ fn abi(c: &mut Criterion) {
     });
     // The same batch through the http plugin to a local server: the time a
     // real send takes, against which the crossing above is measured.
-    if let (Ok(http), Ok((_server, url))) = (
-        reg.get("http"),
-        sluice_bench::sink_servers::SinkServers::http(),
-    ) {
+    if let (Ok(http), Ok((_server, url))) =
+        (reg.get("http"), sluice_standins::fast::SinkServers::http())
+    {
         let sink = SinkInstance::create(
             http,
             "ed_bench_http",

@@ -160,7 +160,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     }
     let delivered: u64 = record.runs.iter().map(|r| r.delivered).sum();
     for (name, st) in &servers.servers {
-        let r = st.report(name);
+        let r = sluice_bench::sink_servers::report(name, st.counts());
         if r.records > 0 {
             let ratio = if r.wire_bytes != r.body_bytes {
                 format!(

@@ -2,16 +2,13 @@
 //!
 //! Test support shared by every suite: find the built `sluice` binary and
 //! run it (`sluice run`, a `sluice serve` process), build inputs as values
-//! (`pipeline`), and the stand-ins tests talk to (`receiver`: an HTTP
-//! receiver that misbehaves on demand; `aws`: moto and a fake AWS endpoint;
-//! `vendors`: Datadog and Azure intakes that enforce each protocol). Every
-//! process a test starts stops with it.
+//! (`pipeline`), and the real AWS-compatible service (`moto`). The vendor
+//! stand-ins tests talk to live in `sluice-standins`. Every process a test
+//! starts stops with it.
 
-pub mod aws;
+pub mod moto;
 pub mod pipeline;
-pub mod receiver;
 pub mod serve;
-pub mod vendors;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
@@ -317,60 +314,6 @@ impl Server {
     }
 }
 
-/// An HTTP/1.1 request as read off a connection.
-pub struct HttpRequest {
-    /// The request line, e.g. `POST / HTTP/1.1`.
-    pub line: String,
-    /// Header names (lower case) and values.
-    pub headers: Vec<(String, String)>,
-    /// The body (`content-length` bytes).
-    pub body: Vec<u8>,
-}
-
-impl HttpRequest {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-}
-
-/// Reads the next request of a keep-alive connection; `None` when it closes.
-pub fn read_http_request<R: std::io::BufRead>(r: &mut R) -> Option<HttpRequest> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let mut req = HttpRequest {
-        line,
-        headers,
-        body: Vec::new(),
-    };
-    let len: usize = req
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    req.body = vec![0u8; len];
-    r.read_exact(&mut req.body).ok()?;
-    Some(req)
-}
-
 /// Waits for a child to exit, calling `tick` meanwhile; returns (success,
 /// stderr). Panics after `timeout`.
 pub fn wait_exit(
@@ -394,63 +337,4 @@ pub fn wait_exit(
         tick();
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// An answer of a test server: status, extra header lines (each ending
-/// with `\r\n`, content type included) and body.
-pub type HttpAnswer = (u16, String, String);
-
-/// Writes an HTTP/1.1 response (a 204 without its body).
-pub fn write_response(
-    s: &mut std::net::TcpStream,
-    status: u16,
-    headers: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let body = if status == 204 { "" } else { body };
-    write!(
-        s,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    )?;
-    s.flush()
-}
-
-/// Serves HTTP/1.1 on `l` (keep-alive, a thread per connection) until
-/// `stopped()` says so, each request answered by `handle`.
-pub fn serve_http(
-    l: std::net::TcpListener,
-    stopped: impl Fn() -> bool + Send + Sync + 'static,
-    handle: impl Fn(&HttpRequest) -> HttpAnswer + Send + Sync + 'static,
-) {
-    let stopped = std::sync::Arc::new(stopped);
-    let handle = std::sync::Arc::new(handle);
-    l.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        while !stopped() {
-            match l.accept() {
-                Ok((s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let (stopped, handle) = (stopped.clone(), handle.clone());
-                    std::thread::spawn(move || {
-                        let Ok(mut out) = s.try_clone() else {
-                            return;
-                        };
-                        let mut r = std::io::BufReader::new(s);
-                        while !stopped() {
-                            let Some(req) = read_http_request(&mut r) else {
-                                return;
-                            };
-                            let (status, headers, body) = handle(&req);
-                            if write_response(&mut out, status, &headers, &body).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
-            }
-        }
-    });
 }

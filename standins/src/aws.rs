@@ -1,108 +1,22 @@
-//! AWS for the tests of the AWS sink plugins:
-//!
-//! - [`Moto`]: the moto server (a real AWS-compatible service), started on
-//!   loopback from `.venv-moto` (which `scripts/test` installs), with a boto3
-//!   helper (`tests/python/aws_moto.py`) to create and read back streams,
-//!   buckets and log groups.
-//! - [`FakeAws`]: a real HTTP/1.1 server speaking the AWS JSON 1.1 protocol
-//!   of Kinesis, Firehose and CloudWatch Logs (and STS AssumeRole), for what
-//!   moto cannot do: throttling, partial failures, 5xx. It enforces what AWS
-//!   documents (SigV4 authorization header and credential scope, content
-//!   type, target, batch and record limits, timestamp order and span, no
-//!   sequence tokens, existing log streams) and records every call. STS
-//!   AssumeRole issues credentials of a set lifetime (and refuses a role
-//!   named `denied`); calls signed with expired ones are refused.
+//! The strict AWS stand-in, for what moto cannot do (throttling, partial
+//! failures, 5xx): a real HTTP/1.1 server speaking the AWS JSON 1.1
+//! protocol of Kinesis, Firehose and CloudWatch Logs (and STS AssumeRole).
+//! It enforces what AWS documents (SigV4 authorization header and
+//! credential scope, content type, target, batch and record limits,
+//! timestamp order and span, no sequence tokens, existing log streams) and
+//! records every call. STS AssumeRole issues credentials of a set lifetime
+//! (and refuses a role named `denied`); calls signed with expired ones are
+//! refused.
 
-use crate::{HttpAnswer, KillOnDrop};
+use crate::protocol::{AWS_JSON, aws_success};
+use crate::wire::{HttpAnswer, HttpRequest, serve_http, url_decode_pairs};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// A moto server on a free loopback port; stopped when dropped.
-pub struct Moto {
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
-    _child: KillOnDrop,
-}
-
-impl Moto {
-    /// Starts moto and waits until it answers.
-    pub fn start() -> Moto {
-        let bin = root().join(".venv-moto/bin/moto_server");
-        assert!(
-            bin.exists(),
-            "{} is missing: run scripts/test, which installs it",
-            bin.display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server");
-        let m = Moto {
-            url: format!("http://127.0.0.1:{port}"),
-            _child: KillOnDrop(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = write!(
-                    s,
-                    "GET /moto-api/ HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
-                );
-                let mut head = [0u8; 12];
-                if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
-                    return m;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer in 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Runs `aws_moto.py URL ARGS...`; returns its JSON lines.
-    pub fn py(&self, args: &[&str]) -> Vec<Value> {
-        let out = Command::new(root().join(".venv-moto/bin/python"))
-            .arg(root().join("tests/python/aws_moto.py"))
-            .arg(&self.url)
-            .args(args)
-            .output()
-            .expect("running aws_moto.py");
-        assert!(
-            out.status.success(),
-            "aws_moto.py {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect()
-    }
-}
 
 /// One call received by [`FakeAws`].
 #[derive(Clone, Debug)]
@@ -181,7 +95,7 @@ impl FakeAws {
             stop: AtomicBool::new(false),
         });
         let (a, b) = (state.clone(), state.clone());
-        crate::serve_http(
+        serve_http(
             l,
             move || a.stop.load(Ordering::SeqCst),
             move |req| handle(&b, req),
@@ -241,7 +155,7 @@ fn respond(status: u16, ct: &str, body: &str) -> HttpAnswer {
 
 fn error(status: u16, code: &str, msg: &str) -> HttpAnswer {
     let body = json!({"__type": code, "message": msg}).to_string();
-    respond(status, "application/x-amz-json-1.1", &body)
+    respond(status, AWS_JSON, &body)
 }
 
 fn form(body: &[u8]) -> Value {
@@ -250,36 +164,6 @@ fn form(body: &[u8]) -> Value {
         m.insert(k, Value::String(v));
     }
     Value::Object(m)
-}
-
-/// `k=v&k2=v2`, percent- and plus-decoded.
-pub fn url_decode_pairs(s: &str) -> Vec<(String, String)> {
-    let dec = |x: &str| -> String {
-        let b = x.replace('+', " ");
-        let bytes = b.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%'
-                && i + 2 < bytes.len()
-                && let Ok(v) = u8::from_str_radix(&b[i + 1..i + 3], 16)
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (dec(k), dec(v))
-        })
-        .collect()
 }
 
 /// Checks the SigV4 authorization of a request; returns the access key.
@@ -451,33 +335,7 @@ fn records_of(target: &str, body: &Value) -> Result<(Vec<String>, Vec<i64>), Str
     }
 }
 
-fn success(target: &str, answers: &[Option<String>]) -> String {
-    let failed = answers.iter().filter(|a| a.is_some()).count();
-    match target {
-        "Kinesis_20131202.PutRecords" => json!({
-            "FailedRecordCount": failed,
-            "Records": answers.iter().enumerate().map(|(i, a)| match a {
-                None => json!({"SequenceNumber": format!("{i}"), "ShardId": "shardId-000000000000"}),
-                Some(code) => json!({"ErrorCode": code, "ErrorMessage": format!("{code} (fake)")}),
-            }).collect::<Vec<_>>(),
-        }),
-        "Firehose_20150804.PutRecordBatch" => json!({
-            "FailedPutCount": failed,
-            "Encrypted": false,
-            "RequestResponses": answers.iter().enumerate().map(|(i, a)| match a {
-                None => json!({"RecordId": format!("r{i}")}),
-                Some(code) => json!({"ErrorCode": code, "ErrorMessage": format!("{code} (fake)")}),
-            }).collect::<Vec<_>>(),
-        }),
-        "Kinesis_20131202.PutRecord" => json!({"SequenceNumber": "1", "ShardId": "shardId-000000000000"}),
-        "Firehose_20150804.PutRecord" => json!({"RecordId": "r", "Encrypted": false}),
-        "Logs_20140328.PutLogEvents" => json!({"nextSequenceToken": "0"}),
-        _ => json!({}),
-    }
-    .to_string()
-}
-
-fn handle(st: &State, req: &crate::HttpRequest) -> HttpAnswer {
+fn handle(st: &State, req: &HttpRequest) -> HttpAnswer {
     let (line, body) = (&req.line, &req.body[..]);
     let get = |k: &str| req.header(k);
     let violation = |what: String| -> HttpAnswer {
@@ -516,7 +374,7 @@ fn handle(st: &State, req: &crate::HttpRequest) -> HttpAnswer {
         });
         return respond(200, "text/xml", &xml);
     }
-    if ct != "application/x-amz-json-1.1" {
+    if ct != AWS_JSON {
         return violation(format!("content-type {ct}"));
     }
     let target = get("x-amz-target").unwrap_or_default();
@@ -556,7 +414,7 @@ fn handle(st: &State, req: &crate::HttpRequest) -> HttpAnswer {
                     "The specified log stream already exists",
                 );
             }
-            return respond(200, "application/x-amz-json-1.1", "{}");
+            return respond(200, AWS_JSON, "{}");
         }
         "Logs_20140328.PutLogEvents" => {
             let name = v["logStreamName"].as_str().unwrap_or("");
@@ -598,9 +456,5 @@ fn handle(st: &State, req: &crate::HttpRequest) -> HttpAnswer {
             }
         }
     }
-    respond(
-        200,
-        "application/x-amz-json-1.1",
-        &success(&target, &per_record),
-    )
+    respond(200, AWS_JSON, &aws_success(&target, &per_record))
 }

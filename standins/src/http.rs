@@ -1,11 +1,11 @@
-//! A real HTTP/1.1 receiver for the delivery tests: it listens on loopback,
+//! The strict HTTP stand-in, for the delivery tests: it listens on loopback,
 //! speaks the protocol the `http` sink plugin speaks (NDJSON or JSON-array
 //! bodies, optional gzip, keep-alive), and misbehaves on demand: any status
 //! with `Retry-After`, connection resets, hangs, refusal to accept
 //! connections (down), and partial acceptance of a batch. It records every
 //! request and every record it accepted.
 
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -209,7 +209,7 @@ impl Drop for Receiver {
 }
 
 fn respond(s: &mut TcpStream, status: u16, extra: &str, body: &str) -> std::io::Result<()> {
-    crate::write_response(
+    crate::wire::write_response(
         s,
         status,
         &format!("content-type: application/json\r\n{extra}"),
@@ -228,7 +228,7 @@ fn serve(stream: TcpStream, st: Arc<State>) {
         if st.stop.load(Ordering::SeqCst) || st.down.load(Ordering::SeqCst) {
             return;
         }
-        let Some(req) = crate::read_http_request(&mut r) else {
+        let Some(req) = crate::wire::read_http_request(&mut r) else {
             return;
         };
         let method_ok = req.line.starts_with("POST ");
@@ -244,14 +244,10 @@ fn serve(stream: TcpStream, st: Arc<State>) {
         let mut bad = !method_ok
             || !(ct.starts_with("application/x-ndjson") || ct.starts_with("application/json"));
         if get("content-encoding").as_deref() == Some("gzip") {
-            let mut d = Vec::new();
-            if flate2::read::GzDecoder::new(&body[..])
-                .read_to_end(&mut d)
-                .is_err()
-            {
-                bad = true;
+            match crate::wire::gunzip(&body) {
+                Ok(d) => body = d,
+                Err(_) => bad = true,
             }
-            body = d;
         }
         let records: Option<Vec<serde_json::Value>> = if ct.starts_with("application/json") {
             serde_json::from_slice::<Vec<serde_json::Value>>(&body).ok()

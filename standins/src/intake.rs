@@ -1,4 +1,4 @@
-//! Log-intake vendors for the tests of the `datadog` and
+//! The strict log-intake stand-ins, for the tests of the `datadog` and
 //! `azure_logs_ingestion` sinks: real HTTP/1.1 servers on loopback that
 //! enforce what each vendor documents and can be told to misbehave.
 //!
@@ -18,10 +18,13 @@
 //!   1 MB, `TimeGenerated` on every record, `InvalidStream` for a stream
 //!   that is not `Custom-...`).
 
-use crate::HttpRequest;
+use crate::protocol::{
+    AZURE_API_VERSION, AZURE_MAX_BODY, DATADOG_LOGS_PATH, DATADOG_MAX_BODY, DATADOG_MAX_ENTRIES,
+    DATADOG_MAX_ENTRY,
+};
+use crate::wire::{HttpRequest, gunzip, serve_http, url_decode_pairs};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,7 +107,7 @@ impl Intake {
             stop: AtomicBool::new(false),
         });
         let (a, b) = (state.clone(), state.clone());
-        crate::serve_http(
+        serve_http(
             l,
             move || a.stop.load(Ordering::SeqCst),
             move |req| {
@@ -185,7 +188,7 @@ impl Drop for Intake {
 }
 
 fn form(body: &[u8]) -> HashMap<String, String> {
-    crate::aws::url_decode_pairs(&String::from_utf8_lossy(body))
+    url_decode_pairs(&String::from_utf8_lossy(body))
         .into_iter()
         .collect()
 }
@@ -198,10 +201,7 @@ fn entries(req: &HttpRequest) -> Result<(Vec<Value>, usize), String> {
     if req.header("content-encoding").as_deref() != Some("gzip") {
         return Err("not gzipped".into());
     }
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&req.body[..])
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("bad gzip: {e}"))?;
+    let raw = gunzip(&req.body)?;
     let v: Vec<Value> =
         serde_json::from_slice(&raw).map_err(|e| format!("body is not a JSON array: {e}"))?;
     Ok((v, raw.len()))
@@ -222,7 +222,7 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
             service,
             ddtags,
         } => {
-            if path != "/api/v2/logs" {
+            if path != DATADOG_LOGS_PATH {
                 return violation(format!("path {path}"));
             }
             if req.header("dd-api-key").as_deref() != Some(api_key.as_str()) {
@@ -234,7 +234,7 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
                 Ok(e) => e,
                 Err(e) => return violation(e),
             };
-            if raw > 5 * 1024 * 1024 {
+            if raw > DATADOG_MAX_BODY {
                 record(st, req, vec![], raw, 413);
                 return (
                     413,
@@ -243,11 +243,11 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
                         .to_string(),
                 );
             }
-            if entries.is_empty() || entries.len() > 1000 {
+            if entries.is_empty() || entries.len() > DATADOG_MAX_ENTRIES {
                 return violation(format!("{} entries (1 to 1,000)", entries.len()));
             }
             for e in &entries {
-                if e.to_string().len() > 1_000_000 {
+                if e.to_string().len() > DATADOG_MAX_ENTRY {
                     return violation("an entry over 1 MB".into());
                 }
                 if e["ddsource"] != "ngrok"
@@ -332,7 +332,7 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
             let Some((p, query)) = path.split_once('?') else {
                 return violation(format!("no api-version: {path}"));
             };
-            if query != "api-version=2023-01-01" {
+            if query != AZURE_API_VERSION {
                 return violation(format!("query {query}"));
             }
             let parts: Vec<&str> = p.split('/').collect();
@@ -360,7 +360,7 @@ fn handle(st: &State, req: &HttpRequest) -> (u16, String, String) {
                 Ok(e) => e,
                 Err(e) => return violation(e),
             };
-            if raw > 1024 * 1024 {
+            if raw > AZURE_MAX_BODY {
                 record(st, req, vec![], raw, 413);
                 return (413, String::new(), json!({"error": {"code": "ContentLengthLimitExceeded", "message": "Maximum allowed content length: 1048576 bytes"}}).to_string());
             }
