@@ -15,16 +15,21 @@
 //!   `<batch id>.<partition>.<chunk>`, and a message that was not
 //!   acknowledged is sent again with the same id, so a retry within the
 //!   stream's de-duplication window is stored once.
+//! - [`Node`] consumes a node's share of the partitions: one durable
+//!   consumer per partition, held through a lease, acked only when the
+//!   handler says every record of the message is done.
 //!
 //! The engine knows nothing of NATS: this crate depends on it only for
 //! framing and the account prescan.
 
 pub mod batch;
+pub mod consumer;
 pub mod partition;
 pub mod publisher;
 pub mod settings;
 
 pub use batch::{Message, Split, split};
+pub use consumer::{ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Node};
 pub use partition::partition_of;
 pub use publisher::{Published, Publisher, StreamError, connect};
 pub use settings::StreamSettings;

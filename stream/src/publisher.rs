@@ -262,7 +262,7 @@ pub async fn connect(servers: &str) -> Result<async_nats::Client, StreamError> {
     async_nats::ConnectOptions::new()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(5)))
+        .request_timeout(Some(Duration::from_secs(10)))
         .connect(urls)
         .await
         .map_err(|e| StreamError::Connect {

@@ -3,10 +3,12 @@
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
 use bytes::Bytes;
-use sluice_stream::{Publisher, StreamSettings, partition_of};
+use sluice_stream::{ConsumeSettings, Delivery, Node, Publisher, StreamSettings, partition_of};
 use sluice_testkit::nats::NatsCluster;
 use sluice_traffic::{GenConfig, Generator};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `n` generated events of many accounts, as NDJSON bodies of `per_body`.
@@ -120,9 +122,21 @@ fn check_stream(
     }
 }
 
-/// A 3-server cluster (its stores in the returned directory) and a
-/// publisher with the default settings.
-async fn cluster_and_publisher() -> (tempfile::TempDir, NatsCluster, StreamSettings, Publisher) {
+/// One 3-server cluster at a time: on 2 cores, several at once (and
+/// JetStream's elections in each) slow each other past every timeout.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A 3-server cluster (its stores in the returned directory), a publisher
+/// with the default settings, and the guard that keeps other tests' clusters
+/// from starting meanwhile.
+async fn cluster_and_publisher() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    NatsCluster,
+    StreamSettings,
+    Publisher,
+) {
+    let guard = ONE_CLUSTER.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let nats = tokio::task::spawn_blocking({
         let d = dir.path().to_path_buf();
@@ -134,12 +148,12 @@ async fn cluster_and_publisher() -> (tempfile::TempDir, NatsCluster, StreamSetti
     let p = Publisher::connect(&nats.urls(), settings.clone())
         .await
         .expect("connect");
-    (dir, nats, settings, p)
+    (guard, dir, nats, settings, p)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_is_stored_once_by_partition_in_order_and_a_retry_is_not_stored_twice() {
-    let (_dir, nats, settings, p) = cluster_and_publisher().await;
+    let (_one, _dir, nats, settings, p) = cluster_and_publisher().await;
     assert_eq!(p.replicas(), 3, "three servers: three copies");
     let bodies = bodies(100_000, 10_000);
     let mut messages = 0;
@@ -169,7 +183,7 @@ async fn a_body_is_stored_once_by_partition_in_order_and_a_retry_is_not_stored_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_goes_on_when_the_stream_leader_is_killed_and_loses_nothing() {
-    let (_dir, mut nats, settings, p) = cluster_and_publisher().await;
+    let (_one, _dir, mut nats, settings, p) = cluster_and_publisher().await;
     let bodies = bodies(60_000, 2_000);
     let mut retries = 0;
     for (i, b) in bodies.iter().enumerate() {
@@ -194,4 +208,173 @@ async fn publishing_goes_on_when_the_stream_leader_is_killed_and_loses_nothing()
     // event exactly once is the promise here.
     let msgs = read_all(p.client(), &settings).await;
     check_stream(&msgs, &bodies, &settings, false);
+}
+
+/// The event lines a node's handler saw.
+type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A handler that records every line it is given and answers `Ok`, or,
+/// when `stuck`, never answers.
+fn recording_handler(seen: Seen, stuck: bool) -> sluice_stream::Handler {
+    Arc::new(move |d: Delivery| {
+        {
+            let mut s = seen.lock().unwrap();
+            for line in d.payload.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+                s.push(line.to_vec());
+            }
+        }
+        Box::pin(async move {
+            if stuck {
+                // Mid-message forever, as a node that hangs and then dies.
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    })
+}
+
+async fn node(
+    nats: &NatsCluster,
+    settings: &StreamSettings,
+    name: &str,
+    seen: Seen,
+    stuck: bool,
+) -> (async_nats::Client, Node) {
+    let client = sluice_stream::connect(&nats.urls()).await.expect("connect");
+    let consume = ConsumeSettings {
+        ack_wait: Duration::from_secs(4),
+        lease_ttl: Duration::from_secs(2),
+        ..ConsumeSettings::new(name)
+    };
+    let n = Node::start(
+        client.clone(),
+        settings.clone(),
+        consume,
+        3,
+        recording_handler(seen, stuck),
+    )
+    .await
+    .expect("a node");
+    (client, n)
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `timeout`.
+async fn until(timeout: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn all_lines(bodies: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = bodies
+        .iter()
+        .flat_map(|b| {
+            b.split(|c| *c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn distinct(seen: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut v = seen.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_the_partitions_and_handle_every_event() {
+    let (_one, _dir, nats, settings, p) = cluster_and_publisher().await;
+    let (sa, sb): (Seen, Seen) = Default::default();
+    let (_ca, a) = node(&nats, &settings, "node-a", sa.clone(), false).await;
+    let (_cb, b) = node(&nats, &settings, "node-b", sb.clone(), false).await;
+    until(Duration::from_secs(20), "8 partitions each", async || {
+        a.partitions().await.len() == 8 && b.partitions().await.len() == 8
+    })
+    .await;
+    let bodies = bodies(20_000, 2_000);
+    for (i, body) in bodies.iter().enumerate() {
+        p.publish(body, &format!("body-{i}"))
+            .await
+            .expect("published");
+    }
+    let want = all_lines(&bodies);
+    until(Duration::from_secs(60), "every event handled", async || {
+        let mut all = sa.lock().unwrap().clone();
+        all.extend(sb.lock().unwrap().iter().cloned());
+        distinct(&all) == want
+    })
+    .await;
+    assert!(!sa.lock().unwrap().is_empty() && !sb.lock().unwrap().is_empty());
+    // No failure, no handoff after publishing: each account's events were
+    // handled once, by one node, in the order published.
+    let mut published: HashMap<String, Vec<&[u8]>> = HashMap::new();
+    for line in bodies
+        .iter()
+        .flat_map(|b| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()))
+    {
+        published.entry(account(line)).or_default().push(line);
+    }
+    for seen in [&sa, &sb] {
+        let seen = seen.lock().unwrap();
+        let mut handled: HashMap<String, Vec<&[u8]>> = HashMap::new();
+        for line in seen.iter() {
+            handled.entry(account(line)).or_default().push(line);
+        }
+        for (acct, lines) in handled {
+            assert!(
+                lines == published[&acct],
+                "{acct}: handled out of order or twice"
+            );
+        }
+    }
+    let acked = a.stats.acked.load(Ordering::Relaxed) + b.stats.acked.load(Ordering::Relaxed);
+    assert!(acked >= 16, "messages acked: {acked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_message_loses_nothing_and_its_partitions_move() {
+    let (_one, _dir, nats, settings, p) = cluster_and_publisher().await;
+    let (sa, sb): (Seen, Seen) = Default::default();
+    // Node A takes messages and never finishes them; then it dies.
+    let (ca, a) = node(&nats, &settings, "node-a", sa.clone(), true).await;
+    let (_cb, b) = node(&nats, &settings, "node-b", sb.clone(), false).await;
+    until(Duration::from_secs(20), "8 partitions each", async || {
+        a.partitions().await.len() == 8 && b.partitions().await.len() == 8
+    })
+    .await;
+    let bodies = bodies(10_000, 1_000);
+    for (i, body) in bodies.iter().enumerate() {
+        p.publish(body, &format!("body-{i}"))
+            .await
+            .expect("published");
+    }
+    until(
+        Duration::from_secs(20),
+        "node A in the middle of a message",
+        async || !sa.lock().unwrap().is_empty(),
+    )
+    .await;
+    let killed = Instant::now();
+    a.kill().await;
+    drop(ca);
+    let want = all_lines(&bodies);
+    until(
+        Duration::from_secs(60),
+        "node B handled every event",
+        async || distinct(&sb.lock().unwrap()) == want,
+    )
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(b.partitions().await.len(), 16, "B took over A's partitions");
+    let redelivered = b.stats.redelivered.load(Ordering::Relaxed);
+    assert!(redelivered >= 1, "A's unacked messages came back to B");
+    eprintln!("delivery complete {took:?} after the kill; {redelivered} messages redelivered");
+    // Lease expiry (2 s) and the ack wait (4 s), plus a few seconds.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
 }

@@ -1,0 +1,425 @@
+//! Consuming the stream on the nodes of a cluster.
+//!
+//! - **One durable pull consumer per partition** (`part-<p>`, explicit
+//!   acks), held by one node at a time through a **lease**: a key
+//!   `part.<p>` in the key-value bucket `SLUICE_LEASES`, whose entries
+//!   expire `lease_ttl` after their last write. A node creates the key to
+//!   take a partition (only one create wins), renews it with a
+//!   revision-checked update every `lease_ttl / 3`, and stops consuming the
+//!   partition the moment a renewal fails.
+//! - **Balance.** Each node writes a heartbeat key in `SLUICE_NODES` (same
+//!   expiry); with `N` live nodes each aims at `ceil(P / N)` partitions,
+//!   takes free ones while below, and gives back its highest ones while
+//!   above (finishing the message in hand first).
+//! - **Acks that mean something.** A partition's messages are handled one
+//!   at a time, in stream order (per-account order while healthy). A
+//!   message is acked (double ack: the server confirms it) only once the
+//!   handler returned `Ok`, that is, once every record made from it is
+//!   delivered, dead-lettered or handed to a durable place; while the
+//!   handler runs, progress acks keep the server from redelivering it. A
+//!   handler error naks the message with a delay.
+//! - **A node that dies** stops renewing: its leases expire after
+//!   `lease_ttl`, another node takes its partitions, and what it had not
+//!   acked is redelivered after `ack_wait`. Duplicates are bounded by what
+//!   it had in hand: at most `max_ack_pending` messages per partition
+//!   (here one at a time is handled, and fetched batches hold at most
+//!   `fetch_batch`), each counted as redelivered on the node that gets it.
+
+use crate::publisher::StreamError;
+use crate::settings::StreamSettings;
+use async_nats::jetstream::{self, AckKind, consumer::pull, kv};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How a node consumes.
+#[derive(Clone, Debug)]
+pub struct ConsumeSettings {
+    /// This node's id (unique in the cluster).
+    pub node: String,
+    /// How long the server waits for an ack before redelivering. Default 30 s.
+    pub ack_wait: Duration,
+    /// Unacknowledged messages the server lets a partition's consumer have.
+    /// Default 64.
+    pub max_ack_pending: i64,
+    /// How long a lease (and a heartbeat) lives without renewal. Default 10 s.
+    pub lease_ttl: Duration,
+    /// Messages fetched per pull. Default 16.
+    pub fetch_batch: usize,
+}
+
+impl ConsumeSettings {
+    /// The defaults, for node `node`.
+    pub fn new(node: impl Into<String>) -> ConsumeSettings {
+        ConsumeSettings {
+            node: node.into(),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 64,
+            lease_ttl: Duration::from_secs(10),
+            fetch_batch: 16,
+        }
+    }
+}
+
+/// One message handed to the handler.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Its partition.
+    pub partition: u32,
+    /// The events, one per line.
+    pub payload: Bytes,
+    /// Its sequence in the stream.
+    pub stream_sequence: u64,
+    /// Delivered before (to this node or another) without an ack.
+    pub redelivered: bool,
+}
+
+/// What the handler answers: `Ok` once every record of the message is
+/// delivered, dead-lettered or durably handed on; `Err` to have it
+/// redelivered later.
+pub type Handled = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The handler of a node's messages.
+pub type Handler = Arc<dyn Fn(Delivery) -> Handled + Send + Sync>;
+
+/// Counters of one node's consumption.
+#[derive(Debug, Default)]
+pub struct ConsumeStats {
+    /// Messages handled and acked.
+    pub acked: AtomicU64,
+    /// Messages that arrived as redeliveries (the duplicates a failover
+    /// causes are among them).
+    pub redelivered: AtomicU64,
+    /// Messages naked after a handler error.
+    pub naked: AtomicU64,
+    /// Partitions held now.
+    pub partitions: AtomicU64,
+}
+
+struct Held {
+    revision: u64,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+/// A node consuming its share of the partitions; stops (without acking
+/// what is in hand) when dropped or killed.
+pub struct Node {
+    /// Its counters.
+    pub stats: Arc<ConsumeStats>,
+    held: Arc<tokio::sync::Mutex<HashMap<u32, Held>>>,
+    coordinator: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts consuming on `client`: creates the lease and heartbeat
+    /// buckets if missing, then takes and renews its share of partitions.
+    pub async fn start(
+        client: async_nats::Client,
+        stream: StreamSettings,
+        settings: ConsumeSettings,
+        replicas: usize,
+        handler: Handler,
+    ) -> Result<Node, StreamError> {
+        let js = jetstream::new(client);
+        let leases = bucket(&js, "SLUICE_LEASES", settings.lease_ttl, replicas).await?;
+        let nodes = bucket(&js, "SLUICE_NODES", settings.lease_ttl, replicas).await?;
+        let events = js
+            .get_stream(&stream.stream)
+            .await
+            .map_err(|e| StreamError::Stream {
+                stream: stream.stream.clone(),
+                reason: e.to_string(),
+            })?;
+        let stats = Arc::new(ConsumeStats::default());
+        let held: Arc<tokio::sync::Mutex<HashMap<u32, Held>>> = Arc::default();
+        let ctx = Arc::new(Ctx {
+            stream,
+            settings,
+            events,
+            handler,
+            stats: stats.clone(),
+        });
+        let coordinator = tokio::spawn(coordinate(ctx, leases, nodes, held.clone()));
+        Ok(Node {
+            stats,
+            held,
+            coordinator,
+        })
+    }
+
+    /// The partitions held now (not those being given back).
+    pub async fn partitions(&self) -> Vec<u32> {
+        let held = self.held.lock().await;
+        let mut p: Vec<u32> = held
+            .iter()
+            .filter(|(_, l)| !l.stop.load(Ordering::SeqCst))
+            .map(|(p, _)| *p)
+            .collect();
+        p.sort_unstable();
+        p
+    }
+
+    /// Stops at once, as a crash would: nothing more is acked, leases are
+    /// left to expire, unacked messages are redelivered to others.
+    pub async fn kill(self) {
+        self.coordinator.abort();
+        for (_, h) in self.held.lock().await.drain() {
+            h.task.abort();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.coordinator.abort();
+        if let Ok(mut held) = self.held.try_lock() {
+            for (_, h) in held.drain() {
+                h.task.abort();
+            }
+        }
+    }
+}
+
+struct Ctx {
+    stream: StreamSettings,
+    settings: ConsumeSettings,
+    events: jetstream::stream::Stream,
+    handler: Handler,
+    stats: Arc<ConsumeStats>,
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, StreamError> {
+    let err = |e: String| StreamError::Stream {
+        stream: name.to_string(),
+        reason: e,
+    };
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
+    }
+    match js
+        .create_key_value(kv::Config {
+            bucket: name.to_string(),
+            history: 1,
+            max_age: ttl,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(s) => Ok(s),
+        // Another node made it first.
+        Err(e) => js.get_key_value(name).await.map_err(|_| err(e.to_string())),
+    }
+}
+
+/// Takes, renews and gives back leases every `lease_ttl / 3`.
+async fn coordinate(
+    ctx: Arc<Ctx>,
+    leases: kv::Store,
+    nodes: kv::Store,
+    held: Arc<tokio::sync::Mutex<HashMap<u32, Held>>>,
+) {
+    let me = ctx.settings.node.clone();
+    let partitions = ctx.stream.partitions.max(1);
+    let tick = ctx.settings.lease_ttl / 3;
+    // Each node starts looking at a different partition.
+    let start = crate::partition_of(me.as_bytes(), partitions);
+    loop {
+        let _ = nodes.put(&me, Bytes::new()).await;
+        let live = live_nodes(&nodes).await.max(1);
+        let target = partitions.div_ceil(live as u32) as usize;
+        let mut h = held.lock().await;
+        // Renew; a lease that cannot be renewed is lost: stop at once.
+        let mut lost = Vec::new();
+        for (p, l) in h.iter_mut() {
+            match leases
+                .update(lease_key(*p), Bytes::from(me.clone()), l.revision)
+                .await
+            {
+                Ok(rev) => l.revision = rev,
+                Err(_) => lost.push(*p),
+            }
+        }
+        for p in lost {
+            if let Some(l) = h.remove(&p) {
+                l.stop.store(true, Ordering::SeqCst);
+                l.task.abort();
+            }
+        }
+        // A partition given back keeps its lease (renewed above) until its
+        // task finished the message in hand; then the lease goes.
+        let finished: Vec<u32> = h
+            .iter()
+            .filter(|(_, l)| l.stop.load(Ordering::SeqCst) && l.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in finished {
+            h.remove(&p);
+            let _ = leases.delete(lease_key(p)).await;
+        }
+        let active = |h: &HashMap<u32, Held>| {
+            h.values()
+                .filter(|l| !l.stop.load(Ordering::SeqCst))
+                .count()
+        };
+        // Give back the highest partitions above the share.
+        while active(&h) > target {
+            let highest = h
+                .iter()
+                .filter(|(_, l)| !l.stop.load(Ordering::SeqCst))
+                .map(|(p, _)| *p)
+                .max();
+            let Some(p) = highest else { break };
+            if let Some(l) = h.get(&p) {
+                l.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        // Take free partitions up to the share.
+        for i in 0..partitions {
+            if active(&h) >= target {
+                break;
+            }
+            let p = (start + i) % partitions;
+            if h.contains_key(&p) {
+                continue;
+            }
+            if let Ok(revision) = leases.create(lease_key(p), Bytes::from(me.clone())).await {
+                let stop = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(consume(ctx.clone(), p, stop.clone()));
+                h.insert(
+                    p,
+                    Held {
+                        revision,
+                        stop,
+                        task,
+                    },
+                );
+            }
+        }
+        ctx.stats
+            .partitions
+            .store(active(&h) as u64, Ordering::Relaxed);
+        drop(h);
+        tokio::time::sleep(tick).await;
+    }
+}
+
+fn lease_key(p: u32) -> String {
+    format!("part.{p}")
+}
+
+async fn live_nodes(nodes: &kv::Store) -> usize {
+    use futures_util::StreamExt;
+    let Ok(keys) = nodes.keys().await else {
+        return 1;
+    };
+    keys.filter_map(|k| async move { k.ok() }).count().await
+}
+
+/// Consumes partition `p` until `stop`.
+async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
+    use futures_util::StreamExt;
+    let s = &ctx.settings;
+    let name = format!("part-{p}");
+    let consumer = loop {
+        match ctx
+            .events
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: ctx.stream.subject(p),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: s.ack_wait,
+                    max_ack_pending: s.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if !stop.load(Ordering::SeqCst) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(_) => return,
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(mut batch) = consumer
+            .fetch()
+            .max_messages(s.fetch_batch)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while let Some(Ok(m)) = batch.next().await {
+            if stop.load(Ordering::SeqCst) {
+                // Not handled: handed back at once for the next holder.
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            let (seq, redelivered) = m
+                .info()
+                .map(|i| (i.stream_sequence, i.delivered > 1))
+                .unwrap_or((0, false));
+            if redelivered {
+                ctx.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            let handled = (ctx.handler)(Delivery {
+                partition: p,
+                payload: m.payload.clone(),
+                stream_sequence: seq,
+                redelivered,
+            });
+            let result = with_progress(&m, handled, s.ack_wait / 3).await;
+            match result {
+                Ok(()) => {
+                    // Retry the ack until the server confirms it; if it
+                    // never does, the message is redelivered (a duplicate,
+                    // counted there).
+                    for _ in 0..3 {
+                        if m.double_ack().await.is_ok() {
+                            ctx.stats.acked.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                Err(_) => {
+                    ctx.stats.naked.fetch_add(1, Ordering::Relaxed);
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Awaits `handled`, sending a progress ack every `every` meanwhile.
+async fn with_progress(
+    m: &jetstream::Message,
+    mut handled: Handled,
+    every: Duration,
+) -> Result<(), String> {
+    let every = every.max(Duration::from_millis(100));
+    loop {
+        match tokio::time::timeout(every, &mut handled).await {
+            Ok(r) => return r,
+            Err(_) => {
+                let _ = m.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
