@@ -6,7 +6,8 @@
 //!   expire `lease_ttl` after their last write. A node creates the key to
 //!   take a partition (only one create wins), renews it with a
 //!   revision-checked update every `lease_ttl / 3`, and stops consuming the
-//!   partition the moment a renewal fails.
+//!   partition the moment the key turns out to be another's, or when it
+//!   could not renew for `2 × lease_ttl / 3` (before the lease can expire).
 //! - **Balance.** Each node writes a heartbeat key in `SLUICE_NODES` (same
 //!   expiry); with `N` live nodes each aims at `ceil(P / N)` partitions,
 //!   takes free ones while below, and gives back its highest ones while
@@ -34,7 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// How a node consumes.
@@ -103,6 +104,8 @@ pub struct ConsumeStats {
 
 struct Held {
     revision: u64,
+    /// When the lease was last renewed.
+    renewed: Instant,
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -240,15 +243,20 @@ async fn coordinate(
         let live = live_nodes(&nodes).await.max(1);
         let target = partitions.div_ceil(live as u32) as usize;
         let mut h = held.lock().await;
-        // Renew; a lease that cannot be renewed is lost: stop at once.
+        // Renew. A lease another node holds (or that expired) is lost: stop
+        // at once. One that could not be renewed for a while (NATS out of
+        // reach) is given up before it can expire, so that two nodes never
+        // knowingly consume one partition.
         let mut lost = Vec::new();
         for (p, l) in h.iter_mut() {
-            match leases
-                .update(lease_key(*p), Bytes::from(me.clone()), l.revision)
-                .await
-            {
-                Ok(rev) => l.revision = rev,
-                Err(_) => lost.push(*p),
+            match renew(&leases, *p, &me, l.revision).await {
+                Renewal::Renewed(rev) => {
+                    l.revision = rev;
+                    l.renewed = Instant::now();
+                }
+                Renewal::Lost => lost.push(*p),
+                Renewal::Unknown if l.renewed.elapsed() > tick * 2 => lost.push(*p),
+                Renewal::Unknown => {}
             }
         }
         for p in lost {
@@ -301,6 +309,7 @@ async fn coordinate(
                     p,
                     Held {
                         revision,
+                        renewed: Instant::now(),
                         stop,
                         task,
                     },
@@ -312,6 +321,32 @@ async fn coordinate(
             .store(active(&h) as u64, Ordering::Relaxed);
         drop(h);
         tokio::time::sleep(tick).await;
+    }
+}
+
+enum Renewal {
+    Renewed(u64),
+    Lost,
+    Unknown,
+}
+
+/// Renews the lease of `p`, held at `revision`. A failed update is checked
+/// against the key: still ours (a stale revision, a lost answer), it is
+/// renewed from the key's revision.
+async fn renew(leases: &kv::Store, p: u32, me: &str, revision: u64) -> Renewal {
+    let mine = || Bytes::from(me.to_string());
+    if let Ok(rev) = leases.update(lease_key(p), mine(), revision).await {
+        return Renewal::Renewed(rev);
+    }
+    match leases.entry(lease_key(p)).await {
+        Ok(Some(e)) if e.operation == kv::Operation::Put && e.value == me.as_bytes() => {
+            match leases.update(lease_key(p), mine(), e.revision).await {
+                Ok(rev) => Renewal::Renewed(rev),
+                Err(_) => Renewal::Unknown,
+            }
+        }
+        Ok(_) => Renewal::Lost,
+        Err(_) => Renewal::Unknown,
     }
 }
 

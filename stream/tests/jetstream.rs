@@ -378,3 +378,45 @@ async fn a_node_killed_mid_message_loses_nothing_and_its_partitions_move() {
     // Lease expiry (2 s) and the ack wait (4 s), plus a few seconds.
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_consuming_a_partition_whose_lease_another_holds() {
+    let (_one, _dir, nats, settings, _p) = cluster_and_publisher().await;
+    let seen: Seen = Default::default();
+    let (client, a) = node(&nats, &settings, "node-a", seen, false).await;
+    until(Duration::from_secs(20), "all 16 partitions", async || {
+        a.partitions().await.len() == 16
+    })
+    .await;
+    // Another node's claim replaces A's lease on partition 3 (as after A's
+    // lease expired unseen): A must give the partition up at its next
+    // renewal, and not take it back while the claim is renewed.
+    let leases = jetstream::new(client)
+        .get_key_value("SLUICE_LEASES")
+        .await
+        .expect("the lease bucket");
+    leases.delete("part.3").await.expect("delete");
+    let mut rev = leases
+        .create("part.3", Bytes::from_static(b"intruder"))
+        .await
+        .expect("claim");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut gave_up = false;
+    while Instant::now() < deadline {
+        rev = leases
+            .update("part.3", Bytes::from_static(b"intruder"), rev)
+            .await
+            .expect("the intruder keeps its claim");
+        if !a.partitions().await.contains(&3) {
+            gave_up = true;
+        } else {
+            assert!(!gave_up, "A took partition 3 back while claimed");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gave_up,
+        "A kept consuming partition 3 under another's lease"
+    );
+    assert_eq!(a.partitions().await.len(), 15);
+}
