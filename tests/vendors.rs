@@ -497,14 +497,7 @@ fn both_plugins_pass_the_conformance_kit_against_the_vendor_servers() {
             &az,
         ),
     ] {
-        let lib = sluice_testkit::target_dir().join(format!("libsluice_sink_{name}.so"));
-        sluice_testkit::assert_conformant(
-            dir.path(),
-            name,
-            &lib,
-            &cfg,
-            sluice_testkit::VENDOR_KIT_CHECKS,
-        );
+        sluice_testkit::assert_vendor_conformant(dir.path(), name, &cfg);
         assert!(
             intake.violations().is_empty(),
             "{name}: {:?}",

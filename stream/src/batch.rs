@@ -74,7 +74,11 @@ pub fn split(body: &[u8], partitions: u32, max_message_bytes: usize) -> Split {
             *events = 0;
         }
         if buf.is_empty() {
-            buf.reserve(max_message_bytes.min(body.len() + 1));
+            // About this partition's share of the body: growing past it
+            // doubles, and reserving the whole body per partition would
+            // cost `partitions` times the body.
+            let share = body.len() / partitions as usize + raw.len() + 1;
+            buf.reserve(max_message_bytes.min(share));
         }
         buf.extend_from_slice(raw);
         buf.extend_from_slice(b"\n");

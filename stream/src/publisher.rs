@@ -146,8 +146,7 @@ impl Publisher {
             match self.js.get_or_create_stream(cfg.clone()).await {
                 Ok(_) => return Ok(()),
                 // A cluster still forming has no peers to place replicas on.
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => {

@@ -33,7 +33,7 @@ fn account(line: &[u8]) -> String {
 
 /// Every message of the stream: (subject, payload), in stream order.
 async fn read_all(client: &async_nats::Client, settings: &StreamSettings) -> Vec<(String, Bytes)> {
-    use futures_lite_free::next;
+    use futures_util::StreamExt;
     let js = jetstream::new(client.clone());
     let mut stream = js.get_stream(&settings.stream).await.expect("the stream");
     let total = stream.info().await.expect("stream info").state.messages;
@@ -53,7 +53,7 @@ async fn read_all(client: &async_nats::Client, settings: &StreamSettings) -> Vec
             "read {} of {total} messages",
             out.len()
         );
-        let m = tokio::time::timeout(Duration::from_secs(10), next(&mut msgs))
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
             .await
             .unwrap_or_else(|_| panic!("no message for 10 s after {} of {total}", out.len()))
             .expect("a message")
@@ -61,16 +61,6 @@ async fn read_all(client: &async_nats::Client, settings: &StreamSettings) -> Vec
         out.push((m.subject.to_string(), m.payload.clone()));
     }
     out
-}
-
-/// `StreamExt::next` without a futures dependency.
-mod futures_lite_free {
-    use std::future::poll_fn;
-    use std::pin::Pin;
-
-    pub async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
-        poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
-    }
 }
 
 /// Checks that the stream holds exactly the events of `bodies`, each on

@@ -14,6 +14,34 @@ pub mod serve;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A program `scripts/test` installs (e.g. `.venv-moto/bin/moto_server`,
+/// relative to the workspace root); panics, naming the fix, when missing.
+pub fn installed(path: &str) -> PathBuf {
+    let bin = root().join(path);
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test, which installs it",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// The directory holding the built binaries and plugins (target/<profile>).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -96,9 +124,17 @@ pub fn assert_conformant(dir: &Path, name: &str, lib: &Path, config: &str, must:
     }
 }
 
+/// The conformance kit passes the built sink plugin of kind `name`
+/// (`target/<profile>/libsluice_sink_<name>.so`) with `config`, including
+/// every check of a plugin that delivers to a vendor.
+pub fn assert_vendor_conformant(dir: &Path, name: &str, config: &str) {
+    let lib = target_dir().join(format!("libsluice_sink_{name}.so"));
+    assert_conformant(dir, name, &lib, config, VENDOR_KIT_CHECKS);
+}
+
 /// The conformance kit's checks a plugin delivering to a vendor must pass
 /// (records to the vendor's server, the test event included).
-pub const VENDOR_KIT_CHECKS: &[&str] = &[
+const VENDOR_KIT_CHECKS: &[&str] = &[
     "load",
     "bad config",
     "full batch",

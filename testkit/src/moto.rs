@@ -6,18 +6,9 @@
 use crate::KillOnDrop;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// A moto server on a free loopback port; stopped when dropped.
 pub struct Moto {
@@ -29,16 +20,8 @@ pub struct Moto {
 impl Moto {
     /// Starts moto and waits until it answers.
     pub fn start() -> Moto {
-        let bin = root().join(".venv-moto/bin/moto_server");
-        assert!(
-            bin.exists(),
-            "{} is missing: run scripts/test, which installs it",
-            bin.display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let bin = crate::installed(".venv-moto/bin/moto_server");
+        let port = crate::free_port();
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -71,8 +54,8 @@ impl Moto {
 
     /// Runs `aws_moto.py URL ARGS...`; returns its JSON lines.
     pub fn py(&self, args: &[&str]) -> Vec<Value> {
-        let out = Command::new(root().join(".venv-moto/bin/python"))
-            .arg(root().join("tests/python/aws_moto.py"))
+        let out = Command::new(crate::root().join(".venv-moto/bin/python"))
+            .arg(crate::root().join("tests/python/aws_moto.py"))
             .arg(&self.url)
             .args(args)
             .output()

