@@ -12,7 +12,7 @@ use crate::scenario::{ApiSpec, RunOptions};
 use sluice_engine::ingest::{Chunk, NdjsonReader};
 use sluice_serve::ids::new_id;
 use sluice_serve::model::{Destination, Subscription, Target};
-use sluice_serve::store::Store;
+use sluice_serve::store::{ConfigStore, SqliteStore};
 use sluice_testkit::serve::ServeProcess;
 use sluice_traffic::Generator;
 use std::collections::{BTreeMap, HashMap};
@@ -73,7 +73,7 @@ fn now() -> String {
 pub fn seed(data_dir: &Path, s: &Scenario) -> Result<String, String> {
     let accounts = Generator::new(s.generator.gen_config()).account_ids();
     let spec = s.pipeline(&accounts)?;
-    let store = Store::open(data_dir)?;
+    let store = SqliteStore::open(data_dir)?;
     let t = now();
     let owner = accounts.first().cloned().ok_or("no accounts")?;
     for a in &accounts {
@@ -479,7 +479,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
     let account = new_id("ac");
     let t = now();
     let (sub_ids, key, token) = {
-        let store = Store::open(&dir)?;
+        let store = SqliteStore::open(&dir)?;
         store.put_account(&account, &t)?;
         let (_, key) = store.create_key(&account, "bench", &t)?;
         let dest = new_id("ed");

@@ -179,6 +179,11 @@ struct ServeArgs {
     /// send_timeout_ms=1000..60000); repeat for more.
     #[arg(long = "tenant-delivery")]
     tenant_delivery: Vec<String>,
+    /// Join a cluster on NATS JetStream: comma-separated nats://HOST:PORT
+    /// URLs (the configuration then lives in NATS, not in SQLite; see
+    /// docs/cluster.md). More settings in [cluster] of --config.
+    #[arg(long)]
+    cluster: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -186,8 +191,12 @@ enum KeysCommand {
     /// Create an API key for an account (created if new); prints the key alone on stdout.
     Create {
         /// The data directory of `sluice serve`.
+        #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+        data_dir: Option<PathBuf>,
+        /// A cluster's NATS servers (comma-separated nats:// URLs), for
+        /// `sluice serve --cluster`.
         #[arg(long)]
-        data_dir: PathBuf,
+        cluster: Option<String>,
         /// The account id (ac_...).
         #[arg(long)]
         account: String,
@@ -237,6 +246,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         .or(file.data_dir)
         .ok_or("--data-dir is required (or data_dir in --config)")?;
     let plugin_dir = a.plugin_dir.or(file.plugin_dir);
+    let cluster = match (a.cluster, file.cluster) {
+        (None, None) => None,
+        (servers, c) => {
+            let c = c.unwrap_or_default();
+            let servers = servers
+                .or_else(|| c.servers.clone())
+                .ok_or("[cluster] needs servers (or give --cluster)")?;
+            Some(c.options(servers)?)
+        }
+    };
     let cors_origins = if a.cors_origins.is_empty() {
         file.cors_origins.unwrap_or_default()
     } else {
@@ -266,16 +285,17 @@ fn serve(a: ServeArgs) -> Result<ExitCode, String> {
         metrics_addr: a.metrics_addr.or(file.metrics_addr),
         cors_origins,
         policy,
+        cluster,
     };
-    let data_dir = opts.data_dir.clone();
+    let keys_from = match &opts.cluster {
+        Some(c) => format!("--cluster {}", c.servers),
+        None => format!("--data-dir {}", opts.data_dir.display()),
+    };
     let summary = sluice_serve::run(opts, |at| {
         if let Some(first) = &at.first_account {
             println!(
-                "sluice serve: first start: created account {} with API key\n  {}\n(it is shown only once; make more with `sluice keys create --data-dir {} --account {}`)",
-                first.account,
-                first.api_key,
-                data_dir.display(),
-                first.account
+                "sluice serve: first start: created account {} with API key\n  {}\n(it is shown only once; make more with `sluice keys create {keys_from} --account {}`)",
+                first.account, first.api_key, first.account
             );
         }
         if let Some(t) = &at.new_ingest_token {
@@ -578,8 +598,17 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check { path, config }) => Ok(plugin_check(&path, &config)),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve(a),
-        Command::Keys(KeysCommand::Create { data_dir, account }) => {
-            sluice_serve::create_key(&data_dir, &account).map(|token| {
+        Command::Keys(KeysCommand::Create {
+            data_dir,
+            cluster,
+            account,
+        }) => {
+            let place = match (data_dir, cluster) {
+                (_, Some(servers)) => sluice_serve::KeyStore::Cluster(servers),
+                (Some(dir), None) => sluice_serve::KeyStore::DataDir(dir),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            sluice_serve::create_key(&place, &account).map(|token| {
                 println!("{token}");
                 ExitCode::SUCCESS
             })

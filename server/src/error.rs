@@ -61,6 +61,10 @@ pub enum Code {
     PayloadTooLarge,
     /// What should not happen (storage failures). (`ERR_NGROK_500`, 500)
     Internal,
+    /// A cluster node cut off from NATS: it neither serves configuration it
+    /// cannot know is current nor takes events it cannot store.
+    /// (`ERR_NGROK_503`, 503)
+    Unavailable,
     /// A destination without a target. (`ERR_NGROK_5100`, 400)
     NoTarget,
     /// The account has its maximum number of destinations. (`ERR_NGROK_5102`, 400)
@@ -158,6 +162,7 @@ impl Code {
             Code::Conflict => 409,
             Code::PayloadTooLarge => 413,
             Code::Internal => 500,
+            Code::Unavailable => 503,
             Code::NoTarget => 5100,
             Code::DestinationLimit => 5102,
             Code::DestinationNotFound => 5103,
@@ -252,6 +257,7 @@ impl Code {
             Code::Conflict => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::DestinationNotFound | Code::SubscriptionNotFound | Code::SourceNotFound => {
                 StatusCode::NOT_FOUND
             }

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod back_pressure;
+pub mod cluster;
 pub mod error;
 pub mod ids;
 pub mod list_filter;
@@ -53,6 +54,9 @@ pub struct ServeOptions {
     pub cors_origins: Vec<String>,
     /// What tenants may do.
     pub policy: policy::TenantPolicy,
+    /// Join a cluster on NATS JetStream instead of keeping the
+    /// configuration in SQLite (`--cluster`).
+    pub cluster: Option<cluster::ClusterOptions>,
 }
 
 /// Where `sluice serve` listens, once it does, and the credentials this
@@ -105,17 +109,58 @@ impl std::fmt::Debug for Listening {
     }
 }
 
-/// Creates an API key for `account` in the store under `data_dir` and
-/// returns the token (shown once).
-pub fn create_key(data_dir: &std::path::Path, account: &str) -> Result<String, String> {
+/// Where `sluice keys create` writes.
+#[derive(Clone, Debug)]
+pub enum KeyStore {
+    /// The SQLite store of a `sluice serve --data-dir`.
+    DataDir(PathBuf),
+    /// The configuration bucket of a cluster (its NATS servers,
+    /// comma-separated).
+    Cluster(String),
+}
+
+/// Creates an API key for `account` (created if new) and returns the token
+/// (shown once; only its hash is stored). A running server sees it at once
+/// (SQLite: looked up on first use; a cluster: through the bucket's watch).
+pub fn create_key(place: &KeyStore, account: &str) -> Result<String, String> {
     if !ids::is_id(account, "ac") {
         return Err(format!(
             "'{account}' is not an account id (ac_ followed by 27 letters and digits)"
         ));
     }
-    let store = store::Store::open(data_dir)?;
-    let (_, token) = store.create_key(account, "created by sluice keys create", &now())?;
-    Ok(token)
+    use store::ConfigStore;
+    const WHY: &str = "created by sluice keys create";
+    match place {
+        KeyStore::DataDir(dir) => {
+            let store = store::SqliteStore::open(dir)?;
+            Ok(store.create_key(account, WHY, &now())?.1)
+        }
+        KeyStore::Cluster(servers) => {
+            // Multi-threaded: the store's calls block on its handle, which
+            // drives no I/O on a current-thread runtime.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let kv = rt.block_on(async {
+                let client = sluice_stream::connect(servers)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sluice_stream::async_nats::jetstream::new(client)
+                    .get_key_value(cluster::BUCKET)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "the cluster at {servers} has no configuration bucket {} ({e}): start a `sluice serve --cluster` node first",
+                            cluster::BUCKET
+                        )
+                    })
+            })?;
+            let store = cluster::KvStore::new(kv, rt.handle().clone());
+            Ok(store.create_key(account, WHY, &now())?.1)
+        }
+    }
 }
 
 /// Now, as the API writes times: RFC 3339 UTC to the second.
@@ -129,10 +174,11 @@ pub(crate) fn now() -> String {
 
 /// The hex SHA-256 of the ingest token: the operator's (`--ingest-token`,
 /// else `$SLUICE_INGEST_TOKEN`), else the stored one, else a new one, stored
-/// hashed and returned in clear (the second value) to be shown once. A token
-/// stored in clear by an older version is replaced by its hash.
+/// hashed and returned in clear (the second value) to be shown once (by the
+/// one node of a cluster whose token was stored first). A token stored in
+/// clear by an older version is replaced by its hash.
 fn ingest_token(
-    store: &store::Store,
+    store: &dyn store::ConfigStore,
     given: Option<String>,
 ) -> Result<(String, Option<String>), String> {
     let given = given.or_else(|| {
@@ -153,9 +199,42 @@ fn ingest_token(
             (store::sha256_hex(&t), Some(t))
         }
     };
-    store.set_setting("ingest_token_sha256", &h)?;
+    if !store.create_setting("ingest_token_sha256", &h)? {
+        // Another node stored one first: that one is the cluster's.
+        let h = store
+            .setting("ingest_token_sha256")?
+            .ok_or("the stored ingest token vanished; start again")?;
+        return Ok((h, None));
+    }
     store.delete_setting("ingest_token")?;
     Ok((h, new))
+}
+
+/// On the first start of an empty store (of the first node of a cluster):
+/// an account and its API key, stored, added to `state` and returned to be
+/// shown once.
+fn first_account(
+    store: &dyn store::ConfigStore,
+    state: &mut store::State,
+) -> Result<Option<FirstAccount>, String> {
+    let empty = state.accounts.is_empty() && state.keys.is_empty();
+    // Nodes of a cluster starting together: the one that records the first
+    // start makes the account.
+    if !empty || !store.create_setting("first_account", &now())? {
+        return Ok(None);
+    }
+    let account = ids::new_id("ac");
+    let (key, token) = store.create_key(&account, "default key", &now())?;
+    state.keys.insert(key.id.clone(), key);
+    state
+        .accounts
+        .entry(account.clone())
+        .or_default()
+        .created_at = now();
+    Ok(Some(FirstAccount {
+        account,
+        api_key: token,
+    }))
 }
 
 /// Runs the server until SIGINT or SIGTERM, then drains the engine and
@@ -169,24 +248,27 @@ pub fn run(
     opts: ServeOptions,
     on_ready: impl FnOnce(Listening),
 ) -> Result<Option<sluice_engine::Summary>, String> {
-    let store = store::Store::open(&opts.data_dir)?;
-    let mut state = store.load()?;
-    let mut first_account = None;
-    if state.accounts.is_empty() && state.keys.is_empty() {
-        let account = ids::new_id("ac");
-        let (key, token) = store.create_key(&account, "default key", &now())?;
-        state.keys.insert(key.id.clone(), key);
-        state
-            .accounts
-            .entry(account.clone())
-            .or_default()
-            .created_at = now();
-        first_account = Some(FirstAccount {
-            account,
-            api_key: token,
-        });
-    }
-    let (ingest_token_sha256, new_ingest_token) = ingest_token(&store, opts.ingest_token.clone())?;
+    use store::ConfigStore;
+    opts.policy.check()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sluice-api")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (store, mut state, joined): (Arc<dyn store::ConfigStore>, _, _) = match &opts.cluster {
+        None => {
+            let store = store::SqliteStore::open(&opts.data_dir)?;
+            let state = store.load()?;
+            (Arc::new(store), state, None)
+        }
+        Some(c) => {
+            let j = rt.block_on(cluster::join(c, &opts.policy, rt.handle().clone()))?;
+            (j.link.store.clone(), j.state, Some((j.link, j.watch)))
+        }
+    };
+    let first_account = first_account(&*store, &mut state)?;
+    let (ingest_token_sha256, new_ingest_token) = ingest_token(&*store, opts.ingest_token.clone())?;
     let plugins = PluginRegistry::discover(&opts.plugin_dirs);
     let plugin_kinds = plugins.kinds();
     let mut cfg = opts.engine.clone();
@@ -197,10 +279,12 @@ pub fn run(
     if cfg.buffer_dir == EngineConfig::default().buffer_dir {
         cfg.buffer_dir = opts.data_dir.join("buffer");
     }
-    opts.policy.check()?;
     cfg.plugin_restrictions = opts.policy.restrictions();
     cfg.shared = true;
-    let spec = state.pipeline(opts.strict_ngrok_filters, &opts.policy, &opts.data_dir);
+    let mut spec = state.pipeline(opts.strict_ngrok_filters, &opts.policy, &opts.data_dir);
+    if joined.is_some() {
+        cluster::memory_only(&mut spec);
+    }
     let engine = Arc::new(
         Engine::start(cfg, plugins, &spec)
             .map_err(|e| format!("the stored configuration does not start: {e}"))?,
@@ -212,13 +296,18 @@ pub fn run(
         plugin_kinds,
         &opts,
         ingest_token_sha256,
+        joined.as_ref().map(|(link, _)| link.clone()),
     ));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sluice-api")
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    // In a cluster: follow the configuration and consume the stream.
+    let node = match joined {
+        None => None,
+        Some((link, watch)) => {
+            rt.spawn(cluster::follow(app.clone(), link.store.clone(), watch));
+            let c = opts.cluster.as_ref().expect("joined a cluster");
+            let node = rt.block_on(cluster::consume(&link, &c.consume, engine.clone()));
+            Some(node)
+        }
+    };
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
@@ -276,6 +365,10 @@ pub fn run(
         .await
         .map_err(|e| e.to_string())
     });
+    if let Some(node) = node {
+        // Unacked messages go to the other nodes (after the ack wait).
+        rt.block_on(node.kill());
+    }
     drop(rt);
     let summary = match Arc::try_unwrap(engine) {
         Ok(e) => Some(e.shutdown()),

@@ -4,7 +4,7 @@
 
 use crate::api::{App, router};
 use crate::policy::TenantPolicy;
-use crate::store::Store;
+use crate::store::{ConfigStore, SqliteStore};
 use crate::{ServeOptions, now};
 use axum::body::Body;
 use axum::http::Request;
@@ -32,7 +32,7 @@ pub struct InProcess {
 ///
 /// Drop it outside any tokio runtime: the engine stops a runtime of its own.
 pub fn start(data_dir: &Path, policy: TenantPolicy, plugins: PluginRegistry) -> InProcess {
-    let store = Store::open(data_dir).expect("a new store in the data directory");
+    let store = SqliteStore::open(data_dir).expect("a new store in the data directory");
     let (_, key) = store
         .create_key(ACCOUNT, "in-process", &now())
         .expect("an API key");
@@ -47,6 +47,7 @@ pub fn start(data_dir: &Path, policy: TenantPolicy, plugins: PluginRegistry) -> 
         metrics_addr: None,
         cors_origins: Vec::new(),
         policy: policy.clone(),
+        cluster: None,
     };
     let cfg = EngineConfig {
         workers: 1,
@@ -60,7 +61,15 @@ pub fn start(data_dir: &Path, policy: TenantPolicy, plugins: PluginRegistry) -> 
     let spec = state.pipeline(false, &policy, data_dir);
     let kinds = plugins.kinds();
     let engine = Arc::new(Engine::start(cfg, plugins, &spec).expect("the engine starts"));
-    let app = Arc::new(App::new(engine, store, state, kinds, &opts, String::new()));
+    let app = Arc::new(App::new(
+        engine,
+        Arc::new(store),
+        state,
+        kinds,
+        &opts,
+        String::new(),
+        None,
+    ));
     InProcess { app, key }
 }
 

@@ -26,6 +26,7 @@
 //!   (here one at a time is handled, and fetched batches hold at most
 //!   `fetch_batch`), each counted as redelivered on the node that gets it.
 
+use crate::bucket::open_bucket;
 use crate::publisher::StreamError;
 use crate::settings::StreamSettings;
 use async_nats::jetstream::{self, AckKind, consumer::pull, kv};
@@ -100,6 +101,43 @@ pub struct ConsumeStats {
     pub naked: AtomicU64,
     /// Partitions held now.
     pub partitions: AtomicU64,
+    /// Which partitions are held now, in order.
+    pub held: std::sync::Mutex<Vec<u32>>,
+}
+
+/// How far behind one partition's consumer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lag {
+    /// The partition.
+    pub partition: u32,
+    /// Messages stored and not yet delivered to its consumer.
+    pub pending: u64,
+    /// Messages delivered and not yet acked.
+    pub unacked: u64,
+}
+
+/// The lag of each of `partitions` (asked of JetStream, one request each;
+/// a partition whose consumer does not answer is left out).
+pub async fn lag(
+    client: &async_nats::Client,
+    stream: &StreamSettings,
+    partitions: &[u32],
+) -> Vec<Lag> {
+    let js = jetstream::new(client.clone());
+    let Ok(events) = js.get_stream(&stream.stream).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for &p in partitions {
+        if let Ok(info) = events.consumer_info(consumer_name(p)).await {
+            out.push(Lag {
+                partition: p,
+                pending: info.num_pending,
+                unacked: info.num_ack_pending as u64,
+            });
+        }
+    }
+    out
 }
 
 struct Held {
@@ -130,8 +168,8 @@ impl Node {
         handler: Handler,
     ) -> Result<Node, StreamError> {
         let js = jetstream::new(client);
-        let leases = bucket(&js, "SLUICE_LEASES", settings.lease_ttl, replicas).await?;
-        let nodes = bucket(&js, "SLUICE_NODES", settings.lease_ttl, replicas).await?;
+        let leases = open_bucket(&js, "SLUICE_LEASES", settings.lease_ttl, replicas).await?;
+        let nodes = open_bucket(&js, "SLUICE_NODES", settings.lease_ttl, replicas).await?;
         let events = js
             .get_stream(&stream.stream)
             .await
@@ -195,35 +233,6 @@ struct Ctx {
     events: jetstream::stream::Stream,
     handler: Handler,
     stats: Arc<ConsumeStats>,
-}
-
-async fn bucket(
-    js: &jetstream::Context,
-    name: &str,
-    ttl: Duration,
-    replicas: usize,
-) -> Result<kv::Store, StreamError> {
-    let err = |e: String| StreamError::Stream {
-        stream: name.to_string(),
-        reason: e,
-    };
-    if let Ok(s) = js.get_key_value(name).await {
-        return Ok(s);
-    }
-    match js
-        .create_key_value(kv::Config {
-            bucket: name.to_string(),
-            history: 1,
-            max_age: ttl,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(s) => Ok(s),
-        // Another node made it first.
-        Err(e) => js.get_key_value(name).await.map_err(|_| err(e.to_string())),
-    }
 }
 
 /// Takes, renews and gives back leases every `lease_ttl / 3`.
@@ -319,6 +328,13 @@ async fn coordinate(
         ctx.stats
             .partitions
             .store(active(&h) as u64, Ordering::Relaxed);
+        let mut now: Vec<u32> = h
+            .iter()
+            .filter(|(_, l)| !l.stop.load(Ordering::SeqCst))
+            .map(|(p, _)| *p)
+            .collect();
+        now.sort_unstable();
+        *ctx.stats.held.lock().unwrap_or_else(|p| p.into_inner()) = now;
         drop(h);
         tokio::time::sleep(tick).await;
     }
@@ -362,11 +378,16 @@ async fn live_nodes(nodes: &kv::Store) -> usize {
     keys.filter_map(|k| async move { k.ok() }).count().await
 }
 
+/// The durable consumer of partition `p`.
+fn consumer_name(p: u32) -> String {
+    format!("part-{p}")
+}
+
 /// Consumes partition `p` until `stop`.
 async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
     use futures_util::StreamExt;
     let s = &ctx.settings;
-    let name = format!("part-{p}");
+    let name = consumer_name(p);
     let consumer = loop {
         match ctx
             .events

@@ -23,13 +23,16 @@
 //! framing and the account prescan.
 
 pub mod batch;
+pub mod bucket;
 pub mod consumer;
 pub mod partition;
 pub mod publisher;
 pub mod settings;
 
+pub use async_nats;
 pub use batch::{Message, Split, split};
-pub use consumer::{ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Node};
+pub use bucket::open_bucket;
+pub use consumer::{ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Lag, Node, lag};
 pub use partition::partition_of;
 pub use publisher::{Published, Publisher, StreamError, connect};
 pub use settings::StreamSettings;

@@ -6,6 +6,7 @@
 //! stand-ins tests talk to live in `sluice-standins`. Every process a test
 //! starts stops with it.
 
+pub mod cluster;
 pub mod moto;
 pub mod nats;
 pub mod pipeline;

@@ -5,6 +5,24 @@
 use super::*;
 
 impl App {
+    /// The engine's pipeline for `st`, with `over` (an account id and its
+    /// next state) in place of that account's state. In a cluster every
+    /// destination keeps its records in memory: a disk buffer would leave
+    /// with a node that never returns, and the stream keeps what is not
+    /// delivered yet.
+    pub fn pipeline(&self, st: &State, over: Option<(&str, &AccountState)>) -> PipelineSpec {
+        let mut spec = st.pipeline_with(
+            self.strict_ngrok_filters,
+            &self.policy,
+            &self.data_dir,
+            over,
+        );
+        if self.cluster.is_some() {
+            crate::cluster::memory_only(&mut spec);
+        }
+        spec
+    }
+
     /// The one path of a change, on a blocking thread: `edit` changes a copy
     /// of the caller's account ([`App::commit`]: the engine is reconfigured
     /// with the result, `persist` stores it, the served state follows), then
@@ -15,7 +33,7 @@ impl App {
         ctx: &Ctx,
         (event_type, object): (&'static str, Value),
         edit: impl FnOnce(&App, &mut AccountState) -> Result<(), ApiError> + Send + 'static,
-        persist: impl FnOnce(&Store) -> Result<(), String> + Send + 'static,
+        persist: impl FnOnce(&dyn ConfigStore) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), ApiError> {
         let (app, ctx) = (self.clone(), ctx.clone());
         blocking(move || {
@@ -37,7 +55,7 @@ impl App {
         &self,
         account: &str,
         f: impl FnOnce(&mut AccountState) -> Result<(), ApiError>,
-        persist: impl FnOnce(&Store) -> Result<(), String>,
+        persist: impl FnOnce(&dyn ConfigStore) -> Result<(), StoreError>,
     ) -> Result<Committed<'_>, ApiError> {
         let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut acct = {
@@ -48,16 +66,10 @@ impl App {
             acct.created_at = crate::now();
         }
         f(&mut acct)?;
-        let spec = self
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .pipeline_with(
-                self.strict_ngrok_filters,
-                &self.policy,
-                &self.data_dir,
-                Some((account, &acct)),
-            );
+        let spec = self.pipeline(
+            &self.state.read().unwrap_or_else(|p| p.into_inner()),
+            Some((account, &acct)),
+        );
         if let Err(e) = self.engine.reconfigure(&spec) {
             let msg =
                 e.0.iter()
@@ -66,17 +78,16 @@ impl App {
                     .join("; ");
             return Err(ApiError::new(Code::InvalidDestination, msg));
         }
-        if let Err(e) = persist(&self.store) {
+        if let Err(e) = persist(&*self.store) {
             // Put the engine back as it was.
-            let old = self
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .pipeline(self.strict_ngrok_filters, &self.policy, &self.data_dir);
+            let old = self.pipeline(&self.state.read().unwrap_or_else(|p| p.into_inner()), None);
             let _ = self.engine.reconfigure(&old);
-            return Err(ApiError::internal(format!(
-                "could not store the change: {e}"
-            )));
+            return Err(match e {
+                StoreError::Conflict(m) => ApiError::new(Code::Conflict, m),
+                StoreError::Failed(m) => {
+                    ApiError::internal(format!("could not store the change: {m}"))
+                }
+            });
         }
         self.state
             .write()

@@ -3,6 +3,7 @@
 //! accounts whose destinations are full, a per-line report.
 
 use super::*;
+use sluice_engine::RejectedLine;
 
 pub(super) async fn ingest(
     axum::extract::State(app): Shared,
@@ -76,6 +77,9 @@ pub(super) async fn ingest(
     } else {
         body
     };
+    if let Some(link) = &app.cluster {
+        return publish_to_stream(link, &headers, body, durable).await;
+    }
     if app.engine.pressure() > app.ingest_pressure_limit {
         let mut e = ApiError::new(
             Code::RateLimited,
@@ -109,19 +113,9 @@ pub(super) async fn ingest(
         .await
         .ok_or_else(|| ApiError::internal("the engine stopped before processing the events"))?;
     let queued = report.accepted as usize + report.rejected.len();
-    // Offsets to line numbers (1-based), scanning once.
-    let mut errors = Vec::new();
-    let (mut line, mut pos) = (1usize, 0usize);
-    for r in report.rejected.iter().take(100) {
-        let off = r.offset as usize;
-        line += body[pos..off.min(body.len())]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count();
-        pos = off.min(body.len());
-        let sent_line = split.as_ref().map_or(line, |s| s.line_at(off));
-        errors.push(json!({ "line": sent_line, "reason": r.reason.as_str(), "detail": r.detail }));
-    }
+    let mut errors = line_errors(&body, &report.rejected, |line, off| {
+        split.as_ref().map_or(line, |s| s.line_at(off))
+    });
     let held: &[(usize, std::sync::Arc<str>)] = split.as_ref().map_or(&[], |s| &s.refused);
     for (line, dest) in held.iter().take(100) {
         errors.push(json!({
@@ -148,6 +142,85 @@ pub(super) async fn ingest(
             .insert("retry-after", HeaderValue::from_static("1"));
     }
     Ok(resp)
+}
+
+/// The first 100 rejected lines as the report lists them: offsets become
+/// 1-based line numbers (scanning `body` once), mapped by `sent_line`
+/// (line in `body`, offset) to the line the client sent.
+fn line_errors(
+    body: &[u8],
+    rejected: &[RejectedLine],
+    sent_line: impl Fn(usize, usize) -> usize,
+) -> Vec<Value> {
+    let mut errors = Vec::new();
+    let (mut line, mut pos) = (1usize, 0usize);
+    for r in rejected.iter().take(100) {
+        let off = (r.offset as usize).min(body.len());
+        line += body[pos..off].iter().filter(|b| **b == b'\n').count();
+        pos = off;
+        errors.push(json!({
+            "line": sent_line(line, r.offset as usize),
+            "reason": r.reason.as_str(),
+            "detail": r.detail,
+        }));
+    }
+    errors
+}
+
+/// `/ingest` on a cluster node: the body goes to the event stream, and the
+/// answer comes once JetStream stored every message with its replicas (so
+/// every answer is durable). The `Idempotency-Key` header names the body: a
+/// retry with the same key within the stream's de-duplication window (2
+/// minutes by default) stores nothing twice.
+async fn publish_to_stream(
+    link: &crate::cluster::Link,
+    headers: &HeaderMap,
+    body: Bytes,
+    durable: bool,
+) -> Result<Response, ApiError> {
+    let batch_id = match headers.get("idempotency-key") {
+        None => ids::new_id("ib"),
+        Some(v) => {
+            let k = v.to_str().unwrap_or("");
+            if k.is_empty()
+                || k.len() > 64
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ApiError::new(
+                    Code::InvalidFieldValue,
+                    "The Idempotency-Key header must be 1 to 64 letters, digits, '-' or '_'.",
+                ));
+            }
+            k.to_string()
+        }
+    };
+    let published = link.publisher.publish(&body, &batch_id).await.map_err(|e| {
+        let mut err = ApiError::new(
+            Code::Unavailable,
+            format!(
+                "The events were not all stored in the cluster's stream ({e}). Send the same body again with the Idempotency-Key header '{batch_id}': what was stored is not stored twice."
+            ),
+        );
+        err.retry_after = Some(1);
+        err
+    })?;
+    let errors = line_errors(&body, &published.rejected, |line, _| line);
+    let mut out = json!({
+        "events": published.events + published.rejected.len(),
+        "accepted": published.events,
+        "rejected": published.rejected.len(),
+        "back_pressure": 0,
+        "errors": errors,
+        "idempotency_key": batch_id,
+        "duplicate_messages": published.duplicates,
+    });
+    if durable {
+        out["durable"] = json!(true);
+        out["dropped"] = json!(0);
+    }
+    Ok(Json(out).into_response())
 }
 
 /// Largest ingest body, in bytes (after decompression).

@@ -30,7 +30,7 @@ use crate::model::{
     parse_target, source_json, string,
 };
 use crate::policy::{RateMeter, TenantPolicy, rate_limited};
-use crate::store::{AccountState, State, Store, sha256_hex, split_token};
+use crate::store::{AccountState, ConfigStore, State, StoreError, sha256_hex, split_token};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -40,6 +40,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 use sluice_engine::Engine;
+use sluice_engine::config::PipelineSpec;
 use sluice_engine::config::SourceSpec;
 use sluice_engine::events::{EventClass, EventTypeId};
 use sluice_engine::plugin::verify_destination;
@@ -50,8 +51,8 @@ use std::time::Instant;
 pub struct App {
     /// The running engine.
     pub engine: Arc<Engine>,
-    /// Persistence.
-    pub store: Store,
+    /// Where the state is kept (SQLite, or the cluster's bucket).
+    pub store: Arc<dyn ConfigStore>,
     /// What the API serves (written only under `write`).
     pub state: RwLock<State>,
     /// Serializes changes and their reconfigurations.
@@ -82,6 +83,8 @@ pub struct App {
     /// Origins allowed to call the API from a browser (CORS), exactly as a
     /// browser sends them (`https://console.example.com`); empty: none.
     pub cors_origins: Vec<String>,
+    /// The node's cluster, in cluster mode.
+    pub cluster: Option<Arc<crate::cluster::Link>>,
 }
 
 impl App {
@@ -89,11 +92,12 @@ impl App {
     /// pipeline.
     pub fn new(
         engine: Arc<Engine>,
-        store: Store,
+        store: Arc<dyn ConfigStore>,
         state: State,
         plugin_kinds: Vec<String>,
         opts: &crate::ServeOptions,
         ingest_token_sha256: String,
+        cluster: Option<Arc<crate::cluster::Link>>,
     ) -> App {
         let p = &opts.policy;
         App {
@@ -113,6 +117,7 @@ impl App {
             ingest_token_sha256,
             ingest_pressure_limit: 0.75,
             cors_origins: opts.cors_origins.clone(),
+            cluster,
         }
     }
 }
@@ -180,9 +185,21 @@ type Shared = axum::extract::State<Arc<App>>;
 
 /// The public health check: up or down, nothing about any tenant (the
 /// operator's listener has the details).
-async fn healthz() -> Response {
+async fn healthz(axum::extract::State(app): Shared) -> Response {
+    if let Some(link) = &app.cluster
+        && !link.connected()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": CUT_OFF })),
+        )
+            .into_response();
+    }
     Json(json!({ "status": "ok" })).into_response()
 }
+
+/// Why a cluster node cut off from NATS serves nothing but its health.
+const CUT_OFF: &str = "This node has lost its connection to the cluster's NATS servers: its configuration may be out of date and it cannot store events. Retry in a moment, or call another node.";
 
 async fn not_found() -> ApiError {
     ApiError {
@@ -232,8 +249,13 @@ async fn edge(axum::extract::State(app): Shared, req: Request, next: Next) -> Re
     let preflight =
         method == Method::OPTIONS && req.headers().contains_key("access-control-request-method");
     let req_headers = req.headers().get("access-control-request-headers").cloned();
+    let cut_off = app.cluster.as_ref().is_some_and(|l| !l.connected());
     let mut resp = if preflight {
         StatusCode::NO_CONTENT.into_response()
+    } else if cut_off && path != "/healthz" {
+        let mut e = ApiError::new(Code::Unavailable, CUT_OFF);
+        e.retry_after = Some(1);
+        e.into_response()
     } else {
         next.run(req).await
     };

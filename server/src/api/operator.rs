@@ -4,9 +4,14 @@
 use super::*;
 
 pub(super) async fn metrics(axum::extract::State(app): Shared) -> Response {
+    let engine = app.engine.metrics().render_prometheus();
+    let text = match &app.cluster {
+        Some(link) => link.metrics(&engine).await,
+        None => engine,
+    };
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        app.engine.metrics().render_prometheus(),
+        text,
     )
         .into_response()
 }

@@ -1,17 +1,12 @@
-//! Persistence: an embedded SQLite database (`<data-dir>/sluice.db`) with
-//! versioned migrations, and the in-memory state the API reads from.
+//! The single-node store: an embedded SQLite database
+//! (`<data-dir>/sluice.db`) with versioned migrations.
 //!
-//! Every write goes to SQLite in a transaction first (synchronous = FULL) and
-//! only then to memory, so what the API acknowledged survives a crash.
-//! API keys are stored as SHA-256 hashes of their secret part.
+//! Every write is a transaction with `synchronous = FULL`, so what the API
+//! acknowledged survives a crash.
 
-use crate::ids;
+use super::{AccountState, ApiKey, ConfigStore, State, StoreError, new_key};
 use crate::model::{Destination, Subscription};
-use crate::policy::TenantPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
-use sluice_engine::config::PipelineSpec;
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -47,107 +42,19 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
-/// An API key, as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiKey {
-    /// `ak_...`
-    pub id: String,
-    /// Owner.
-    pub account_id: String,
-    /// Hex SHA-256 of the secret part.
-    pub secret_sha256: String,
-    /// Description.
-    pub description: String,
-}
-
-/// One account's resources.
-#[derive(Clone, Debug, Default)]
-pub struct AccountState {
-    /// When the account was created.
-    pub created_at: String,
-    /// Destinations by id (ids sort by creation time).
-    pub destinations: BTreeMap<String, Destination>,
-    /// Subscriptions by id.
-    pub subscriptions: BTreeMap<String, Subscription>,
-}
-
-/// Everything the API serves.
-#[derive(Clone, Debug, Default)]
-pub struct State {
-    /// Accounts by id.
-    pub accounts: BTreeMap<String, AccountState>,
-    /// Keys by id.
-    pub keys: HashMap<String, ApiKey>,
-}
-
-impl State {
-    /// The pipeline of every account, under the operator's `policy`
-    /// (destinations' files under `data_dir`).
-    pub fn pipeline(
-        &self,
-        strict_ngrok_filters: bool,
-        policy: &TenantPolicy,
-        data_dir: &Path,
-    ) -> PipelineSpec {
-        self.pipeline_with(strict_ngrok_filters, policy, data_dir, None)
-    }
-
-    /// The pipeline of every account, with `over` (an account id and its
-    /// next state) in place of that account's stored state, or after the
-    /// others if it is new.
-    pub fn pipeline_with(
-        &self,
-        strict_ngrok_filters: bool,
-        policy: &TenantPolicy,
-        data_dir: &Path,
-        over: Option<(&str, &AccountState)>,
-    ) -> PipelineSpec {
-        let mut spec = PipelineSpec {
-            strict_ngrok_filters,
-            ..PipelineSpec::default()
-        };
-        let new = over.filter(|(id, _)| !self.accounts.contains_key(*id));
-        let accounts = self.accounts.iter().map(|(id, a)| match over {
-            Some((o, next)) if o == id => next,
-            _ => a,
-        });
-        for a in accounts.chain(new.map(|(_, a)| a)) {
-            spec.destinations
-                .extend(a.destinations.values().map(|d| d.to_spec(policy, data_dir)));
-            spec.subscriptions
-                .extend(a.subscriptions.values().map(Subscription::to_spec));
-        }
-        spec
-    }
-}
-
 /// The SQLite store.
-pub struct Store {
+pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn sql(e: rusqlite::Error) -> String {
-    format!("database error: {e}")
+fn sql(e: rusqlite::Error) -> StoreError {
+    StoreError::Failed(format!("database error: {e}"))
 }
 
-/// Hex SHA-256.
-pub fn sha256_hex(s: &str) -> String {
-    let d = Sha256::digest(s.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Splits a key token `<27 chars>_<secret>` into (key id, secret).
-pub fn split_token(token: &str) -> Option<(String, &str)> {
-    let (id, secret) = token.split_once('_')?;
-    (id.len() == ids::ID_CHARS
-        && id.bytes().all(|b| b.is_ascii_alphanumeric())
-        && secret.len() >= 16)
-        .then(|| (format!("ak_{id}"), secret))
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating) `<dir>/sluice.db` and brings its schema up to date.
-    pub fn open(dir: &Path) -> Result<Store, String> {
+    pub fn open(dir: &Path) -> Result<SqliteStore, String> {
+        let sql = |e| String::from(sql(e));
         std::fs::create_dir_all(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
         #[cfg(unix)]
         {
@@ -182,7 +89,7 @@ impl Store {
                 .map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
-        Ok(Store {
+        Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
     }
@@ -190,9 +97,10 @@ impl Store {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// Loads everything.
-    pub fn load(&self) -> Result<State, String> {
+impl ConfigStore for SqliteStore {
+    fn load(&self) -> Result<State, StoreError> {
         let c = self.conn();
         let mut st = State::default();
         let mut q = c
@@ -231,7 +139,7 @@ impl Store {
         let mut q = c.prepare("SELECT body FROM destinations").map_err(sql)?;
         for row in q.query_map([], |r| r.get::<_, String>(0)).map_err(sql)? {
             let d: Destination = serde_json::from_str(&row.map_err(sql)?)
-                .map_err(|e| format!("stored destination: {e}"))?;
+                .map_err(|e| StoreError::Failed(format!("stored destination: {e}")))?;
             st.accounts
                 .entry(d.account_id.clone())
                 .or_default()
@@ -241,7 +149,7 @@ impl Store {
         let mut q = c.prepare("SELECT body FROM subscriptions").map_err(sql)?;
         for row in q.query_map([], |r| r.get::<_, String>(0)).map_err(sql)? {
             let s: Subscription = serde_json::from_str(&row.map_err(sql)?)
-                .map_err(|e| format!("stored subscription: {e}"))?;
+                .map_err(|e| StoreError::Failed(format!("stored subscription: {e}")))?;
             st.accounts
                 .entry(s.account_id.clone())
                 .or_default()
@@ -251,9 +159,7 @@ impl Store {
         Ok(st)
     }
 
-    /// One API key by its id (an indexed lookup, for a key created by
-    /// `sluice keys create` while the server runs), or `None`.
-    pub fn key(&self, id: &str) -> Result<Option<ApiKey>, String> {
+    fn key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
         self.conn()
             .query_row(
                 "SELECT id, account_id, secret_sha256, description FROM api_keys WHERE id = ?1",
@@ -271,8 +177,7 @@ impl Store {
             .map_err(sql)
     }
 
-    /// Creates an account if missing.
-    pub fn put_account(&self, id: &str, created_at: &str) -> Result<(), String> {
+    fn put_account(&self, id: &str, created_at: &str) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "INSERT OR IGNORE INTO accounts (id, created_at) VALUES (?1, ?2)",
@@ -282,24 +187,14 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a key for `account` (created if missing) and returns (key, token).
-    /// The token is shown once; only its hash is kept.
-    pub fn create_key(
+    fn create_key(
         &self,
         account: &str,
         description: &str,
         now: &str,
-    ) -> Result<(ApiKey, String), String> {
+    ) -> Result<(ApiKey, String), StoreError> {
         self.put_account(account, now)?;
-        let id = ids::new_id("ak");
-        let secret = ids::secret(40);
-        let token = format!("{}_{secret}", &id[3..]);
-        let key = ApiKey {
-            id: id.clone(),
-            account_id: account.to_string(),
-            secret_sha256: sha256_hex(&secret),
-            description: description.to_string(),
-        };
+        let (key, token) = new_key(account, description);
         self.conn()
             .execute(
                 "INSERT INTO api_keys (id, account_id, secret_sha256, description, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -309,9 +204,8 @@ impl Store {
         Ok((key, token))
     }
 
-    /// Stores (inserts or replaces) a destination.
-    pub fn put_destination(&self, d: &Destination) -> Result<(), String> {
-        let body = serde_json::to_string(d).map_err(|e| e.to_string())?;
+    fn put_destination(&self, d: &Destination) -> Result<(), StoreError> {
+        let body = serde_json::to_string(d).map_err(|e| StoreError::Failed(e.to_string()))?;
         self.conn()
             .execute(
                 "INSERT INTO destinations (id, account_id, body) VALUES (?1, ?2, ?3)
@@ -322,17 +216,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a destination.
-    pub fn delete_destination(&self, id: &str) -> Result<(), String> {
+    fn delete_destination(&self, id: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM destinations WHERE id = ?1", params![id])
             .map_err(sql)?;
         Ok(())
     }
 
-    /// Stores (inserts or replaces) a subscription.
-    pub fn put_subscription(&self, s: &Subscription) -> Result<(), String> {
-        let body = serde_json::to_string(s).map_err(|e| e.to_string())?;
+    fn put_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
+        let body = serde_json::to_string(s).map_err(|e| StoreError::Failed(e.to_string()))?;
         self.conn()
             .execute(
                 "INSERT INTO subscriptions (id, account_id, body) VALUES (?1, ?2, ?3)
@@ -343,16 +235,14 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a subscription.
-    pub fn delete_subscription(&self, id: &str) -> Result<(), String> {
+    fn delete_subscription(&self, id: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM subscriptions WHERE id = ?1", params![id])
             .map_err(sql)?;
         Ok(())
     }
 
-    /// A setting.
-    pub fn setting(&self, key: &str) -> Result<Option<String>, String> {
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn()
             .query_row(
                 "SELECT value FROM settings WHERE key = ?1",
@@ -363,8 +253,18 @@ impl Store {
             .map_err(sql)
     }
 
-    /// Sets a setting.
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), String> {
+    fn create_setting(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(sql)?;
+        Ok(n == 1)
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn()
             .execute(
                 "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -374,8 +274,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a setting (absent is fine).
-    pub fn delete_setting(&self, key: &str) -> Result<(), String> {
+    fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM settings WHERE key = ?1", params![key])
             .map_err(sql)?;
@@ -385,6 +284,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{sha256_hex, split_token};
     use super::*;
     use crate::model::Target;
 
@@ -392,7 +292,7 @@ mod tests {
     fn everything_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let (key, token) = {
-            let s = Store::open(dir.path()).unwrap();
+            let s = SqliteStore::open(dir.path()).unwrap();
             let (key, token) = s
                 .create_key("ac_1", "first key", "2026-01-01T00:00:00Z")
                 .unwrap();
@@ -413,7 +313,7 @@ mod tests {
             s.set_setting("ingest_token", "tok").unwrap();
             (key, token)
         };
-        let s = Store::open(dir.path()).unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
         let st = s.load().unwrap();
         assert_eq!(st.keys[&key.id], key);
         assert_eq!(s.key(&key.id).unwrap(), Some(key.clone()));
