@@ -568,3 +568,121 @@ fn the_nats_server_leading_the_stream_killed_mid_stream_loses_nothing_answered()
         "stream leader killed: everything delivered {after:?} after the kill; {dups} duplicates"
     );
 }
+
+#[test]
+fn a_destination_that_is_down_does_not_hold_up_the_other_accounts_of_its_partition() {
+    let _one = lock();
+    let dir = tempfile::tempdir().unwrap();
+    // One partition: both accounts share it.
+    let c = SluiceCluster::start(
+        dir.path(),
+        2,
+        &format!("{FAST_FAILOVER}partitions = 1\nspill_after_ms = 500\n"),
+    );
+    let (healthy, down) = (Receiver::start(), Receiver::start());
+    let a = c.account.clone();
+    let (st, d) = c.call(
+        0,
+        "POST",
+        "/event_destinations",
+        Some(&ordered_http(&healthy.url())),
+    );
+    assert_eq!(st, 201, "{d}");
+    let sub = |d: &Value| json!({"sources": [{"type": "http_request_complete.v0"}], "destination_ids": [d["id"]]});
+    assert_eq!(
+        c.call(0, "POST", "/event_subscriptions", Some(&sub(&d))).0,
+        201
+    );
+    // Account b's destination retries quickly, and is down.
+    let b = "ac_2ClusterSlowAccount00000001";
+    let out = run(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--cluster",
+            &c.nats.urls(),
+            "--account",
+            b,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let bkey = text(&out).0.trim().to_string();
+    let post = |path: &str, body: Value| -> Value {
+        for _ in 0..100 {
+            let r = reqwest::blocking::Client::new()
+                .post(format!("{}{path}", c.nodes[1].url))
+                .header("authorization", format!("Bearer {bkey}"))
+                .header("ngrok-version", "2")
+                .json(&body)
+                .send()
+                .unwrap();
+            if r.status().as_u16() == 201 {
+                return r.json().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("POST {path} as {b}");
+    };
+    let bd = post(
+        "/event_destinations",
+        json!({"target": {"plugin": {"kind": "http", "config": {"url": down.url()},
+            "delivery": {"linger_ms": 20, "retry_max_backoff_ms": 1000}}}}),
+    );
+    post("/event_subscriptions", sub(&bd));
+    down.go_down();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Events of both accounts, interleaved in every message.
+    let accounts = vec![a.clone(), b.to_string()];
+    let start = Instant::now();
+    for (i, body) in bodies(&accounts, 10_000, 500, "slow").iter().enumerate() {
+        let (st, rep) = c.ingest(i % 2, body).unwrap();
+        assert_eq!(st, 200, "{rep}");
+    }
+    let of = |r: &Receiver, account: &str| {
+        r.accepted()
+            .iter()
+            .filter(|v| v["account_id"] == account)
+            .map(|v| v["event_id"].as_str().unwrap().to_string())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    // The healthy account's 5,000 events arrive while b's destination is
+    // down (without the spill they would wait behind b's retries).
+    let took = within(Duration::from_secs(20), || of(&healthy, &a) >= 5_000);
+    assert!(
+        took.is_some(),
+        "{} of 5000 of the healthy account's events arrived while the other's destination was down",
+        of(&healthy, &a)
+    );
+    println!(
+        "healthy account: all 5,000 delivered {:?} after the first post, the other account's destination down",
+        start.elapsed()
+    );
+    assert_eq!(of(&down, b), 0);
+    // Once b's destination is back, all of its events arrive (at least once).
+    down.come_back();
+    let back = Instant::now();
+    let took = within(Duration::from_secs(60), || of(&down, b) >= 5_000);
+    assert!(
+        took.is_some(),
+        "{} of b's 5000 events arrived",
+        of(&down, b)
+    );
+    let spilled: f64 = (0..2)
+        .map(|n| {
+            let m = reqwest::blocking::get(format!("{}/metrics", c.nodes[n].metrics_url))
+                .unwrap()
+                .text()
+                .unwrap();
+            metric(&m, "sluice_cluster_events_spilled_total")
+        })
+        .sum();
+    assert!(spilled >= 1.0, "the slow account's events were spilled");
+    println!(
+        "the other account: all 5,000 delivered {:?} after its destination came back; {spilled} events spilled, {} records received",
+        back.elapsed(),
+        down.accepted().len()
+    );
+}

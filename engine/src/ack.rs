@@ -11,6 +11,7 @@
 //! records are safe.
 
 use crate::ingest::RejectReason;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,10 @@ pub(crate) struct Ticket {
     dropped: AtomicU64,
     rejected: Mutex<Vec<RejectedLine>>,
     done: Mutex<Option<Done>>,
+    /// Input batches not yet processed.
+    batches_left: AtomicUsize,
+    /// With [`Ticket::track_accounts`]: the holds alive per account.
+    accounts: Option<Mutex<HashMap<Box<str>, usize>>>,
     /// Whether records hold the report until they are safe.
     pub durable: bool,
 }
@@ -61,7 +66,35 @@ impl Ticket {
             dropped: AtomicU64::new(0),
             rejected: Mutex::new(Vec::new()),
             done: Mutex::new(Some(done)),
+            batches_left: AtomicUsize::new(usize::MAX),
+            accounts: None,
             durable,
+        })
+    }
+
+    /// A durable ticket that also knows, while it waits, which accounts'
+    /// records are not safe yet ([`Ticket::unsafe_accounts`]).
+    pub fn track_accounts(done: Done) -> Arc<Ticket> {
+        let mut t = Ticket::new(true, done);
+        if let Some(t) = Arc::get_mut(&mut t) {
+            t.accounts = Some(Mutex::new(HashMap::new()));
+        }
+        t
+    }
+
+    /// Whether every input batch was processed (so every hold was made).
+    pub fn processed(&self) -> bool {
+        self.batches_left.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
+    /// The accounts with records not yet safe (tracked tickets only).
+    pub fn unsafe_accounts(&self) -> Vec<Box<str>> {
+        self.accounts.as_ref().map_or_else(Vec::new, |a| {
+            a.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect()
         })
     }
 
@@ -70,6 +103,8 @@ impl Ticket {
     pub fn expect(self: &Arc<Ticket>, batches: usize) {
         self.remaining
             .store(batches.max(1), std::sync::atomic::Ordering::Release);
+        self.batches_left
+            .store(batches, std::sync::atomic::Ordering::Release);
         if batches == 0 {
             self.release();
         }
@@ -84,14 +119,29 @@ impl Ticket {
                 .unwrap_or_else(|p| p.into_inner())
                 .append(&mut rejected);
         }
+        self.batches_left.fetch_sub(1, AcqRel);
         self.release();
     }
 
     /// Holds the report until the returned hold (and its clones) are dropped.
     /// Call before the batch that makes the records is finished.
+    #[cfg(test)]
     pub fn hold(self: &Arc<Ticket>) -> Hold {
+        self.hold_for("")
+    }
+
+    /// [`Ticket::hold`] for records of `account` (counted per account on a
+    /// tracked ticket).
+    pub fn hold_for(self: &Arc<Ticket>, account: &str) -> Hold {
         self.remaining.fetch_add(1, AcqRel);
-        Hold(Arc::new(HoldInner(self.clone())))
+        let account = self.accounts.as_ref().map(|a| {
+            *a.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(account.into())
+                .or_default() += 1;
+            Box::<str>::from(account)
+        });
+        Hold(Arc::new(HoldInner(self.clone(), account)))
     }
 
     fn release(&self) {
@@ -116,10 +166,19 @@ impl Ticket {
 #[derive(Clone)]
 pub struct Hold(Arc<HoldInner>);
 
-struct HoldInner(Arc<Ticket>);
+struct HoldInner(Arc<Ticket>, Option<Box<str>>);
 
 impl Drop for HoldInner {
     fn drop(&mut self) {
+        if let (Some(accounts), Some(account)) = (&self.0.accounts, &self.1) {
+            let mut a = accounts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = a.get_mut(account) {
+                *n -= 1;
+                if *n == 0 {
+                    a.remove(account);
+                }
+            }
+        }
         self.0.release();
     }
 }
@@ -165,6 +224,29 @@ mod tests {
         let r = rx.try_recv().unwrap();
         assert_eq!((r.accepted, r.dropped, r.rejected.len()), (4, 2, 1));
         assert!(rx.try_recv().is_err(), "reported once");
+    }
+
+    #[test]
+    fn a_tracked_ticket_names_the_accounts_still_held() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Ticket::track_accounts(Box::new(move |r| tx.send(r).unwrap()));
+        t.expect(1);
+        assert!(!t.processed());
+        let a = t.hold_for("ac_a");
+        let b1 = t.hold_for("ac_b");
+        let b2 = t.hold_for("ac_b");
+        t.finish_batch(3, Vec::new());
+        assert!(t.processed());
+        let mut held = t.unsafe_accounts();
+        held.sort();
+        assert_eq!(held, vec!["ac_a".into(), "ac_b".into()] as Vec<Box<str>>);
+        drop(a);
+        drop(b1);
+        assert_eq!(t.unsafe_accounts(), vec!["ac_b".into()] as Vec<Box<str>>);
+        assert!(rx.try_recv().is_err());
+        drop(b2);
+        assert!(t.unsafe_accounts().is_empty());
+        assert_eq!(rx.try_recv().unwrap().accepted, 3);
     }
 
     #[test]

@@ -83,6 +83,33 @@ pub enum MissingPlugin {
 use crate::ack::Ticket;
 pub use crate::ack::{PublishReport, RejectedLine};
 
+/// A durable publish in progress ([`Engine::publish_ndjson_pending`]).
+pub struct PendingPublish {
+    ticket: Arc<Ticket>,
+    rx: tokio::sync::oneshot::Receiver<PublishReport>,
+}
+
+impl PendingPublish {
+    /// Waits until every record is safe (delivered, dead-lettered, or shed
+    /// by a full `drop_newest` destination, counted in the report); `None`
+    /// if the engine stopped first. Cancel-safe: waiting again after a
+    /// timeout goes on waiting for the same report.
+    pub async fn report(&mut self) -> Option<PublishReport> {
+        (&mut self.rx).await.ok()
+    }
+
+    /// Whether every event was parsed and routed (every record it makes is
+    /// then counted in [`PendingPublish::unsafe_accounts`]).
+    pub fn processed(&self) -> bool {
+        self.ticket.processed()
+    }
+
+    /// The accounts whose records are not safe yet.
+    pub fn unsafe_accounts(&self) -> Vec<Box<str>> {
+        self.ticket.unsafe_accounts()
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -759,6 +786,19 @@ impl Engine {
         out
     }
 
+    /// The accounts that have a destination with records not yet delivered
+    /// or dead-lettered, or whose last call failed as a whole. A cluster
+    /// node hands the events it put aside for an account back to the engine
+    /// only once the account is out of this set.
+    pub fn busy_accounts(&self) -> std::collections::HashSet<Box<str>> {
+        self.snapshot()
+            .subscriptions
+            .iter()
+            .filter(|sub| sub.destinations.iter().any(|d| d.is_busy()))
+            .map(|sub| sub.account_id.clone())
+            .collect()
+    }
+
     /// How full the fullest worker queue is, from 0 to 1. HTTP ingest refuses
     /// new requests (429) above a threshold instead of accepting part of one.
     pub fn pressure(&self) -> f64 {
@@ -880,10 +920,6 @@ impl Engine {
     /// # }
     /// ```
     pub async fn publish_ndjson_async(&self, buf: Bytes, durable: bool) -> Option<PublishReport> {
-        if buf.len() > u32::MAX as usize {
-            tracing::error!("tracked publishes are limited to 4 GiB");
-            return None;
-        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ticket = Ticket::new(
             durable,
@@ -891,6 +927,37 @@ impl Engine {
                 let _ = tx.send(r);
             }),
         );
+        if !self.submit_async(buf, ticket).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// A durable publish whose caller may stop waiting for some accounts:
+    /// [`PendingPublish::unsafe_accounts`] names the accounts whose records
+    /// are not safe yet, and [`PendingPublish::report`] waits for all of
+    /// them. A cluster node uses it to hand a slow destination's records
+    /// elsewhere instead of holding up every account of a message. Like
+    /// [`Engine::publish_ndjson_async`], it never blocks the thread. `None`
+    /// if the engine is shutting down and did not take every event.
+    pub async fn publish_ndjson_pending(&self, buf: Bytes) -> Option<PendingPublish> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ticket = Ticket::track_accounts(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        if !self.submit_async(buf, ticket.clone()).await {
+            return None;
+        }
+        Some(PendingPublish { ticket, rx })
+    }
+
+    /// Queues a tracked publish's batches, sleeping on the tokio timer
+    /// while a worker's queue is full; false if the engine is stopping.
+    async fn submit_async(&self, buf: Bytes, ticket: Arc<Ticket>) -> bool {
+        if buf.len() > u32::MAX as usize {
+            tracing::error!("tracked publishes are limited to 4 GiB");
+            return false;
+        }
         let (batches, _) = self.tracked_batches(buf, Instant::now(), ticket);
         for (s, mut batch) in batches {
             let mut wait = Duration::from_millis(1);
@@ -905,13 +972,13 @@ impl Engine {
                     Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
                         tracing::error!("engine is shutting down; events not accepted");
                         // The batch and its ticket are dropped: the report
-                        // never comes and `rx` answers None.
-                        break;
+                        // never comes.
+                        return false;
                     }
                 }
             }
         }
-        rx.await.ok()
+        true
     }
 
     /// Counts (and writes to the rejects file) a line that was too long to
@@ -1333,7 +1400,7 @@ fn process(
             .ticket
             .as_ref()
             .filter(|t| t.durable)
-            .map(|t| t.hold());
+            .map(|t| t.hold_for(&rt.account_id));
         let mut records = Some(records);
         for (i, d) in rt.destinations.iter().enumerate() {
             let recs = if i + 1 == n {

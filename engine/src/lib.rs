@@ -89,8 +89,8 @@ pub use config::{
     SubscriptionSpec,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PublishReport, Publisher,
-    RejectedLine, Summary,
+    Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PendingPublish, PublishReport,
+    Publisher, RejectedLine, Summary,
 };
 
 /// Engine internals that Sluice's own benchmarks, tests and fuzz targets

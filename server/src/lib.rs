@@ -304,7 +304,7 @@ pub fn run(
         Some((link, watch)) => {
             rt.spawn(cluster::follow(app.clone(), link.store.clone(), watch));
             let c = opts.cluster.as_ref().expect("joined a cluster");
-            let node = rt.block_on(cluster::consume(&link, &c.consume, engine.clone()));
+            let node = rt.block_on(cluster::consume(&link, c, engine.clone()));
             Some(node)
         }
     };

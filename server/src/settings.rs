@@ -77,6 +77,9 @@ pub struct ClusterFile {
     pub lease_s: Option<u64>,
     /// Unacked messages per partition (default 64).
     pub max_ack_pending: Option<i64>,
+    /// Milliseconds a message waits for an account's records before that
+    /// account's events are put aside on the spill subject (default 5000).
+    pub spill_after_ms: Option<u64>,
 }
 
 impl ClusterFile {
@@ -119,6 +122,12 @@ impl ClusterFile {
         }
         if let Some(s) = self.lease_s {
             o.consume.lease_ttl = secs("lease_s", s)?;
+        }
+        if let Some(ms) = self.spill_after_ms {
+            if !(10..=600_000).contains(&ms) {
+                return Err(format!("cluster.spill_after_ms {ms}: use 10 to 600000"));
+            }
+            o.spill_after = std::time::Duration::from_millis(ms);
         }
         if let Some(m) = self.max_ack_pending {
             if !(1..=100_000).contains(&m) {

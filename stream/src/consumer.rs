@@ -25,6 +25,12 @@
 //!   it had in hand: at most `max_ack_pending` messages per partition
 //!   (here one at a time is handled, and fetched batches hold at most
 //!   `fetch_batch`), each counted as redelivered on the node that gets it.
+//! - **Spill.** Each partition also has a spill subject (stream
+//!   `SLUICE_SPILL`, a work queue) where the handler may put events it
+//!   should not wait for (accounts whose destinations are slow). The
+//!   partition's holder reads it (consumer `spill-<p>`) in the same task,
+//!   between messages, once a second when [`Handlers::drain`] says so,
+//!   handing each message to the same handler marked `spilled`.
 
 use crate::bucket::open_bucket;
 use crate::publisher::StreamError;
@@ -79,6 +85,8 @@ pub struct Delivery {
     pub stream_sequence: u64,
     /// Delivered before (to this node or another) without an ack.
     pub redelivered: bool,
+    /// From the partition's spill subject (events put aside earlier).
+    pub spilled: bool,
 }
 
 /// What the handler answers: `Ok` once every record of the message is
@@ -88,6 +96,27 @@ pub type Handled = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// The handler of a node's messages.
 pub type Handler = Arc<dyn Fn(Delivery) -> Handled + Send + Sync>;
+
+/// What a node does with its partitions' messages.
+#[derive(Clone)]
+pub struct Handlers {
+    /// Each message, from the partition or its spill subject.
+    pub message: Handler,
+    /// Asked once a second per held partition: whether to read its spill
+    /// subject now (say no while nothing spilled could be delivered, so
+    /// that spilled events are not read over and over).
+    pub drain: Arc<dyn Fn(u32) -> bool + Send + Sync>,
+}
+
+impl From<Handler> for Handlers {
+    /// A handler that never spills: its spill subjects are never read.
+    fn from(message: Handler) -> Handlers {
+        Handlers {
+            message,
+            drain: Arc::new(|_| false),
+        }
+    }
+}
 
 /// Counters of one node's consumption.
 #[derive(Debug, Default)]
@@ -165,8 +194,9 @@ impl Node {
         stream: StreamSettings,
         settings: ConsumeSettings,
         replicas: usize,
-        handler: Handler,
+        handlers: impl Into<Handlers>,
     ) -> Result<Node, StreamError> {
+        let handlers = handlers.into();
         let js = jetstream::new(client);
         let leases = open_bucket(&js, "SLUICE_LEASES", settings.lease_ttl, replicas).await?;
         let nodes = open_bucket(&js, "SLUICE_NODES", settings.lease_ttl, replicas).await?;
@@ -177,13 +207,17 @@ impl Node {
                 stream: stream.stream.clone(),
                 reason: e.to_string(),
             })?;
+        // The spill stream exists when a `Publisher` made the stream; a
+        // stream made otherwise has none, and nothing is spilled.
+        let spill = js.get_stream(&stream.spill_stream).await.ok();
         let stats = Arc::new(ConsumeStats::default());
         let held: Arc<tokio::sync::Mutex<HashMap<u32, Held>>> = Arc::default();
         let ctx = Arc::new(Ctx {
             stream,
             settings,
             events,
-            handler,
+            spill,
+            handlers,
             stats: stats.clone(),
         });
         let coordinator = tokio::spawn(coordinate(ctx, leases, nodes, held.clone()));
@@ -231,7 +265,8 @@ struct Ctx {
     stream: StreamSettings,
     settings: ConsumeSettings,
     events: jetstream::stream::Stream,
-    handler: Handler,
+    spill: Option<jetstream::stream::Stream>,
+    handlers: Handlers,
     stats: Arc<ConsumeStats>,
 }
 
@@ -383,35 +418,37 @@ fn consumer_name(p: u32) -> String {
     format!("part-{p}")
 }
 
-/// Consumes partition `p` until `stop`.
+/// Consumes partition `p` until `stop`, reading its spill subject between
+/// messages once a second when the handler wants it.
 async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
     use futures_util::StreamExt;
     let s = &ctx.settings;
-    let name = consumer_name(p);
-    let consumer = loop {
-        match ctx
-            .events
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: ctx.stream.subject(p),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: s.ack_wait,
-                    max_ack_pending: s.max_ack_pending,
-                    ..Default::default()
-                },
-            )
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) if !stop.load(Ordering::SeqCst) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(_) => return,
-        }
+    let Some(consumer) = durable_consumer(
+        &ctx.events,
+        consumer_name(p),
+        ctx.stream.subject(p),
+        s,
+        &stop,
+    )
+    .await
+    else {
+        return;
     };
+    let mut spill = None;
+    let mut drained = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if drained.elapsed() >= Duration::from_secs(1) && (ctx.handlers.drain)(p) {
+            drained = Instant::now();
+            if spill.is_none()
+                && let Some(stream) = &ctx.spill
+            {
+                let subject = ctx.stream.spill_subject(p);
+                spill = durable_consumer(stream, format!("spill-{p}"), subject, s, &stop).await;
+            }
+            if let Some(c) = &mut spill {
+                drain(&ctx, p, c, &stop).await;
+            }
+        }
         let Ok(mut batch) = consumer
             .fetch()
             .max_messages(s.fetch_batch)
@@ -423,42 +460,115 @@ async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
             continue;
         };
         while let Some(Ok(m)) = batch.next().await {
-            if stop.load(Ordering::SeqCst) {
-                // Not handled: handed back at once for the next holder.
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-                continue;
+            handle(&ctx, p, m, false, &stop).await;
+        }
+    }
+}
+
+/// The durable pull consumer `name` of `subject` on `stream` (made if
+/// missing), tried until made or `stop`.
+async fn durable_consumer(
+    stream: &jetstream::stream::Stream,
+    name: String,
+    subject: String,
+    s: &ConsumeSettings,
+    stop: &AtomicBool,
+) -> Option<jetstream::consumer::Consumer<pull::Config>> {
+    loop {
+        match stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: subject.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: s.ack_wait,
+                    max_ack_pending: s.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(c) => return Some(c),
+            Err(_) if !stop.load(Ordering::SeqCst) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let (seq, redelivered) = m
-                .info()
-                .map(|i| (i.stream_sequence, i.delivered > 1))
-                .unwrap_or((0, false));
-            if redelivered {
-                ctx.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-            }
-            let handled = (ctx.handler)(Delivery {
-                partition: p,
-                payload: m.payload.clone(),
-                stream_sequence: seq,
-                redelivered,
-            });
-            let result = with_progress(&m, handled, s.ack_wait / 3).await;
-            match result {
-                Ok(()) => {
-                    // Retry the ack until the server confirms it; if it
-                    // never does, the message is redelivered (a duplicate,
-                    // counted there).
-                    for _ in 0..3 {
-                        if m.double_ack().await.is_ok() {
-                            ctx.stats.acked.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Reads the spill subject of `p` once through: as many messages as it
+/// held when the pass began (what the handler puts back goes to the end
+/// and waits for the next pass).
+async fn drain(
+    ctx: &Ctx,
+    p: u32,
+    c: &mut jetstream::consumer::Consumer<pull::Config>,
+    stop: &AtomicBool,
+) {
+    use futures_util::StreamExt;
+    let Ok(info) = c.info().await else { return };
+    let mut left = info.num_pending as usize;
+    while left > 0 && !stop.load(Ordering::SeqCst) {
+        let Ok(mut batch) = c
+            .fetch()
+            .max_messages(left.min(ctx.settings.fetch_batch))
+            .expires(Duration::from_millis(200))
+            .messages()
+            .await
+        else {
+            return;
+        };
+        let mut got = 0;
+        while let Some(Ok(m)) = batch.next().await {
+            got += 1;
+            handle(ctx, p, m, true, stop).await;
+        }
+        if got == 0 {
+            return;
+        }
+        left = left.saturating_sub(got);
+    }
+}
+
+/// Hands one message to the handler and acks it once handled (naks it on
+/// an error, or unhandled when the partition is being given up).
+async fn handle(ctx: &Ctx, p: u32, m: jetstream::Message, spilled: bool, stop: &AtomicBool) {
+    let s = &ctx.settings;
+    if stop.load(Ordering::SeqCst) {
+        // Not handled: handed back at once for the next holder.
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+        return;
+    }
+    let (seq, redelivered) = m
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered > 1))
+        .unwrap_or((0, false));
+    if redelivered {
+        ctx.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
+    let handled = (ctx.handlers.message)(Delivery {
+        partition: p,
+        payload: m.payload.clone(),
+        stream_sequence: seq,
+        redelivered,
+        spilled,
+    });
+    match with_progress(&m, handled, s.ack_wait / 3).await {
+        Ok(()) => {
+            // Retry the ack until the server confirms it; if it never
+            // does, the message is redelivered (a duplicate, counted there).
+            for _ in 0..3 {
+                if m.double_ack().await.is_ok() {
+                    ctx.stats.acked.fetch_add(1, Ordering::Relaxed);
+                    break;
                 }
-                Err(_) => {
-                    ctx.stats.naked.fetch_add(1, Ordering::Relaxed);
-                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
             }
+        }
+        Err(_) => {
+            ctx.stats.naked.fetch_add(1, Ordering::Relaxed);
+            let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }
 }

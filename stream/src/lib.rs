@@ -32,7 +32,9 @@ pub mod settings;
 pub use async_nats;
 pub use batch::{Message, Split, split};
 pub use bucket::open_bucket;
-pub use consumer::{ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Lag, Node, lag};
+pub use consumer::{
+    ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Handlers, Lag, Node, lag,
+};
 pub use partition::partition_of;
 pub use publisher::{Published, Publisher, StreamError, connect};
 pub use settings::StreamSettings;

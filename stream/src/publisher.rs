@@ -8,6 +8,7 @@
 use crate::batch::{Message, Split, split};
 use crate::settings::StreamSettings;
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use bytes::Bytes;
 use sluice_engine::RejectedLine;
 use sluice_engine::ingest::MAX_EVENT_BYTES;
 use std::time::{Duration, Instant};
@@ -140,23 +141,28 @@ impl Publisher {
     }
 
     async fn ensure_stream(&self) -> Result<(), StreamError> {
-        let cfg = self.settings.stream_config(self.replicas);
-        let deadline = Instant::now() + self.settings.publish_timeout;
-        loop {
-            match self.js.get_or_create_stream(cfg.clone()).await {
-                Ok(_) => return Ok(()),
-                // A cluster still forming has no peers to place replicas on.
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    return Err(StreamError::Stream {
-                        stream: self.settings.stream.clone(),
-                        reason: e.to_string(),
-                    });
+        for cfg in [
+            self.settings.stream_config(self.replicas),
+            self.settings.spill_config(self.replicas),
+        ] {
+            let deadline = Instant::now() + self.settings.publish_timeout;
+            loop {
+                match self.js.get_or_create_stream(cfg.clone()).await {
+                    Ok(_) => break,
+                    // A cluster still forming has no peers to place replicas on.
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => {
+                        return Err(StreamError::Stream {
+                            stream: cfg.name.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     /// Splits `body` (NDJSON) and publishes its messages, returning once
@@ -183,6 +189,33 @@ impl Publisher {
         messages: &[Message],
         batch_id: &str,
     ) -> Result<Published, StreamError> {
+        self.publish_on(messages, batch_id, |p| self.settings.subject(p))
+            .await
+    }
+
+    /// Puts `lines` (NDJSON of events of partition `partition`) on its
+    /// spill subject, as one message with id `<id>.<partition>.0`, and
+    /// returns once stored (retrying as [`Publisher::publish_messages`]).
+    pub async fn spill(&self, partition: u32, lines: Bytes, id: &str) -> Result<(), StreamError> {
+        let m = Message {
+            partition,
+            chunk: 0,
+            events: 0,
+            payload: lines,
+        };
+        self.publish_on(std::slice::from_ref(&m), id, |p| {
+            self.settings.spill_subject(p)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn publish_on(
+        &self,
+        messages: &[Message],
+        batch_id: &str,
+        subject: impl Fn(u32) -> String,
+    ) -> Result<Published, StreamError> {
         let deadline = Instant::now() + self.settings.publish_timeout;
         let mut out = Published::default();
         let mut pending: Vec<&Message> = messages.iter().collect();
@@ -195,11 +228,7 @@ impl Publisher {
                 let publish = jetstream::message::PublishMessage::build()
                     .payload(m.payload.clone())
                     .message_id(format!("{batch_id}.{}.{}", m.partition, m.chunk));
-                match self
-                    .js
-                    .send_publish(self.settings.subject(m.partition), publish)
-                    .await
-                {
+                match self.js.send_publish(subject(m.partition), publish).await {
                     Ok(ack) => acks.push((m, ack)),
                     Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                         return Err(StreamError::PayloadTooSmall {

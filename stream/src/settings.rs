@@ -41,6 +41,12 @@ pub struct StreamSettings {
     /// How long one publish keeps retrying a message (timeouts, a stream
     /// without a leader during an election) before it gives up. Default 30 s.
     pub publish_timeout: Duration,
+    /// The stream where a node puts the events of accounts whose
+    /// destinations are slow (`SLUICE_SPILL`): a work queue, one subject per
+    /// partition, drained by the node holding that partition.
+    pub spill_stream: String,
+    /// Its subjects' prefix (`sluice.spill`).
+    pub spill_prefix: String,
 }
 
 impl Default for StreamSettings {
@@ -55,6 +61,8 @@ impl Default for StreamSettings {
             duplicate_window: Duration::from_secs(120),
             target_message_bytes: 256 << 10,
             publish_timeout: Duration::from_secs(30),
+            spill_stream: "SLUICE_SPILL".into(),
+            spill_prefix: "sluice.spill".into(),
         }
     }
 }
@@ -63,6 +71,23 @@ impl StreamSettings {
     /// The subject of a partition.
     pub fn subject(&self, partition: u32) -> String {
         format!("{}.{partition}", self.subject_prefix)
+    }
+
+    /// The spill subject of a partition.
+    pub fn spill_subject(&self, partition: u32) -> String {
+        format!("{}.{partition}", self.spill_prefix)
+    }
+
+    /// The spill stream's configuration: a work queue (a message is gone
+    /// once acked), otherwise kept as the event stream is.
+    pub fn spill_config(&self, replicas: usize) -> async_nats::jetstream::stream::Config {
+        async_nats::jetstream::stream::Config {
+            name: self.spill_stream.clone(),
+            subjects: vec![format!("{}.*", self.spill_prefix)],
+            retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            description: Some("Sluice: events of accounts whose destinations are slow".into()),
+            ..self.stream_config(replicas)
+        }
     }
 
     /// The stream's JetStream configuration, with `replicas` copies.

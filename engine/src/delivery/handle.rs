@@ -19,6 +19,12 @@ impl DestinationHandle {
         }
     }
 
+    /// Whether the destination has records not yet delivered or
+    /// dead-lettered, or its last call failed as a whole.
+    pub fn is_busy(&self) -> bool {
+        self.stats.queued.load(Relaxed) > 0 || self.stats.unhealthy.load(Relaxed) != 0
+    }
+
     pub(super) fn full_reason(&self) -> String {
         match &self.disk {
             Some(d) => format!(

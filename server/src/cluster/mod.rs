@@ -19,7 +19,7 @@ mod consume;
 mod follow;
 mod kv_store;
 
-pub use consume::handler;
+pub use consume::{Consumer, SpillStats};
 pub use follow::follow;
 pub use kv_store::{BUCKET, Changed, KvStore, apply_entry};
 
@@ -39,6 +39,10 @@ pub struct ClusterOptions {
     pub stream: StreamSettings,
     /// How this node consumes (its name, ack wait, lease time, ...).
     pub consume: ConsumeSettings,
+    /// How long a message waits for its records before the accounts whose
+    /// records are not safe yet are put aside on the spill subject.
+    /// Default 5 s.
+    pub spill_after: Duration,
 }
 
 impl ClusterOptions {
@@ -51,6 +55,7 @@ impl ClusterOptions {
                 "node-{}",
                 &crate::ids::new_id("nd")[3..13].to_ascii_lowercase()
             )),
+            spill_after: Duration::from_secs(5),
         }
     }
 }
@@ -66,7 +71,7 @@ pub struct Link {
     /// The event stream's settings.
     pub stream: StreamSettings,
     /// The consumption's counters, once it started.
-    pub consumed: OnceLock<Arc<ConsumeStats>>,
+    pub consumed: OnceLock<(Arc<ConsumeStats>, Arc<Consumer>)>,
 }
 
 impl Link {
@@ -97,9 +102,10 @@ impl Link {
         use std::fmt::Write;
         let node = self.node.as_str();
         let mut out = with_label(engine, "node", node);
-        let Some(stats) = self.consumed.get() else {
+        let Some((stats, consumer)) = self.consumed.get() else {
             return out;
         };
+        let spill = &consumer.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         for (name, help, kind, v) in [
             (
@@ -125,6 +131,24 @@ impl Link {
                 "Partitions this node consumes now.",
                 "gauge",
                 n(&stats.partitions),
+            ),
+            (
+                "sluice_cluster_events_spilled_total",
+                "Events this node put aside on a spill subject (accounts whose destinations were slow), again when put back.",
+                "counter",
+                n(&spill.spilled),
+            ),
+            (
+                "sluice_cluster_events_drained_total",
+                "Spilled events this node handed back to its engine.",
+                "counter",
+                n(&spill.drained),
+            ),
+            (
+                "sluice_cluster_events_spilled_late_total",
+                "Events spilled after the engine had them (their records may be delivered twice).",
+                "counter",
+                n(&spill.after_timeout),
             ),
         ] {
             let _ = writeln!(
@@ -275,22 +299,27 @@ async fn try_join(
 /// again (with a warning) while JetStream is not ready.
 pub async fn consume(
     link: &Link,
-    settings: &ConsumeSettings,
+    opts: &ClusterOptions,
     engine: Arc<sluice_engine::Engine>,
 ) -> sluice_stream::Node {
+    let consumer = Arc::new(Consumer::new(
+        engine,
+        link.publisher.clone(),
+        opts.spill_after,
+    ));
     let mut wait = Duration::from_millis(250);
     loop {
         match sluice_stream::Node::start(
             link.publisher.client().clone(),
             link.stream.clone(),
-            settings.clone(),
+            opts.consume.clone(),
             link.publisher.replicas(),
-            handler(engine.clone()),
+            consumer.handlers(),
         )
         .await
         {
             Ok(node) => {
-                let _ = link.consumed.set(node.stats.clone());
+                let _ = link.consumed.set((node.stats.clone(), consumer.clone()));
                 return node;
             }
             Err(e) => {
