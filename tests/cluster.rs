@@ -261,6 +261,77 @@ fn configuration_written_through_one_node_is_live_on_the_others_within_a_second(
     assert_eq!(l[2], l[0], "the restarted node lists what the others do");
     assert!(l[2].0.contains(&did) && l[2].1.contains(&sid2));
 
+    // Dead letters live in JetStream: a destination that refuses every
+    // record, fed through one node, is listed from the cluster; no node
+    // keeps a dead-letter file.
+    let refusing = Receiver::start();
+    refusing.set(|_| sluice_standins::http::Action::status(400, None));
+    let (_, rd) = c.call(
+        1,
+        "POST",
+        "/event_destinations",
+        Some(&ordered_http(&refusing.url())),
+    );
+    let rdid = rd["id"].as_str().unwrap().to_string();
+    let rsub =
+        json!({"sources": [{"type": "http_request_complete.v0"}], "destination_ids": [rdid]});
+    assert_eq!(
+        c.call(1, "POST", "/event_subscriptions", Some(&rsub)).0,
+        201
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let body: Vec<String> = (0..50)
+        .map(|i| {
+            event(
+                &format!("ev_dead_{i}"),
+                &c.account,
+                "http_request_complete.v0",
+                "{}",
+            )
+        })
+        .collect();
+    assert_eq!(c.ingest(0, &body.join("\n")).unwrap().0, 200);
+    let urls = c.nats.urls();
+    let listed = within(Duration::from_secs(20), || {
+        let out = run(
+            dir.path(),
+            &["dlq", "list", "--cluster", &urls, "--destination", &rdid],
+        );
+        assert!(out.status.success(), "{}", text(&out).1);
+        text(&out).0.lines().count() >= 50
+    });
+    assert!(
+        listed.is_some(),
+        "the dead letters are listed from the cluster"
+    );
+    let out = run(
+        dir.path(),
+        &["dlq", "list", "--cluster", &urls, "--destination", &rdid],
+    );
+    let letters: Vec<Value> = text(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: HashSet<&str> = letters
+        .iter()
+        .map(|l| l["record"]["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 50, "each dead letter once");
+    assert!(letters.iter().all(|l| l["destination"] == rdid.as_str()));
+    assert!(
+        letters[0]["reason"].as_str().unwrap().contains("400"),
+        "{}",
+        letters[0]
+    );
+    for n in 0..3 {
+        let file = c
+            .node_dir(n)
+            .join("dead-letter")
+            .join(format!("{rdid}.ndjson"));
+        assert!(!file.exists(), "node {n} kept a dead-letter file");
+    }
+
     // A node whose operator policy differs refuses to join, naming it.
     let out = run(
         dir.path(),

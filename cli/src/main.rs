@@ -68,6 +68,25 @@ Events a filter said no to are in none of these. See docs/delivery.md."#
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Dead letters of a cluster (`sluice serve --cluster`).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print a destination's dead letters, oldest first, one JSON object per line.
+    List {
+        /// The cluster's NATS servers (comma-separated nats:// URLs).
+        #[arg(long)]
+        cluster: String,
+        /// The destination id (ed_...).
+        #[arg(long)]
+        destination: String,
+        /// Print at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -598,6 +617,18 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check { path, config }) => Ok(plugin_check(&path, &config)),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve(a),
+        Command::Dlq(DlqCommand::List {
+            cluster,
+            destination,
+            limit,
+        }) => {
+            sluice_serve::cluster::dead_letters::list(&cluster, &destination, limit).map(|lines| {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            })
+        }
         Command::Keys(KeysCommand::Create {
             data_dir,
             cluster,

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub delivery_threads: usize,
     /// Where dead letters go unless a destination says otherwise.
     pub dead_letter_dir: PathBuf,
+    /// Where dead letters go instead of files (every destination's): a
+    /// cluster node keeps them in JetStream. None: files.
+    pub dead_letters: Option<Arc<dyn crate::delivery::DeadLetterSink>>,
     /// Where disk buffers live (`<dir>/<destination id>/`) unless a
     /// destination says otherwise.
     pub buffer_dir: PathBuf,
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             queue_batches: 8,
             delivery_threads: 2,
             dead_letter_dir: PathBuf::from("dead-letter"),
+            dead_letters: None,
             buffer_dir: PathBuf::from("buffer"),
             rejects_path: None,
             drain_timeout: Duration::from_secs(30),
@@ -379,6 +383,7 @@ impl Engine {
         )?;
         delivery.shared = cfg.shared;
         delivery.start_timeout = cfg.start_timeout;
+        delivery.dead_letter_sink = cfg.dead_letters.clone();
         let engine = Engine {
             shared,
             shards,

@@ -88,6 +88,7 @@ pub use config::{
     ConfigError, ConfigErrors, DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec,
     SubscriptionSpec,
 };
+pub use delivery::{DeadLetterHolds, DeadLetterSink};
 pub use engine::{
     Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PendingPublish, PublishReport,
     Publisher, RejectedLine, Summary,

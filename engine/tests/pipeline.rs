@@ -1304,3 +1304,98 @@ fn async_publish_yields_while_queues_are_full_and_reports_every_line() {
     assert_eq!(complete_lines(&out), 2000 - bad.len());
     engine.shutdown();
 }
+
+/// A dead-letter sink that keeps what it is given, holds included.
+#[derive(Debug, Default)]
+struct KeptDeadLetters(std::sync::Mutex<Vec<(String, Vec<u8>, sluice_engine::DeadLetterHolds)>>);
+
+impl sluice_engine::DeadLetterSink for KeptDeadLetters {
+    fn store(&self, destination: &str, lines: Vec<u8>, holds: sluice_engine::DeadLetterHolds) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((destination.to_string(), lines, holds));
+    }
+}
+
+#[test]
+fn dead_letters_go_to_the_sink_and_hold_the_durable_publish_until_it_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = std::sync::Arc::new(KeptDeadLetters::default());
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_gone".into(),
+            kind: "not_loaded".into(),
+            config: serde_json::json!({}),
+            delivery: delivery(),
+        }],
+        subscriptions: vec![sub(
+            "esb_1",
+            "ac_1",
+            &["ed_gone"],
+            vec![source(HTTP, None, None)],
+        )],
+        ..Default::default()
+    };
+    let cfg = EngineConfig {
+        missing_plugin: sluice_engine::MissingPlugin::DeadLetter,
+        dead_letters: Some(sink.clone()),
+        ..engine_cfg(dir.path())
+    };
+    let engine = Engine::start(cfg, plugins(), &spec).unwrap();
+    let body: String = (0..3)
+        .map(|i| event(&format!("ev_{i}"), "ac_1", HTTP, "{}") + "\n")
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    engine.publish_ndjson_durable(body.into(), move |r| tx.send(r).unwrap());
+    // The sink has the three dead letters; the publish waits for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, h)| h.len())
+        .sum::<usize>()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letters reached the sink"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the publish is not reported while the sink holds its dead letters"
+    );
+    let kept = std::mem::take(&mut *sink.0.lock().unwrap());
+    let lines: Vec<serde_json::Value> = kept
+        .iter()
+        .flat_map(|(d, l, _)| {
+            assert_eq!(d, "ed_gone");
+            String::from_utf8(l.clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["destination"], "ed_gone");
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("not_loaded"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !dir.path().join("dead-letter").exists(),
+        "no dead-letter file"
+    );
+    drop(kept);
+    let report = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("reported once the sink let go");
+    assert_eq!((report.accepted, report.dropped), (3, 0));
+    engine.shutdown();
+}

@@ -281,6 +281,11 @@ pub fn run(
     }
     cfg.plugin_restrictions = opts.policy.restrictions();
     cfg.shared = true;
+    if let Some((link, _)) = &joined {
+        cfg.dead_letters = Some(Arc::new(
+            cluster::dead_letters::JetStreamDeadLetters::start(rt.handle(), link.publisher.clone()),
+        ));
+    }
     let mut spec = state.pipeline(opts.strict_ngrok_filters, &opts.policy, &opts.data_dir);
     if joined.is_some() {
         cluster::memory_only(&mut spec);

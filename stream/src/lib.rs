@@ -27,6 +27,7 @@ pub mod bucket;
 pub mod consumer;
 pub mod partition;
 pub mod publisher;
+pub mod read;
 pub mod settings;
 
 pub use async_nats;
@@ -37,4 +38,5 @@ pub use consumer::{
 };
 pub use partition::partition_of;
 pub use publisher::{Published, Publisher, StreamError, connect};
+pub use read::read_subject;
 pub use settings::StreamSettings;

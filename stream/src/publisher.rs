@@ -144,6 +144,7 @@ impl Publisher {
         for cfg in [
             self.settings.stream_config(self.replicas),
             self.settings.spill_config(self.replicas),
+            self.settings.dead_letter_config(self.replicas),
         ] {
             let deadline = Instant::now() + self.settings.publish_timeout;
             loop {
@@ -208,6 +209,26 @@ impl Publisher {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Stores dead letters of `destination` (NDJSON) on its dead-letter
+    /// subject, as one message with id `<id>.0.0`, and returns once stored.
+    pub async fn dead_letters(
+        &self,
+        destination: &str,
+        lines: Bytes,
+        id: &str,
+    ) -> Result<(), StreamError> {
+        let m = Message {
+            partition: 0,
+            chunk: 0,
+            events: 0,
+            payload: lines,
+        };
+        let subject = self.settings.dead_letter_subject(destination);
+        self.publish_on(std::slice::from_ref(&m), id, |_| subject.clone())
+            .await
+            .map(|_| ())
     }
 
     async fn publish_on(

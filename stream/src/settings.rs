@@ -47,6 +47,11 @@ pub struct StreamSettings {
     pub spill_stream: String,
     /// Its subjects' prefix (`sluice.spill`).
     pub spill_prefix: String,
+    /// The stream of dead letters (`SLUICE_DEAD_LETTERS`), one subject per
+    /// destination, kept `max_age` as the events are.
+    pub dead_letter_stream: String,
+    /// Its subjects' prefix (`sluice.dlq`).
+    pub dead_letter_prefix: String,
 }
 
 impl Default for StreamSettings {
@@ -63,6 +68,8 @@ impl Default for StreamSettings {
             publish_timeout: Duration::from_secs(30),
             spill_stream: "SLUICE_SPILL".into(),
             spill_prefix: "sluice.spill".into(),
+            dead_letter_stream: "SLUICE_DEAD_LETTERS".into(),
+            dead_letter_prefix: "sluice.dlq".into(),
         }
     }
 }
@@ -86,6 +93,21 @@ impl StreamSettings {
             subjects: vec![format!("{}.*", self.spill_prefix)],
             retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
             description: Some("Sluice: events of accounts whose destinations are slow".into()),
+            ..self.stream_config(replicas)
+        }
+    }
+
+    /// The dead-letter subject of a destination.
+    pub fn dead_letter_subject(&self, destination: &str) -> String {
+        format!("{}.{destination}", self.dead_letter_prefix)
+    }
+
+    /// The dead-letter stream's configuration: kept as the event stream is.
+    pub fn dead_letter_config(&self, replicas: usize) -> async_nats::jetstream::stream::Config {
+        async_nats::jetstream::stream::Config {
+            name: self.dead_letter_stream.clone(),
+            subjects: vec![format!("{}.*", self.dead_letter_prefix)],
+            description: Some("Sluice: dead letters, one subject per destination".into()),
             ..self.stream_config(replicas)
         }
     }

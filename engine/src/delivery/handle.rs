@@ -39,8 +39,8 @@ impl DestinationHandle {
     }
 
     pub(super) fn dead_letter_chunk(&self, chunk: Chunk, why: &str) {
-        let (sub, records) = pending(chunk);
-        self.dead.write(&self.stats, &sub, &records, why);
+        let (sub, mut records) = pending(chunk);
+        self.dead.write(&self.stats, &sub, &mut records, why);
     }
 
     /// Hands a chunk to the destination. With `when_full = "block"` this
@@ -75,8 +75,8 @@ impl DestinationHandle {
                         }
                         AppendError::Io(e) => format!("writing the disk buffer failed: {e}"),
                     };
-                    let (sub, records) = pending(chunk);
-                    self.dead.write(&self.stats, &sub, &records, &why);
+                    let (sub, mut records) = pending(chunk);
+                    self.dead.write(&self.stats, &sub, &mut records, &why);
                 }
             }
             return;

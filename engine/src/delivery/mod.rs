@@ -46,6 +46,7 @@ pub(crate) use budget::ByteBudget;
 use concurrency::Aimd;
 pub(crate) use dead_letters::DeadLetters;
 use dead_letters::file_safe;
+pub use dead_letters::{DeadLetterHolds, DeadLetterSink};
 use fsync::syncer_loop;
 use retry::seed;
 use start::start_backoff;
@@ -141,7 +142,7 @@ struct Pending {
     /// Sequence number in the disk buffer (0 in memory).
     seq: u64,
     /// Released (dropped) when the record is safe: see `ack`.
-    _hold: Option<Hold>,
+    hold: Option<Hold>,
 }
 
 impl Pending {
@@ -151,7 +152,7 @@ impl Pending {
             attempts: 0,
             first,
             seq,
-            _hold: hold,
+            hold,
         }
     }
 }
@@ -170,6 +171,8 @@ pub struct Delivery {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stopping: Arc<Stopping>,
     dead_letter_dir: PathBuf,
+    /// Where dead letters go instead of files, when the embedder says.
+    pub dead_letter_sink: Option<Arc<dyn DeadLetterSink>>,
     buffer_dir: PathBuf,
     disks: Arc<Mutex<HashMap<PathBuf, Arc<DiskBuffer>>>>,
     sync_signal: Arc<SyncSignal>,

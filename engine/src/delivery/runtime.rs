@@ -40,6 +40,7 @@ impl Delivery {
             tasks: Mutex::new(Vec::new()),
             stopping,
             dead_letter_dir,
+            dead_letter_sink: None,
             buffer_dir,
             disks,
             sync_signal,
@@ -139,7 +140,7 @@ impl Delivery {
             segment_bytes: 64 << 20,
         };
         let (d, _) = DiskBuffer::open(dir, opts, stats.clone(), self.sync_signal.clone())?;
-        let dead = DeadLetters::new(&self.dead_letter_dir, id);
+        let dead = DeadLetters::new(&self.dead_letter_dir, id, self.dead_letter_sink.clone());
         let mut n = 0;
         let mut entries = Vec::new();
         while d.read(1 << 20, &mut entries)? > 0 {
@@ -152,12 +153,12 @@ impl Delivery {
                     None => by_sub.push((e.subscription, vec![p])),
                 }
             }
-            for (sub, recs) in by_sub {
+            for (sub, mut recs) in by_sub {
                 n += recs.len() as u64;
                 dead.write(
                     &stats,
                     &sub,
-                    &recs,
+                    &mut recs,
                     "the destination was deleted before the engine last stopped; its buffered records were kept until this start",
                 );
             }
@@ -187,7 +188,11 @@ impl Delivery {
             .dead_letter_dir
             .clone()
             .unwrap_or_else(|| self.dead_letter_dir.clone());
-        let dead = Arc::new(DeadLetters::new(&dir, id.clone()));
+        let dead = Arc::new(DeadLetters::new(
+            &dir,
+            id.clone(),
+            self.dead_letter_sink.clone(),
+        ));
         let (tx, rx) = mpsc::channel(1024);
         let budget = Arc::new(ByteBudget::new(cfg.buffer_max_bytes, self.stopping.clone()));
         let (mut limits, ordered) = match &sink {

@@ -31,8 +31,8 @@ pub(super) fn failed_report(n: usize, why: &str) -> crate::plugin::SendReport {
 }
 
 impl Task {
-    pub(super) fn dead_letter(&mut self, sub: &str, records: Vec<Pending>, reason: &str) {
-        self.dead.write(&self.stats, sub, &records, reason);
+    pub(super) fn dead_letter(&mut self, sub: &str, mut records: Vec<Pending>, reason: &str) {
+        self.dead.write(&self.stats, sub, &mut records, reason);
         self.settle(&records);
     }
 

@@ -16,6 +16,7 @@
 //!   every record made from it is delivered or dead-lettered.
 
 mod consume;
+pub mod dead_letters;
 mod follow;
 mod kv_store;
 

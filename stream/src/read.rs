@@ -1,0 +1,56 @@
+//! Reading a subject of a stream from its start: what a node or the CLI
+//! lists (a destination's dead letters).
+
+use crate::publisher::StreamError;
+use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use std::time::Duration;
+
+/// The payloads stored on `subject` of `stream`, oldest first, at most
+/// `limit` of them (an ephemeral consumer that acks nothing).
+pub async fn read_subject(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    limit: usize,
+) -> Result<Vec<Bytes>, StreamError> {
+    use futures_util::StreamExt;
+    let err = |e: String| StreamError::Stream {
+        stream: stream.to_string(),
+        reason: e,
+    };
+    let js = jetstream::new(client.clone());
+    let s = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut c = s
+        .create_consumer(pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let total = c.info().await.map_err(|e| err(e.to_string()))?.num_pending as usize;
+    let want = total.min(limit);
+    let mut out = Vec::with_capacity(want);
+    while out.len() < want {
+        let mut batch = c
+            .fetch()
+            .max_messages((want - out.len()).min(256))
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let before = out.len();
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(m.payload.clone());
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    Ok(out)
+}
