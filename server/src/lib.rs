@@ -28,6 +28,7 @@ use sluice_engine::plugin::PluginRegistry;
 use sluice_engine::{Engine, EngineConfig, MissingPlugin};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -371,8 +372,13 @@ pub fn run(
         .map_err(|e| e.to_string())
     });
     if let Some(node) = node {
-        // Unacked messages go to the other nodes (after the ack wait).
-        rt.block_on(node.kill());
+        // Finish the messages in hand and hand the partitions over (before
+        // the leases could expire, so no other node takes one meanwhile).
+        let lease = opts
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(10), |c| c.consume.lease_ttl);
+        rt.block_on(node.stop((lease / 2).min(opts.engine.drain_timeout)));
     }
     drop(rt);
     let summary = match Arc::try_unwrap(engine) {

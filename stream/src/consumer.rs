@@ -184,6 +184,9 @@ pub struct Node {
     pub stats: Arc<ConsumeStats>,
     held: Arc<tokio::sync::Mutex<HashMap<u32, Held>>>,
     coordinator: JoinHandle<()>,
+    leases: kv::Store,
+    nodes: kv::Store,
+    name: String,
 }
 
 impl Node {
@@ -220,11 +223,16 @@ impl Node {
             handlers,
             stats: stats.clone(),
         });
-        let coordinator = tokio::spawn(coordinate(ctx, leases, nodes, held.clone()));
+        let name = ctx.settings.node.clone();
+        let coordinator =
+            tokio::spawn(coordinate(ctx, leases.clone(), nodes.clone(), held.clone()));
         Ok(Node {
             stats,
             held,
             coordinator,
+            leases,
+            nodes,
+            name,
         })
     }
 
@@ -238,6 +246,35 @@ impl Node {
             .collect();
         p.sort_unstable();
         p
+    }
+
+    /// Stops and hands its partitions over at once: each partition's task
+    /// finishes the message in hand (up to `timeout` in all; then it is cut
+    /// off, and that message comes back after the ack wait) and hands back
+    /// what it had fetched, then its lease and heartbeat are deleted so
+    /// that the other nodes take its partitions at their next look, without
+    /// waiting for the lease to expire.
+    pub async fn stop(self, timeout: Duration) {
+        self.coordinator.abort();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let held: Vec<(u32, Held)> = self.held.lock().await.drain().collect();
+        for (_, h) in &held {
+            h.stop.store(true, Ordering::SeqCst);
+        }
+        for (p, h) in held {
+            let task = h.task;
+            tokio::pin!(task);
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                // Cut off mid-message: the lease expires by itself.
+                continue;
+            }
+            let _ = self
+                .leases
+                .delete_expect_revision(lease_key(p), Some(h.revision))
+                .await;
+        }
+        let _ = self.nodes.delete(&self.name).await;
     }
 
     /// Stops at once, as a crash would: nothing more is acked, leases are

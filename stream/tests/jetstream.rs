@@ -410,3 +410,48 @@ async fn a_node_stops_consuming_a_partition_whose_lease_another_holds() {
     );
     assert_eq!(a.partitions().await.len(), 15);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_hands_its_partitions_over_at_once_without_duplicates() {
+    let (_one, _dir, nats, settings, p) = cluster_and_publisher().await;
+    let (sa, sb): (Seen, Seen) = Default::default();
+    let (_ca, a) = node(&nats, &settings, "node-a", sa.clone(), false).await;
+    let (_cb, b) = node(&nats, &settings, "node-b", sb.clone(), false).await;
+    until(Duration::from_secs(20), "8 partitions each", async || {
+        a.partitions().await.len() == 8 && b.partitions().await.len() == 8
+    })
+    .await;
+    let bodies = bodies(20_000, 1_000);
+    let (first, rest) = bodies.split_at(bodies.len() / 2);
+    for (i, body) in first.iter().enumerate() {
+        p.publish(body, &format!("first-{i}"))
+            .await
+            .expect("published");
+    }
+    let stopped = Instant::now();
+    a.stop(Duration::from_secs(5)).await;
+    until(
+        Duration::from_secs(10),
+        "B holds all 16 partitions",
+        async || b.partitions().await.len() == 16,
+    )
+    .await;
+    let handover = stopped.elapsed();
+    for (i, body) in rest.iter().enumerate() {
+        p.publish(body, &format!("rest-{i}"))
+            .await
+            .expect("published");
+    }
+    let want = all_lines(&bodies);
+    until(Duration::from_secs(60), "every event handled", async || {
+        let mut all = sa.lock().unwrap().clone();
+        all.extend(sb.lock().unwrap().iter().cloned());
+        distinct(&all) == want
+    })
+    .await;
+    let handled = sa.lock().unwrap().len() + sb.lock().unwrap().len();
+    eprintln!("handed over {handover:?} after the stop; {handled} events handled");
+    assert_eq!(handled, want.len(), "no event handled twice");
+    // Before the lease (2 s) could have expired: the lease was handed back.
+    assert!(handover < Duration::from_millis(1900), "took {handover:?}");
+}
