@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod baseline;
+pub mod cluster_harness;
 pub mod harness;
 pub mod plot;
 pub mod report;

@@ -110,6 +110,10 @@ pub struct Record {
     pub workers: usize,
     /// The runs.
     pub runs: Vec<RunResult>,
+    /// Cluster mode: the same events through one `sluice serve` without the
+    /// stream, one run per round, interleaved with `runs`.
+    #[serde(default)]
+    pub reference: Vec<RunResult>,
     /// Their summary.
     pub summary: Summary,
     /// The naive baseline, if run.
@@ -246,6 +250,29 @@ impl Record {
         s
     }
 
+    /// Cluster mode: the stream path against the same events through one
+    /// `sluice serve` without the stream, run in the same rounds.
+    fn reference_text(&self, s: &mut String) {
+        let median = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
+            Stat::of(&runs.iter().map(f).collect::<Vec<_>>()).median
+        };
+        let cpu_us = |r: &RunResult| r.cpu_s.values().sum::<f64>() * 1e6 / r.events.max(1) as f64;
+        let (c, r) = (&self.runs[..], &self.reference[..]);
+        let (ce, re) = (median(c, |r| r.events_per_s), median(r, |r| r.events_per_s));
+        let (cc, rc) = (median(c, cpu_us), median(r, cpu_us));
+        let _ = writeln!(
+            s,
+            "  without the stream (one sluice serve, same events, same rounds): {} events/s median, latency p50 {} p99 {}, {:.2} CPU-us per event\n  the stream path: {:.0}% of that rate, {:.2} CPU-us per event ({:+.2} for the stream, all processes and NATS)",
+            group(re),
+            ms(median(r, |r| r.latency_us.p50 as f64)),
+            ms(median(r, |r| r.latency_us.p99 as f64)),
+            rc,
+            if re > 0.0 { ce / re * 100.0 } else { 0.0 },
+            cc,
+            cc - rc
+        );
+    }
+
     fn traffic_text(&self, s: &mut String) {
         let s_ = &self.summary;
         for (i, r) in self.runs.iter().enumerate() {
@@ -313,6 +340,9 @@ impl Record {
             s_.allocs_per_event
                 .map_or("n/a".into(), |a| format!("{a:.4}"))
         );
+        if !self.reference.is_empty() {
+            self.reference_text(s);
+        }
         if let Some(b) = &self.baseline {
             let _ = writeln!(
                 s,

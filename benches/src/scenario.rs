@@ -111,6 +111,9 @@ pub enum Mode {
     InProcess,
     /// In a `sluice serve` child process, over HTTP ingest.
     Http,
+    /// `sluice serve --cluster` nodes on NATS JetStream, over HTTP ingest,
+    /// each round also run through one `sluice serve` without the stream.
+    Cluster,
 }
 
 /// How to run a scenario.
@@ -125,8 +128,12 @@ pub struct RunSpec {
     pub workers: usize,
     /// In process or over HTTP.
     pub mode: Mode,
-    /// Concurrent HTTP connections (HTTP mode).
+    /// Concurrent HTTP connections (HTTP and cluster modes).
     pub connections: usize,
+    /// Sluice nodes (cluster mode).
+    pub nodes: usize,
+    /// NATS servers (cluster mode): 1, or 3 for a replicated cluster.
+    pub nats_servers: usize,
     /// Events the naive baseline runs on (it is slow; its rate is per event).
     pub baseline_events: u64,
 }
@@ -139,6 +146,8 @@ impl Default for RunSpec {
             workers: 0,
             mode: Mode::InProcess,
             connections: 4,
+            nodes: 1,
+            nats_servers: 1,
             baseline_events: 100_000,
         }
     }

@@ -41,6 +41,16 @@ pub fn start_server(
     data_dir: &Path,
     plugin_dirs: &[PathBuf],
 ) -> Result<ServeProcess, String> {
+    start_server_with(sluice, data_dir, plugin_dirs, &[])
+}
+
+/// [`start_server`] with more arguments (`--cluster URLS`).
+pub fn start_server_with(
+    sluice: &Path,
+    data_dir: &Path,
+    plugin_dirs: &[PathBuf],
+    extra: &[&str],
+) -> Result<ServeProcess, String> {
     // The benchmark is the operator: its tenants reach the local sink
     // stand-ins, use the test plugins, and hold as many subscriptions as a
     // scenario needs.
@@ -53,6 +63,7 @@ pub fn start_server(
         .arg(&config)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .stderr(Stdio::null());
     if let Some(d) = plugin_dirs.first() {
         cmd.arg("--plugin-dir").arg(d);
@@ -71,9 +82,14 @@ fn now() -> String {
 /// destinations as plugin targets of the first account, its subscriptions
 /// under their accounts. Returns the ingest token.
 pub fn seed(data_dir: &Path, s: &Scenario) -> Result<String, String> {
+    seed_into(&SqliteStore::open(data_dir)?, s)
+}
+
+/// Writes the scenario's pipeline into `store` (SQLite, or a cluster's
+/// bucket); returns the ingest token.
+pub fn seed_into(store: &dyn ConfigStore, s: &Scenario) -> Result<String, String> {
     let accounts = Generator::new(s.generator.gen_config()).account_ids();
     let spec = s.pipeline(&accounts)?;
-    let store = SqliteStore::open(data_dir)?;
     let t = now();
     let owner = accounts.first().cloned().ok_or("no accounts")?;
     for a in &accounts {
@@ -154,12 +170,26 @@ pub fn scrape(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
-fn metrics(http: &reqwest::blocking::Client, url: &str) -> BTreeMap<String, f64> {
-    http.get(format!("{url}/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .map(|t| scrape(&t))
-        .unwrap_or_default()
+/// The metrics of every node at `urls`, summed (quantiles: the largest).
+fn metrics(http: &reqwest::blocking::Client, urls: &[String]) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for url in urls {
+        let m = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .map(|t| scrape(&t))
+            .unwrap_or_default();
+        for (k, v) in m {
+            let e = out.entry(k.clone()).or_default();
+            *e = if k.contains("quantile=") {
+                e.max(v)
+            } else {
+                *e + v
+            };
+        }
+    }
+    out
 }
 
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
@@ -202,6 +232,24 @@ pub fn run_http(
     ));
     let token = seed(&dir, s)?;
     let mut server = start_server(sluice, &dir, &o.plugin_dirs)?;
+    let result = drive(data, &[&server], &[], &token, connections)?;
+    server.stop(Duration::from_secs(120))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
+
+/// Posts the input to `servers`' `/ingest` (client `c` to server
+/// `c mod n`) with `connections` concurrent clients, waits until every
+/// record is delivered or dead-lettered (the servers' metrics summed), and
+/// measures. The CPU of `others` (pid, role: the NATS servers) counts too.
+pub fn drive(
+    data: &Path,
+    servers: &[&ServeProcess],
+    others: &[(u32, &str)],
+    token: &str,
+    connections: usize,
+) -> Result<RunResult, String> {
+    let metrics_urls: Vec<String> = servers.iter().map(|s| s.metrics_url.clone()).collect();
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(connections)
@@ -224,7 +272,7 @@ pub fn run_http(
             while sending.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 let t = t0.elapsed().as_secs_f64();
-                let n = metrics(&http, &server.metrics_url)
+                let n = metrics(&http, &metrics_urls)
                     .get("sluice_events_in_total")
                     .copied()
                     .unwrap_or(last.1);
@@ -238,8 +286,11 @@ pub fn run_http(
             }
         });
         let mut clients = Vec::new();
-        for _ in 0..connections.max(1) {
-            clients.push(scope.spawn(|| {
+        for c in 0..connections.max(1) {
+            let url = &servers[c % servers.len()].url;
+            let (reader, failed, published, refused) = (&reader, &failed, &published, &refused);
+            let http = &http;
+            clients.push(scope.spawn(move || {
                 loop {
                     let chunk = match reader.lock().unwrap_or_else(|p| p.into_inner()).next() {
                         Some(Ok(Chunk::Lines(b))) => b,
@@ -252,7 +303,7 @@ pub fn run_http(
                     };
                     loop {
                         let r = http
-                            .post(format!("{}/ingest", server.url))
+                            .post(format!("{url}/ingest"))
                             .header("authorization", format!("Bearer {token}"))
                             .body(chunk.clone())
                             .send();
@@ -301,7 +352,7 @@ pub fn run_http(
     let deadline = Instant::now() + Duration::from_secs(300);
     let published = published.load(Ordering::Relaxed) as f64;
     let m = loop {
-        let m = metrics(&http, &server.metrics_url);
+        let m = metrics(&http, &metrics_urls);
         let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
         let processed = get("sluice_events_in_total") >= published;
         let matched = get("sluice_subscription_matched_total");
@@ -319,8 +370,23 @@ pub fn run_http(
         std::thread::sleep(Duration::from_millis(5));
     };
     let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
-    let cpu_s = proc_cpu(server.pid());
-    let peak = proc_status_kb(server.pid(), "VmHWM:").map(|kb| kb as f64 / 1024.0);
+    let mut cpu_s = BTreeMap::new();
+    let mut peak = None::<f64>;
+    for server in servers {
+        for (role, secs) in proc_cpu(server.pid()) {
+            *cpu_s.entry(role).or_default() += secs;
+        }
+        if let Some(kb) = proc_status_kb(server.pid(), "VmHWM:") {
+            *peak.get_or_insert(0.0) += kb as f64 / 1024.0;
+        }
+    }
+    for (pid, role) in others {
+        let secs: f64 = crate::sysinfo::thread_cpu_of(&pid.to_string())
+            .into_values()
+            .map(|(_, s)| s)
+            .sum();
+        *cpu_s.entry(role.to_string()).or_default() += secs;
+    }
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let q = |p: &str| {
         (m.get(&format!(
@@ -367,8 +433,6 @@ pub fn run_http(
         cpu_s,
         stage_share: BTreeMap::new(),
     };
-    server.stop(Duration::from_secs(120))?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(result)
 }
 

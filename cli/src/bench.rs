@@ -125,6 +125,12 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             _ if !traffic => "sluice serve".into(),
             Mode::InProcess => "in-process".into(),
             Mode::Http => format!("http, {} connections", s.run.connections.max(1)),
+            Mode::Cluster => format!(
+                "cluster: {} nodes on {} NATS servers, http, {} connections",
+                s.run.nodes.max(1),
+                s.run.nats_servers.max(1),
+                s.run.connections.max(1)
+            ),
         },
         workers,
         ..Default::default()
@@ -141,6 +147,18 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         let r = match s.run.mode {
             Mode::InProcess => run_in_process(&s, &data, &opts)?,
             Mode::Http => serve_harness::run_http(&s, &data, &opts, &sluice, s.run.connections)?,
+            Mode::Cluster => {
+                let (cluster, single) =
+                    sluice_bench::cluster_harness::run_cluster(&s, &data, &opts, &sluice)?;
+                println!(
+                    "  run {} without the stream (one sluice serve): {:.0} events/s, p99 {:.1} ms",
+                    i + 1,
+                    single.events_per_s,
+                    single.latency_us.p99 as f64 / 1000.0
+                );
+                record.reference.push(single);
+                cluster
+            }
         };
         println!(
             "  run {}: {:.0} events/s, p99 {:.1} ms, {} delivered",

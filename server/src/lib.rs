@@ -144,21 +144,7 @@ pub fn create_key(place: &KeyStore, account: &str) -> Result<String, String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            let kv = rt.block_on(async {
-                let client = sluice_stream::connect(servers)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sluice_stream::async_nats::jetstream::new(client)
-                    .get_key_value(cluster::BUCKET)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "the cluster at {servers} has no configuration bucket {} ({e}): start a `sluice serve --cluster` node first",
-                            cluster::BUCKET
-                        )
-                    })
-            })?;
-            let store = cluster::KvStore::new(kv, rt.handle().clone());
+            let store = cluster::connect_store(servers, rt.handle(), false)?;
             Ok(store.create_key(account, WHY, &now())?.1)
         }
     }

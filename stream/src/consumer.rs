@@ -59,6 +59,10 @@ pub struct ConsumeSettings {
     pub lease_ttl: Duration,
     /// Messages fetched per pull. Default 16.
     pub fetch_batch: usize,
+    /// Messages of one partition handed to the handler and not yet done.
+    /// They are handed over one at a time, in stream order; their
+    /// completions overlap. Default 8.
+    pub max_in_flight: usize,
 }
 
 impl ConsumeSettings {
@@ -70,6 +74,7 @@ impl ConsumeSettings {
             max_ack_pending: 64,
             lease_ttl: Duration::from_secs(10),
             fetch_batch: 16,
+            max_in_flight: 8,
         }
     }
 }
@@ -89,10 +94,21 @@ pub struct Delivery {
     pub spilled: bool,
 }
 
-/// What the handler answers: `Ok` once every record of the message is
-/// delivered, dead-lettered or durably handed on; `Err` to have it
-/// redelivered later.
-pub type Handled = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What the handler answers in two steps: the future it returns resolves
+/// once the message is handed over (the next message of the partition is
+/// handed over only then, so that they go on in stream order), to a
+/// [`Completion`]; `Err` to have it redelivered later.
+pub type Handled = Pin<Box<dyn Future<Output = Result<Completion, String>> + Send>>;
+
+/// Resolves `Ok` once every record of the message is delivered,
+/// dead-lettered or durably handed on (the message is then acked); `Err` to
+/// have it redelivered later.
+pub type Completion = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A completion that is done already (a handler with nothing to wait for).
+pub fn completed() -> Completion {
+    Box::pin(std::future::ready(Ok(())))
+}
 
 /// The handler of a node's messages.
 pub type Handler = Arc<dyn Fn(Delivery) -> Handled + Send + Sync>;
@@ -471,9 +487,15 @@ async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
     else {
         return;
     };
+    // Messages handed over and not done yet; dropped (aborted) with the task.
+    let mut flight = Flight {
+        tasks: tokio::task::JoinSet::new(),
+        slots: Arc::new(tokio::sync::Semaphore::new(s.max_in_flight.max(1))),
+    };
     let mut spill = None;
     let mut drained = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        while flight.tasks.try_join_next().is_some() {}
         if drained.elapsed() >= Duration::from_secs(1) && (ctx.handlers.drain)(p) {
             drained = Instant::now();
             if spill.is_none()
@@ -483,7 +505,7 @@ async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
                 spill = durable_consumer(stream, format!("spill-{p}"), subject, s, &stop).await;
             }
             if let Some(c) = &mut spill {
-                drain(&ctx, p, c, &stop).await;
+                drain(&ctx, p, c, &stop, &mut flight).await;
             }
         }
         let Ok(mut batch) = consumer
@@ -497,9 +519,18 @@ async fn consume(ctx: Arc<Ctx>, p: u32, stop: Arc<AtomicBool>) {
             continue;
         };
         while let Some(Ok(m)) = batch.next().await {
-            handle(&ctx, p, m, false, &stop).await;
+            handle(&ctx, p, m, false, &stop, &mut flight).await;
         }
     }
+    // Finish what was handed over.
+    while flight.tasks.join_next().await.is_some() {}
+}
+
+/// A partition's messages in flight: their completion tasks, and the
+/// slots that bound them.
+struct Flight {
+    tasks: tokio::task::JoinSet<()>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The durable pull consumer `name` of `subject` on `stream` (made if
@@ -539,10 +570,11 @@ async fn durable_consumer(
 /// held when the pass began (what the handler puts back goes to the end
 /// and waits for the next pass).
 async fn drain(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     p: u32,
     c: &mut jetstream::consumer::Consumer<pull::Config>,
     stop: &AtomicBool,
+    flight: &mut Flight,
 ) {
     use futures_util::StreamExt;
     let Ok(info) = c.info().await else { return };
@@ -560,7 +592,7 @@ async fn drain(
         let mut got = 0;
         while let Some(Ok(m)) = batch.next().await {
             got += 1;
-            handle(ctx, p, m, true, stop).await;
+            handle(ctx, p, m, true, stop, flight).await;
         }
         if got == 0 {
             return;
@@ -569,10 +601,21 @@ async fn drain(
     }
 }
 
-/// Hands one message to the handler and acks it once handled (naks it on
-/// an error, or unhandled when the partition is being given up).
-async fn handle(ctx: &Ctx, p: u32, m: jetstream::Message, spilled: bool, stop: &AtomicBool) {
+/// Hands one message to the handler (waiting for a slot) and, once handed
+/// over, leaves its completion to a task of `flight` that acks it when done
+/// (naks it on an error). Unhandled when the partition is being given up.
+async fn handle(
+    ctx: &Arc<Ctx>,
+    p: u32,
+    m: jetstream::Message,
+    spilled: bool,
+    stop: &AtomicBool,
+    flight: &mut Flight,
+) {
     let s = &ctx.settings;
+    let Ok(slot) = flight.slots.clone().acquire_owned().await else {
+        return;
+    };
     if stop.load(Ordering::SeqCst) {
         // Not handled: handed back at once for the next holder.
         let _ = m.ack_with(AckKind::Nak(None)).await;
@@ -592,10 +635,26 @@ async fn handle(ctx: &Ctx, p: u32, m: jetstream::Message, spilled: bool, stop: &
         redelivered,
         spilled,
     });
-    match with_progress(&m, handled, s.ack_wait / 3).await {
+    let every = s.ack_wait / 3;
+    match with_progress(&m, handled, every).await {
+        Ok(completion) => {
+            let ctx = ctx.clone();
+            flight.tasks.spawn(async move {
+                let result = with_progress(&m, completion, every).await;
+                finish(&ctx, &m, result).await;
+                drop(slot);
+            });
+        }
+        Err(e) => finish(ctx, &m, Err(e)).await,
+    }
+}
+
+/// Acks a message its handler is done with (double ack, retried: if the
+/// server never confirms, the message is redelivered, a duplicate counted
+/// there), or naks it with a delay.
+async fn finish(ctx: &Ctx, m: &jetstream::Message, result: Result<(), String>) {
+    match result {
         Ok(()) => {
-            // Retry the ack until the server confirms it; if it never
-            // does, the message is redelivered (a duplicate, counted there).
             for _ in 0..3 {
                 if m.double_ack().await.is_ok() {
                     ctx.stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -611,11 +670,11 @@ async fn handle(ctx: &Ctx, p: u32, m: jetstream::Message, spilled: bool, stop: &
 }
 
 /// Awaits `handled`, sending a progress ack every `every` meanwhile.
-async fn with_progress(
+async fn with_progress<T>(
     m: &jetstream::Message,
-    mut handled: Handled,
+    mut handled: Pin<Box<dyn Future<Output = T> + Send>>,
     every: Duration,
-) -> Result<(), String> {
+) -> T {
     let every = every.max(Duration::from_millis(100));
     loop {
         match tokio::time::timeout(every, &mut handled).await {

@@ -34,9 +34,10 @@ pub use async_nats;
 pub use batch::{Message, Split, split};
 pub use bucket::open_bucket;
 pub use consumer::{
-    ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Handlers, Lag, Node, lag,
+    Completion, ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Handlers, Lag, Node,
+    completed, lag,
 };
 pub use partition::partition_of;
-pub use publisher::{Published, Publisher, StreamError, connect};
+pub use publisher::{Published, Publisher, StreamError, connect, default_replicas};
 pub use read::read_subject;
 pub use settings::StreamSettings;

@@ -102,11 +102,9 @@ impl Publisher {
         let max_message_bytes = settings
             .target_message_bytes
             .clamp(1, max_payload - HEADROOM);
-        let known = servers.split(',').filter(|s| !s.trim().is_empty()).count();
-        let gossiped = client.server_info().connect_urls.len();
         let replicas = settings
             .replicas
-            .unwrap_or(if known.max(gossiped) >= 3 { 3 } else { 1 });
+            .unwrap_or_else(|| default_replicas(servers, &client));
         let js = jetstream::new(client.clone());
         let p = Publisher {
             js,
@@ -292,6 +290,14 @@ impl Publisher {
             pending = failed;
         }
     }
+}
+
+/// Copies of the stream and buckets when none are configured: 3 when the
+/// servers named, or those the server gossips, are three or more; else 1.
+pub fn default_replicas(servers: &str, client: &async_nats::Client) -> usize {
+    let known = servers.split(',').filter(|s| !s.trim().is_empty()).count();
+    let gossiped = client.server_info().connect_urls.len();
+    if known.max(gossiped) >= 3 { 3 } else { 1 }
 }
 
 /// Connects to a comma-separated list of `nats://` URLs; an error when

@@ -214,11 +214,14 @@ fn recording_handler(seen: Seen, stuck: bool) -> sluice_stream::Handler {
             }
         }
         Box::pin(async move {
-            if stuck {
-                // Mid-message forever, as a node that hangs and then dies.
-                std::future::pending::<()>().await;
-            }
-            Ok(())
+            let done: sluice_stream::Completion = Box::pin(async move {
+                if stuck {
+                    // Mid-message forever, as a node that hangs and then dies.
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            });
+            Ok(done)
         })
     })
 }

@@ -164,6 +164,11 @@ impl NatsCluster {
         None
     }
 
+    /// The process id of server `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.0.id())
+    }
+
     /// Kills server `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].child = None;

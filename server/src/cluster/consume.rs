@@ -22,9 +22,9 @@
 //! it is still busy. Per-account order holds on this node; a failover can
 //! deliver spilled events after later ones.
 
-use sluice_engine::Engine;
 use sluice_engine::ingest::{lines, prescan_account};
-use sluice_stream::{Delivery, Handlers, Publisher};
+use sluice_engine::{Engine, PendingPublish};
+use sluice_stream::{Completion, Delivery, Handlers, Publisher};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -91,10 +91,7 @@ impl Consumer {
     pub fn handlers(self: &Arc<Self>) -> Handlers {
         let (me, me2) = (self.clone(), self.clone());
         Handlers {
-            message: Arc::new(move |d| {
-                let me = me.clone();
-                Box::pin(async move { me.handle(d).await })
-            }),
+            message: Arc::new(move |d| Box::pin(me.clone().handle(d))),
             drain: Arc::new(move |p| me2.should_drain(p)),
         }
     }
@@ -119,11 +116,13 @@ impl Consumer {
         accounts.keys().any(|a| !busy.contains(a))
     }
 
-    async fn handle(&self, d: Delivery) -> Result<(), String> {
+    /// Hands a message over: the lines of accounts that wait (spilled
+    /// before, or still busy) are set aside, the others go to the engine;
+    /// the completion waits for them (up to `spill_after`), spills what
+    /// waits and what was late, and counts what is ahead on the spill.
+    async fn handle(self: Arc<Self>, d: Delivery) -> Result<Completion, String> {
         let p = d.partition;
         let groups = by_account(&d.payload);
-        // Which accounts wait: on the partition, those with events already
-        // spilled; in the spill, those whose destinations are still busy.
         let wait: Vec<bool> = if d.spilled {
             let busy = self.engine.busy_accounts();
             groups.iter().map(|(a, ..)| busy.contains(a)).collect()
@@ -141,14 +140,38 @@ impl Consumer {
                 body.extend_from_slice(lines);
             }
         }
-        let late = if body.is_empty() {
-            Vec::new()
+        let pending = if body.is_empty() {
+            None
         } else {
-            self.deliver(body).await?
+            Some(
+                self.engine
+                    .publish_ndjson_pending(body.into())
+                    .await
+                    .ok_or("the engine is stopping")?,
+            )
         };
-        // Spill what waits and what was late, one message per account.
+        Ok(Box::pin(async move {
+            let late = match pending {
+                Some(pending) => self.wait(pending).await?,
+                None => Vec::new(),
+            };
+            self.spill(&d, &groups, &wait, &late).await
+        }))
+    }
+
+    /// Puts the lines of accounts that wait, and of those that were late,
+    /// on the spill subject (one message per account), then counts what is
+    /// ahead there.
+    async fn spill(
+        &self,
+        d: &Delivery,
+        groups: &[(Box<str>, Vec<u8>, u64)],
+        wait: &[bool],
+        late: &[Box<str>],
+    ) -> Result<(), String> {
+        let p = d.partition;
         let kind = if d.spilled { 's' } else { 'm' };
-        for ((account, lines, n), w) in groups.iter().zip(&wait) {
+        for ((account, lines, n), w) in groups.iter().zip(wait) {
             let late = late.contains(account);
             if !w && !late {
                 continue;
@@ -163,10 +186,9 @@ impl Consumer {
                 self.stats.after_timeout.fetch_add(*n, Relaxed);
             }
         }
-        // Count what is now ahead on the spill subject.
         let mut ahead = self.ahead();
         let ahead = ahead.entry(p).or_default();
-        for ((account, _, n), w) in groups.iter().zip(&wait) {
+        for ((account, _, n), w) in groups.iter().zip(wait) {
             let spilled_now = *w || late.contains(account);
             if d.spilled {
                 // Taken out of the spill; back in if spilled again.
@@ -187,15 +209,10 @@ impl Consumer {
         Ok(())
     }
 
-    /// Publishes `body` to the engine and waits until its records are safe;
-    /// past `spill_after` (once every event was routed), stops waiting and
-    /// returns the accounts whose records are not safe yet.
-    async fn deliver(&self, body: Vec<u8>) -> Result<Vec<Box<str>>, String> {
-        let mut pending = self
-            .engine
-            .publish_ndjson_pending(body.into())
-            .await
-            .ok_or("the engine is stopping")?;
+    /// Waits until the records of a publish are safe; past `spill_after`
+    /// (once every event was routed), stops waiting and returns the
+    /// accounts whose records are not safe yet.
+    async fn wait(&self, mut pending: PendingPublish) -> Result<Vec<Box<str>>, String> {
         loop {
             match tokio::time::timeout(self.spill_after, pending.report()).await {
                 Ok(Some(r)) if r.dropped > 0 => {

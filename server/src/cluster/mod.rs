@@ -83,6 +83,37 @@ impl Link {
     }
 }
 
+/// The configuration bucket of the cluster at `servers` as a store whose
+/// blocking calls run on `rt` (a multi-threaded runtime), made if missing
+/// when `create` (with 3 copies on three or more servers): for
+/// `sluice keys create --cluster` and for seeding a cluster's
+/// configuration before its nodes start (benchmarks).
+pub fn connect_store(
+    servers: &str,
+    rt: &tokio::runtime::Handle,
+    create: bool,
+) -> Result<KvStore, String> {
+    let kv = rt.block_on(async {
+        let client = sluice_stream::connect(servers)
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = jetstream::new(client.clone());
+        if create {
+            let replicas = sluice_stream::default_replicas(servers, &client);
+            sluice_stream::open_bucket(&js, BUCKET, Duration::ZERO, replicas)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            js.get_key_value(BUCKET).await.map_err(|e| {
+                format!(
+                    "the cluster at {servers} has no configuration bucket {BUCKET} ({e}): start a `sluice serve --cluster` node first"
+                )
+            })
+        }
+    })?;
+    Ok(KvStore::new(kv, rt.clone()))
+}
+
 /// Makes every destination of `spec` keep its records in memory: in a
 /// cluster a disk buffer would leave with a node that never returns, and the
 /// stream keeps what is not delivered yet (a message is acked only once its
