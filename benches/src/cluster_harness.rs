@@ -55,7 +55,14 @@ pub fn run_cluster(
         .filter_map(|i| nats.pid(i).map(|p| (p, "NATS server")))
         .collect();
     let refs: Vec<_> = nodes.iter().collect();
-    let cluster = drive(data, &refs, &nats_pids, &token, s.run.connections)?;
+    let cluster = drive(
+        data,
+        &refs,
+        &nats_pids,
+        &token,
+        s.run.connections,
+        s.run.body_bytes,
+    )?;
     for mut n in nodes {
         n.stop(Duration::from_secs(120))?;
     }

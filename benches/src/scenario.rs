@@ -130,6 +130,9 @@ pub struct RunSpec {
     pub mode: Mode,
     /// Concurrent HTTP connections (HTTP and cluster modes).
     pub connections: usize,
+    /// Bytes of each HTTP ingest body (HTTP and cluster modes), cut at line
+    /// ends. Default 1 MiB.
+    pub body_bytes: usize,
     /// Sluice nodes (cluster mode).
     pub nodes: usize,
     /// NATS servers (cluster mode): 1, or 3 for a replicated cluster.
@@ -146,6 +149,7 @@ impl Default for RunSpec {
             workers: 0,
             mode: Mode::InProcess,
             connections: 4,
+            body_bytes: 1 << 20,
             nodes: 1,
             nats_servers: 1,
             baseline_events: 100_000,

@@ -217,7 +217,8 @@ fn proc_cpu(pid: u32) -> BTreeMap<String, f64> {
 }
 
 /// Runs a scenario against a `sluice serve` child over HTTP ingest, with
-/// `connections` concurrent clients posting 1 MiB chunks of the input.
+/// `connections` concurrent clients posting chunks of the input
+/// (`body_bytes`, 1 MiB by default).
 pub fn run_http(
     s: &Scenario,
     data: &Path,
@@ -232,14 +233,15 @@ pub fn run_http(
     ));
     let token = seed(&dir, s)?;
     let mut server = start_server(sluice, &dir, &o.plugin_dirs)?;
-    let result = drive(data, &[&server], &[], &token, connections)?;
+    let result = drive(data, &[&server], &[], &token, connections, s.run.body_bytes)?;
     server.stop(Duration::from_secs(120))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(result)
 }
 
 /// Posts the input to `servers`' `/ingest` (client `c` to server
-/// `c mod n`) with `connections` concurrent clients, waits until every
+/// `c mod n`) in bodies of about `body_bytes`, with `connections`
+/// concurrent clients, waits until every
 /// record is delivered or dead-lettered (the servers' metrics summed), and
 /// measures. The CPU of `others` (pid, role: the NATS servers) counts too.
 pub fn drive(
@@ -248,6 +250,7 @@ pub fn drive(
     others: &[(u32, &str)],
     token: &str,
     connections: usize,
+    body_bytes: usize,
 ) -> Result<RunResult, String> {
     let metrics_urls: Vec<String> = servers.iter().map(|s| s.metrics_url.clone()).collect();
     let http = reqwest::blocking::Client::builder()
@@ -258,7 +261,7 @@ pub fn drive(
     let bytes_total = std::fs::metadata(data).map_err(|e| e.to_string())?.len();
     let reader = Mutex::new(NdjsonReader::new(
         std::fs::File::open(data).map_err(|e| e.to_string())?,
-        1 << 20,
+        body_bytes.max(1 << 16),
     ));
     let (published, refused) = (AtomicU64::new(0), AtomicU64::new(0));
     let failed = Mutex::new(None::<String>);

@@ -146,6 +146,8 @@ pub struct ConsumeStats {
     pub naked: AtomicU64,
     /// Partitions held now.
     pub partitions: AtomicU64,
+    /// Messages whose payload could not be decoded (ended, not delivered).
+    pub undecodable: AtomicU64,
     /// Which partitions are held now, in order.
     pub held: std::sync::Mutex<Vec<u32>>,
 }
@@ -628,9 +630,24 @@ async fn handle(
     if redelivered {
         ctx.stats.redelivered.fetch_add(1, Ordering::Relaxed);
     }
+    let payload = match crate::encoding::decode(m.headers.as_ref(), &m.payload) {
+        Ok(p) => p,
+        Err(e) => {
+            // Never readable, so never delivered: end it instead of having
+            // it come back forever, and say so.
+            ctx.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                partition = p,
+                sequence = seq,
+                "a stream message cannot be read ({e}); it is dropped"
+            );
+            let _ = m.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
     let handled = (ctx.handlers.message)(Delivery {
         partition: p,
-        payload: m.payload.clone(),
+        payload,
         stream_sequence: seq,
         redelivered,
         spilled,

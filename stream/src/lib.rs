@@ -25,6 +25,7 @@
 pub mod batch;
 pub mod bucket;
 pub mod consumer;
+pub mod encoding;
 pub mod partition;
 pub mod publisher;
 pub mod read;

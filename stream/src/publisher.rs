@@ -237,18 +237,33 @@ impl Publisher {
     ) -> Result<Published, StreamError> {
         let deadline = Instant::now() + self.settings.publish_timeout;
         let mut out = Published::default();
-        let mut pending: Vec<&Message> = messages.iter().collect();
+        // Encoded once, sent as often as it takes.
+        let encoded: Vec<Bytes> = messages
+            .iter()
+            .map(|m| {
+                if self.settings.compress {
+                    crate::encoding::compress(&m.payload)
+                } else {
+                    m.payload.clone()
+                }
+            })
+            .collect();
+        let mut pending: Vec<usize> = (0..messages.len()).collect();
         let mut backoff = Duration::from_millis(50);
         let mut last = String::new();
         loop {
             let mut acks = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
-            for m in pending {
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(m.payload.clone())
+            for i in pending {
+                let m = &messages[i];
+                let mut publish = jetstream::message::PublishMessage::build()
+                    .payload(encoded[i].clone())
                     .message_id(format!("{batch_id}.{}.{}", m.partition, m.chunk));
+                if self.settings.compress {
+                    publish = publish.header(crate::encoding::HEADER, "lz4");
+                }
                 match self.js.send_publish(subject(m.partition), publish).await {
-                    Ok(ack) => acks.push((m, ack)),
+                    Ok(ack) => acks.push((i, ack)),
                     Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                         return Err(StreamError::PayloadTooSmall {
                             max_payload: self.client.server_info().max_payload,
@@ -256,11 +271,11 @@ impl Publisher {
                     }
                     Err(e) => {
                         last = e.to_string();
-                        failed.push(m);
+                        failed.push(i);
                     }
                 }
             }
-            for (m, ack) in acks {
+            for (i, ack) in acks {
                 match ack.await {
                     Ok(a) => {
                         out.messages += 1;
@@ -268,7 +283,7 @@ impl Publisher {
                     }
                     Err(e) => {
                         last = e.to_string();
-                        failed.push(m);
+                        failed.push(i);
                     }
                 }
             }
@@ -286,7 +301,7 @@ impl Publisher {
             out.retries += failed.len();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            failed.sort_by_key(|m| (m.partition, m.chunk));
+            failed.sort_unstable();
             pending = failed;
         }
     }

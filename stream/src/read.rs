@@ -46,7 +46,7 @@ pub async fn read_subject(
             .map_err(|e| err(e.to_string()))?;
         let before = out.len();
         while let Some(Ok(m)) = batch.next().await {
-            out.push(m.payload.clone());
+            out.push(crate::encoding::decode(m.headers.as_ref(), &m.payload).map_err(err)?);
         }
         if out.len() == before {
             break;

@@ -47,6 +47,10 @@ pub struct StreamSettings {
     pub spill_stream: String,
     /// Its subjects' prefix (`sluice.spill`).
     pub spill_prefix: String,
+    /// Compress message payloads with LZ4 (`Sluice-Encoding: lz4`). Default
+    /// true: JetStream stores, replicates and delivers a fraction of the
+    /// bytes. Consumers read either.
+    pub compress: bool,
     /// The stream of dead letters (`SLUICE_DEAD_LETTERS`), one subject per
     /// destination, kept `max_age` as the events are.
     pub dead_letter_stream: String,
@@ -68,6 +72,7 @@ impl Default for StreamSettings {
             publish_timeout: Duration::from_secs(30),
             spill_stream: "SLUICE_SPILL".into(),
             spill_prefix: "sluice.spill".into(),
+            compress: true,
             dead_letter_stream: "SLUICE_DEAD_LETTERS".into(),
             dead_letter_prefix: "sluice.dlq".into(),
         }

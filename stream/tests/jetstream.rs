@@ -58,7 +58,15 @@ async fn read_all(client: &async_nats::Client, settings: &StreamSettings) -> Vec
             .unwrap_or_else(|_| panic!("no message for 10 s after {} of {total}", out.len()))
             .expect("a message")
             .expect("no error");
-        out.push((m.subject.to_string(), m.payload.clone()));
+        // Compressed on the wire (the publisher's default), decoded here.
+        assert!(
+            m.headers
+                .as_ref()
+                .is_some_and(|h| h.get(sluice_stream::encoding::HEADER).is_some())
+        );
+        let payload =
+            sluice_stream::encoding::decode(m.headers.as_ref(), &m.payload).expect("decodes");
+        out.push((m.subject.to_string(), payload));
     }
     out
 }

@@ -122,6 +122,25 @@ impl Consumer {
     /// waits and what was late, and counts what is ahead on the spill.
     async fn handle(self: Arc<Self>, d: Delivery) -> Result<Completion, String> {
         let p = d.partition;
+        let nothing_ahead = !d.spilled && self.ahead().get(&p).is_none_or(HashMap::is_empty);
+        if nothing_ahead {
+            // The usual case: the whole message goes to the engine as it is;
+            // lines are grouped by account only if some turn out late.
+            let pending = self
+                .engine
+                .publish_ndjson_pending(d.payload.clone())
+                .await
+                .ok_or("the engine is stopping")?;
+            return Ok(Box::pin(async move {
+                let late = self.wait(pending).await?;
+                if late.is_empty() {
+                    return Ok(());
+                }
+                let groups = by_account(&d.payload);
+                let wait = vec![false; groups.len()];
+                self.spill(&d, &groups, &wait, &late).await
+            }));
+        }
         let groups = by_account(&d.payload);
         let wait: Vec<bool> = if d.spilled {
             let busy = self.engine.busy_accounts();
