@@ -49,6 +49,7 @@ pub fn run_cluster(
             &dir.join(format!("node{i}")),
             &o.plugin_dirs,
             &["--cluster", &urls],
+            &format!("[cluster]\npartitions = {}\n", s.run.partitions.max(1)),
         )?);
     }
     let nats_pids: Vec<(u32, &str)> = (0..nats.nodes.len())

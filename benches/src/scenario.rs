@@ -137,6 +137,8 @@ pub struct RunSpec {
     pub nodes: usize,
     /// NATS servers (cluster mode): 1, or 3 for a replicated cluster.
     pub nats_servers: usize,
+    /// Partitions of the stream (cluster mode). Default 16.
+    pub partitions: u32,
     /// Events the naive baseline runs on (it is slow; its rate is per event).
     pub baseline_events: u64,
 }
@@ -152,6 +154,7 @@ impl Default for RunSpec {
             body_bytes: 1 << 20,
             nodes: 1,
             nats_servers: 1,
+            partitions: 16,
             baseline_events: 100_000,
         }
     }

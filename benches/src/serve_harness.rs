@@ -41,22 +41,25 @@ pub fn start_server(
     data_dir: &Path,
     plugin_dirs: &[PathBuf],
 ) -> Result<ServeProcess, String> {
-    start_server_with(sluice, data_dir, plugin_dirs, &[])
+    start_server_with(sluice, data_dir, plugin_dirs, &[], "")
 }
 
-/// [`start_server`] with more arguments (`--cluster URLS`).
+/// [`start_server`] with more arguments (`--cluster URLS`) and more of the
+/// serve configuration (a `[cluster]` table).
 pub fn start_server_with(
     sluice: &Path,
     data_dir: &Path,
     plugin_dirs: &[PathBuf],
     extra: &[&str],
+    extra_config: &str,
 ) -> Result<ServeProcess, String> {
     // The benchmark is the operator: its tenants reach the local sink
     // stand-ins, use the test plugins, and hold as many subscriptions as a
     // scenario needs.
     let config = data_dir.join("bench-serve.toml");
     std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
-    std::fs::write(&config, BENCH_OPERATOR).map_err(|e| e.to_string())?;
+    std::fs::write(&config, format!("{BENCH_OPERATOR}{extra_config}"))
+        .map_err(|e| e.to_string())?;
     let mut cmd = Command::new(sluice);
     cmd.arg("serve")
         .arg("--config")
