@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod metrics_http;
 mod run;
+mod tap;
 
 use clap::{Parser, Subcommand};
 
@@ -68,6 +69,8 @@ Events a filter said no to are in none of these. See docs/delivery.md."#
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print the records a subscription of a running `sluice serve` makes, live.
+    Tap(tap::TapArgs),
     /// Dead letters of a cluster (`sluice serve --cluster`).
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -617,6 +620,7 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check { path, config }) => Ok(plugin_check(&path, &config)),
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve(a),
+        Command::Tap(a) => tap::tap(a),
         Command::Dlq(DlqCommand::List {
             cluster,
             destination,

@@ -236,6 +236,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     rejects: Option<Sender<RejectLine>>,
     stage_sampling: bool,
+    taps: Arc<crate::tap::Taps>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -363,6 +364,7 @@ impl Engine {
             metrics,
             rejects,
             stage_sampling: cfg.stage_sampling,
+            taps: Arc::default(),
         });
         let mut shards = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
@@ -789,6 +791,14 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Opens a live tap on `subscription`: samples of the records it makes,
+    /// as encoded, at most `per_second` a second with `buffer` waiting for
+    /// the reader. It never slows the pipeline: what finds no room is
+    /// skipped and counted ([`Tap::skipped`]). Closed when dropped.
+    pub fn tap(&self, subscription: &str, per_second: u32, buffer: usize) -> crate::tap::Tap {
+        self.shared.taps.open(subscription, per_second, buffer)
     }
 
     /// The accounts that have a destination with records not yet delivered
@@ -1396,6 +1406,9 @@ fn process(
     for sub in std::mem::take(&mut local.staged_touched) {
         let records = std::mem::take(&mut local.staged[sub as usize]);
         let rt = &snap.subscriptions[sub as usize];
+        if shared.taps.active() {
+            shared.taps.offer(&rt.id, &records);
+        }
         let n = rt.destinations.len();
         if n == 0 {
             continue;

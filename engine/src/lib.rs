@@ -83,6 +83,7 @@ mod disk_buffer;
 mod encode;
 mod engine;
 mod route;
+mod tap;
 
 pub use config::{
     ConfigError, ConfigErrors, DeliveryConfig, DestinationSpec, PipelineSpec, SourceSpec,
@@ -93,6 +94,7 @@ pub use engine::{
     Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PendingPublish, PublishReport,
     Publisher, RejectedLine, Summary,
 };
+pub use tap::Tap;
 
 /// Engine internals that Sluice's own benchmarks, tests and fuzz targets
 /// reach into (the router, the encoder, delivery, the disk buffer, the

@@ -256,6 +256,18 @@ impl Server {
         (status, r.json().unwrap_or(serde_json::Value::Null))
     }
 
+    /// `POST /ingest` of `body` with the ingest token: (status, report).
+    pub fn ingest(&self, body: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/ingest", self.url))
+            .header("authorization", format!("Bearer {}", self.ingest_token))
+            .body(body.to_string())
+            .send()
+            .expect("ingest answers");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
     /// Starts a server on `data_dir` (created empty if missing).
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
         Server::start_with_env(data_dir, extra_args, &[])

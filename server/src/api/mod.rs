@@ -11,6 +11,7 @@ mod operator;
 mod paging;
 mod sources;
 mod subscriptions;
+mod tap;
 
 use auth::*;
 use destinations::*;
@@ -18,6 +19,7 @@ use ingest::*;
 use paging::*;
 use sources::*;
 use subscriptions::*;
+use tap::*;
 
 pub use ingest::INGEST_MAX_BYTES;
 pub use operator::operator_router;
@@ -85,6 +87,10 @@ pub struct App {
     pub cors_origins: Vec<String>,
     /// The node's cluster, in cluster mode.
     pub cluster: Option<Arc<crate::cluster::Link>>,
+    /// Open live taps per account.
+    pub taps_open: Mutex<std::collections::HashMap<String, usize>>,
+    /// Set when the server stops: streamed responses (taps) end.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -118,6 +124,8 @@ impl App {
             ingest_pressure_limit: 0.75,
             cors_origins: opts.cors_origins.clone(),
             cluster,
+            taps_open: Mutex::default(),
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -316,6 +324,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .patch(update_subscription)
                 .delete(delete_subscription),
         )
+        .route("/event_subscriptions/{id}/tap", get(tap_subscription))
         .route(
             "/event_subscriptions/{id}/sources",
             post(create_source).get(list_sources),
