@@ -332,6 +332,62 @@ fn configuration_written_through_one_node_is_live_on_the_others_within_a_second(
         assert!(!file.exists(), "node {n} kept a dead-letter file");
     }
 
+    // A tap on any node shows the subscription's records, whichever node's
+    // engine makes them (the others pass theirs on through NATS).
+    let taps: Vec<std::sync::mpsc::Receiver<Value>> = (0..3)
+        .map(|n| {
+            let r = reqwest::blocking::Client::builder()
+                .timeout(None)
+                .build()
+                .unwrap()
+                .get(format!(
+                    "{}/event_subscriptions/{sid2}/tap?rate=1000",
+                    c.nodes[n].url
+                ))
+                .header("authorization", format!("Bearer {}", c.key))
+                .header("ngrok-version", "2")
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "tap on node {n}");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    if tx.send(serde_json::from_str::<Value>(&l).unwrap()).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let body: Vec<String> = (0..20)
+        .map(|i| {
+            event(
+                &format!("ev_tapped_{i}"),
+                &c.account,
+                "http_request_complete.v0",
+                "{}",
+            )
+        })
+        .collect();
+    assert_eq!(c.ingest(1, &body.join("\n")).unwrap().0, 200);
+    for (n, rx) in taps.iter().enumerate() {
+        let mut seen = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.len() < 20 && Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(100))
+                && let Some(id) = v["record"]["event_id"].as_str()
+                && id.starts_with("ev_tapped_")
+            {
+                seen.insert(id.to_string());
+            }
+        }
+        assert_eq!(seen.len(), 20, "the tap on node {n} shows every record");
+    }
+    drop(taps);
+
     // A node whose operator policy differs refuses to join, naming it.
     let out = run(
         dir.path(),

@@ -295,6 +295,10 @@ pub fn run(
         None => None,
         Some((link, watch)) => {
             rt.spawn(cluster::follow(app.clone(), link.store.clone(), watch));
+            rt.spawn(cluster::tap::serve_remote_taps(
+                link.clone(),
+                engine.clone(),
+            ));
             let c = opts.cluster.as_ref().expect("joined a cluster");
             let node = rt.block_on(cluster::consume(&link, c, engine.clone()));
             Some(node)

@@ -6,8 +6,9 @@
 //! engine's `Engine::tap`). The account's own subscriptions only; a few
 //! taps per account at once; every tap ends when the server stops.
 //!
-//! On a cluster node the tap shows the records this node's engine makes
-//! (the partitions it holds).
+//! On a cluster node the tap also shows what the other nodes' engines make
+//! for the subscription, passed on through NATS (`cluster/tap.rs`; at most
+//! 200 records a second per node).
 
 use super::*;
 use std::time::Duration;
@@ -77,23 +78,45 @@ pub(super) async fn tap_subscription(
         }
     };
     let tap = app.engine.tap(&s.id, rate, BUFFER);
+    // In a cluster, the other nodes pass on what their engines make.
+    let remote = match &app.cluster {
+        Some(link) => Some(
+            crate::cluster::tap::announce(link, &s.id)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        Code::Unavailable,
+                        format!("The tap cannot reach the other nodes: {e}."),
+                    )
+                })?,
+        ),
+        None => None,
+    };
     let closing = app.closing.subscribe();
     let tick = tokio::time::interval(Duration::from_secs(1));
+    let record_line = |r: &[u8]| {
+        let mut line = Vec::with_capacity(r.len() + 12);
+        line.extend_from_slice(b"{\"record\":");
+        line.extend_from_slice(r);
+        line.extend_from_slice(b"}\n");
+        line
+    };
     let stream = futures_util::stream::unfold(
-        (tap, closing, tick, open),
-        |(mut tap, mut closing, mut tick, open)| async move {
+        (tap, remote, closing, tick, open),
+        move |(mut tap, mut remote, mut closing, mut tick, open)| async move {
+            use futures_util::StreamExt;
             if *closing.borrow() {
                 return None;
             }
-            let line = tokio::select! {
-                r = tap.next() => {
-                    let r = r?;
-                    let mut line = Vec::with_capacity(r.len() + 12);
-                    line.extend_from_slice(b"{\"record\":");
-                    line.extend_from_slice(&r);
-                    line.extend_from_slice(b"}\n");
-                    line
+            let from_others = async {
+                match remote.as_mut() {
+                    Some(r) => r.records.next().await,
+                    None => std::future::pending().await,
                 }
+            };
+            let line = tokio::select! {
+                r = tap.next() => record_line(&r?),
+                m = from_others => record_line(&m?.payload),
                 _ = tick.tick() => format!(
                     "{{\"tap\":{{\"sent\":{},\"skipped\":{}}}}}\n",
                     tap.sent(),
@@ -104,7 +127,7 @@ pub(super) async fn tap_subscription(
             };
             Some((
                 Ok::<_, std::convert::Infallible>(Bytes::from(line)),
-                (tap, closing, tick, open),
+                (tap, remote, closing, tick, open),
             ))
         },
     );

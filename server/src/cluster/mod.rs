@@ -19,6 +19,7 @@ mod consume;
 pub mod dead_letters;
 mod follow;
 mod kv_store;
+pub mod tap;
 
 pub use consume::{Consumer, SpillStats};
 pub use follow::follow;
