@@ -83,6 +83,37 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
     let engine = Engine::start(cfg, plugins, &spec).map_err(|e| e.to_string())?;
     let metrics = engine.metrics().clone();
     let rate = o.rate.unwrap_or(s.run.rate);
+    // A live tap on the first subscription, read by a thread of its own, as
+    // a person watching would (`[run] tap = true`).
+    let tap_stop = Arc::new(AtomicBool::new(false));
+    let tap_reader = match (s.run.tap, spec.subscriptions.first()) {
+        (true, Some(sub)) => {
+            let mut tap = engine.tap(&sub.id, 1000, 256);
+            let stop = tap_stop.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("sluice-bench-tap".into())
+                    .spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_time()
+                            .build()
+                            .expect("a runtime for the tap reader");
+                        let mut read = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let next = rt.block_on(async {
+                                tokio::time::timeout(Duration::from_millis(100), tap.next()).await
+                            });
+                            if let Ok(Some(_)) = next {
+                                read += 1;
+                            }
+                        }
+                        (read, tap.skipped())
+                    })
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        _ => None,
+    };
 
     let bar = if o.progress {
         ProgressBar::new(s.generator.events)
@@ -167,6 +198,10 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     bar.finish_and_clear();
+    tap_stop.store(true, Ordering::Relaxed);
+    if let Some(Ok((read, skipped))) = tap_reader.map(|t| t.join()) {
+        println!("  the tap passed on {read} records and skipped {skipped}");
+    }
 
     let mut cpu_s: BTreeMap<String, f64> = BTreeMap::new();
     for (tid, (name, secs)) in &cpu1 {

@@ -139,6 +139,9 @@ pub struct RunSpec {
     pub nats_servers: usize,
     /// Partitions of the stream (cluster mode). Default 16.
     pub partitions: u32,
+    /// Keep a live tap open on the first subscription, read by a thread of
+    /// its own (in-process mode), to measure what a tap costs.
+    pub tap: bool,
     /// Events the naive baseline runs on (it is slow; its rate is per event).
     pub baseline_events: u64,
 }
@@ -155,6 +158,7 @@ impl Default for RunSpec {
             nodes: 1,
             nats_servers: 1,
             partitions: 16,
+            tap: false,
             baseline_events: 100_000,
         }
     }
