@@ -132,11 +132,19 @@ fn ack_file_offsets_cover_the_whole_input() {
     );
 }
 
-#[test]
-fn run_reads_stdin_and_serves_metrics_while_running() {
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), CONFIG);
-    let child = cmd(dir.path())
+/// `sluice run` of [`CONFIG`] in `dir`, reading stdin, with a metrics
+/// listener: the process, its stdin, the rest of its stderr, and the
+/// listener's address (named on its first stderr line).
+fn run_on_stdin(
+    dir: &std::path::Path,
+) -> (
+    KillOnDrop,
+    std::process::ChildStdin,
+    std::process::ChildStderr,
+    String,
+) {
+    write_config(dir, CONFIG);
+    let child = cmd(dir)
         .args([
             "run",
             "--config",
@@ -151,9 +159,8 @@ fn run_reads_stdin_and_serves_metrics_while_running() {
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
-    let mut stdin = child.0.stdin.take().unwrap();
+    let stdin = child.0.stdin.take().unwrap();
     let mut stderr = child.0.stderr.take().unwrap();
-    // The first stderr line names the metrics address.
     let mut first = Vec::new();
     let mut b = [0u8; 1];
     while stderr.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
@@ -166,6 +173,13 @@ fn run_reads_stdin_and_serves_metrics_while_running() {
         .and_then(|s| s.strip_suffix("/metrics"))
         .unwrap_or_else(|| panic!("{first}"))
         .to_string();
+    (child, stdin, stderr, addr)
+}
+
+#[test]
+fn run_reads_stdin_and_serves_metrics_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut stdin, mut stderr, addr) = run_on_stdin(dir.path());
     for i in 0..10 {
         writeln!(
             stdin,
@@ -719,4 +733,66 @@ fn logs_are_plain_or_json_and_follow_rust_log() {
         .unwrap();
     let (_, err) = text(&out);
     assert!(!err.contains("conn.tunnel_session"), "{err}");
+}
+
+#[test]
+fn sluice_tap_follows_a_running_sluice_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, mut stdin, _stderr, addr) = run_on_stdin(dir.path());
+    let mut tap = cmd(dir.path())
+        .args([
+            "tap",
+            "--server",
+            &format!("http://{addr}"),
+            "--subscription",
+            "esb_web5xx",
+            "--limit",
+            "3",
+        ])
+        .env_remove("SLUICE_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Events until the tap has printed three records (5xx: the filter
+    // keeps them; 200: it does not).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    while tap.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "sluice tap printed no 3 records");
+        for (n, status) in [(0, 200), (1, 503)] {
+            writeln!(
+                stdin,
+                "{}",
+                event(
+                    &format!("ev_{i}_{n}"),
+                    "ac_123",
+                    HTTP,
+                    &format!(r#"{{"http":{{"response":{{"status_code":{status}}}}}}}"#)
+                )
+            )
+            .unwrap();
+        }
+        stdin.flush().unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = tap.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        // The subscription's projection, and only what its filter keeps.
+        assert_eq!(r["object"]["http"]["response"]["status_code"], 503, "{r}");
+        assert!(r["event_id"].as_str().unwrap().ends_with("_1"), "{r}");
+    }
+    drop(stdin);
 }

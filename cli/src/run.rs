@@ -112,7 +112,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
         other => other.to_string(),
     })?;
     if let Some(addr) = &a.metrics_addr {
-        let bound = crate::metrics_http::serve(addr, engine.metrics().clone())?;
+        let bound =
+            crate::metrics_http::serve(addr, engine.metrics().clone(), engine.tap_opener())?;
         eprintln!("sluice: metrics on http://{bound}/metrics");
     }
     let input: Box<dyn std::io::Read> = if a.input == "-" {

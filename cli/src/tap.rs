@@ -1,6 +1,7 @@
-//! `sluice tap`: a live tail of the records a subscription of a running
-//! `sluice serve` makes, printed as they come (one JSON record per line on
-//! stdout; how many were skipped, on stderr).
+//! `sluice tap`: a live tail of the records a subscription makes, printed
+//! as they come (one JSON record per line on stdout; how many were skipped,
+//! on stderr), from a running `sluice serve` (its API, with a key) or a
+//! running `sluice run` (its `--metrics-addr`, no key).
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -11,12 +12,13 @@ pub struct TapArgs {
     /// The subscription (esb_...).
     #[arg(long)]
     subscription: String,
-    /// The server's API.
+    /// `sluice serve`'s API, or the `--metrics-addr` of `sluice run`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// An API key of the subscription's account (else $SLUICE_API_KEY).
+    /// For `sluice serve`: an API key of the subscription's account (else
+    /// $SLUICE_API_KEY).
     #[arg(long, env = "SLUICE_API_KEY", hide_env_values = true)]
-    api_key: String,
+    api_key: Option<String>,
     /// Records a second at most (1 to 1000); the rest are skipped and counted.
     #[arg(long, default_value_t = 100)]
     rate: u32,
@@ -32,15 +34,16 @@ pub fn tap(a: TapArgs) -> Result<ExitCode, String> {
         a.subscription,
         a.rate
     );
-    let resp = reqwest::blocking::Client::builder()
+    let mut req = reqwest::blocking::Client::builder()
         .timeout(None)
         .build()
         .map_err(|e| e.to_string())?
         .get(&url)
-        .header("authorization", format!("Bearer {}", a.api_key))
-        .header("ngrok-version", "2")
-        .send()
-        .map_err(|e| format!("{}: {e}", a.server))?;
+        .header("ngrok-version", "2");
+    if let Some(key) = &a.api_key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let resp = req.send().map_err(|e| format!("{}: {e}", a.server))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body: serde_json::Value = resp.json().unwrap_or_default();

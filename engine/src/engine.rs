@@ -801,6 +801,12 @@ impl Engine {
         self.shared.taps.open(subscription, per_second, buffer)
     }
 
+    /// What opens taps on this engine from another thread
+    /// ([`Engine::tap`] without a reference to the engine).
+    pub fn tap_opener(&self) -> crate::tap::TapOpener {
+        crate::tap::TapOpener(self.shared.taps.clone())
+    }
+
     /// The accounts that have a destination with records not yet delivered
     /// or dead-lettered, or whose last call failed as a whole. A cluster
     /// node hands the events it put aside for an account back to the engine

@@ -94,7 +94,7 @@ pub use engine::{
     Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PendingPublish, PublishReport,
     Publisher, RejectedLine, Summary,
 };
-pub use tap::Tap;
+pub use tap::{Tap, TapOpener};
 
 /// Engine internals that Sluice's own benchmarks, tests and fuzz targets
 /// reach into (the router, the encoder, delivery, the disk buffer, the

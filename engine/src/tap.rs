@@ -74,6 +74,18 @@ impl Drop for Tap {
     }
 }
 
+/// Opens taps on an engine without holding it (for a listener thread of
+/// its own); cheap to clone.
+#[derive(Clone)]
+pub struct TapOpener(pub(crate) Arc<Taps>);
+
+impl TapOpener {
+    /// As [`crate::Engine::tap`].
+    pub fn open(&self, subscription: &str, per_second: u32, buffer: usize) -> Tap {
+        self.0.open(subscription, per_second, buffer)
+    }
+}
+
 impl Taps {
     /// Opens a tap on `subscription`: at most `per_second` records a second
     /// (a burst of as many), `buffer` of them waiting for the reader.
