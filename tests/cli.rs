@@ -440,7 +440,7 @@ fn check_config_and_list_types() {
     assert!(o.contains("ok: 1 destinations, 1 subscriptions, 1 sources, 1 filters (1 on the fast path, 0 in the interpreter)"), "{o}");
     let out = run(dir.path(), &["check", "--list-types"]);
     let (o, _) = text(&out);
-    assert_eq!(o.lines().filter(|l| !l.starts_with(' ')).count(), 55);
+    assert_eq!(o.lines().filter(|l| !l.starts_with(' ')).count(), 56);
     assert!(o.contains("conn.server_port") && o.contains("[ngrok filterable]"));
 }
 

@@ -88,6 +88,11 @@ pub struct DeliveryConfig {
     /// Where dead-lettered records go: `<dir>/<destination id>.ndjson`
     /// (default: the engine's dead-letter directory).
     pub dead_letter_dir: Option<PathBuf>,
+    /// Most bytes of the destination's dead-letter queue (0 = no bound).
+    /// When a record would not fit, the destination pauses: it sends
+    /// nothing, its records wait in its buffer, and it says why, until a
+    /// replay or a delete makes room. Default 256 MiB.
+    pub dead_letter_max_bytes: u64,
     /// The group whose destinations share one quota of concurrent plugin
     /// calls on an engine of many tenants (`EngineConfig::shared`):
     /// `sluice serve` sets the owning account. Never read from a file or the
@@ -116,6 +121,7 @@ impl Default for DeliveryConfig {
             disk_max_bytes: 1 << 30,
             buffer_dir: None,
             dead_letter_dir: None,
+            dead_letter_max_bytes: 256 << 20,
             call_group: None,
         }
     }

@@ -801,6 +801,19 @@ impl Engine {
         self.shared.taps.open(subscription, per_second, buffer)
     }
 
+    /// The running handle of destination `id`.
+    pub(crate) fn destination_handle(
+        &self,
+        id: &str,
+    ) -> Option<Arc<crate::delivery::DestinationHandle>> {
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .destinations
+            .get(id)
+            .cloned()
+    }
+
     /// What opens taps on this engine from another thread
     /// ([`Engine::tap`] without a reference to the engine).
     pub fn tap_opener(&self) -> crate::tap::TapOpener {

@@ -71,6 +71,7 @@
 pub mod cel;
 pub mod config;
 pub mod conformance;
+pub mod dead_letter_file;
 pub mod events;
 pub mod ingest;
 pub mod json;
@@ -82,6 +83,7 @@ mod delivery;
 mod disk_buffer;
 mod encode;
 mod engine;
+mod replay;
 mod route;
 mod tap;
 
@@ -94,6 +96,7 @@ pub use engine::{
     Engine, EngineConfig, EngineError, FailedStart, MissingPlugin, PendingPublish, PublishReport,
     Publisher, RejectedLine, Summary,
 };
+pub use replay::ReplayError;
 pub use tap::{Tap, TapOpener};
 
 /// Engine internals that Sluice's own benchmarks, tests and fuzz targets

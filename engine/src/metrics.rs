@@ -74,6 +74,11 @@ pub struct DestinationStats {
     pub(crate) disk_errors: AtomicU64,
     /// Dead-lettered records by reason.
     pub(crate) dead_lettered: Mutex<BTreeMap<String, u64>>,
+    /// Records waiting because the dead-letter queue is full (the
+    /// destination is paused while this is over 0).
+    pub(crate) paused: AtomicU64,
+    /// Dead-lettered records sent again by replays.
+    pub(crate) replayed: AtomicU64,
     /// While its plugin instance could not be created: why, and since when
     /// (it is tried again with backoff; the destination is unhealthy).
     pub(crate) start_error: Mutex<Option<(String, std::time::Instant)>>,
@@ -109,6 +114,8 @@ impl Default for DestinationStats {
             disk_lost_records: AtomicU64::new(0),
             disk_errors: AtomicU64::new(0),
             dead_lettered: Mutex::new(BTreeMap::new()),
+            paused: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             start_error: Mutex::new(None),
             start_failed: AtomicU64::new(0),
             plugin: Mutex::new(BTreeMap::new()),
@@ -140,6 +147,11 @@ impl DestinationStats {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .sum()
+    }
+
+    /// Counts records sent again by a replay.
+    pub(crate) fn count_replayed(&self, n: u64) {
+        self.replayed.fetch_add(n, Relaxed);
     }
 
     /// Records the sink reported delivered so far.
@@ -174,6 +186,8 @@ impl DestinationStats {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            paused: self.paused.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
             start_error: self
                 .start_error
                 .lock()
@@ -235,6 +249,11 @@ pub struct DestinationCounts {
     pub disk_errors: u64,
     /// Dead-lettered records by reason.
     pub dead_lettered: BTreeMap<String, u64>,
+    /// Records waiting because the dead-letter queue is full: while over 0
+    /// the destination is paused.
+    pub paused: u64,
+    /// Dead-lettered records sent again by replays.
+    pub replayed: u64,
     /// While its plugin instance cannot be created: why, and for how long.
     pub start_error: Option<(String, std::time::Duration)>,
     /// Whether the engine gave up creating it (its records are dead-lettered).
@@ -545,7 +564,7 @@ impl Metrics {
             &'static str,
             fn(&DestinationStats) -> u64,
         );
-        let per_dest: [Row; 18] = [
+        let per_dest: [Row; 20] = [
             (
                 "sluice_destination_delivered_total",
                 "counter",
@@ -653,6 +672,18 @@ impl Metrics {
                 "counter",
                 "Disk-buffer writes or fsyncs that failed.",
                 |d| d.disk_errors.load(Relaxed),
+            ),
+            (
+                "sluice_destination_paused_records",
+                "gauge",
+                "Records waiting because the dead-letter queue is full (the destination is paused while over 0).",
+                |d| d.paused.load(Relaxed),
+            ),
+            (
+                "sluice_destination_replayed_total",
+                "counter",
+                "Dead-lettered records sent again by replays.",
+                |d| d.replayed.load(Relaxed),
             ),
         ];
         for (name, kind, help, get) in per_dest {

@@ -1399,3 +1399,113 @@ fn dead_letters_go_to_the_sink_and_hold_the_durable_publish_until_it_lets_go() {
     assert_eq!((report.accepted, report.dropped), (3, 0));
     engine.shutdown();
 }
+
+/// Polls `f` every 20 ms for up to 20 s.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_full_dead_letter_queue_pauses_its_destination_and_replays_deliver_every_record() {
+    use sluice_engine::dead_letter_file::{Selection, Taken};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fixed.ndjson");
+    let mut broken = faulty("ed_x", "reject", 1, &dir.path().join("unused"), 1);
+    broken.delivery.dead_letter_max_bytes = 20_000;
+    let subs = vec![sub(
+        "esb_1",
+        "ac_1",
+        &["ed_x"],
+        vec![source(HTTP, None, None)],
+    )];
+    let spec = PipelineSpec {
+        destinations: vec![broken],
+        subscriptions: subs.clone(),
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    publish_n(&engine, "ac_1", 200);
+    engine.barrier();
+    let m = engine.metrics().clone();
+    wait_until("the destination pauses", || counts(&m, "ed_x").paused > 0);
+    let queue = engine.dead_letter_queue("ed_x").expect("a file queue");
+    std::thread::sleep(Duration::from_millis(300));
+    let c = counts(&m, "ed_x");
+    assert!(
+        queue.bytes() <= 20_000,
+        "the bound holds: {}",
+        queue.bytes()
+    );
+    assert_eq!(
+        c.dead_lettered_total() + c.queued,
+        200,
+        "every record is dead-lettered or waits: {c:?}"
+    );
+    assert!(c.paused > 0 && c.dead_lettered_total() > 0 && c.delivered == 0);
+
+    // The user fixes the destination, then replays until nothing is left.
+    let mut fixed = file_dest("ed_x", &out);
+    fixed.delivery.dead_letter_max_bytes = 20_000;
+    engine
+        .reconfigure(&PipelineSpec {
+            destinations: vec![fixed],
+            subscriptions: subs,
+            ..Default::default()
+        })
+        .unwrap();
+    let queue = engine.dead_letter_queue("ed_x").expect("a file queue");
+    let mut replays = 0;
+    loop {
+        let id = format!("r{replays}");
+        let Taken::New(record, letters) =
+            queue.take_for_replay(&id, &Selection::default()).unwrap()
+        else {
+            panic!("a new replay id was found done")
+        };
+        assert_eq!(record.records as usize, letters.len());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = engine
+            .redeliver("ed_x", &letters, move |r| tx.send(r).unwrap())
+            .unwrap();
+        let report = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("replay done");
+        assert_eq!(report.accepted, sent);
+        queue.finish_replay(&id).unwrap();
+        // Repeating a replay id sends nothing.
+        assert!(matches!(
+            queue.take_for_replay(&id, &Selection::default()).unwrap(),
+            Taken::Existing(_)
+        ));
+        replays += 1;
+        let c = counts(&m, "ed_x");
+        if c.paused == 0
+            && queue
+                .list(&Selection::default(), None, 1)
+                .unwrap()
+                .dead_letters
+                .is_empty()
+        {
+            let (_, unique) = unique_ids(&out);
+            if unique == 200 {
+                break;
+            }
+        }
+        assert!(replays < 50, "replays do not converge: {c:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        replays >= 2,
+        "the paused records needed the room a replay made"
+    );
+    let c = counts(&m, "ed_x");
+    assert!(c.replayed >= 200, "{c:?}");
+    engine.shutdown();
+}

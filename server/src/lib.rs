@@ -14,6 +14,7 @@
 pub mod api;
 pub mod back_pressure;
 pub mod cluster;
+pub mod dead_letters;
 pub mod error;
 pub mod ids;
 pub mod list_filter;
@@ -289,6 +290,19 @@ pub fn run(
         &opts,
         ingest_token_sha256,
         joined.as_ref().map(|(link, _)| link.clone()),
+    ));
+    // Replays a stop left unfinished run again.
+    let destinations: Vec<String> = {
+        let st = app.state.read().unwrap_or_else(|p| p.into_inner());
+        st.accounts
+            .values()
+            .flat_map(|a| a.destinations.keys().cloned())
+            .collect()
+    };
+    rt.spawn(dead_letters::resume(
+        engine.clone(),
+        app.dead_letters.clone(),
+        destinations,
     ));
     // In a cluster: follow the configuration and consume the stream.
     let node = match joined {

@@ -158,6 +158,9 @@ pub struct DeliveryBounds {
     pub buffer_max_bytes: Bound,
     /// `disk_max_bytes`.
     pub disk_max_bytes: Bound,
+    /// `dead_letter_max_bytes`: the space of a destination's dead letters
+    /// (full: the destination pauses).
+    pub dead_letter_max_bytes: Bound,
     /// `fsync_interval_ms`.
     pub fsync_interval_ms: Bound,
 }
@@ -173,6 +176,7 @@ impl Default for DeliveryBounds {
             retry_max_backoff_ms: Bound::new(100, 300_000),
             buffer_max_bytes: Bound::new(64 << 10, 64 << 20),
             disk_max_bytes: Bound::new(1 << 20, 1 << 30),
+            dead_letter_max_bytes: Bound::new(64 << 10, 256 << 20),
             fsync_interval_ms: Bound::new(10, 60_000),
         }
     }
@@ -180,7 +184,7 @@ impl Default for DeliveryBounds {
 
 impl DeliveryBounds {
     /// Each bounded setting: its name, its range, and the value in `d`.
-    fn each<'a>(&'a self, d: &'a mut DeliveryConfig) -> [(&'static str, Bound, Knob<'a>); 9] {
+    fn each<'a>(&'a self, d: &'a mut DeliveryConfig) -> [(&'static str, Bound, Knob<'a>); 10] {
         [
             ("linger_ms", self.linger_ms, Knob::U64(&mut d.linger_ms)),
             (
@@ -215,6 +219,11 @@ impl DeliveryBounds {
                 Knob::U64(&mut d.disk_max_bytes),
             ),
             (
+                "dead_letter_max_bytes",
+                self.dead_letter_max_bytes,
+                Knob::U64(&mut d.dead_letter_max_bytes),
+            ),
+            (
                 "fsync_interval_ms",
                 self.fsync_interval_ms,
                 Knob::U64(&mut d.fsync_interval_ms),
@@ -233,10 +242,11 @@ impl DeliveryBounds {
             "retry_max_backoff_ms" => &mut self.retry_max_backoff_ms,
             "buffer_max_bytes" => &mut self.buffer_max_bytes,
             "disk_max_bytes" => &mut self.disk_max_bytes,
+            "dead_letter_max_bytes" => &mut self.dead_letter_max_bytes,
             "fsync_interval_ms" => &mut self.fsync_interval_ms,
             other => {
                 return Err(format!(
-                    "'{other}' is not a bounded delivery setting (linger_ms, max_in_flight, max_attempts, max_age_s, send_timeout_ms, retry_max_backoff_ms, buffer_max_bytes, disk_max_bytes, fsync_interval_ms)"
+                    "'{other}' is not a bounded delivery setting (linger_ms, max_in_flight, max_attempts, max_age_s, send_timeout_ms, retry_max_backoff_ms, buffer_max_bytes, disk_max_bytes, dead_letter_max_bytes, fsync_interval_ms)"
                 ));
             }
         };

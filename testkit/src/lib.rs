@@ -256,6 +256,18 @@ impl Server {
         (status, r.json().unwrap_or(serde_json::Value::Null))
     }
 
+    /// `GET path` of the API with the key: (status, JSON answer).
+    pub fn api_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{}{path}", self.url))
+            .header("authorization", format!("Bearer {}", self.key))
+            .header("ngrok-version", "2")
+            .send()
+            .expect("the API answers");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
     /// `POST /ingest` of `body` with the ingest token: (status, report).
     pub fn ingest(&self, body: &str) -> (u16, serde_json::Value) {
         let r = reqwest::blocking::Client::new()

@@ -3,6 +3,8 @@
 //! to the embedder's [`DeadLetterSink`] (a cluster keeps them in JetStream).
 
 use super::*;
+pub(crate) use crate::dead_letter_file::file_safe;
+use crate::dead_letter_file::{DeadLetterFile, write_line};
 
 /// Where dead letters go instead of files (`EngineConfig::dead_letters`).
 pub trait DeadLetterSink: Send + Sync + std::fmt::Debug {
@@ -37,45 +39,51 @@ impl std::fmt::Debug for DeadLetterHolds {
     }
 }
 
-/// Writes dead-lettered records to `<dir>/<destination>.ndjson`, or to the
-/// sink.
+/// Writes dead-lettered records to the destination's queue
+/// (`<dir>/<destination>.ndjson`, see [`DeadLetterFile`]), or to the sink.
 #[derive(Debug)]
 pub struct DeadLetters {
-    pub(super) path: PathBuf,
     pub(super) destination: Arc<str>,
-    pub(super) file: Mutex<Option<std::fs::File>>,
+    pub(crate) file: Arc<DeadLetterFile>,
     pub(super) sink: Option<Arc<dyn DeadLetterSink>>,
 }
 
-/// A destination id as a file name.
-pub(super) fn file_safe(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+/// About what a dead letter takes beyond its record.
+const LINE_OVERHEAD: u64 = 160;
 
 impl DeadLetters {
-    /// Dead letters of `destination` under `dir`, or to `sink`.
+    /// Dead letters of `destination` under `dir`, bounded at `max_bytes`
+    /// (0: unbounded), or to `sink`.
     pub fn new(
         dir: &Path,
         destination: Arc<str>,
+        max_bytes: u64,
         sink: Option<Arc<dyn DeadLetterSink>>,
     ) -> DeadLetters {
         DeadLetters {
-            path: dir.join(format!("{}.ndjson", file_safe(&destination))),
+            file: Arc::new(DeadLetterFile::new(dir, &destination, max_bytes)),
             destination,
-            file: Mutex::new(None),
             sink,
         }
     }
 
-    /// Writes `records` as dead letters (to the sink, with their holds).
+    /// Whether `records` fit in the queue's bound (a sink is not bounded
+    /// here: the cluster's stream has its own limits).
+    pub(super) fn has_room(&self, records: &[Pending]) -> bool {
+        self.sink.is_some()
+            || self.file.has_room(
+                records
+                    .iter()
+                    .map(|p| p.rec.data().len() as u64 + LINE_OVERHEAD)
+                    .sum(),
+            )
+    }
+
+    /// Writes `records` as dead letters (to the sink, with their holds),
+    /// whatever the bound: the task checks [`DeadLetters::has_room`] first
+    /// and pauses instead; what is written here regardless (records the
+    /// worker could not hand over, what is left at the drain deadline) is
+    /// bounded by the destination's buffer.
     pub(super) fn write(
         &self,
         stats: &DestinationStats,
@@ -92,53 +100,62 @@ impl DeadLetters {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         );
-        let mut buf = Vec::with_capacity(records.len() * 256);
-        for p in records.iter() {
-            buf.extend_from_slice(b"{\"time\":");
-            crate::json::write_str(&mut buf, &now);
-            buf.extend_from_slice(b",\"destination\":");
-            crate::json::write_str(&mut buf, &self.destination);
-            buf.extend_from_slice(b",\"subscription\":");
-            crate::json::write_str(&mut buf, subscription);
-            buf.extend_from_slice(b",\"reason\":");
-            crate::json::write_str(&mut buf, reason);
-            buf.extend_from_slice(format!(",\"attempts\":{},\"record\":", p.attempts).as_bytes());
-            buf.extend_from_slice(p.rec.data());
-            buf.extend_from_slice(b"}\n");
-        }
         if let Some(sink) = &self.sink {
+            let mut buf = Vec::with_capacity(records.len() * 256);
+            for p in records.iter() {
+                buf.extend_from_slice(b"{\"time\":");
+                crate::json::write_str(&mut buf, &now);
+                buf.extend_from_slice(b",\"destination\":");
+                crate::json::write_str(&mut buf, &self.destination);
+                buf.extend_from_slice(b",\"subscription\":");
+                crate::json::write_str(&mut buf, subscription);
+                buf.extend_from_slice(b",\"reason\":");
+                crate::json::write_str(&mut buf, reason);
+                buf.extend_from_slice(
+                    format!(",\"attempts\":{},\"record\":", p.attempts).as_bytes(),
+                );
+                buf.extend_from_slice(p.rec.data());
+                buf.extend_from_slice(b"}\n");
+            }
             let holds = records.iter_mut().filter_map(|p| p.hold.take()).collect();
             sink.store(&self.destination, buf, DeadLetterHolds(holds));
             return;
         }
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let result = (|| -> std::io::Result<()> {
-            if f.is_none() {
-                if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                *f = Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&self.path)?,
+        let result = self.file.append_with(|first| {
+            let mut buf = Vec::with_capacity(records.len() * 256);
+            for (i, p) in records.iter().enumerate() {
+                write_line(
+                    &mut buf,
+                    first + i as u64,
+                    &now,
+                    subscription,
+                    reason,
+                    p.attempts,
+                    p.rec.data(),
                 );
             }
-            if let Some(file) = f.as_mut() {
-                file.write_all(&buf)?;
-                file.flush()?;
-            }
-            Ok(())
-        })();
+            buf
+        });
         if let Err(e) = result {
-            *f = None;
             tracing::error!(
                 destination = %self.destination,
-                path = %self.path.display(),
+                path = %self.file.path().display(),
                 records = records.len(),
                 "cannot write dead letters ({e}); the records follow on stderr"
             );
-            let _ = std::io::stderr().write_all(&buf);
+            let mut lines = Vec::new();
+            for p in records.iter() {
+                write_line(
+                    &mut lines,
+                    0,
+                    &now,
+                    subscription,
+                    reason,
+                    p.attempts,
+                    p.rec.data(),
+                );
+            }
+            let _ = std::io::stderr().write_all(&lines);
         }
     }
 }

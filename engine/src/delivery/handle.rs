@@ -163,6 +163,22 @@ impl DestinationHandle {
         tracing::debug!(destination = %self.id, records = n, "buffer full: records dropped (when_full = drop_newest)");
     }
 
+    /// Whether the destination's task is gone (the engine stopped, or a
+    /// panic): nothing pushed now would be delivered.
+    pub(crate) fn closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// The destination's dead-letter queue on disk.
+    pub(crate) fn dead_letter_file(&self) -> Arc<crate::dead_letter_file::DeadLetterFile> {
+        self.dead.file.clone()
+    }
+
+    /// Whether its dead letters go to the embedder's sink instead of a file.
+    pub(crate) fn dead_letters_to_sink(&self) -> bool {
+        self.dead.sink.is_some()
+    }
+
     /// The destination's disk buffer, if it has one.
     pub fn disk(&self) -> Option<&Arc<DiskBuffer>> {
         self.disk.as_ref()

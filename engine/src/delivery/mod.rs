@@ -44,9 +44,8 @@ mod task;
 
 pub(crate) use budget::ByteBudget;
 use concurrency::Aimd;
-pub(crate) use dead_letters::DeadLetters;
-use dead_letters::file_safe;
 pub use dead_letters::{DeadLetterHolds, DeadLetterSink};
+pub(crate) use dead_letters::{DeadLetters, file_safe};
 use fsync::syncer_loop;
 use retry::seed;
 use start::start_backoff;
@@ -291,6 +290,10 @@ struct Task {
     send_timeout: Option<Duration>,
     /// Sends given up on that have not returned yet.
     stuck: Arc<std::sync::atomic::AtomicUsize>,
+    /// Records to dead-letter that did not fit in the dead-letter queue,
+    /// with their subscription and reason: while any wait, the destination
+    /// is paused.
+    parked: Vec<(Arc<str>, Vec<Pending>, String)>,
 }
 
 struct RetryBatch(Arc<str>, Vec<Pending>);

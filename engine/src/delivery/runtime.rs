@@ -140,7 +140,7 @@ impl Delivery {
             segment_bytes: 64 << 20,
         };
         let (d, _) = DiskBuffer::open(dir, opts, stats.clone(), self.sync_signal.clone())?;
-        let dead = DeadLetters::new(&self.dead_letter_dir, id, self.dead_letter_sink.clone());
+        let dead = DeadLetters::new(&self.dead_letter_dir, id, 0, self.dead_letter_sink.clone());
         let mut n = 0;
         let mut entries = Vec::new();
         while d.read(1 << 20, &mut entries)? > 0 {
@@ -191,6 +191,7 @@ impl Delivery {
         let dead = Arc::new(DeadLetters::new(
             &dir,
             id.clone(),
+            cfg.dead_letter_max_bytes,
             self.dead_letter_sink.clone(),
         ));
         let (tx, rx) = mpsc::channel(1024);
@@ -268,6 +269,7 @@ impl Delivery {
             send_timeout: (cfg.send_timeout_ms > 0)
                 .then(|| Duration::from_millis(cfg.send_timeout_ms)),
             stuck: Arc::default(),
+            parked: Vec::new(),
         };
         let handle = self.rt.spawn(task.run(rx));
         self.tasks

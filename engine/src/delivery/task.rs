@@ -31,9 +31,47 @@ pub(super) fn failed_report(n: usize, why: &str) -> crate::plugin::SendReport {
 }
 
 impl Task {
+    /// Dead-letters `records`, or, when the dead-letter queue has no room
+    /// for them, keeps them and pauses the destination (see [`Task::unpark`]).
     pub(super) fn dead_letter(&mut self, sub: &str, mut records: Vec<Pending>, reason: &str) {
+        if records.is_empty() {
+            return;
+        }
+        if !self.parked.is_empty() || !self.dead.has_room(&records) {
+            if self.parked.is_empty() {
+                tracing::warn!(
+                    destination = %self.id,
+                    max_bytes = self.dead.file.max_bytes(),
+                    "the dead-letter queue is full: the destination pauses until a replay or a delete makes room"
+                );
+            }
+            self.stats.paused.fetch_add(records.len() as u64, Relaxed);
+            self.parked.push((sub.into(), records, reason.to_string()));
+            return;
+        }
         self.dead.write(&self.stats, sub, &mut records, reason);
         self.settle(&records);
+    }
+
+    /// Writes the records kept while the dead-letter queue was full, in
+    /// order, as far as it now has room (all of them with `force`: at the
+    /// drain deadline nothing may be lost). Returns whether it stays paused.
+    pub(super) fn unpark(&mut self, force: bool) -> bool {
+        while let Some((_, records, _)) = self.parked.first() {
+            if !force && !self.dead.has_room(records) {
+                return true;
+            }
+            let (sub, mut records, reason) = self.parked.remove(0);
+            self.stats.paused.fetch_sub(records.len() as u64, Relaxed);
+            if force && self.disk.is_some() {
+                // They stay in the disk buffer for the next start.
+                self.release(&records);
+                continue;
+            }
+            self.dead.write(&self.stats, &sub, &mut records, &reason);
+            self.settle(&records);
+        }
+        false
     }
 
     /// Closes batches whose linger expired (or every batch, when draining).
@@ -65,8 +103,9 @@ impl Task {
     }
 
     pub(super) fn dispatch(&mut self, inflight: &mut JoinSet<Flight>) {
-        // Records wait while the plugin instance is not created.
-        if self.starter.is_some() {
+        // Records wait while the plugin instance is not created, and while
+        // the dead-letter queue is full (paused).
+        if self.starter.is_some() || !self.parked.is_empty() {
             return;
         }
         // Calls that never returned hold threads of the shared pool: past a
@@ -187,6 +226,7 @@ impl Task {
 
     pub(super) fn idle(&self, inflight: &JoinSet<Flight>) -> bool {
         inflight.is_empty()
+            && self.parked.is_empty()
             && self.ready.is_empty()
             && self.retries.is_empty()
             && self.lanes.values().all(|l| l.filling.is_empty())
@@ -195,6 +235,7 @@ impl Task {
     /// At the drain deadline: memory records are dead-lettered; records of
     /// the disk buffer stay there (unacknowledged) for the next start.
     pub(super) fn abandon_all(&mut self) {
+        self.unpark(true);
         for (sub, batch) in self.take_all() {
             if self.disk.is_some() {
                 self.release(&batch);
@@ -223,6 +264,7 @@ impl Task {
             }
             self.expire(now, draining);
             self.due_retries(now, false);
+            let paused = !self.parked.is_empty() && self.unpark(false);
             // Past the drain deadline, whatever is held (and whatever comes
             // back from calls given up on) is kept on disk or dead-lettered.
             if closed == Closed::Stopping && self.stopping.past() {
@@ -253,9 +295,12 @@ impl Task {
             let wake = self
                 .next_wakeup()
                 .unwrap_or(now + Duration::from_secs(3600));
-            // While draining, or while sends are stuck, check regularly.
+            // While draining, or while sends are stuck, check regularly;
+            // while paused, look for room in the dead-letter queue.
             let wake = if draining || self.stuck.load(Relaxed) > 0 {
                 wake.min(now + Duration::from_millis(100))
+            } else if paused {
+                wake.min(now + Duration::from_millis(500))
             } else {
                 wake
             };

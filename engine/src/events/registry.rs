@@ -579,6 +579,15 @@ const TLS_CERT: &[&str] = &[
     "subject_province",
     "subject_country",
 ];
+/// A replay of dead letters (`POST /event_destinations/{id}/dead_letters/replay`).
+const DEAD_LETTER_REPLAY: &[&str] = &[
+    "id",
+    "destination_id",
+    "uri",
+    "created_at",
+    "records",
+    "selection",
+];
 const VAULT: &[&str] = &[
     "id",
     "uri",
@@ -662,6 +671,12 @@ pub static EVENT_TYPES: &[EventTypeDef] = &[
         "event_destination_updated.v0",
         EVENT_DESTINATION,
         "an event destination was updated"
+    ),
+    // Sluice's own: not in the ngrok docs.
+    audit!(
+        "event_destination_dead_letters_replayed.v0",
+        DEAD_LETTER_REPLAY,
+        "dead letters of an event destination were sent again (Sluice)"
     ),
     audit!(
         "event_subscription_created.v0",
@@ -844,10 +859,11 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
-    fn the_registry_holds_the_55_types_of_the_spec() {
-        assert_eq!(EVENT_TYPES.len(), 55);
+    fn the_registry_holds_the_55_types_of_the_spec_and_sluice_s_own() {
+        assert_eq!(EVENT_TYPES.len(), 56);
         let names: HashSet<_> = EVENT_TYPES.iter().map(|t| t.name).collect();
-        assert_eq!(names.len(), 55, "duplicate names");
+        assert_eq!(names.len(), 56, "duplicate names");
+        assert!(names.contains("event_destination_dead_letters_replayed.v0"));
         assert!(EVENT_TYPES.iter().all(|t| t.name.ends_with(".v0")));
         let traffic: Vec<_> = EVENT_TYPES
             .iter()

@@ -118,6 +118,14 @@ impl App {
         Bytes::from(ev.to_string())
     }
 
+    /// Emits an audit event about something other than a change of
+    /// configuration (a replay of dead letters), waiting up to 5 s until a
+    /// worker routed it. On a blocking thread.
+    pub(super) fn audit_now(&self, ctx: &Ctx, event_type: &str, object: &Value) {
+        let ev = self.audit_event(ctx, event_type, object);
+        self.publish_audit(ev, event_type, std::time::Duration::from_secs(5));
+    }
+
     /// Publishes an audit event and waits up to `wait` until a worker has
     /// routed it.
     fn publish_audit(&self, ev: Bytes, event_type: &str, wait: std::time::Duration) {

@@ -5,6 +5,7 @@
 
 mod auth;
 mod change;
+mod dead_letters;
 mod destinations;
 mod ingest;
 mod operator;
@@ -14,6 +15,7 @@ mod subscriptions;
 mod tap;
 
 use auth::*;
+use dead_letters::*;
 use destinations::*;
 use ingest::*;
 use paging::*;
@@ -91,6 +93,9 @@ pub struct App {
     pub taps_open: Mutex<std::collections::HashMap<String, usize>>,
     /// Set when the server stops: streamed responses (taps) end.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Where destinations' dead letters are kept (files, or the cluster's
+    /// stream).
+    pub dead_letters: Arc<dyn crate::dead_letters::DeadLetterStore>,
 }
 
 impl App {
@@ -106,7 +111,12 @@ impl App {
         cluster: Option<Arc<crate::cluster::Link>>,
     ) -> App {
         let p = &opts.policy;
+        let dead_letters: Arc<dyn crate::dead_letters::DeadLetterStore> =
+            Arc::new(crate::dead_letters::FileDeadLetters {
+                engine: engine.clone(),
+            });
         App {
+            dead_letters,
             engine,
             store,
             state: RwLock::new(state),
@@ -323,6 +333,18 @@ pub fn router(app: Arc<App>) -> Router {
             get(get_subscription)
                 .patch(update_subscription)
                 .delete(delete_subscription),
+        )
+        .route(
+            "/event_destinations/{id}/dead_letters",
+            get(list_dead_letters),
+        )
+        .route(
+            "/event_destinations/{id}/dead_letters/replay",
+            post(replay_dead_letters),
+        )
+        .route(
+            "/event_destinations/{id}/dead_letters/replays/{replay_id}",
+            get(get_replay),
         )
         .route("/event_subscriptions/{id}/tap", get(tap_subscription))
         .route(
