@@ -628,3 +628,126 @@ fn http_ingest_acknowledges_durably_only_once_records_are_safe() {
     );
     assert_eq!(counts(&rx2.accepted()).len(), 300);
 }
+
+/// `sluice dlq ARGS` in `dir`: (exit code, stdout, stderr).
+fn dlq(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = sluice_testkit::cmd(dir)
+        .arg("dlq")
+        .args(args)
+        .output()
+        .expect("sluice dlq runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sluice_dlq_lists_and_replays_what_a_run_dead_lettered_once_per_replay_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start();
+    rx.set(|_| Action::status(400, None));
+    setup(
+        dir.path(),
+        120,
+        &rx,
+        json!({}),
+        json!({"linger_ms": 10, "max_attempts": 1}),
+    );
+    let (ok, err) = run(
+        dir.path(),
+        &["--input", "events.ndjson"],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("120 dead-lettered"), "{err}");
+
+    // Listed newest first, selected by reason.
+    let (code, out, e) = dlq(
+        dir.path(),
+        &["list", "--destination", "ed_web", "--limit", "500"],
+    );
+    assert_eq!(code, 0, "{e}");
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 120);
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| w[0]["id"].as_u64() > w[1]["id"].as_u64())
+    );
+    let (_, none, _) = dlq(
+        dir.path(),
+        &["list", "--destination", "ed_web", "--reason", "HTTP 500"],
+    );
+    assert!(none.is_empty(), "{none}");
+
+    // The destination is fixed: the replay delivers every record, once.
+    rx.set(|_| Action::ok());
+    let args = [
+        "replay",
+        "--config",
+        "c.toml",
+        "--destination",
+        "ed_web",
+        "--id",
+        "fix1",
+    ];
+    let (code, out, e) = dlq(dir.path(), &args);
+    assert_eq!(code, 0, "{out}{e}");
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (summary["records"].as_u64(), summary["delivered"].as_u64()),
+        (Some(120), Some(120)),
+        "{summary}"
+    );
+    let acc = counts(&rx.accepted());
+    assert_eq!(acc.len(), 120);
+    assert!(acc.values().all(|c| *c == 1));
+    let (_, left, _) = dlq(dir.path(), &["list", "--destination", "ed_web"]);
+    assert!(left.is_empty(), "the queue is empty: {left}");
+    // The same replay id again sends nothing.
+    let (code, out, e) = dlq(dir.path(), &args);
+    assert_eq!(code, 0, "{e}");
+    assert!(
+        e.contains("replay fix1 was carried out before (120 records"),
+        "{e}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).unwrap()["records"],
+        0
+    );
+    assert_eq!(rx.accepted().len(), 120);
+
+    // What fails again goes back with its new reason, and the exit says so.
+    rx.set(|_| Action::status(400, None));
+    let (ok, err) = run(
+        dir.path(),
+        &["--input", "events.ndjson"],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    rx.set(|_| Action::status(422, None));
+    let (code, _, e) = dlq(
+        dir.path(),
+        &["replay", "--config", "c.toml", "--destination", "ed_web"],
+    );
+    assert_eq!(code, 1, "{e}");
+    assert!(e.contains("120 records failed again"), "{e}");
+    let (_, back, _) = dlq(
+        dir.path(),
+        &[
+            "list",
+            "--destination",
+            "ed_web",
+            "--reason",
+            "HTTP 422",
+            "--limit",
+            "500",
+        ],
+    );
+    assert_eq!(back.lines().count(), 120);
+}

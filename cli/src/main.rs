@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod demo;
+mod dlq;
 mod metrics_http;
 mod run;
 mod tap;
@@ -71,25 +72,10 @@ Events a filter said no to are in none of these. See docs/delivery.md."#
     Keys(KeysCommand),
     /// Print the records a subscription of a running `sluice serve` makes, live.
     Tap(tap::TapArgs),
-    /// Dead letters of a cluster (`sluice serve --cluster`).
+    /// A destination's dead letters: list them, or send them again once
+    /// the destination is fixed.
     #[command(subcommand)]
-    Dlq(DlqCommand),
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// Print a destination's dead letters, oldest first, one JSON object per line.
-    List {
-        /// The cluster's NATS servers (comma-separated nats:// URLs).
-        #[arg(long)]
-        cluster: String,
-        /// The destination id (ed_...).
-        #[arg(long)]
-        destination: String,
-        /// Print at most this many.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-    },
+    Dlq(dlq::DlqCommand),
 }
 
 #[derive(clap::Args)]
@@ -621,18 +607,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve(a),
         Command::Tap(a) => tap::tap(a),
-        Command::Dlq(DlqCommand::List {
-            cluster,
-            destination,
-            limit,
-        }) => {
-            sluice_serve::cluster::dead_letters::list(&cluster, &destination, limit).map(|lines| {
-                for l in lines {
-                    println!("{l}");
-                }
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Dlq(c) => dlq::dlq(c),
         Command::Keys(KeysCommand::Create {
             data_dir,
             cluster,
