@@ -332,6 +332,53 @@ fn configuration_written_through_one_node_is_live_on_the_others_within_a_second(
         assert!(!file.exists(), "node {n} kept a dead-letter file");
     }
 
+    // Any node lists them through the API and replays them once the
+    // destination is fixed; the replay id is carried out once, whichever
+    // node is asked.
+    let dl = format!("/event_destinations/{rdid}/dead_letters");
+    let (st, page) = c.call(2, "GET", &format!("{dl}?limit=20"), None);
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["dead_letters"].as_array().unwrap().len(), 20);
+    assert!(page["next_page_uri"].is_string(), "{page}");
+    refusing.set(|_| sluice_standins::http::Action::ok());
+    let (st, r) = c.call(
+        1,
+        "POST",
+        &format!("{dl}/replay"),
+        Some(&json!({"id": "fixed"})),
+    );
+    assert_eq!((st, r["records"].as_u64()), (200, Some(50)), "{r}");
+    let done = within(Duration::from_secs(20), || {
+        let (_, r) = c.call(0, "GET", &format!("{dl}/replays/fixed"), None);
+        r["state"] == "done"
+    });
+    assert!(done.is_some(), "the replay finishes");
+    assert!(refusing.wait_accepted(50, Duration::from_secs(10)));
+    let (st, again) = c.call(
+        2,
+        "POST",
+        &format!("{dl}/replay"),
+        Some(&json!({"id": "fixed"})),
+    );
+    assert_eq!(
+        (st, again["repeated"].as_bool()),
+        (200, Some(true)),
+        "{again}"
+    );
+    let (_, page) = c.call(0, "GET", &dl, None);
+    assert!(
+        page["dead_letters"].as_array().unwrap().is_empty(),
+        "{page}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let got: Vec<String> = refusing
+        .accepted()
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got.len(), 50, "each replayed record once");
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 50);
+
     // A tap on any node shows the subscription's records, whichever node's
     // engine makes them (the others pass theirs on through NATS).
     let taps: Vec<std::sync::mpsc::Receiver<Value>> = (0..3)

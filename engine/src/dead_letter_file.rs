@@ -91,6 +91,31 @@ pub struct Page {
     pub more: bool,
 }
 
+impl Page {
+    /// The page of `newest_first` (dead letters, newest first) that
+    /// `selection` selects, older than `before_id` when given, at most
+    /// `limit`.
+    pub fn of(
+        newest_first: impl Iterator<Item = DeadLetter>,
+        selection: &Selection,
+        before_id: Option<u64>,
+        limit: usize,
+    ) -> Page {
+        let mut page = Page::default();
+        for d in newest_first {
+            if before_id.is_some_and(|b| d.id >= b) || !selection.matches(&d) {
+                continue;
+            }
+            if page.dead_letters.len() == limit {
+                page.more = true;
+                break;
+            }
+            page.dead_letters.push(d);
+        }
+        page
+    }
+}
+
 /// A replay as recorded in `<destination>.replays.ndjson`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct ReplayRecord {
@@ -321,27 +346,26 @@ impl DeadLetterFile {
         before_id: Option<u64>,
         limit: usize,
     ) -> std::io::Result<Page> {
-        let mut page = Page::default();
         let mut f = match File::open(self.path()) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(page),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Page::default()),
             Err(e) => return Err(e),
         };
         let mut lines = ReverseLines::new(&mut f)?;
-        while let Some(line) = lines.next_line()? {
-            let Ok(d) = serde_json::from_slice::<DeadLetter>(&line) else {
-                continue;
-            };
-            if before_id.is_some_and(|b| d.id >= b) || !selection.matches(&d) {
-                continue;
+        let mut failed = None;
+        let newest_first = std::iter::from_fn(|| match lines.next_line() {
+            Ok(l) => l,
+            Err(e) => {
+                failed = Some(e);
+                None
             }
-            if page.dead_letters.len() == limit {
-                page.more = true;
-                break;
-            }
-            page.dead_letters.push(d);
+        })
+        .filter_map(|l| serde_json::from_slice::<DeadLetter>(&l).ok());
+        let page = Page::of(newest_first, selection, before_id, limit);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(page),
         }
-        Ok(page)
     }
 
     /// Rewrites the queue without the lines `take` selects, which it

@@ -217,14 +217,25 @@ impl Publisher {
         lines: Bytes,
         id: &str,
     ) -> Result<(), StreamError> {
+        let subject = self.settings.dead_letter_subject(destination);
+        self.store_on(&subject, lines, id).await
+    }
+
+    /// Stores `payload` on `subject` (of a stream this publisher made), as
+    /// one message with id `<id>.0.0`, and returns once stored.
+    pub async fn store_on(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        id: &str,
+    ) -> Result<(), StreamError> {
         let m = Message {
             partition: 0,
             chunk: 0,
             events: 0,
-            payload: lines,
+            payload,
         };
-        let subject = self.settings.dead_letter_subject(destination);
-        self.publish_on(std::slice::from_ref(&m), id, |_| subject.clone())
+        self.publish_on(std::slice::from_ref(&m), id, |_| subject.to_string())
             .await
             .map(|_| ())
     }

@@ -1,5 +1,6 @@
-//! Reading a subject of a stream from its start: what a node or the CLI
-//! lists (a destination's dead letters).
+//! Reading a subject of a stream from its start (what a node or the CLI
+//! lists: a destination's dead letters), and taking messages out of it
+//! (what a replay of dead letters took).
 
 use crate::publisher::StreamError;
 use async_nats::jetstream::{self, consumer::pull};
@@ -14,6 +15,20 @@ pub async fn read_subject(
     subject: &str,
     limit: usize,
 ) -> Result<Vec<Bytes>, StreamError> {
+    Ok(read_messages(client, stream, subject, limit)
+        .await?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
+}
+
+/// Like [`read_subject`], with each payload's stream sequence number.
+pub async fn read_messages(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    limit: usize,
+) -> Result<Vec<(u64, Bytes)>, StreamError> {
     use futures_util::StreamExt;
     let err = |e: String| StreamError::Stream {
         stream: stream.to_string(),
@@ -46,11 +61,60 @@ pub async fn read_subject(
             .map_err(|e| err(e.to_string()))?;
         let before = out.len();
         while let Some(Ok(m)) = batch.next().await {
-            out.push(crate::encoding::decode(m.headers.as_ref(), &m.payload).map_err(err)?);
+            let seq = m.info().map_err(|e| err(e.to_string()))?.stream_sequence;
+            out.push((
+                seq,
+                crate::encoding::decode(m.headers.as_ref(), &m.payload).map_err(err)?,
+            ));
         }
         if out.len() == before {
             break;
         }
     }
     Ok(out)
+}
+
+/// Deletes message `seq` of `stream` (already gone is no error).
+pub async fn delete_message(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+) -> Result<(), StreamError> {
+    match get_stream(client, stream).await?.delete_message(seq).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("no message found") => Ok(()),
+        Err(e) => Err(stream_error(stream, e)),
+    }
+}
+
+/// Deletes every message of `subject` in `stream`.
+pub async fn purge_subject(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> Result<(), StreamError> {
+    get_stream(client, stream)
+        .await?
+        .purge()
+        .filter(subject)
+        .await
+        .map(|_| ())
+        .map_err(|e| stream_error(stream, e))
+}
+
+fn stream_error(stream: &str, e: impl std::fmt::Display) -> StreamError {
+    StreamError::Stream {
+        stream: stream.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+async fn get_stream(
+    client: &async_nats::Client,
+    stream: &str,
+) -> Result<jetstream::stream::Stream, StreamError> {
+    jetstream::new(client.clone())
+        .get_stream(stream)
+        .await
+        .map_err(|e| stream_error(stream, e))
 }

@@ -107,12 +107,23 @@ impl StreamSettings {
         format!("{}.{destination}", self.dead_letter_prefix)
     }
 
+    /// The subject holding what replay `replay` of `destination` took from
+    /// its dead letters until the replay is done (its journal).
+    pub fn replay_subject(&self, destination: &str, replay: &str) -> String {
+        format!("{}-replay.{destination}.{replay}", self.dead_letter_prefix)
+    }
+
     /// The dead-letter stream's configuration: kept as the event stream is.
     pub fn dead_letter_config(&self, replicas: usize) -> async_nats::jetstream::stream::Config {
         async_nats::jetstream::stream::Config {
             name: self.dead_letter_stream.clone(),
-            subjects: vec![format!("{}.*", self.dead_letter_prefix)],
-            description: Some("Sluice: dead letters, one subject per destination".into()),
+            subjects: vec![
+                format!("{}.*", self.dead_letter_prefix),
+                format!("{}-replay.*.*", self.dead_letter_prefix),
+            ],
+            description: Some(
+                "Sluice: dead letters, one subject per destination, and replays' journals".into(),
+            ),
             ..self.stream_config(replicas)
         }
     }

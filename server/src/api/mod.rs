@@ -111,10 +111,12 @@ impl App {
         cluster: Option<Arc<crate::cluster::Link>>,
     ) -> App {
         let p = &opts.policy;
-        let dead_letters: Arc<dyn crate::dead_letters::DeadLetterStore> =
-            Arc::new(crate::dead_letters::FileDeadLetters {
+        let dead_letters: Arc<dyn crate::dead_letters::DeadLetterStore> = match &cluster {
+            Some(link) => link.dead_letters.clone(),
+            None => Arc::new(crate::dead_letters::FileDeadLetters {
                 engine: engine.clone(),
-            });
+            }),
+        };
         App {
             dead_letters,
             engine,

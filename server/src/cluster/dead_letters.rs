@@ -64,7 +64,7 @@ impl DeadLetterSink for JetStreamDeadLetters {
 
 /// Splits NDJSON into pieces of whole lines of at most `MESSAGE_BYTES`
 /// (a longer line alone).
-fn pieces(lines: &[u8]) -> Vec<&[u8]> {
+pub(super) fn pieces(lines: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let (mut start, mut end) = (0, 0);
     for (i, _) in lines.iter().enumerate().filter(|(_, b)| **b == b'\n') {

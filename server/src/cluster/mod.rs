@@ -16,6 +16,7 @@
 //!   every record made from it is delivered or dead-lettered.
 
 mod consume;
+pub mod dead_letter_queue;
 pub mod dead_letters;
 mod follow;
 mod kv_store;
@@ -74,6 +75,8 @@ pub struct Link {
     pub stream: StreamSettings,
     /// The consumption's counters, once it started.
     pub consumed: OnceLock<(Arc<ConsumeStats>, Arc<Consumer>)>,
+    /// The destinations' dead letters, listed and replayed from any node.
+    pub dead_letters: Arc<dead_letter_queue::JetStreamDeadLetters>,
 }
 
 impl Link {
@@ -309,6 +312,16 @@ async fn try_join(
         .map_err(|e| JoinError::Retry(e.to_string()))?;
     let store = Arc::new(KvStore::new(bucket, rt.clone()));
     check_policy(&store, policy).await?;
+    let dead_letters = Arc::new(
+        dead_letter_queue::JetStreamDeadLetters::open(
+            publisher.clone(),
+            opts.stream.clone(),
+            opts.consume.node.clone(),
+            rt.clone(),
+        )
+        .await
+        .map_err(JoinError::Retry)?,
+    );
     let (state, watch) = store.load_async().await.map_err(JoinError::Retry)?;
     tracing::info!(
         node = %opts.consume.node,
@@ -322,6 +335,7 @@ async fn try_join(
             node: opts.consume.node.clone(),
             stream: opts.stream.clone(),
             consumed: OnceLock::new(),
+            dead_letters,
         }),
         state,
         watch,

@@ -1,0 +1,355 @@
+//! A destination's dead letters in a cluster, as a queue any node lists and
+//! replays: the messages of `sluice.dlq.<destination>` in the replicated
+//! `SLUICE_DEAD_LETTERS` stream (each holds many dead letters, one per
+//! line; a dead letter's id is its message's stream sequence times 2^20
+//! plus its line), and replays recorded in the `SLUICE_REPLAYS` bucket.
+//!
+//! A replay claims its id first (a revision-checked create of
+//! `<destination>.<replay id>`: two nodes asked for one id carry it out
+//! once), writes what it takes to its journal subject
+//! (`sluice.dlq-replay.<destination>.<replay id>`), and only then rewrites
+//! the messages it took lines from (the lines it leaves are stored again,
+//! the message is deleted). Finished, its journal is purged. A replay
+//! whose node stopped (it has no heartbeat in `SLUICE_NODES` any more) is
+//! taken over by the next node that starts: at-least-once.
+//!
+//! No byte bound here: the stream's own limits apply (a full stream refuses
+//! new dead letters, whose records then wait, unacknowledged, as a
+//! partition behind a slow destination does).
+
+use crate::dead_letters::DeadLetterStore;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_engine::dead_letter_file::{DeadLetter, Page, ReplayRecord, Selection, Taken};
+use sluice_stream::async_nats::jetstream::{self, kv};
+use sluice_stream::{Publisher, StreamSettings};
+use std::io;
+
+/// The bucket of replays.
+const BUCKET: &str = "SLUICE_REPLAYS";
+/// The bucket of live nodes' heartbeats (kept by consumption).
+const NODES: &str = "SLUICE_NODES";
+/// Lines per message an id can address.
+const LINE_BITS: u32 = 20;
+
+/// A replay as the bucket keeps it.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    record: ReplayRecord,
+    /// The node carrying it out.
+    node: String,
+}
+
+/// The dead letters of a cluster's destinations.
+pub struct JetStreamDeadLetters {
+    publisher: Publisher,
+    settings: StreamSettings,
+    replays: kv::Store,
+    node: String,
+    rt: tokio::runtime::Handle,
+}
+
+fn other<E: std::fmt::Display>(e: E) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl JetStreamDeadLetters {
+    /// Opens (or makes) the replay bucket on `publisher`'s connection.
+    pub async fn open(
+        publisher: Publisher,
+        settings: StreamSettings,
+        node: String,
+        rt: tokio::runtime::Handle,
+    ) -> Result<JetStreamDeadLetters, String> {
+        let js = jetstream::new(publisher.client().clone());
+        let replays = sluice_stream::open_bucket(
+            &js,
+            BUCKET,
+            std::time::Duration::ZERO,
+            publisher.replicas(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(JetStreamDeadLetters {
+            publisher,
+            settings,
+            replays,
+            node,
+            rt,
+        })
+    }
+
+    fn key(destination: &str, id: &str) -> String {
+        format!("{destination}.{id}")
+    }
+
+    /// The destination's dead-letter messages, oldest first.
+    async fn messages(&self, destination: &str) -> io::Result<Vec<(u64, Bytes)>> {
+        sluice_stream::read_messages(
+            self.publisher.client(),
+            &self.settings.dead_letter_stream,
+            &self.settings.dead_letter_subject(destination),
+            usize::MAX,
+        )
+        .await
+        .map_err(other)
+    }
+
+    async fn stored(&self, key: &str) -> io::Result<Option<(Stored, u64)>> {
+        match self.replays.entry(key).await.map_err(other)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let s: Stored = serde_json::from_slice(&e.value).map_err(other)?;
+                Ok(Some((s, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn put(&self, key: &str, s: &Stored) -> io::Result<()> {
+        let v = serde_json::to_vec(s).map_err(other)?;
+        self.replays.put(key, v.into()).await.map_err(other)?;
+        Ok(())
+    }
+
+    /// Stores NDJSON `lines` on `subject` in pieces of whole lines, each
+    /// with an id derived from `id` (a retry stores nothing twice).
+    async fn store_lines(&self, subject: &str, lines: &[u8], id: &str) -> io::Result<()> {
+        for (i, piece) in super::dead_letters::pieces(lines).into_iter().enumerate() {
+            self.publisher
+                .store_on(subject, Bytes::copy_from_slice(piece), &format!("{id}-{i}"))
+                .await
+                .map_err(other)?;
+        }
+        Ok(())
+    }
+
+    async fn journal(&self, destination: &str, id: &str) -> io::Result<Vec<DeadLetter>> {
+        let msgs = sluice_stream::read_messages(
+            self.publisher.client(),
+            &self.settings.dead_letter_stream,
+            &self.settings.replay_subject(destination, id),
+            usize::MAX,
+        )
+        .await
+        .map_err(other)?;
+        Ok(letters(&msgs))
+    }
+
+    async fn take(&self, destination: &str, id: &str, selection: &Selection) -> io::Result<Taken> {
+        let key = Self::key(destination, id);
+        if let Some((s, _)) = self.stored(&key).await? {
+            return Ok(Taken::Existing(s.record));
+        }
+        let mut stored = Stored {
+            record: ReplayRecord {
+                id: id.to_string(),
+                created_at: crate::now(),
+                records: 0,
+                finished_at: String::new(),
+            },
+            node: self.node.clone(),
+        };
+        let v = serde_json::to_vec(&stored).map_err(other)?;
+        if self.replays.create(&key, v.into()).await.is_err() {
+            // Claimed by another call with this id meanwhile.
+            return match self.stored(&key).await? {
+                Some((s, _)) => Ok(Taken::Existing(s.record)),
+                None => Err(other(format!("replay {id} could not be recorded"))),
+            };
+        }
+        let msgs = self.messages(destination).await?;
+        let (mut taken, mut journal) = (Vec::new(), Vec::new());
+        let mut rewrites = Vec::new();
+        for (seq, payload) in &msgs {
+            let (mut kept, mut any) = (Vec::new(), false);
+            for (i, line) in lines(payload).enumerate() {
+                match parse(*seq, i, line) {
+                    Some(d) if selection.matches(&d) => {
+                        journal.extend_from_slice(line);
+                        journal.push(b'\n');
+                        taken.push(d);
+                        any = true;
+                    }
+                    _ => {
+                        kept.extend_from_slice(line);
+                        kept.push(b'\n');
+                    }
+                }
+            }
+            if any {
+                rewrites.push((*seq, kept));
+            }
+        }
+        let journal_subject = self.settings.replay_subject(destination, id);
+        self.store_lines(&journal_subject, &journal, &format!("{key}.journal"))
+            .await?;
+        let subject = self.settings.dead_letter_subject(destination);
+        for (seq, kept) in rewrites {
+            if !kept.is_empty() {
+                self.store_lines(&subject, &kept, &format!("{key}.kept.{seq}"))
+                    .await?;
+            }
+            sluice_stream::delete_message(
+                self.publisher.client(),
+                &self.settings.dead_letter_stream,
+                seq,
+            )
+            .await
+            .map_err(other)?;
+        }
+        stored.record.records = taken.len() as u64;
+        self.put(&key, &stored).await?;
+        Ok(Taken::New(stored.record, taken))
+    }
+
+    async fn finish(&self, destination: &str, id: &str) -> io::Result<ReplayRecord> {
+        let key = Self::key(destination, id);
+        let (mut s, _) = self
+            .stored(&key)
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no replay {id}")))?;
+        sluice_stream::purge_subject(
+            self.publisher.client(),
+            &self.settings.dead_letter_stream,
+            &self.settings.replay_subject(destination, id),
+        )
+        .await
+        .map_err(other)?;
+        if s.record.finished_at.is_empty() {
+            s.record.finished_at = crate::now();
+            self.put(&key, &s).await?;
+        }
+        Ok(s.record)
+    }
+
+    async fn open_replays(
+        &self,
+        destination: &str,
+    ) -> io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>> {
+        use futures_util::StreamExt;
+        let prefix = format!("{destination}.");
+        let mut keys = Vec::new();
+        if let Ok(mut k) = self.replays.keys().await {
+            while let Some(Ok(key)) = k.next().await {
+                if key.starts_with(&prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+        let js = jetstream::new(self.publisher.client().clone());
+        let nodes = js.get_key_value(NODES).await.ok();
+        let mut out = Vec::new();
+        for key in keys {
+            let Some((mut s, revision)) = self.stored(&key).await? else {
+                continue;
+            };
+            if !s.record.finished_at.is_empty() {
+                continue;
+            }
+            let alive = match &nodes {
+                Some(n) if s.node != self.node => {
+                    matches!(n.entry(&s.node).await, Ok(Some(e)) if e.operation == kv::Operation::Put)
+                }
+                _ => false,
+            };
+            if alive {
+                continue;
+            }
+            // Take it over; another node starting now may win instead.
+            s.node = self.node.clone();
+            let v = serde_json::to_vec(&s).map_err(other)?;
+            if self.replays.update(&key, v.into(), revision).await.is_err() {
+                continue;
+            }
+            let letters = self.journal(destination, &s.record.id).await?;
+            out.push((s.record, letters));
+        }
+        Ok(out)
+    }
+}
+
+/// The non-empty lines of a payload.
+fn lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    payload.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// Line `i` of message `seq` as a dead letter with its id.
+fn parse(seq: u64, i: usize, line: &[u8]) -> Option<DeadLetter> {
+    let mut d: DeadLetter = serde_json::from_slice(line).ok()?;
+    d.id = (seq << LINE_BITS) | (i as u64).min((1 << LINE_BITS) - 1);
+    Some(d)
+}
+
+/// Every dead letter of `msgs`, oldest first.
+fn letters(msgs: &[(u64, Bytes)]) -> Vec<DeadLetter> {
+    msgs.iter()
+        .flat_map(|(seq, p)| {
+            lines(p)
+                .enumerate()
+                .filter_map(|(i, l)| parse(*seq, i, l))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+impl DeadLetterStore for JetStreamDeadLetters {
+    fn list(
+        &self,
+        destination: &str,
+        selection: &Selection,
+        before_id: Option<u64>,
+        limit: usize,
+    ) -> io::Result<Page> {
+        let msgs = self.rt.block_on(self.messages(destination))?;
+        Ok(Page::of(
+            letters(&msgs).into_iter().rev(),
+            selection,
+            before_id,
+            limit,
+        ))
+    }
+
+    fn take_for_replay(
+        &self,
+        destination: &str,
+        id: &str,
+        selection: &Selection,
+    ) -> io::Result<Taken> {
+        self.rt.block_on(self.take(destination, id, selection))
+    }
+
+    fn replay(&self, destination: &str, id: &str) -> io::Result<Option<ReplayRecord>> {
+        Ok(self
+            .rt
+            .block_on(self.stored(&Self::key(destination, id)))?
+            .map(|(s, _)| s.record))
+    }
+
+    fn finish_replay(&self, destination: &str, id: &str) -> io::Result<ReplayRecord> {
+        self.rt.block_on(self.finish(destination, id))
+    }
+
+    fn put_back(&self, destination: &str, letters: &[DeadLetter]) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for d in letters {
+            let line = serde_json::json!({
+                "time": d.time, "destination": destination, "subscription": d.subscription,
+                "reason": d.reason, "attempts": d.attempts, "record": d.record,
+            });
+            buf.extend_from_slice(line.to_string().as_bytes());
+            buf.push(b'\n');
+        }
+        let subject = self.settings.dead_letter_subject(destination);
+        let id = crate::ids::new_id("dl");
+        self.rt.block_on(self.store_lines(&subject, &buf, &id))
+    }
+
+    fn unfinished(&self, destination: &str) -> io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>> {
+        self.rt.block_on(self.open_replays(destination))
+    }
+
+    fn usage(&self, _destination: &str) -> (u64, u64) {
+        (0, 0)
+    }
+}
