@@ -69,8 +69,9 @@ pub enum DlqCommand {
     },
     /// Send a destination's dead letters again, through the destination as
     /// `--config` describes it now, and wait until each is delivered or
-    /// back in the queue with its new reason. Exit 0 when every record was
-    /// delivered, 1 when some failed again.
+    /// back in the queue with its new reason; print what happened (records,
+    /// delivered, dead_lettered_again, seconds, records_per_second). Exit 0
+    /// when every record was delivered, 1 when some failed again.
     Replay {
         /// The TOML configuration `sluice run` uses (fixed).
         #[arg(long)]
@@ -192,30 +193,48 @@ pub fn dlq(c: DlqCommand) -> Result<ExitCode, String> {
                 .dead_letter_queue(&destination)
                 .ok_or("the destination has no dead-letter queue")?;
             let io = |e: std::io::Error| format!("{}: {e}", queue.path().display());
+            let started = std::time::Instant::now();
             // What an earlier replay left unfinished goes first.
-            let mut replays = queue.unfinished().map_err(io)?;
+            let mut replays: Vec<String> = queue
+                .unfinished()
+                .map_err(io)?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
             let repeated = match queue.take_for_replay(&id, &selection).map_err(io)? {
                 Taken::Existing(r) => Some(r),
-                Taken::New(r, letters) => {
-                    replays.push((r, letters));
+                Taken::New(r) => {
+                    replays.push(r.id);
                     None
                 }
             };
-            for (r, letters) in &replays {
+            let mut sent = 0;
+            for r in &replays {
                 let (tx, rx) = std::sync::mpsc::channel();
-                engine
+                let mut failed = None;
+                let letters = queue
+                    .journal_letters(r)
+                    .map_err(io)?
+                    .map_while(|l| l.map_err(|e| failed = Some(e)).ok());
+                sent += engine
                     .redeliver(&destination, letters, move |report| {
                         let _ = tx.send(report);
                     })
                     .map_err(|e| e.to_string())?;
+                if let Some(e) = failed {
+                    return Err(format!(
+                        "replay {r}: its journal cannot be read ({}); it is kept for the next replay",
+                        io(e)
+                    ));
+                }
                 rx.recv()
-                    .map_err(|_| format!("replay {}: the engine stopped", r.id))?;
-                queue.finish_replay(&r.id).map_err(io)?;
+                    .map_err(|_| format!("replay {r}: the engine stopped"))?;
+                queue.finish_replay(r).map_err(io)?;
             }
             let m = engine.metrics().clone();
             engine.shutdown();
+            let seconds = started.elapsed().as_secs_f64();
             let counts = m.destination_counts(&destination).unwrap_or_default();
-            let sent: u64 = replays.iter().map(|(_, l)| l.len() as u64).sum();
             if let Some(r) = repeated {
                 eprintln!(
                     "sluice: replay {} was carried out before ({} records, {}); nothing sent again",
@@ -228,6 +247,8 @@ pub fn dlq(c: DlqCommand) -> Result<ExitCode, String> {
                 serde_json::json!({
                     "id": id, "destination": destination, "records": sent,
                     "delivered": counts.delivered, "dead_lettered_again": failed,
+                    "seconds": (seconds * 1000.0).round() / 1000.0,
+                    "records_per_second": (sent as f64 / seconds.max(1e-9)).round(),
                 })
             );
             Ok(if failed > 0 {

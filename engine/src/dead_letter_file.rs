@@ -20,7 +20,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -61,16 +61,21 @@ pub struct Selection {
 impl Selection {
     /// Whether `d` is selected.
     pub fn matches(&self, d: &DeadLetter) -> bool {
-        if self.max_id.is_some_and(|m| d.id > m) {
+        self.matches_parts(d.id, &d.time, &d.reason)
+    }
+
+    /// Whether the dead letter with this id, time and reason is selected.
+    fn matches_parts(&self, id: u64, time: &str, reason: &str) -> bool {
+        if self.max_id.is_some_and(|m| id > m) {
             return false;
         }
         if let Some(r) = &self.reason
-            && !d.reason.contains(r.as_str())
+            && !reason.contains(r.as_str())
         {
             return false;
         }
         if self.since_ms.is_some() || self.until_ms.is_some() {
-            let Some(t) = crate::events::parse_rfc3339_ms(&d.time) else {
+            let Some(t) = crate::events::parse_rfc3339_ms(time) else {
                 return false;
             };
             if self.since_ms.is_some_and(|s| t < s) || self.until_ms.is_some_and(|u| t >= u) {
@@ -136,9 +141,10 @@ pub struct ReplayRecord {
 pub enum Taken {
     /// A replay with this id was asked for before: nothing is taken again.
     Existing(ReplayRecord),
-    /// The selected dead letters, out of the queue and in the replay's
-    /// journal: send them, then call [`DeadLetterFile::finish_replay`].
-    New(ReplayRecord, Vec<DeadLetter>),
+    /// The selected dead letters are out of the queue and in the
+    /// replay's journal: send them, then call
+    /// [`DeadLetterFile::finish_replay`].
+    New(ReplayRecord),
 }
 
 /// Why the queue has no room.
@@ -159,8 +165,15 @@ pub struct DeadLetterFile {
 
 #[derive(Debug, Default)]
 struct Writer {
-    /// The queue file open for appending, and its inode.
-    file: Option<(File, u64)>,
+    /// The lock file, kept open by the writer.
+    lock: Option<File>,
+    /// The queue file open for appending.
+    file: Option<File>,
+    /// Its inode and length after our last append, and the last id we
+    /// gave: while the file is as we left it, the next id needs no read.
+    ino: u64,
+    len: u64,
+    last_id: u64,
 }
 
 /// Holds the queue's lock until dropped.
@@ -220,16 +233,6 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-/// The dead letters of NDJSON `bytes`, each with its line; lines that do
-/// not parse are kept as they are (`None`) so that nothing is lost.
-fn parse_lines(bytes: &[u8]) -> Vec<(Option<DeadLetter>, &[u8])> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| (serde_json::from_slice::<DeadLetter>(l).ok(), l))
-        .collect()
 }
 
 impl DeadLetterFile {
@@ -302,28 +305,57 @@ impl DeadLetterFile {
     /// Appends dead letters: `lines(first_id)` writes them as NDJSON, the
     /// first with id `first_id`, then one more each.
     pub fn append_with(&self, lines: impl FnOnce(u64) -> Vec<u8>) -> std::io::Result<()> {
-        let _lock = self.lock()?;
-        let first = self.last_id()? + 1;
-        let buf = lines(first);
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        // The file may have been replaced since we opened it.
-        let current = std::fs::metadata(self.path()).ok().map(|m| inode(&m));
-        if w.file.as_ref().map(|(_, ino)| Some(*ino)) != Some(current) || current.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.path())?;
-            let ino = inode(&f.metadata()?);
-            w.file = Some((f, ino));
+        if w.lock.is_none() {
+            std::fs::create_dir_all(&self.dir)?;
+            w.lock = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(self.side("lock"))?,
+            );
         }
-        let result = match w.file.as_mut() {
-            Some((f, _)) => f.write_all(&buf).and_then(|()| f.flush()),
-            None => Ok(()),
-        };
+        let lock = w.lock.take().expect("opened above");
+        lock.lock()?;
+        let result = self.append_locked(&mut w, lines);
+        let _ = lock.unlock();
+        w.lock = Some(lock);
         if result.is_err() {
             w.file = None;
         }
         result
+    }
+
+    /// [`DeadLetterFile::append_with`] under the lock.
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        lines: impl FnOnce(u64) -> Vec<u8>,
+    ) -> std::io::Result<()> {
+        // Another writer, a replay or a delete may have changed the file
+        // since our last append: then read where the ids are.
+        let now = std::fs::metadata(self.path())
+            .ok()
+            .map(|m| (inode(&m), m.len()));
+        if w.file.is_none() || now != Some((w.ino, w.len)) {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path())?;
+            let m = f.metadata()?;
+            (w.ino, w.len) = (inode(&m), m.len());
+            w.last_id = self.last_id()?;
+            w.file = Some(f);
+        }
+        let first = w.last_id + 1;
+        let buf = lines(first);
+        if let Some(f) = w.file.as_mut() {
+            f.write_all(&buf)?;
+        }
+        w.len += buf.len() as u64;
+        w.last_id += memchr::memchr_iter(b'\n', &buf).count() as u64;
+        Ok(())
     }
 
     /// Appends dead letters as they are (with their ids), e.g. the lines of
@@ -368,49 +400,118 @@ impl DeadLetterFile {
         }
     }
 
-    /// Rewrites the queue without the lines `take` selects, which it
-    /// returns (under the lock). `before` runs first with them, still under
-    /// the lock and before anything is removed.
-    fn take(
+    /// Moves the lines `selection` selects out of the queue (under the
+    /// lock): into `to` when given (a new file, fsynced), else nowhere.
+    /// `then` runs with how many were selected once `to` is durable and
+    /// before the queue is rewritten. Never holds the queue in memory:
+    /// taking everything renames the queue; a selection streams it.
+    fn take_into(
         &self,
         selection: &Selection,
-        before: impl FnOnce(&[&[u8]]) -> std::io::Result<()>,
-    ) -> std::io::Result<Vec<DeadLetter>> {
-        let bytes = match std::fs::read(self.path()) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        to: Option<&Path>,
+        then: impl FnOnce(u64) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let highest = self.last_id()?;
+        let src = match File::open(self.path()) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let (mut taken, mut taken_lines, mut rest) = (Vec::new(), Vec::new(), Vec::new());
-        let mut highest = 0;
-        for (d, line) in parse_lines(&bytes) {
-            match d {
-                Some(d) if selection.matches(&d) => {
-                    highest = highest.max(d.id);
-                    taken_lines.push(line);
-                    taken.push(d);
-                }
-                d => {
-                    highest = highest.max(d.map_or(0, |d| d.id));
-                    rest.extend_from_slice(line);
-                    rest.push(b'\n');
-                }
+        let Some(src) = src else {
+            if let Some(to) = to {
+                replace_file(to, b"")?;
             }
+            then(0)?;
+            return Ok(0);
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, src);
+        let dir_synced = |p: &Path| -> std::io::Result<()> {
+            match p.parent() {
+                Some(d) => File::open(d)?.sync_all(),
+                None => Ok(()),
+            }
+        };
+        // Ids are never given twice, even once their lines are gone.
+        let keep_floor = || replace_file(&self.side("seq"), format!("{highest}\n").as_bytes());
+        if *selection == Selection::default() {
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let got = reader.read(&mut buf)?;
+                if got == 0 {
+                    break;
+                }
+                n += memchr::memchr_iter(b'\n', &buf[..got]).count() as u64;
+            }
+            then(n)?;
+            if n > 0 {
+                keep_floor()?;
+                match to {
+                    Some(to) => std::fs::rename(self.path(), to)?,
+                    None => replace_file(&self.path(), b"")?,
+                }
+                dir_synced(&self.path())?;
+            }
+            return Ok(n);
         }
-        before(&taken_lines)?;
-        if !taken.is_empty() {
-            // Ids are never given twice, even once their lines are gone.
-            let floor = self.last_id()?.max(highest);
-            replace_file(&self.side("seq"), format!("{floor}\n").as_bytes())?;
-            replace_file(&self.path(), &rest)?;
+        let tmp = self.path().with_extension("rest");
+        let mut rest = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut taken = match to {
+            Some(to) => Some(std::io::BufWriter::with_capacity(
+                1 << 20,
+                File::create(to.with_extension("tmp"))?,
+            )),
+            None => None,
+        };
+        let (mut n, mut line) = (0u64, Vec::new());
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let body = line.strip_suffix(b"\n").unwrap_or(&line);
+            if body.is_empty() {
+                continue;
+            }
+            // What selection reads, borrowed: the record is skipped, not copied.
+            let selected = serde_json::from_slice::<Selected<'_>>(body)
+                .is_ok_and(|d| selection.matches_parts(d.id, &d.time, &d.reason));
+            let out: &mut dyn Write = match (&mut taken, selected) {
+                (Some(t), true) => t,
+                (None, true) => {
+                    n += 1;
+                    continue;
+                }
+                (_, false) => &mut rest,
+            };
+            out.write_all(body)?;
+            out.write_all(b"\n")?;
+            n += u64::from(selected);
         }
-        Ok(taken)
+        if let (Some(t), Some(to)) = (taken, to) {
+            let f = t.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            std::fs::rename(to.with_extension("tmp"), to)?;
+            dir_synced(to)?;
+        }
+        then(n)?;
+        let rest = rest.into_inner().map_err(|e| e.into_error())?;
+        if n > 0 {
+            keep_floor()?;
+            rest.sync_all()?;
+            std::fs::rename(&tmp, self.path())?;
+            dir_synced(&self.path())?;
+        } else {
+            drop(rest);
+            std::fs::remove_file(&tmp)?;
+        }
+        Ok(n)
     }
 
     /// Deletes the selected dead letters; returns how many.
     pub fn delete(&self, selection: &Selection) -> std::io::Result<u64> {
         let _lock = self.lock()?;
-        Ok(self.take(selection, |_| Ok(()))?.len() as u64)
+        self.take_into(selection, None, |_| Ok(()))
     }
 
     /// The replay recorded under `id`, if any.
@@ -439,9 +540,10 @@ impl DeadLetterFile {
         f.sync_all()
     }
 
-    /// Takes the selected dead letters out of the queue for replay `id`
-    /// (journal first, see the module docs), or finds that replay `id` was
-    /// asked for already.
+    /// Takes the selected dead letters out of the queue into the journal
+    /// of replay `id` (see the module docs), or finds that replay `id` was
+    /// asked for already. Read what it took with
+    /// [`DeadLetterFile::journal_letters`].
     pub fn take_for_replay(&self, id: &str, selection: &Selection) -> std::io::Result<Taken> {
         if !valid_replay_id(id) {
             return Err(std::io::Error::new(
@@ -459,18 +561,38 @@ impl DeadLetterFile {
             records: 0,
             finished_at: String::new(),
         };
-        let journal = self.journal(id);
-        let letters = self.take(selection, |lines| {
-            let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-            for l in lines {
-                buf.extend_from_slice(l);
-                buf.push(b'\n');
-            }
-            replace_file(&journal, &buf)?;
-            record.records = lines.len() as u64;
+        self.take_into(selection, Some(&self.journal(id)), |n| {
+            record.records = n;
             self.record_replay(&record)
         })?;
-        Ok(Taken::New(record, letters))
+        Ok(Taken::New(record))
+    }
+
+    /// The dead letters replay `id` took, read from its journal as they
+    /// are needed (none if it has no journal: finished, or it took none).
+    pub fn journal_letters(&self, id: &str) -> std::io::Result<JournalLetters> {
+        let reader = match File::open(self.journal(id)) {
+            Ok(f) => Some(std::io::BufReader::with_capacity(1 << 20, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(JournalLetters {
+            reader,
+            line: Vec::new(),
+        })
+    }
+
+    /// Puts what replay `id` took back in the queue (with new ids), e.g.
+    /// when its destination was deleted meanwhile; then finish it.
+    pub fn put_back(&self, id: &str) -> std::io::Result<()> {
+        let mut letters = self.journal_letters(id)?;
+        loop {
+            let chunk: Vec<DeadLetter> = letters.by_ref().take(10_000).collect::<Result<_, _>>()?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            self.append_letters(&chunk)?;
+        }
     }
 
     /// Records that replay `id` is done: every record it took is delivered,
@@ -491,36 +613,56 @@ impl DeadLetterFile {
         Ok(r)
     }
 
-    /// Replays whose journal is still there (the process stopped before
-    /// they were done), with the dead letters they took: send them again.
-    pub fn unfinished(&self) -> std::io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>> {
-        let prefix = format!("{}.replay.", self.name);
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+    /// Replays not finished (the process stopped first): send what their
+    /// journal holds again.
+    pub fn unfinished(&self) -> std::io::Result<Vec<ReplayRecord>> {
+        let bytes = match std::fs::read(self.side("replays.ndjson")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        for e in entries {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            let Some(id) = name
-                .strip_prefix(&prefix)
-                .and_then(|n| n.strip_suffix(".ndjson"))
-            else {
-                continue;
-            };
-            if !valid_replay_id(id) {
+        // The last line of an id is its latest state.
+        let mut latest: Vec<ReplayRecord> = Vec::new();
+        for r in bytes
+            .split(|b| *b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<ReplayRecord>(l).ok())
+        {
+            match latest.iter_mut().find(|x| x.id == r.id) {
+                Some(x) => *x = r,
+                None => latest.push(r),
+            }
+        }
+        latest.retain(|r| r.finished_at.is_empty());
+        Ok(latest)
+    }
+}
+
+/// The dead letters of a replay's journal, read a line at a time.
+pub struct JournalLetters {
+    reader: Option<std::io::BufReader<File>>,
+    line: Vec<u8>,
+}
+
+impl Iterator for JournalLetters {
+    type Item = std::io::Result<DeadLetter>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let reader = self.reader.as_mut()?;
+        loop {
+            self.line.clear();
+            match reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            let body = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            if body.is_empty() {
                 continue;
             }
-            let Some(r) = self.replay(id)? else { continue };
-            let bytes = std::fs::read(self.journal(id))?;
-            let letters = parse_lines(&bytes)
-                .into_iter()
-                .filter_map(|(d, _)| d)
-                .collect();
-            out.push((r, letters));
+            // Lines were parsed when taken; one that no longer parses is
+            // damage, said as an error rather than skipped.
+            return Some(serde_json::from_slice(body).map_err(std::io::Error::other));
         }
-        Ok(out)
     }
 }
 
@@ -560,6 +702,17 @@ pub(crate) fn write_line(
     buf.extend_from_slice(b",\"record\":");
     buf.extend_from_slice(record);
     buf.extend_from_slice(b"}\n");
+}
+
+/// The fields of a line a selection reads.
+#[derive(Deserialize)]
+struct Selected<'a> {
+    #[serde(default)]
+    id: u64,
+    #[serde(borrow)]
+    time: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    reason: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -648,6 +801,12 @@ mod tests {
         .unwrap();
     }
 
+    /// The ids of the first ten dead letters, newest first.
+    fn ids(q: &DeadLetterFile) -> Vec<u64> {
+        let page = q.list(&Selection::default(), None, 10).unwrap();
+        page.dead_letters.iter().map(|d| d.id).collect()
+    }
+
     #[test]
     fn lists_newest_first_in_pages_and_selects() {
         let dir = tempfile::tempdir().unwrap();
@@ -683,9 +842,14 @@ mod tests {
             reason: Some("refused".into()),
             ..Default::default()
         };
-        let Taken::New(r, taken) = q.take_for_replay("r1", &sel).unwrap() else {
+        let Taken::New(r) = q.take_for_replay("r1", &sel).unwrap() else {
             panic!("new replay expected")
         };
+        let taken: Vec<DeadLetter> = q
+            .journal_letters("r1")
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!((r.records, taken.len()), (4, 4));
         assert_eq!(taken[0].record.get(), "{\"n\":1}");
         // Repeating it takes nothing, even with lines that would match.
@@ -696,24 +860,47 @@ mod tests {
         }
         // The journal survives until the replay is finished.
         let open = q.unfinished().unwrap();
-        assert_eq!((open.len(), open[0].1.len()), (1, 4));
+        assert_eq!((open.len(), open[0].id.as_str()), (1, "r1"));
         let done = q.finish_replay("r1").unwrap();
         assert!(!done.finished_at.is_empty());
         assert!(q.unfinished().unwrap().is_empty());
-        let left: Vec<u64> = q
-            .list(&Selection::default(), None, 10)
-            .unwrap()
-            .dead_letters
-            .iter()
-            .map(|d| d.id)
-            .collect();
-        assert_eq!(left, vec![6, 5]);
+        assert_eq!(
+            q.journal_letters("r1").unwrap().count(),
+            0,
+            "the journal is gone"
+        );
+        assert_eq!(ids(&q), vec![6, 5]);
         // Everything out: new ids still go on from the highest.
         assert_eq!(q.delete(&Selection::default()).unwrap(), 2);
         letters(&q, 1, "x");
         assert_eq!(
             q.list(&Selection::default(), None, 1).unwrap().dead_letters[0].id,
             7
+        );
+    }
+
+    #[test]
+    fn a_replay_of_everything_moves_the_queue_and_can_be_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = DeadLetterFile::new(dir.path(), "ed_1", 0);
+        letters(&q, 3, "a");
+        let Taken::New(r) = q.take_for_replay("all", &Selection::default()).unwrap() else {
+            panic!("new replay expected")
+        };
+        assert_eq!(r.records, 3);
+        assert!(
+            q.list(&Selection::default(), None, 10)
+                .unwrap()
+                .dead_letters
+                .is_empty()
+        );
+        letters(&q, 1, "b");
+        q.put_back("all").unwrap();
+        q.finish_replay("all").unwrap();
+        assert_eq!(
+            ids(&q),
+            vec![7, 6, 5, 4],
+            "put back with new ids, newest first"
         );
     }
 

@@ -74,8 +74,9 @@ impl Engine {
             .map(|h| h.dead_letter_file())
     }
 
-    /// Sends `letters`, dead letters of `destination`, through its delivery
-    /// again, and calls `done` once every record is delivered, kept in a
+    /// Sends `letters`, dead letters of `destination` (read as they are
+    /// needed: a journal of millions is never held in memory), through its
+    /// delivery again, and calls `done` once every record is delivered, kept in a
     /// disk buffer, or dead-lettered again (with its new reason). Blocks the
     /// calling thread while the destination's buffer is half full, so a
     /// replay of millions of records neither overflows it nor starves the
@@ -84,7 +85,7 @@ impl Engine {
     pub fn redeliver(
         &self,
         destination: &str,
-        letters: &[DeadLetter],
+        letters: impl IntoIterator<Item = DeadLetter>,
         done: impl FnOnce(PublishReport) + Send + 'static,
     ) -> Result<u64, ReplayError> {
         let handle = self
@@ -93,14 +94,14 @@ impl Engine {
         let ticket = Ticket::new(true, Box::new(done));
         ticket.expect(1);
         let mut sent = 0u64;
-        let mut letters = letters.iter().peekable();
+        let mut letters = letters.into_iter().peekable();
         while let Some(first) = letters.next() {
             let subscription: Arc<str> = first.subscription.as_str().into();
-            let mut records = vec![record_of(first)];
+            let mut records = vec![record_of(&first)];
             while records.len() < CHUNK_RECORDS
                 && let Some(d) = letters.next_if(|d| *d.subscription == *subscription)
             {
-                records.push(record_of(d));
+                records.push(record_of(&d));
             }
             let mut wait = Duration::from_millis(1);
             while handle.is_full() {

@@ -1464,15 +1464,18 @@ fn a_full_dead_letter_queue_pauses_its_destination_and_replays_deliver_every_rec
     let mut replays = 0;
     loop {
         let id = format!("r{replays}");
-        let Taken::New(record, letters) =
-            queue.take_for_replay(&id, &Selection::default()).unwrap()
-        else {
+        let Taken::New(record) = queue.take_for_replay(&id, &Selection::default()).unwrap() else {
             panic!("a new replay id was found done")
         };
+        let letters: Vec<_> = queue
+            .journal_letters(&id)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(record.records as usize, letters.len());
         let (tx, rx) = std::sync::mpsc::channel();
         let sent = engine
-            .redeliver("ed_x", &letters, move |r| tx.send(r).unwrap())
+            .redeliver("ed_x", letters, move |r| tx.send(r).unwrap())
             .unwrap();
         let report = rx
             .recv_timeout(Duration::from_secs(20))

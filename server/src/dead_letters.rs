@@ -12,6 +12,9 @@ use sluice_engine::dead_letter_file::{DeadLetter, Page, ReplayRecord, Selection,
 use std::io;
 use std::sync::Arc;
 
+/// What a replay took, read as it is needed.
+pub type Letters = Box<dyn Iterator<Item = io::Result<DeadLetter>> + Send>;
+
 /// Where dead letters are kept, per destination. Every method blocks
 /// (files, or NATS from a blocking thread).
 pub trait DeadLetterStore: Send + Sync {
@@ -30,14 +33,16 @@ pub trait DeadLetterStore: Send + Sync {
         id: &str,
         selection: &Selection,
     ) -> io::Result<Taken>;
+    /// What replay `id` took.
+    fn letters(&self, destination: &str, id: &str) -> io::Result<Letters>;
     /// Replay `id` of `destination`, if it was asked for.
     fn replay(&self, destination: &str, id: &str) -> io::Result<Option<ReplayRecord>>;
     /// Records replay `id` as finished (its journal goes).
     fn finish_replay(&self, destination: &str, id: &str) -> io::Result<ReplayRecord>;
-    /// Puts dead letters back in the queue (a replay whose destination went away).
-    fn put_back(&self, destination: &str, letters: &[DeadLetter]) -> io::Result<()>;
-    /// Replays of `destination` not finished, with what they took.
-    fn unfinished(&self, destination: &str) -> io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>>;
+    /// Puts what replay `id` took back in the queue (its destination went away).
+    fn put_back(&self, destination: &str, id: &str) -> io::Result<()>;
+    /// Replays of `destination` not finished, to run again.
+    fn unfinished(&self, destination: &str) -> io::Result<Vec<ReplayRecord>>;
     /// Bytes the queue holds and its bound (0: none), where known.
     fn usage(&self, destination: &str) -> (u64, u64);
 }
@@ -82,6 +87,10 @@ impl DeadLetterStore for FileDeadLetters {
         self.queue(destination)?.take_for_replay(id, selection)
     }
 
+    fn letters(&self, destination: &str, id: &str) -> io::Result<Letters> {
+        Ok(Box::new(self.queue(destination)?.journal_letters(id)?))
+    }
+
     fn replay(&self, destination: &str, id: &str) -> io::Result<Option<ReplayRecord>> {
         self.queue(destination)?.replay(id)
     }
@@ -90,11 +99,11 @@ impl DeadLetterStore for FileDeadLetters {
         self.queue(destination)?.finish_replay(id)
     }
 
-    fn put_back(&self, destination: &str, letters: &[DeadLetter]) -> io::Result<()> {
-        self.queue(destination)?.append_letters(letters)
+    fn put_back(&self, destination: &str, id: &str) -> io::Result<()> {
+        self.queue(destination)?.put_back(id)
     }
 
-    fn unfinished(&self, destination: &str) -> io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>> {
+    fn unfinished(&self, destination: &str) -> io::Result<Vec<ReplayRecord>> {
         self.queue(destination)?.unfinished()
     }
 
@@ -106,48 +115,64 @@ impl DeadLetterStore for FileDeadLetters {
 
 /// Sends the dead letters replay `id` took, on a blocking thread, and
 /// records it finished once every record is safe. A destination deleted
-/// meanwhile gets its dead letters back; an engine stopping leaves the
-/// journal for the next start.
+/// meanwhile gets its dead letters back; an engine stopping, or a journal
+/// that cannot be read, leaves the journal for the next start.
 pub async fn run(
     engine: Arc<Engine>,
     store: Arc<dyn DeadLetterStore>,
     destination: String,
     id: String,
-    letters: Vec<DeadLetter>,
 ) {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (e, d, s) = (engine.clone(), destination.clone(), store.clone());
-    let sent = tokio::task::spawn_blocking(move || {
-        match e.redeliver(&d, &letters, move |r| {
+    let (d, s, i) = (destination.clone(), store.clone(), id.clone());
+    let sent = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let f = failed.clone();
+        let letters = s
+            .letters(&d, &i)
+            .map_err(|e| e.to_string())?
+            .map_while(move |r| {
+                r.map_err(|e| *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e))
+                    .ok()
+            });
+        match engine.redeliver(&d, letters, move |r| {
             let _ = tx.send(r);
         }) {
-            Err(sluice_engine::ReplayError::NoDestination(_)) => s
-                .put_back(&d, &letters)
-                .map(|()| 0)
-                .map_err(|e| e.to_string()),
-            other => other.map_err(|e| e.to_string()),
+            Err(sluice_engine::ReplayError::NoDestination(_)) => {
+                s.put_back(&d, &i).map_err(|e| e.to_string())?;
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+            Ok(_) => match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(e) => Err(format!("the replay's journal cannot be read: {e}")),
+                None => Ok(true),
+            },
         }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| Err(format!("the replay's task failed: {e}")));
     match sent {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(destination, replay = id, "replay stopped: {e}");
-            return;
+        // Sent: finished once every record is safe.
+        Ok(true) => {
+            if rx.await.is_err() {
+                tracing::warn!(
+                    destination,
+                    replay = id,
+                    "the engine stopped before the replay was done; it runs again at the next start"
+                );
+                return;
+            }
         }
+        // Put back: nothing was sent.
+        Ok(false) => {}
         Err(e) => {
-            tracing::error!(destination, replay = id, "replay task failed: {e}");
+            tracing::warn!(
+                destination,
+                replay = id,
+                "replay stopped: {e}; it runs again at the next start"
+            );
             return;
         }
-    }
-    // Nothing was sent when the destination was gone: the report comes at once.
-    if rx.await.is_err() {
-        tracing::warn!(
-            destination,
-            replay = id,
-            "the engine stopped before the replay was done; it runs again at the next start"
-        );
-        return;
     }
     let finished =
         tokio::task::spawn_blocking(move || store.finish_replay(&destination, &id)).await;
@@ -174,14 +199,14 @@ pub async fn resume(
             }
             Err(_) => continue,
         };
-        for (r, letters) in open {
+        for r in open {
             tracing::info!(
                 destination = d,
                 replay = r.id,
-                records = letters.len(),
+                records = r.records,
                 "running again a replay a stop left unfinished"
             );
-            tokio::spawn(run(engine.clone(), store.clone(), d.clone(), r.id, letters));
+            tokio::spawn(run(engine.clone(), store.clone(), d.clone(), r.id));
         }
     }
 }

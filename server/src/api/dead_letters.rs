@@ -201,11 +201,11 @@ pub(super) async fn replay_dead_letters(
             .map_err(store_error)
     })
     .await?;
-    let (record, letters) = match taken {
+    let record = match taken {
         Taken::Existing(r) => {
             return Ok(Json(replay_json(&ctx.base, &d.id, &r, true)).into_response());
         }
-        Taken::New(r, letters) => (r, letters),
+        Taken::New(r) => r,
     };
     let mut object = replay_json(&ctx.base, &d.id, &record, false);
     object["selection"] = Value::Object(selection);
@@ -222,7 +222,6 @@ pub(super) async fn replay_dead_letters(
         app.dead_letters.clone(),
         d.id.clone(),
         replay_id.clone(),
-        letters,
     ));
     let _ = tokio::time::timeout(REPLAY_ANSWER_WAIT, &mut running).await;
     let store = app.dead_letters.clone();

@@ -159,7 +159,7 @@ impl JetStreamDeadLetters {
             };
         }
         let msgs = self.messages(destination).await?;
-        let (mut taken, mut journal) = (Vec::new(), Vec::new());
+        let (mut taken, mut journal) = (0u64, Vec::new());
         let mut rewrites = Vec::new();
         for (seq, payload) in &msgs {
             let (mut kept, mut any) = (Vec::new(), false);
@@ -168,7 +168,7 @@ impl JetStreamDeadLetters {
                     Some(d) if selection.matches(&d) => {
                         journal.extend_from_slice(line);
                         journal.push(b'\n');
-                        taken.push(d);
+                        taken += 1;
                         any = true;
                     }
                     _ => {
@@ -198,9 +198,9 @@ impl JetStreamDeadLetters {
             .await
             .map_err(other)?;
         }
-        stored.record.records = taken.len() as u64;
+        stored.record.records = taken;
         self.put(&key, &stored).await?;
-        Ok(Taken::New(stored.record, taken))
+        Ok(Taken::New(stored.record))
     }
 
     async fn finish(&self, destination: &str, id: &str) -> io::Result<ReplayRecord> {
@@ -223,10 +223,7 @@ impl JetStreamDeadLetters {
         Ok(s.record)
     }
 
-    async fn open_replays(
-        &self,
-        destination: &str,
-    ) -> io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>> {
+    async fn open_replays(&self, destination: &str) -> io::Result<Vec<ReplayRecord>> {
         use futures_util::StreamExt;
         let prefix = format!("{destination}.");
         let mut keys = Vec::new();
@@ -262,8 +259,7 @@ impl JetStreamDeadLetters {
             if self.replays.update(&key, v.into(), revision).await.is_err() {
                 continue;
             }
-            let letters = self.journal(destination, &s.record.id).await?;
-            out.push((s.record, letters));
+            out.push(s.record);
         }
         Ok(out)
     }
@@ -330,7 +326,13 @@ impl DeadLetterStore for JetStreamDeadLetters {
         self.rt.block_on(self.finish(destination, id))
     }
 
-    fn put_back(&self, destination: &str, letters: &[DeadLetter]) -> io::Result<()> {
+    fn letters(&self, destination: &str, id: &str) -> io::Result<crate::dead_letters::Letters> {
+        let letters = self.rt.block_on(self.journal(destination, id))?;
+        Ok(Box::new(letters.into_iter().map(Ok)))
+    }
+
+    fn put_back(&self, destination: &str, id: &str) -> io::Result<()> {
+        let letters = self.rt.block_on(self.journal(destination, id))?;
         let mut buf = Vec::new();
         for d in letters {
             let line = serde_json::json!({
@@ -341,11 +343,12 @@ impl DeadLetterStore for JetStreamDeadLetters {
             buf.push(b'\n');
         }
         let subject = self.settings.dead_letter_subject(destination);
-        let id = crate::ids::new_id("dl");
-        self.rt.block_on(self.store_lines(&subject, &buf, &id))
+        let key = Self::key(destination, id);
+        self.rt
+            .block_on(self.store_lines(&subject, &buf, &format!("{key}.back")))
     }
 
-    fn unfinished(&self, destination: &str) -> io::Result<Vec<(ReplayRecord, Vec<DeadLetter>)>> {
+    fn unfinished(&self, destination: &str) -> io::Result<Vec<ReplayRecord>> {
         self.rt.block_on(self.open_replays(destination))
     }
 
