@@ -21,6 +21,17 @@ pub struct SubscriptionStats {
     pub(crate) filter_errors: AtomicU64,
 }
 
+impl SubscriptionStats {
+    /// A copy of these counters, as values.
+    pub fn counts(&self) -> SubscriptionCounts {
+        SubscriptionCounts {
+            evaluated: self.evaluated.load(Relaxed),
+            matched: self.matched.load(Relaxed),
+            filter_errors: self.filter_errors.load(Relaxed),
+        }
+    }
+}
+
 /// Latency from ingest (the batch's receive time) to the sink's ack, in
 /// microseconds, 1 µs to 1 hour at 3 significant digits.
 pub type LatencyHistogram = hdrhistogram::Histogram<u64>;
@@ -161,6 +172,14 @@ impl DestinationStats {
 
     /// A copy of these counters, as values.
     pub fn counts(&self) -> DestinationCounts {
+        let latency = {
+            let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+            if h.is_empty() {
+                (0, 0)
+            } else {
+                (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+            }
+        };
         DestinationCounts {
             delivered: self.delivered.load(Relaxed),
             delivered_bytes: self.delivered_bytes.load(Relaxed),
@@ -188,6 +207,8 @@ impl DestinationStats {
                 .clone(),
             paused: self.paused.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
+            latency_p50_us: latency.0,
+            latency_p99_us: latency.1,
             start_error: self
                 .start_error
                 .lock()
@@ -254,6 +275,11 @@ pub struct DestinationCounts {
     pub paused: u64,
     /// Dead-lettered records sent again by replays.
     pub replayed: u64,
+    /// Ingest-to-ack latency of delivered records, median and 99th
+    /// percentile, in microseconds (0 before the first).
+    pub latency_p50_us: u64,
+    /// See `latency_p50_us`.
+    pub latency_p99_us: u64,
     /// While its plugin instance cannot be created: why, and for how long.
     pub start_error: Option<(String, std::time::Duration)>,
     /// Whether the engine gave up creating it (its records are dead-lettered).
@@ -412,6 +438,13 @@ impl Metrics {
         m.get(id).map(|d| d.counts())
     }
 
+    /// The counters of subscription `id`, as values (`None` if it never
+    /// saw an event).
+    pub fn subscription_counts_of(&self, id: &str) -> Option<SubscriptionCounts> {
+        let m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(id).map(|s| s.counts())
+    }
+
     /// Events received so far (cheaper than a whole [`Metrics::snapshot`]).
     pub fn events_in(&self) -> u64 {
         self.events_in.load(Relaxed)
@@ -432,18 +465,7 @@ impl Metrics {
     /// A copy of every subscription's counters, by id.
     pub(crate) fn subscription_counts(&self) -> Vec<(String, SubscriptionCounts)> {
         let m = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter()
-            .map(|(id, s)| {
-                (
-                    id.clone(),
-                    SubscriptionCounts {
-                        evaluated: s.evaluated.load(Relaxed),
-                        matched: s.matched.load(Relaxed),
-                        filter_errors: s.filter_errors.load(Relaxed),
-                    },
-                )
-            })
-            .collect()
+        m.iter().map(|(id, s)| (id.clone(), s.counts())).collect()
     }
 
     /// Every destination's live counters.

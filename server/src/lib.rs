@@ -14,6 +14,7 @@
 pub mod api;
 pub mod back_pressure;
 pub mod cluster;
+pub mod console;
 pub mod dead_letters;
 pub mod error;
 pub mod ids;

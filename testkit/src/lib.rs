@@ -11,6 +11,7 @@ pub mod moto;
 pub mod nats;
 pub mod pipeline;
 pub mod serve;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

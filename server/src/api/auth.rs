@@ -53,12 +53,15 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 impl App {
-    /// Authenticates a request and checks the protocol headers and body rules.
+    /// Authenticates a request and checks the protocol headers and body
+    /// rules. A request that changes nothing (`read_only`: every GET, and
+    /// the POSTs of [`READ_ONLY_POSTS`]) is not counted as a write.
     pub(super) fn prelude(
         &self,
         headers: &HeaderMap,
         method: &Method,
         body: &[u8],
+        read_only: bool,
     ) -> Result<Ctx, ApiError> {
         let token = bearer(headers)?;
         if token.starts_with("ak_") {
@@ -138,7 +141,7 @@ impl App {
                 _ => {}
             }
         }
-        if *method != Method::GET {
+        if !read_only && *method != Method::GET {
             self.writes
                 .take(&key.account_id)
                 .map_err(|s| rate_limited("changes for this account", s))?;
@@ -166,17 +169,22 @@ pub(super) struct Call {
     pub(super) body: Bytes,
 }
 
+/// POSTs that change nothing (they take a body, but are not counted against
+/// the account's writes; each has a meter of its own).
+pub(super) const READ_ONLY_POSTS: &[&str] = &["/event_filters/check"];
+
 impl FromRequest<Arc<App>> for Call {
     type Rejection = Response;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let method = req.method().clone();
+        let read_only = READ_ONLY_POSTS.contains(&req.uri().path());
         let headers = req.headers().clone();
         let body = Bytes::from_request(req, app)
             .await
             .map_err(IntoResponse::into_response)?;
         let ctx = app
-            .prelude(&headers, &method, &body)
+            .prelude(&headers, &method, &body, read_only)
             .map_err(IntoResponse::into_response)?;
         Ok(Call { ctx, body })
     }

@@ -49,29 +49,22 @@ pub(super) async fn create_destination(
     };
     check_file_area(&app, &d)?;
     if verify {
-        app.test_events
-            .take(&ctx.account)
-            .map_err(|s| rate_limited("test events for this account", s))?;
         // Send the test event before storing: a destination that refuses it is not created.
-        let plugins = app.engine.plugins();
-        let spec = d.to_spec(&app.policy, &app.data_dir);
-        let restrictions = app.restrictions.clone();
-        blocking(move || {
-            verify_destination(&plugins, &spec, &restrictions).map_err(|e| {
+        test_event(&app, &ctx, &d)
+            .await?
+            .map_err(|(retryable, e)| {
                 // Spec §3: 5132 "Datadog key rejected", 5139 "other Azure
                 // config problem" for a refusal; 5140 (generic invalid
                 // fields) otherwise, and for a destination that could
                 // not take the event now (throttled, down: try again).
-                let code = match spec.kind.as_str() {
-                    _ if e.retryable => Code::InvalidDestination,
+                let code = match d.target.kind() {
+                    _ if retryable => Code::InvalidDestination,
                     "datadog" => Code::DatadogKeyRejected,
                     "azure_logs_ingestion" => Code::AzureConfig,
                     _ => Code::InvalidDestination,
                 };
                 ApiError::new(code, format!("The destination refused the test event: {e}"))
-            })
-        })
-        .await?;
+            })?;
     }
     let json = d.to_json(&ctx.base);
     let stored = d.clone();
@@ -116,6 +109,73 @@ pub(super) async fn list_destinations(
         Json(json!({ "event_destinations": list, "next_page_uri": next, "uri": uri }))
             .into_response(),
     )
+}
+
+/// Sends `d` a test event (within the account's test-event rate): `Ok(Err)`
+/// is the destination's refusal, whether it may pass if tried again, and
+/// the vendor's reason.
+async fn test_event(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    d: &Destination,
+) -> Result<Result<(), (bool, String)>, ApiError> {
+    app.test_events
+        .take(&ctx.account)
+        .map_err(|s| rate_limited("test events for this account", s))?;
+    let plugins = app.engine.plugins();
+    let spec = d.to_spec(&app.policy, &app.data_dir);
+    let restrictions = app.restrictions.clone();
+    blocking(move || {
+        Ok(verify_destination(&plugins, &spec, &restrictions)
+            .map_err(|e| (e.retryable, e.to_string())))
+    })
+    .await
+}
+
+/// `POST /event_destinations/{id}/test_event` (Sluice's own: what the
+/// dashboard's "send a test event" does): `{"outcome": "delivered"}`, or
+/// `"refused"` / `"try_again"` with the destination's reason.
+pub(super) async fn send_test_event(
+    axum::extract::State(app): Shared,
+    Path(id): Path<String>,
+    Call { ctx, .. }: Call,
+) -> Result<Response, ApiError> {
+    let d = find_destination(&app, &ctx, &id)?;
+    let answer = match test_event(&app, &ctx, &d).await? {
+        Ok(()) => json!({ "outcome": "delivered" }),
+        Err((true, reason)) => json!({ "outcome": "try_again", "reason": reason }),
+        Err((false, reason)) => json!({ "outcome": "refused", "reason": reason }),
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// `GET /event_destination_kinds` (Sluice's own): the kinds this account
+/// may use, each with whether it is an ngrok target (`{"<kind>": config}`)
+/// or a plugin (`{"plugin": {"kind", "config"}}`) and the JSON schema of its
+/// configuration, from which the console makes its forms.
+pub(super) async fn list_destination_kinds(
+    axum::extract::State(app): Shared,
+    Call { .. }: Call,
+) -> Result<Response, ApiError> {
+    let plugins = app.engine.plugins();
+    let kinds: Vec<Value> = app
+        .policy
+        .offered(&app.plugin_kinds)
+        .into_iter()
+        .map(|kind| {
+            let schema = plugins
+                .get(&kind)
+                .ok()
+                .and_then(|p| serde_json::from_str::<Value>(&p.info.config_schema).ok())
+                .unwrap_or(Value::Null);
+            json!({
+                "kind": kind,
+                "ngrok_target": crate::policy::NGROK_KINDS.contains(&kind.as_str()),
+                "config_schema": schema,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "kinds": kinds })).into_response())
 }
 
 pub(super) fn find_destination(app: &App, ctx: &Ctx, id: &str) -> Result<Destination, ApiError> {

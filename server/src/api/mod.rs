@@ -7,19 +7,23 @@ mod auth;
 mod change;
 mod dead_letters;
 mod destinations;
+mod filters;
 mod ingest;
 mod operator;
 mod paging;
 mod sources;
+mod stats;
 mod subscriptions;
 mod tap;
 
 use auth::*;
 use dead_letters::*;
 use destinations::*;
+use filters::*;
 use ingest::*;
 use paging::*;
 use sources::*;
+use stats::*;
 use subscriptions::*;
 use tap::*;
 
@@ -74,6 +78,8 @@ pub struct App {
     pub writes: RateMeter,
     /// Test events per account.
     pub test_events: RateMeter,
+    /// Filter checks (`POST /event_filters/check`) per account.
+    pub filter_checks: RateMeter,
     /// Failed authentications per client address.
     pub auth_failures: RateMeter,
     /// Accounts with a full destination, for ingest's back-pressure.
@@ -127,6 +133,7 @@ impl App {
             restrictions: p.restrictions(),
             writes: RateMeter::new(p.writes_per_minute),
             test_events: RateMeter::new(p.test_events_per_minute),
+            filter_checks: RateMeter::new(filters::CHECKS_PER_MINUTE),
             auth_failures: RateMeter::new(p.auth_failures_per_minute),
             full_accounts: Default::default(),
             policy: p.clone(),
@@ -336,6 +343,11 @@ pub fn router(app: Arc<App>) -> Router {
                 .patch(update_subscription)
                 .delete(delete_subscription),
         )
+        .route("/event_destinations/{id}/test_event", post(send_test_event))
+        .route("/event_filters/check", post(check_filter))
+        .route("/event_types", get(list_event_types))
+        .route("/event_destination_kinds", get(list_destination_kinds))
+        .route("/event_stats", get(event_stats))
         .route(
             "/event_destinations/{id}/dead_letters",
             get(list_dead_letters),
@@ -362,6 +374,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(ingest).layer(axum::extract::DefaultBodyLimit::max(INGEST_MAX_BYTES)),
         )
         .route("/healthz", get(healthz))
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
