@@ -246,6 +246,16 @@ impl Record {
                 api.change.count,
                 api.change_to_first_record_ms
             );
+            if !api.console_views.is_empty() {
+                let _ = write!(
+                    s,
+                    "\n  console ({} bytes), navigation to data on screen (median of 5):",
+                    group(api.console_bytes as f64)
+                );
+                for v in &api.console_views {
+                    let _ = write!(s, "\n    {}: {:.0} ms", v.view, v.ms);
+                }
+            }
         }
         s
     }

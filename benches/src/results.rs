@@ -96,6 +96,22 @@ pub struct ApiResult {
     pub change: Millis,
     /// A change checked end to end: from the PATCH to the first record its new filter selects, delivered.
     pub change_to_first_record_ms: f64,
+    /// The console's files, in bytes (its page weight).
+    #[serde(default)]
+    pub console_bytes: usize,
+    /// Each console view, from navigating to it to its data shown, in a
+    /// real browser (empty when Chromium is not installed).
+    #[serde(default)]
+    pub console_views: Vec<ConsoleView>,
+}
+
+/// One console view's time to ready.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConsoleView {
+    /// The view.
+    pub view: String,
+    /// Milliseconds from navigation to its data on screen (median of 5).
+    pub ms: f64,
 }
 
 /// What the baseline measured.

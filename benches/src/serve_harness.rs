@@ -6,7 +6,7 @@
 //! scenario with 10,000 subscriptions starts in a second instead of making
 //! 10,000 API calls that each reconfigure the engine.
 
-use crate::results::{ApiResult, Latency, Millis, RunResult};
+use crate::results::{ApiResult, ConsoleView, Latency, Millis, RunResult};
 use crate::scenario::Scenario;
 use crate::scenario::{ApiSpec, RunOptions};
 use sluice_engine::ingest::{Chunk, NdjsonReader};
@@ -548,7 +548,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
     // One account with a file destination and N subscriptions on it.
     let account = new_id("ac");
     let t = now();
-    let (sub_ids, key, token) = {
+    let (sub_ids, key, token, dest) = {
         let store = SqliteStore::open(&dir)?;
         store.put_account(&account, &t)?;
         let (_, key) = store.create_key(&account, "bench", &t)?;
@@ -589,7 +589,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
         }
         let token = sluice_serve::ids::secret(32);
         store.set_setting("ingest_token", &token)?;
-        (ids, key, token)
+        (ids, key, token, dest)
     };
     let mut server = start_server(sluice, &dir, &o.plugin_dirs)?;
     let url = server.url.clone();
@@ -655,6 +655,7 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
         std::thread::sleep(Duration::from_millis(1));
     }
     let live = start.elapsed().as_secs_f64() * 1000.0;
+    let console_views = console_views(&url, &key, &sub_ids[0], &dest)?;
     let (get, list) = (millis(&get_h), millis(&list_h));
     server.stop(Duration::from_secs(120))?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -666,7 +667,78 @@ pub fn run_api(spec: &ApiSpec, o: &RunOptions, sluice: &Path) -> Result<ApiResul
         list,
         change: millis(&ch),
         change_to_first_record_ms: live,
+        console_bytes: sluice_serve::console::page_bytes(),
+        console_views,
     })
+}
+
+/// Times each console view in headless Chromium (when installed): from
+/// setting the location to the view's data on screen, the median of 5.
+fn console_views(url: &str, key: &str, sub: &str, dest: &str) -> Result<Vec<ConsoleView>, String> {
+    if !Path::new("/usr/bin/chromium").exists() || !Path::new("/usr/bin/chromedriver").exists() {
+        eprintln!("sluice bench: Chromium is not installed; console views not timed");
+        return Ok(Vec::new());
+    }
+    let b = sluice_testkit::webdriver::Browser::start(1280, 800);
+    b.goto(&format!("{url}/"));
+    b.run(
+        "sessionStorage.setItem('sluice.api_key', arguments[0])",
+        serde_json::json!([key]),
+    );
+    // (view, hash, what shows its data is there)
+    let views = [
+        (
+            "destinations",
+            "#/destinations".to_string(),
+            "#destinations tbody tr",
+        ),
+        (
+            "subscriptions (first page of 10,000)",
+            "#/subscriptions".into(),
+            "#subscriptions tbody tr",
+        ),
+        (
+            "new subscription (event types, destinations)",
+            "#/subscriptions/new".into(),
+            "#subscription-form .source .fields label",
+        ),
+        (
+            "live (top 100 of 10,000)",
+            "#/live".into(),
+            "#live-subscriptions tbody tr",
+        ),
+        (
+            "dead letters",
+            format!("#/dead-letters/{dest}"),
+            "#dl-info:not(:empty)",
+        ),
+        ("live tail", format!("#/tap/{sub}"), "#tap-status.live"),
+        (
+            "destination",
+            format!("#/destinations/{dest}"),
+            "#send-test-event",
+        ),
+    ];
+    let script = "const [hash, sel, done] = arguments; location.hash = '#/blank';\
+        setTimeout(() => { const t0 = performance.now(); location.hash = hash;\
+        const check = () => document.querySelector(sel) ? done(performance.now() - t0) : requestAnimationFrame(check);\
+        check(); }, 50);";
+    let mut out = Vec::new();
+    for (view, hash, ready) in views {
+        let mut ms: Vec<f64> = (0..5)
+            .map(|_| {
+                b.run_async(script, serde_json::json!([hash, ready]))
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        out.push(ConsoleView {
+            view: view.to_string(),
+            ms: ms[2],
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

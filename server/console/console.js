@@ -58,11 +58,14 @@ async function api(method, path, body) {
   return json;
 }
 
+/** A `next_page_uri` as a path on this origin (null when there is none). */
+function relative(uri) { return uri ? uri.replace(/^https?:\/\/[^/]+/, '') : null; }
+
 /** Every page of a list (`key`: its array's name). */
 async function listAll(path, key) {
   let out = [], next = path;
   while (next) {
-    const page = await api('GET', next.replace(/^https?:\/\/[^/]+/, ''));
+    const page = await api('GET', relative(next));
     out = out.concat(page[key] || []);
     next = page.next_page_uri;
   }
@@ -94,7 +97,7 @@ function signOut(why) {
   if (why) toast(why, true);
 }
 
-function viewSignIn() {
+function viewSignIn(root) {
   document.getElementById('nav').hidden = true;
   const input = el('input', { type: 'password', id: 'api-key', autocomplete: 'off', required: true });
   const out = el('p', { class: 'error', id: 'signin-error' });
@@ -114,7 +117,7 @@ function viewSignIn() {
   el('h1', {}, 'Sign in'),
   el('label', { for: 'api-key' }, 'API key', el('span', { class: 'hint' }, ' — kept in this tab only')),
   input, out, el('button', { type: 'submit' }, 'Sign in'));
-  main().replaceChildren(form);
+  root.replaceChildren(form);
   input.focus();
 }
 
@@ -133,16 +136,16 @@ function targetSummary(t) {
   return kind;
 }
 
-async function viewDestinations() {
-  const root = el('div', {}, el('div', { class: 'row' }, el('h1', {}, 'Destinations'), el('span', { class: 'spacer' }),
+async function viewDestinations(root) {
+  const page = el('div', {}, el('div', { class: 'row' }, el('h1', {}, 'Destinations'), el('span', { class: 'spacer' }),
     el('button', { id: 'new-destination', onclick: () => { location.hash = '#/destinations/new'; } }, 'New destination')));
-  main().replaceChildren(root);
+  root.replaceChildren(page);
   const list = await listAll('/event_destinations?limit=100', 'event_destinations');
   const rows = list.map((d) => el('tr', { 'data-id': d.id },
     el('td', {}, el('a', { href: `#/destinations/${d.id}` }, d.description || d.id), el('div', { class: 'hint mono' }, d.id)),
     el('td', {}, targetSummary(d.target)),
     el('td', { class: 'opt' }, d.created_at)));
-  root.append(list.length
+  page.append(list.length
     ? el('div', { class: 'table-wrap' }, el('table', { id: 'destinations' },
       el('thead', {}, el('tr', {}, el('th', {}, 'Destination'), el('th', {}, 'Kind'), el('th', { class: 'opt' }, 'Created'))),
       el('tbody', {}, rows)))
@@ -193,7 +196,7 @@ function schemaForm(schema, into, current) {
   };
 }
 
-async function viewNewDestination() {
+async function viewNewDestination(root) {
   const ks = await kinds();
   const box = el('div');
   const kindSel = el('select', { id: 'kind' }, ks.map((k) => el('option', { value: k.kind }, k.kind + (k.ngrok_target ? '' : ' (plugin)'))));
@@ -224,16 +227,16 @@ async function viewNewDestination() {
   el('label', { class: 'row' }, verify, 'Send a test event first (not created if it is refused)'),
   out, el('div', { class: 'row' }, el('button', { type: 'submit', id: 'create-destination' }, 'Create'),
     el('a', { href: '#/destinations' }, 'Cancel')));
-  main().replaceChildren(form);
+  root.replaceChildren(form);
   render();
   kindSel.focus();
 }
 
-async function viewDestination(id) {
+async function viewDestination(root, id) {
   const d = await api('GET', `/event_destinations/${id}`);
   const outcome = el('p', { id: 'test-outcome', role: 'status' });
   const desc = el('input', { type: 'text', id: 'description', value: d.description || '' });
-  const root = el('div', {},
+  const page = el('div', {},
     el('h1', {}, d.description || d.id),
     el('div', { class: 'card' },
       el('p', {}, 'Id ', el('code', {}, d.id), ' · kind ', targetSummary(d.target), ' · created ', d.created_at),
@@ -261,12 +264,12 @@ async function viewDestination(id) {
       ev.preventDefault();
       try { await api('PATCH', `/event_destinations/${id}`, { description: desc.value }); toast('Saved'); } catch (e) { fail(e); }
     } }, el('label', { for: 'description' }, 'Description'), desc, el('p'), el('button', { type: 'submit' }, 'Save')));
-  main().replaceChildren(root);
+  root.replaceChildren(page);
 }
 
 // ---------------------------------------------------------------- dead letters
 
-async function viewDeadLetters(id) {
+async function viewDeadLetters(root, id) {
   const body = el('tbody');
   const info = el('p', { id: 'dl-info', class: 'hint' });
   const state = el('p', { id: 'replay-state', role: 'status' });
@@ -281,7 +284,7 @@ async function viewDeadLetters(id) {
         el('td', {}, d.reason),
         el('td', { class: 'opt' }, el('pre', {}, JSON.stringify(d.record)))));
     }
-    next = page.next_page_uri ? page.next_page_uri.replace(/^https?:\/\/[^/]+/, '') : null;
+    next = relative(page.next_page_uri);
     more.hidden = !next;
     info.textContent = `${bytes(page.bytes)} used` + (page.max_bytes ? ` of ${bytes(page.max_bytes)}` : '') +
       (page.paused_records ? ` — PAUSED: ${page.paused_records} records wait for room; replay or delete to resume` : '');
@@ -311,7 +314,7 @@ async function viewDeadLetters(id) {
       document.body.append(a); a.click(); a.remove();
     } catch (e) { fail(e); }
   };
-  main().replaceChildren(el('div', {},
+  root.replaceChildren(el('div', {},
     el('h1', {}, 'Dead letters of ', el('a', { href: `#/destinations/${id}` }, id)),
     el('div', { class: 'card' },
       el('p', {}, 'Records the destination gave up on, newest first. Fix the destination, then replay: each record is sent again once; what fails again comes back here with its new reason.'),
@@ -335,25 +338,36 @@ async function eventTypes() {
   return typesCache;
 }
 
-async function viewSubscriptions() {
-  const root = el('div', {}, el('div', { class: 'row' }, el('h1', {}, 'Subscriptions'), el('span', { class: 'spacer' }),
-    el('button', { id: 'new-subscription', onclick: () => { location.hash = '#/subscriptions/new'; } }, 'New subscription')));
-  main().replaceChildren(root);
-  const list = await listAll('/event_subscriptions?limit=100', 'event_subscriptions');
-  root.append(list.length
-    ? el('div', { class: 'table-wrap' }, el('table', { id: 'subscriptions' },
-      el('thead', {}, el('tr', {}, el('th', {}, 'Subscription'), el('th', {}, 'Sources'), el('th', { class: 'opt' }, 'Destinations'), el('th', {}, ''))),
-      el('tbody', {}, list.map((s) => el('tr', { 'data-id': s.id },
-        el('td', {}, s.description || s.id, el('div', { class: 'hint mono' }, s.id)),
-        el('td', {}, (s.sources || []).map((src) => el('div', {}, src.type, src.filter ? el('div', { class: 'hint mono' }, src.filter) : null))),
-        el('td', { class: 'opt mono' }, (s.destinations || []).map((d) => el('div', {}, d.id))),
-        el('td', {}, el('div', { class: 'row' },
-          el('a', { href: `#/tap/${s.id}` }, 'Live tail'),
-          el('button', { class: 'danger', onclick: async () => {
-            if (!confirm(`Delete subscription ${s.id}?`)) return;
-            try { await api('DELETE', `/event_subscriptions/${s.id}`); toast('Deleted'); viewSubscriptions(); } catch (e) { fail(e); }
-          } }, 'Delete'))))))))
-    : el('p', { class: 'card' }, 'No subscriptions yet.'));
+async function viewSubscriptions(root) {
+  const body = el('tbody');
+  const more = el('button', { class: 'secondary', hidden: true, id: 'older-subscriptions' }, 'Older');
+  const page = el('div', {}, el('div', { class: 'row' }, el('h1', {}, 'Subscriptions'), el('span', { class: 'spacer' }),
+    el('button', { id: 'new-subscription', onclick: () => { location.hash = '#/subscriptions/new'; } }, 'New subscription')),
+  el('div', { class: 'table-wrap' }, el('table', { id: 'subscriptions' },
+    el('thead', {}, el('tr', {}, el('th', {}, 'Subscription'), el('th', {}, 'Sources'), el('th', { class: 'opt' }, 'Destinations'), el('th', {}, ''))),
+    body)), el('p'), more);
+  root.replaceChildren(page);
+  const row = (s) => el('tr', { 'data-id': s.id },
+    el('td', {}, s.description || s.id, el('div', { class: 'hint mono' }, s.id)),
+    el('td', {}, (s.sources || []).map((src) => el('div', {}, src.type, src.filter ? el('div', { class: 'hint mono' }, src.filter) : null))),
+    el('td', { class: 'opt mono' }, (s.destinations || []).map((d) => el('div', {}, d.id))),
+    el('td', {}, el('div', { class: 'row' },
+      el('a', { href: `#/tap/${s.id}` }, 'Live tail'),
+      el('button', { class: 'danger', onclick: async () => {
+        if (!confirm(`Delete subscription ${s.id}?`)) return;
+        try { await api('DELETE', `/event_subscriptions/${s.id}`); toast('Deleted'); viewSubscriptions(root); } catch (e) { fail(e); }
+      } }, 'Delete'))));
+  // A page at a time: an account may hold thousands.
+  let next = '/event_subscriptions?limit=100';
+  const load = async () => {
+    const page = await api('GET', next);
+    body.append(...page.event_subscriptions.map(row));
+    next = relative(page.next_page_uri);
+    more.hidden = !next;
+    if (!body.childElementCount) body.append(el('tr', {}, el('td', { colspan: 4 }, 'No subscriptions yet.')));
+  };
+  more.addEventListener('click', () => load().catch(fail));
+  await load();
 }
 
 /** A sample event of `type`: every known field with a plausible value. */
@@ -443,7 +457,7 @@ function sourceEditor(types) {
   };
 }
 
-async function viewNewSubscription() {
+async function viewNewSubscription(root) {
   const [types, dests] = await Promise.all([eventTypes(), listAll('/event_destinations?limit=100', 'event_destinations')]);
   const desc = el('input', { type: 'text', id: 'description' });
   const destBox = el('div', { class: 'fields', id: 'destination-choices' }, dests.map((d) => el('label', {},
@@ -467,17 +481,18 @@ async function viewNewSubscription() {
   el('h2', {}, 'Sources'), sources,
   el('button', { type: 'button', class: 'secondary', onclick: () => { const e = sourceEditor(types); editors.push(e); sources.append(e.node); } }, 'Add a source'),
   out, el('p'), el('div', { class: 'row' }, el('button', { type: 'submit', id: 'create-subscription' }, 'Create'), el('a', { href: '#/subscriptions' }, 'Cancel')));
-  main().replaceChildren(form);
+  root.replaceChildren(form);
   desc.focus();
 }
 
 // ---------------------------------------------------------------- live
 
-async function viewLive() {
+async function viewLive(root) {
   const subsBody = el('tbody'), destBody = el('tbody');
-  main().replaceChildren(el('div', {}, el('h1', {}, 'Live'),
+  const shownOf = el('p', { class: 'hint' });
+  root.replaceChildren(el('div', {}, el('h1', {}, 'Live'),
     el('p', { class: 'hint' }, 'Refreshed every second; rates are per second since the last refresh.'),
-    el('h2', {}, 'Subscriptions'),
+    el('h2', {}, 'Subscriptions'), shownOf,
     el('div', { class: 'table-wrap' }, el('table', { id: 'live-subscriptions' }, el('thead', {}, el('tr', {},
       el('th', {}, 'Subscription'), el('th', { class: 'num' }, 'Evaluated/s'), el('th', { class: 'num' }, 'Matched/s'),
       el('th', { class: 'num' }, 'Matched'), el('th', { class: 'num opt' }, 'Filter errors'))), subsBody)),
@@ -491,7 +506,8 @@ async function viewLive() {
   stopView = () => { live = false; };
   while (live) {
     try {
-      const s = await api('GET', '/event_stats');
+      const s = await api('GET', '/event_stats?limit=100');
+      shownOf.textContent = s.subscriptions_total > 100 ? `The 100 most matched of ${s.subscriptions_total} subscriptions.` : '';
       const now = performance.now(), secs = (now - lastAt) / 1000;
       subsBody.replaceChildren(...Object.entries(s.subscriptions).map(([id, c]) => {
         const b = last && last.subscriptions[id];
@@ -516,10 +532,10 @@ async function viewLive() {
 
 // ---------------------------------------------------------------- tap
 
-async function viewTap(id) {
+async function viewTap(root, id) {
   const tail = el('div', { class: 'tail', id: 'tap' });
   const status = el('p', { class: 'hint', id: 'tap-status' }, 'Connecting…');
-  main().replaceChildren(el('div', {}, el('h1', {}, 'Live tail of ', el('code', {}, id)),
+  root.replaceChildren(el('div', {}, el('h1', {}, 'Live tail of ', el('code', {}, id)),
     el('p', { class: 'hint' }, 'Records as the subscription makes them, sampled (at most 100 a second); a tap never slows delivery.'),
     status, tail));
   const ctl = new AbortController();
@@ -529,6 +545,7 @@ async function viewTap(id) {
       headers: { 'Authorization': 'Bearer ' + sessionStorage.getItem(KEY), 'Ngrok-Version': '2' }, signal: ctl.signal });
     if (!r.ok) { const b = await r.json().catch(() => null); throw new ApiError(r.status, b); }
     status.textContent = 'Live.';
+    status.classList.add('live');
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = '';
@@ -562,24 +579,29 @@ async function route() {
   stopView();
   stopView = () => {};
   const hash = location.hash || '#/destinations';
-  if (!sessionStorage.getItem(KEY)) { if (hash !== '#/signin') location.hash = '#/signin'; viewSignIn(); return; }
+  // Each route renders into a container of its own: a slow view that
+  // finishes after the user moved on renders into nothing.
+  const root = el('div', { class: 'view' });
+  main().replaceChildren(root);
+  if (!sessionStorage.getItem(KEY)) { if (hash !== '#/signin') location.hash = '#/signin'; viewSignIn(root); return; }
   document.getElementById('nav').hidden = false;
   for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', hash.startsWith(a.getAttribute('href')));
   const [, view, id] = hash.split('/');
   const views = {
-    signin: viewSignIn,
-    destinations: () => (id === 'new' ? viewNewDestination() : id ? viewDestination(id) : viewDestinations()),
-    'dead-letters': () => viewDeadLetters(id),
-    subscriptions: () => (id === 'new' ? viewNewSubscription() : viewSubscriptions()),
-    live: viewLive,
-    tap: () => viewTap(id),
+    signin: () => viewSignIn(root),
+    destinations: () => (id === 'new' ? viewNewDestination(root) : id ? viewDestination(root, id) : viewDestinations(root)),
+    'dead-letters': () => viewDeadLetters(root, id),
+    subscriptions: () => (id === 'new' ? viewNewSubscription(root) : viewSubscriptions(root)),
+    live: () => viewLive(root),
+    tap: () => viewTap(root, id),
+    blank: () => {},
   };
   try {
-    const shown = (views[view] || viewDestinations)();
+    const shown = (views[view] || views.destinations)();
     if (document.activeElement === document.body) main().focus({ preventScroll: true });
     await shown;
   } catch (e) {
-    main().replaceChildren(el('p', { class: 'card error' }, e.message));
+    root.replaceChildren(el('p', { class: 'card error' }, e.message));
   }
 }
 

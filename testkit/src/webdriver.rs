@@ -216,6 +216,16 @@ impl Browser {
         )
     }
 
+    /// Runs `script` asynchronously: its last argument is a callback the
+    /// script calls with its result (within 30 s).
+    pub fn run_async(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
     /// Saves a PNG of the window as `<screenshot_dir>/<name>.png`.
     pub fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine as _;

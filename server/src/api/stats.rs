@@ -1,14 +1,32 @@
 //! `GET /event_stats` (Sluice's own): the live counters of the caller's
 //! subscriptions and destinations, for the console's live view (it polls
 //! every second and shows rates from the differences). Counters are since
-//! the node started; in a cluster, this node's.
+//! the node started; in a cluster, this node's. At most `limit` (100 by
+//! default, 1000 at most) subscriptions: the most matched first, so that
+//! an account of 10,000 gets its busiest ones, not a dump of all.
 
 use super::*;
 
 pub(super) async fn event_stats(
     axum::extract::State(app): Shared,
+    RawQuery(q): RawQuery,
     Call { ctx, .. }: Call,
 ) -> Result<Response, ApiError> {
+    let mut limit = 100usize;
+    for (k, v) in parse_query(q.as_deref(), &["limit"])? {
+        if k == "limit" {
+            limit = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::LimitOutOfRange,
+                        format!("limit must be between 1 and 1000, got '{v}'."),
+                    )
+                })?;
+        }
+    }
     let (subs, dests): (Vec<String>, Vec<String>) = {
         let st = app.state.read().unwrap_or_else(|p| p.into_inner());
         match st.accounts.get(&ctx.account) {
@@ -20,10 +38,19 @@ pub(super) async fn event_stats(
         }
     };
     let m = app.engine.metrics();
-    let subscriptions: Map<String, Value> = subs
+    let total = subs.len();
+    let mut counted: Vec<_> = subs
         .into_iter()
         .map(|id| {
             let c = m.subscription_counts_of(&id).unwrap_or_default();
+            (id, c)
+        })
+        .collect();
+    counted.sort_by(|a, b| b.1.matched.cmp(&a.1.matched).then_with(|| a.0.cmp(&b.0)));
+    counted.truncate(limit);
+    let subscriptions: Map<String, Value> = counted
+        .into_iter()
+        .map(|(id, c)| {
             let v = json!({
                 "evaluated": c.evaluated,
                 "matched": c.matched,
@@ -62,6 +89,7 @@ pub(super) async fn event_stats(
         .collect();
     Ok(Json(json!({
         "time": crate::now(),
+        "subscriptions_total": total,
         "subscriptions": subscriptions,
         "destinations": destinations,
     }))
