@@ -63,7 +63,9 @@ fn ordered_http(url: &str) -> Value {
 fn configuration_written_through_one_node_is_live_on_the_others_within_a_second() {
     let _one = lock();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = SluiceCluster::start(dir.path(), 3, FAST_FAILOVER);
+    // Each destination keeps at most 60 messages of dead letters here.
+    let table = format!("{FAST_FAILOVER}dead_letter_max_messages = 60\n");
+    let mut c = SluiceCluster::start(dir.path(), 3, &table);
     let r = Receiver::start();
 
     // A destination made on node 0 is served by nodes 1 and 2 within 1 s.
@@ -378,6 +380,60 @@ fn configuration_written_through_one_node_is_live_on_the_others_within_a_second(
         .collect();
     assert_eq!(got.len(), 50, "each replayed record once");
     assert_eq!(got.iter().collect::<HashSet<_>>().len(), 50);
+
+    // The destination's dead-letter space is bounded: past 60 messages its
+    // dead letters wait (their events unacked) until replays make room.
+    refusing.set(|_| sluice_standins::http::Action::status(400, None));
+    let body: Vec<String> = (0..100)
+        .map(|i| {
+            event(
+                &format!("ev_more_{i}"),
+                &c.account,
+                "http_request_complete.v0",
+                "{}",
+            )
+        })
+        .collect();
+    assert_eq!(c.ingest(1, &body.join("\n")).unwrap().0, 200);
+    let listed = |c: &SluiceCluster| {
+        let (_, page) = c.call(0, "GET", &format!("{dl}?limit=100"), None);
+        page["dead_letters"].as_array().map_or(0, Vec::len)
+    };
+    assert!(within(Duration::from_secs(20), || listed(&c) >= 60).is_some());
+    std::thread::sleep(Duration::from_secs(2));
+    let held = listed(&c);
+    assert!(
+        (60..=63).contains(&held),
+        "the bound holds: {held} dead letters stored"
+    );
+    refusing.set(|_| sluice_standins::http::Action::ok());
+    let mut replays = 0;
+    let all = within(Duration::from_secs(60), || {
+        replays += 1;
+        let (st, r) = c.call(
+            2,
+            "POST",
+            &format!("{dl}/replay"),
+            Some(&json!({"id": format!("room-{replays}")})),
+        );
+        assert_eq!(st, 200, "{r}");
+        std::thread::sleep(Duration::from_millis(1500));
+        let more: HashSet<String> = refusing
+            .accepted()
+            .iter()
+            .filter_map(|r| r["event_id"].as_str().map(str::to_string))
+            .filter(|e| e.starts_with("ev_more_"))
+            .collect();
+        more.len() == 100
+    });
+    assert!(
+        all.is_some(),
+        "every waiting dead letter was stored and replayed in the end"
+    );
+    assert!(
+        replays >= 2,
+        "the waiting ones needed the room a replay made"
+    );
 
     // A tap on any node shows the subscription's records, whichever node's
     // engine makes them (the others pass theirs on through NATS).

@@ -111,6 +111,11 @@ fn a_user_configures_watches_and_repairs_an_export_in_the_console() {
         .unwrap()
         .to_string();
     assert!(dest.starts_with("ed_"), "{dest}");
+    assert!(
+        b.text("main").contains("kind http (plugin)"),
+        "{}",
+        b.text("main")
+    );
     b.click("#send-test-event");
     b.wait_text("#test-outcome", "Delivered");
     assert!(
@@ -158,6 +163,11 @@ fn a_user_configures_watches_and_repairs_an_export_in_the_console() {
     b.screenshot("05-filter-fixed");
     b.click("#create-subscription");
     b.wait_text("#tap-status", "Live");
+    let sub = b
+        .run("return location.hash.split('/')[2]", json!([]))
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Traffic: the tail shows it, as text.
     std::thread::sleep(Duration::from_millis(300));
@@ -214,6 +224,40 @@ fn a_user_configures_watches_and_repairs_an_export_in_the_console() {
     });
     b.screenshot("09-replayed");
 
+    // Edited: the subscription's filter (its form filled with what is
+    // stored) and the destination's description and settings.
+    b.goto(&format!("{}/#/subscriptions/{sub}", s.url));
+    let stored = b.run("return document.querySelector('.filter').value", json!([]));
+    assert_eq!(
+        stored,
+        "ev.http.request.method == 'GET' && ev.http.response.status_code < 500"
+    );
+    b.type_into(".filter", " && ev.http.request.url.path != '/x'", false);
+    b.wait_text(".filter-status", "Compiles");
+    b.click("#save-subscription");
+    b.wait("the change stored", || {
+        let (_, got) = s.api_get(&format!("/event_subscriptions/{sub}"));
+        got["sources"][0]["filter"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("!= '/x'"))
+            .then_some(())
+    });
+    b.goto(&format!("{}/#/destinations/{dest}", s.url));
+    b.type_into("#description", "receiver, edited", true);
+    b.type_into("#cfg-timeout_ms", "5000", true);
+    b.click("#save-destination");
+    let edited = b.wait("the destination stored", || {
+        let (_, got) = s.api_get(&format!("/event_destinations/{dest}"));
+        (got["description"] == "receiver, edited").then_some(got)
+    });
+    let config = &edited["target"]["plugin"]["config"];
+    assert_eq!(
+        (config["url"].as_str(), config["timeout_ms"].as_u64()),
+        (Some(rx.url().as_str()), Some(5000)),
+        "{edited}"
+    );
+    b.screenshot("10-edited-destination");
+
     // A phone's width: nothing spills sideways.
     b.resize(390, 844);
     b.goto(&format!("{}/#/live", s.url));
@@ -229,5 +273,5 @@ fn a_user_configures_watches_and_repairs_an_export_in_the_console() {
         widths[0].as_u64() <= widths[1].as_u64(),
         "the page is wider than the phone: {widths}"
     );
-    b.screenshot("10-phone-live");
+    b.screenshot("11-phone-live");
 }

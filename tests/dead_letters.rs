@@ -149,6 +149,17 @@ fn dead_letters_are_listed_replayed_once_fixed_and_a_full_queue_pauses_its_desti
         "{e}"
     );
 
+    // A long reason of multi-byte characters is refused, not a crash.
+    let long = "%C3%A9".repeat(300);
+    let (st, e) = s.api_get(&format!(
+        "/event_destinations/{dest}/dead_letters?reason={long}"
+    ));
+    assert_eq!(
+        (st, e["error_code"].as_str()),
+        (400, Some("ERR_NGROK_215")),
+        "{e}"
+    );
+
     // Fixed: a replay by reason delivers every record, once.
     rx.set(|_| Action::ok());
     let r = replay(&s, &dest, json!({"id": "fix-1", "reason": "HTTP 400"}));

@@ -129,11 +129,14 @@ async function kinds() {
   return kindsCache;
 }
 
+/** The member of a target that is set (the API shows the others as null): [member, its object]. */
+function targetEntry(t) {
+  return Object.entries(t || {}).find(([, v]) => v) || ['', {}];
+}
+
 function targetSummary(t) {
-  if (!t) return '';
-  const [kind, cfg] = Object.entries(t)[0] || ['', {}];
-  if (kind === 'plugin') return `${cfg.kind}`;
-  return kind;
+  const [member, body] = targetEntry(t);
+  return member === 'plugin' ? `${body.kind} (plugin)` : member;
 }
 
 async function viewDestinations(root) {
@@ -233,14 +236,35 @@ async function viewNewDestination(root) {
 }
 
 async function viewDestination(root, id) {
-  const d = await api('GET', `/event_destinations/${id}`);
-  const outcome = el('p', { id: 'test-outcome', role: 'status' });
+  const [d, ks] = await Promise.all([api('GET', `/event_destinations/${id}`), kinds()]);
+  // The configuration form of its kind, filled with what is stored
+  // (secrets come back redacted: left empty, they stay as they are).
+  const [member, body] = targetEntry(d.target);
+  const kind = member === 'plugin' ? body.kind : member;
+  const config = member === 'plugin' ? (body.config || {}) : body;
+  const k = ks.find((x) => x.kind === kind);
+  const cfgBox = el('div');
   const desc = el('input', { type: 'text', id: 'description', value: d.description || '' });
+  const read = schemaForm(k && k.config_schema, cfgBox, config);
+  const editOut = el('p', { class: 'error', id: 'edit-error' });
+  const editForm = el('form', { class: 'card', id: 'destination-edit', onsubmit: async (ev) => {
+    ev.preventDefault();
+    editOut.textContent = '';
+    try {
+      const cfg = read();
+      for (const [name, v] of Object.entries(config)) if (SECRET.test(name) && cfg[name] === undefined) cfg[name] = v;
+      const target = member === 'plugin' ? { plugin: { ...body, config: cfg } } : { [member]: cfg };
+      await api('PATCH', `/event_destinations/${id}`, { description: desc.value, target });
+      toast('Saved');
+    } catch (e) { editOut.textContent = e.message + ' — fix it and save again.'; }
+  } }, el('h2', {}, 'Edit'), el('label', { for: 'description' }, 'Description'), desc, cfgBox, editOut, el('p'),
+  el('button', { type: 'submit', id: 'save-destination' }, 'Save'));
+  const outcome = el('p', { id: 'test-outcome', role: 'status' });
   const page = el('div', {},
     el('h1', {}, d.description || d.id),
     el('div', { class: 'card' },
       el('p', {}, 'Id ', el('code', {}, d.id), ' · kind ', targetSummary(d.target), ' · created ', d.created_at),
-      el('pre', { class: 'mono', id: 'target' }, JSON.stringify(d.target, null, 2)),
+      el('pre', { class: 'mono', id: 'target' }, JSON.stringify({ [member]: body }, null, 2)),
       el('p', { class: 'hint' }, 'Secrets are write-only: they show as redacted.'),
       el('div', { class: 'row' },
         el('button', { id: 'send-test-event', onclick: async () => {
@@ -260,10 +284,7 @@ async function viewDestination(root, id) {
           try { await api('DELETE', `/event_destinations/${id}`); toast('Deleted'); location.hash = '#/destinations'; } catch (e) { fail(e); }
         } }, 'Delete')),
       outcome),
-    el('form', { class: 'card', onsubmit: async (ev) => {
-      ev.preventDefault();
-      try { await api('PATCH', `/event_destinations/${id}`, { description: desc.value }); toast('Saved'); } catch (e) { fail(e); }
-    } }, el('label', { for: 'description' }, 'Description'), desc, el('p'), el('button', { type: 'submit' }, 'Save')));
+    editForm);
   root.replaceChildren(page);
 }
 
@@ -348,7 +369,7 @@ async function viewSubscriptions(root) {
     body)), el('p'), more);
   root.replaceChildren(page);
   const row = (s) => el('tr', { 'data-id': s.id },
-    el('td', {}, s.description || s.id, el('div', { class: 'hint mono' }, s.id)),
+    el('td', {}, el('a', { href: `#/subscriptions/${s.id}` }, s.description || s.id), el('div', { class: 'hint mono' }, s.id)),
     el('td', {}, (s.sources || []).map((src) => el('div', {}, src.type, src.filter ? el('div', { class: 'hint mono' }, src.filter) : null))),
     el('td', { class: 'opt mono' }, (s.destinations || []).map((d) => el('div', {}, d.id))),
     el('td', {}, el('div', { class: 'row' },
@@ -387,11 +408,12 @@ function sampleEvent(t) {
   return { event_id: 'ev_sample', event_type: t.type, event_timestamp: '2026-12-05T10:00:00Z', account_id: 'ac_sample', object: obj };
 }
 
-/** One source's editor: type, filter compiled as you type, fields, try it. */
-function sourceEditor(types) {
+/** One source's editor (`initial`: a source to edit): type, filter
+ * compiled as you type, fields, try it, remove. */
+function sourceEditor(types, initial, onRemove) {
   const traffic = types.filter((t) => t.class === 'traffic');
   const typeSel = el('select', { class: 'source-type' }, types.map((t) => el('option', { value: t.type }, t.type)));
-  typeSel.value = traffic.length ? traffic[0].type : types[0].type;
+  typeSel.value = initial ? initial.type : traffic.length ? traffic[0].type : types[0].type;
   const filter = el('textarea', { class: 'filter', rows: 3, spellcheck: 'false', placeholder: "e.g. ev.http.response.status_code >= 500 && ev.http.request.method == 'POST'" });
   const status = el('div', { class: 'filter-status', role: 'status', 'aria-live': 'polite' });
   const fieldsBox = el('div', { class: 'fields' });
@@ -445,6 +467,15 @@ function sourceEditor(types) {
     el('details', {}, el('summary', {}, 'Try the filter on a sample event'), sample, el('p'),
       el('button', { type: 'button', class: 'secondary try-filter', onclick: () => check(true) }, 'Try it'), result));
   renderFields();
+  if (initial) {
+    filter.value = initial.filter || '';
+    for (const f of initial.fields || []) {
+      const box = [...fieldsBox.querySelectorAll('input')].find((i) => i.value === f);
+      if (box) box.checked = true;
+    }
+    if (filter.value) check(false);
+  }
+  node.append(el('button', { type: 'button', class: 'danger remove-source', onclick: () => { node.remove(); onRemove(); } }, 'Remove this source'));
   return {
     node,
     read: () => {
@@ -457,30 +488,43 @@ function sourceEditor(types) {
   };
 }
 
-async function viewNewSubscription(root) {
-  const [types, dests] = await Promise.all([eventTypes(), listAll('/event_destinations?limit=100', 'event_destinations')]);
-  const desc = el('input', { type: 'text', id: 'description' });
+/** The subscription form: a new one, or `id` to edit (PATCH). */
+async function viewSubscriptionForm(root, id) {
+  const [types, dests, current] = await Promise.all([eventTypes(), listAll('/event_destinations?limit=100', 'event_destinations'),
+    id ? api('GET', `/event_subscriptions/${id}`) : null]);
+  const chosen = new Set(((current && current.destinations) || []).map((d) => d.id));
+  const desc = el('input', { type: 'text', id: 'description', value: (current && current.description) || '' });
   const destBox = el('div', { class: 'fields', id: 'destination-choices' }, dests.map((d) => el('label', {},
-    el('input', { type: 'checkbox', value: d.id }), d.description || d.id, el('span', { class: 'hint mono' }, d.id))));
+    el('input', { type: 'checkbox', value: d.id, checked: chosen.has(d.id) }), d.description || d.id, el('span', { class: 'hint mono' }, d.id))));
   if (!dests.length) destBox.append(el('span', { class: 'hint' }, 'Create a destination first.'));
-  const editors = [sourceEditor(types)];
-  const sources = el('div', { id: 'sources' }, editors[0].node);
+  let editors = [];
+  const sources = el('div', { id: 'sources' });
+  const add = (initial) => {
+    const e = sourceEditor(types, initial, () => { editors = editors.filter((x) => x !== e); });
+    editors.push(e);
+    sources.append(e.node);
+  };
+  const initialSources = (current && current.sources) || [null];
+  for (const src of initialSources) add(src);
   const out = el('p', { class: 'error', id: 'form-error' });
   const form = el('form', { class: 'card', id: 'subscription-form', onsubmit: async (ev) => {
     ev.preventDefault();
     out.textContent = '';
     try {
       const destination_ids = [...destBox.querySelectorAll('input:checked')].map((i) => i.value);
-      const s = await api('POST', '/event_subscriptions', { description: desc.value, destination_ids, sources: editors.map((e) => e.read()) });
-      location.hash = `#/tap/${s.id}`;
-    } catch (e) { out.textContent = e.message + ' — fix it and create it again.'; }
+      const body = { description: desc.value, destination_ids, sources: editors.map((e) => e.read()) };
+      const s = id ? await api('PATCH', `/event_subscriptions/${id}`, body) : await api('POST', '/event_subscriptions', body);
+      if (id) toast('Saved');
+      location.hash = id ? '#/subscriptions' : `#/tap/${s.id}`;
+    } catch (e) { out.textContent = e.message + ' — fix it and save again.'; }
   } },
-  el('h1', {}, 'New subscription'),
+  el('h1', {}, id ? `Subscription ${id}` : 'New subscription'),
   el('label', { for: 'description' }, 'Description'), desc,
   el('label', {}, 'Send to'), destBox,
   el('h2', {}, 'Sources'), sources,
-  el('button', { type: 'button', class: 'secondary', onclick: () => { const e = sourceEditor(types); editors.push(e); sources.append(e.node); } }, 'Add a source'),
-  out, el('p'), el('div', { class: 'row' }, el('button', { type: 'submit', id: 'create-subscription' }, 'Create'), el('a', { href: '#/subscriptions' }, 'Cancel')));
+  el('button', { type: 'button', class: 'secondary', id: 'add-source', onclick: () => add(null) }, 'Add a source'),
+  out, el('p'), el('div', { class: 'row' }, el('button', { type: 'submit', id: id ? 'save-subscription' : 'create-subscription' }, id ? 'Save' : 'Create'),
+    el('a', { href: '#/subscriptions' }, 'Cancel')));
   root.replaceChildren(form);
   desc.focus();
 }
@@ -591,7 +635,7 @@ async function route() {
     signin: () => viewSignIn(root),
     destinations: () => (id === 'new' ? viewNewDestination(root) : id ? viewDestination(root, id) : viewDestinations(root)),
     'dead-letters': () => viewDeadLetters(root, id),
-    subscriptions: () => (id === 'new' ? viewNewSubscription(root) : viewSubscriptions(root)),
+    subscriptions: () => (id === 'new' ? viewSubscriptionForm(root, null) : id ? viewSubscriptionForm(root, id) : viewSubscriptions(root)),
     live: () => viewLive(root),
     tap: () => viewTap(root, id),
     blank: () => {},

@@ -80,6 +80,9 @@ pub struct ClusterFile {
     /// Milliseconds a message waits for an account's records before that
     /// account's events are put aside on the spill subject (default 5000).
     pub spill_after_ms: Option<u64>,
+    /// Messages of dead letters kept per destination, each at most 1 MiB
+    /// (default 256); past it the destination's records wait for a replay.
+    pub dead_letter_max_messages: Option<i64>,
 }
 
 impl ClusterFile {
@@ -128,6 +131,14 @@ impl ClusterFile {
                 return Err(format!("cluster.spill_after_ms {ms}: use 10 to 600000"));
             }
             o.spill_after = std::time::Duration::from_millis(ms);
+        }
+        if let Some(m) = self.dead_letter_max_messages {
+            if !(1..=1_000_000).contains(&m) {
+                return Err(format!(
+                    "cluster.dead_letter_max_messages {m}: use 1 to 1000000"
+                ));
+            }
+            o.stream.dead_letter_max_messages = m;
         }
         if let Some(m) = self.max_ack_pending {
             if !(1..=100_000).contains(&m) {

@@ -118,3 +118,25 @@ async fn get_stream(
         .await
         .map_err(|e| stream_error(stream, e))
 }
+
+/// How many messages `subject` holds in `stream`.
+pub async fn subject_messages(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> Result<usize, StreamError> {
+    use futures_util::StreamExt;
+    let mut info = get_stream(client, stream)
+        .await?
+        .info_with_subjects(subject)
+        .await
+        .map_err(|e| stream_error(stream, e))?;
+    let mut n = 0;
+    while let Some(s) = info.next().await {
+        let (name, count) = s.map_err(|e| stream_error(stream, e))?;
+        if name == subject {
+            n += count;
+        }
+    }
+    Ok(n)
+}

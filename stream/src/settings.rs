@@ -56,6 +56,13 @@ pub struct StreamSettings {
     pub dead_letter_stream: String,
     /// Its subjects' prefix (`sluice.dlq`).
     pub dead_letter_prefix: String,
+    /// Messages of dead letters kept per destination (each holds at most
+    /// 1 MiB of them): past it, a node keeps a destination's new dead
+    /// letters waiting, unacknowledged, until a replay makes room, so no
+    /// destination can fill the stream for the others. Checked before each
+    /// store (nodes storing at once may pass it by a message each).
+    /// Default 256.
+    pub dead_letter_max_messages: i64,
 }
 
 impl Default for StreamSettings {
@@ -75,6 +82,7 @@ impl Default for StreamSettings {
             compress: true,
             dead_letter_stream: "SLUICE_DEAD_LETTERS".into(),
             dead_letter_prefix: "sluice.dlq".into(),
+            dead_letter_max_messages: 256,
         }
     }
 }

@@ -36,7 +36,8 @@ fn select(sel: &mut Selection, key: &str, v: &str) -> Result<bool, ApiError> {
         "until" => sel.until_ms = Some(time(v)?),
         "reason" => {
             if v.len() > MAX_REASON {
-                return Err(bad_value(key, &v[..32], "at most 256 bytes"));
+                let start: String = v.chars().take(32).collect();
+                return Err(bad_value(key, &format!("{start}…"), "at most 256 bytes"));
             }
             sel.reason = Some(v.to_string());
         }

@@ -163,10 +163,15 @@ pub(super) async fn list_destination_kinds(
         .offered(&app.plugin_kinds)
         .into_iter()
         .map(|kind| {
-            let schema = plugins
-                .get(&kind)
-                .ok()
-                .and_then(|p| serde_json::from_str::<Value>(&p.info.config_schema).ok())
+            // An ngrok target takes the keys of the ngrok API, not all
+            // its plugin's settings.
+            let schema = crate::model::target_schema(&kind)
+                .or_else(|| {
+                    plugins
+                        .get(&kind)
+                        .ok()
+                        .and_then(|p| serde_json::from_str::<Value>(&p.info.config_schema).ok())
+                })
                 .unwrap_or(Value::Null);
             json!({
                 "kind": kind,

@@ -9,6 +9,7 @@
 
 use sluice_engine::{DeadLetterHolds, DeadLetterSink};
 use sluice_stream::Publisher;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -86,33 +87,95 @@ async fn ship(
     stored: Arc<AtomicU64>,
     waiting: Arc<AtomicU64>,
 ) {
-    while let Some((destination, lines, holds)) = rx.recv().await {
-        let id = crate::ids::new_id("dl");
-        for (i, piece) in pieces(&lines).into_iter().enumerate() {
-            let id = format!("{id}-{i}");
-            let mut wait = Duration::from_millis(250);
-            loop {
-                match publisher
-                    .dead_letters(&destination, piece.to_vec().into(), &id)
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(
-                            %destination,
-                            "dead letters not stored yet ({e}); trying again in {wait:?}"
-                        );
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
+    // Destinations whose dead-letter space is full, with what waits for
+    // room: the others go on meanwhile.
+    let mut full: HashMap<String, VecDeque<Item>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(item) = item else { return };
+                match full.get_mut(&item.0) {
+                    Some(q) => q.push_back(item),
+                    None => {
+                        if let Err(item) = store(&publisher, item, &stored, &waiting).await {
+                            tracing::warn!(
+                                destination = %item.0,
+                                max_messages = publisher.settings().dead_letter_max_messages,
+                                "the destination's dead-letter space is full: its dead letters wait, unacknowledged, until a replay makes room"
+                            );
+                            full.entry(item.0.clone()).or_default().push_back(item);
+                        }
                     }
                 }
             }
-            stored.fetch_add(1, Relaxed);
+            _ = tick.tick(), if !full.is_empty() => {
+                for q in full.values_mut() {
+                    while let Some(item) = q.pop_front() {
+                        if let Err(item) = store(&publisher, item, &stored, &waiting).await {
+                            q.push_front(item);
+                            break;
+                        }
+                    }
+                }
+                full.retain(|_, q| !q.is_empty());
+            }
         }
-        waiting.fetch_sub(1, Relaxed);
-        // Stored: the publishes these records came from may be acked.
-        drop(holds);
     }
+}
+
+/// Stores one destination's dead letters, retrying while NATS is out of
+/// reach; gives them back when the destination has no room.
+async fn store(
+    publisher: &Publisher,
+    item: Item,
+    stored: &AtomicU64,
+    waiting: &AtomicU64,
+) -> Result<(), Item> {
+    let s = publisher.settings();
+    let subject = s.dead_letter_subject(&item.0);
+    let mut wait = Duration::from_millis(250);
+    // Room first (a count of its messages; NATS out of reach: try again).
+    loop {
+        match sluice_stream::subject_messages(publisher.client(), &s.dead_letter_stream, &subject)
+            .await
+        {
+            Ok(n) if n as i64 >= s.dead_letter_max_messages => return Err(item),
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(destination = %item.0, "dead letters not stored yet ({e}); trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let id = crate::ids::new_id("dl");
+    for (i, piece) in pieces(&item.1).into_iter().enumerate() {
+        let id = format!("{id}-{i}");
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match publisher
+                .dead_letters(&item.0, piece.to_vec().into(), &id)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        destination = %item.0,
+                        "dead letters not stored yet ({e}); trying again in {wait:?}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        stored.fetch_add(1, Relaxed);
+    }
+    waiting.fetch_sub(1, Relaxed);
+    // Stored: the publishes these records came from may be acked (the
+    // holds go with the item).
+    drop(item);
+    Ok(())
 }
 
 /// The dead letters of `destination` in the cluster at `servers`, oldest

@@ -277,6 +277,48 @@ pub(crate) fn parse_auth(
     }
 }
 
+/// The JSON schema of an ngrok target's object (the keys
+/// [`parse_target`] takes), for forms such as the console's; `None` for a
+/// plugin kind (its plugin declares its own).
+pub fn target_schema(kind: &str) -> Option<Value> {
+    let aws_auth = serde_json::json!({"type": "object",
+        "description": "{\"role\": {\"role_arn\": \"arn:aws:iam::ACCOUNT:role/NAME\"}} or {\"creds\": {\"aws_access_key_id\": ..., \"aws_secret_access_key\": ...}}"});
+    let aws = |arn: &str, what: &str| {
+        serde_json::json!({"type": "object", "required": ["auth", arn], "properties": {
+            "auth": aws_auth,
+            arn: {"type": "string", "description": what},
+        }})
+    };
+    Some(match kind {
+        "kinesis" => aws("stream_arn", "arn:aws:kinesis:REGION:ACCOUNT:stream/NAME"),
+        "firehose" => aws(
+            "delivery_stream_arn",
+            "arn:aws:firehose:REGION:ACCOUNT:deliverystream/NAME",
+        ),
+        "cloudwatch_logs" => aws(
+            "log_group_arn",
+            "arn:aws:logs:REGION:ACCOUNT:log-group:NAME",
+        ),
+        "datadog" => serde_json::json!({"type": "object", "required": ["api_key"], "properties": {
+            "api_key": {"type": "string", "description": "a Datadog API key"},
+            "ddsite": {"type": "string", "description": "the Datadog site, e.g. datadoghq.eu"},
+            "ddtags": {"type": "string", "description": "tags, comma-separated"},
+            "service": {"type": "string"},
+        }}),
+        "azure_logs_ingestion" => serde_json::json!({"type": "object", "required": [
+            "tenant_id", "client_id", "client_secret", "logs_ingestion_uri",
+            "data_collection_rule_id", "data_collection_stream_name"], "properties": {
+            "tenant_id": {"type": "string"},
+            "client_id": {"type": "string"},
+            "client_secret": {"type": "string"},
+            "logs_ingestion_uri": {"type": "string", "description": "https://NAME.REGION.ingest.monitor.azure.com"},
+            "data_collection_rule_id": {"type": "string", "description": "dcr-..."},
+            "data_collection_stream_name": {"type": "string", "description": "Custom-..."},
+        }}),
+        _ => return None,
+    })
+}
+
 /// Parses an `EventTarget`. `old` is the current target of a destination
 /// being updated (secrets not re-sent are kept from it). The operator's
 /// `policy` says which kinds are offered (of the `loaded` plugin kinds) and
