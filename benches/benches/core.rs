@@ -60,6 +60,62 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+/// Issue 18's question: what does an event every filter rejects cost if
+/// only the fields its filters read are looked at? The same 650-byte events
+/// as `parse`: the full parse onto a tape against reading the fields
+/// filter-5pct reads (`conn.server_name`, `http.response.status_code`, and
+/// the envelope's `account_id` and `event_type`) with sonic-rs's lazy,
+/// skipping scan, against validating UTF-8 alone and one memchr pass
+/// counting quotes (lower bounds: touching every byte once).
+fn scan(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scan");
+    let evs = events(650, 256);
+    group.throughput(Throughput::Elements(1));
+    let mut p = EventParser::new();
+    let mut i = 0;
+    group.bench_function("full parse onto the tape (today)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            p.parse(&evs[i], |r| {
+                black_box(r.map(|e| e.timestamp_ms).unwrap_or(0))
+            })
+        })
+    });
+    let mut tree = sonic_rs::PointerTree::new();
+    tree.add_path(["account_id"]);
+    tree.add_path(["event_type"]);
+    tree.add_path(["object", "conn", "server_name"]);
+    tree.add_path(["object", "http", "response", "status_code"]);
+    let mut i = 0;
+    group.bench_function("sonic-rs get_many, 4 fields (skipping the rest)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            let v = sonic_rs::get_many(evs[i].as_slice(), &tree).expect("valid JSON");
+            black_box(v.len())
+        })
+    });
+    let mut i = 0;
+    group.bench_function("UTF-8 validation alone (std)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            black_box(std::str::from_utf8(&evs[i]).is_ok())
+        })
+    });
+    let mut i = 0;
+    group.bench_function("one memchr pass over the bytes (counting quotes)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            black_box(quote_count(&evs[i]))
+        })
+    });
+    group.finish();
+}
+
+/// Quotes in `bytes`: one vectorized pass (memchr) over every byte.
+fn quote_count(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(b'"', bytes).count()
+}
+
 const FILTERS: &[(&str, &str)] = &[
     (
         "eq_string",
@@ -433,6 +489,7 @@ fn disk_buffer(c: &mut Criterion) {
 criterion_group!(
     benches,
     parse,
+    scan,
     filter,
     route,
     encode,
