@@ -40,8 +40,60 @@ pub struct SubscriptionRt {
     pub stats: Arc<SubscriptionStats>,
 }
 
+/// What the routes of one `(account, type)` read of an event's `object`:
+/// the fields a reader must find to let every filter decide, or that it
+/// must take the event whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldNeeds {
+    /// A route takes every event unfiltered, or a filter reads `ev` whole:
+    /// the event is read whole.
+    Whole,
+    /// Only these paths of `object`, dotted, sorted, none below another
+    /// (a path to an object or list means everything under it).
+    Paths(Box<[Box<str>]>),
+}
+
+impl FieldNeeds {
+    /// What `routes` read together.
+    pub fn of(routes: &[Route]) -> FieldNeeds {
+        let mut paths: Vec<&str> = Vec::new();
+        for r in routes {
+            let Some(f) = &r.source.filter else {
+                return FieldNeeds::Whole;
+            };
+            for read in f.reads() {
+                match read.strip_prefix("ev.") {
+                    Some(p) => paths.push(p),
+                    None => return FieldNeeds::Whole,
+                }
+            }
+        }
+        paths.sort_unstable();
+        paths.dedup();
+        // Sorted, a path's descendants follow it: keep the first of each run.
+        let mut kept: Vec<Box<str>> = Vec::with_capacity(paths.len());
+        for p in paths {
+            let below_kept = kept.last().is_some_and(|k| {
+                p.len() > k.len() && p.starts_with(&**k) && p.as_bytes()[k.len()] == b'.'
+            });
+            if !below_kept {
+                kept.push(p.into());
+            }
+        }
+        FieldNeeds::Paths(kept.into_boxed_slice())
+    }
+}
+
+/// The routes of one event type of an account, and what they read.
+#[derive(Debug)]
+struct TypeRoutes {
+    event_type: EventTypeId,
+    routes: Box<[Route]>,
+    needs: FieldNeeds,
+}
+
 /// For one account: the routes of each event type it has sources for.
-type AccountRoutes = Vec<(EventTypeId, Box<[Route]>)>;
+type AccountRoutes = Vec<TypeRoutes>;
 
 /// An immutable, complete routing configuration.
 #[derive(Debug, Default)]
@@ -84,7 +136,11 @@ impl Snapshot {
                 (
                     k,
                     v.into_iter()
-                        .map(|(t, r)| (t, r.into_boxed_slice()))
+                        .map(|(event_type, routes)| TypeRoutes {
+                            needs: FieldNeeds::of(&routes),
+                            event_type,
+                            routes: routes.into_boxed_slice(),
+                        })
                         .collect(),
                 )
             })
@@ -97,20 +153,90 @@ impl Snapshot {
         }
     }
 
+    fn type_routes(&self, account_id: &str, event_type: EventTypeId) -> Option<&TypeRoutes> {
+        self.index
+            .get(account_id)?
+            .iter()
+            .find(|t| t.event_type == event_type)
+    }
+
     /// The sources that want events of `event_type` from `account_id`.
     #[inline]
     pub fn routes(&self, account_id: &str, event_type: EventTypeId) -> &[Route] {
-        match self.index.get(account_id) {
-            Some(per_type) => per_type
-                .iter()
-                .find(|(t, _)| *t == event_type)
-                .map_or(&[], |(_, r)| &r[..]),
-            None => &[],
-        }
+        self.type_routes(account_id, event_type)
+            .map_or(&[], |t| &t.routes[..])
+    }
+
+    /// What those sources read of an event's `object` (`None`: no source
+    /// wants such events).
+    pub fn needs(&self, account_id: &str, event_type: EventTypeId) -> Option<&FieldNeeds> {
+        self.type_routes(account_id, event_type).map(|t| &t.needs)
     }
 
     /// Number of accounts with at least one source.
     pub fn accounts(&self) -> usize {
         self.index.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SourceSpec, compile_source};
+
+    fn route(filter: Option<&str>) -> Route {
+        let spec = SourceSpec {
+            event_type: "http_request_complete.v0".into(),
+            filter: filter.map(str::to_string),
+            fields: None,
+        };
+        Route {
+            sub: 0,
+            source: Arc::new(compile_source(&spec, false).expect("compiles")),
+        }
+    }
+
+    fn paths(n: &FieldNeeds) -> Vec<&str> {
+        match n {
+            FieldNeeds::Whole => vec!["<whole>"],
+            FieldNeeds::Paths(p) => p.iter().map(|p| &**p).collect(),
+        }
+    }
+
+    #[test]
+    fn the_routes_of_a_type_read_the_union_of_their_filters_paths() {
+        let rs = [
+            route(Some(
+                "ev.conn.server_name.endsWith('-prod.ngrok.dev') && ev.http.response.status_code >= 500",
+            )),
+            route(Some("ev.http.response.status_code == 404")),
+            route(Some("ev.http.request.headers.exists(k, k == 'X-Id')")),
+        ];
+        assert_eq!(
+            paths(&FieldNeeds::of(&rs)),
+            vec![
+                "conn.server_name",
+                "http.request.headers",
+                "http.response.status_code"
+            ]
+        );
+        // A path under another is covered by it.
+        let rs = [
+            route(Some("ev.http.request.method == 'GET'")),
+            route(Some("size(ev.http.request) > 2")),
+        ];
+        assert_eq!(paths(&FieldNeeds::of(&rs)), vec!["http.request"]);
+    }
+
+    #[test]
+    fn an_unfiltered_route_or_a_filter_of_the_whole_event_takes_it_whole() {
+        assert_eq!(
+            FieldNeeds::of(&[route(Some("ev.conn.server_port == 443")), route(None)]),
+            FieldNeeds::Whole
+        );
+        assert_eq!(
+            FieldNeeds::of(&[route(Some("size(ev) > 3"))]),
+            FieldNeeds::Whole
+        );
     }
 }
