@@ -138,9 +138,9 @@ pub fn dlq(c: DlqCommand) -> Result<ExitCode, String> {
                     writeln!(out, "{line}").map_err(|e| e.to_string())?;
                 }
                 left -= page.dead_letters.len();
-                match (page.more, page.dead_letters.last()) {
-                    (true, Some(last)) => before = Some(last.id),
-                    _ => break,
+                match page.next_before {
+                    Some(b) => before = Some(b),
+                    None => break,
                 }
             }
             Ok(ExitCode::SUCCESS)

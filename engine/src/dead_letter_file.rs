@@ -91,10 +91,16 @@ impl Selection {
 pub struct Page {
     /// The dead letters.
     pub dead_letters: Vec<DeadLetter>,
-    /// Whether older ones are selected too (ask again with `before_id` the
-    /// last id of this page).
-    pub more: bool,
+    /// Where the next page starts (`before_id`), when there may be more:
+    /// the last id of this page, or, when it looked at [`PAGE_SCAN`] dead
+    /// letters without filling up, just above the first it did not.
+    pub next_before: Option<u64>,
 }
+
+/// Most dead letters one page looks at past `before_id`: a selection that
+/// matches few of them answers a short page (and where to go on) rather
+/// than read a whole queue in one request.
+pub const PAGE_SCAN: usize = 10_000;
 
 impl Page {
     /// The page of `newest_first` (dead letters, newest first) that
@@ -107,15 +113,23 @@ impl Page {
         limit: usize,
     ) -> Page {
         let mut page = Page::default();
+        let mut looked = 0;
         for d in newest_first {
-            if before_id.is_some_and(|b| d.id >= b) || !selection.matches(&d) {
+            if before_id.is_some_and(|b| d.id >= b) {
                 continue;
             }
             if page.dead_letters.len() == limit {
-                page.more = true;
+                page.next_before = page.dead_letters.last().map(|l| l.id);
                 break;
             }
-            page.dead_letters.push(d);
+            if looked == PAGE_SCAN {
+                page.next_before = Some(d.id + 1);
+                break;
+            }
+            looked += 1;
+            if selection.matches(&d) {
+                page.dead_letters.push(d);
+            }
         }
         page
     }
@@ -816,10 +830,10 @@ mod tests {
         let all = Selection::default();
         let p = q.list(&all, None, 2).unwrap();
         let ids: Vec<u64> = p.dead_letters.iter().map(|d| d.id).collect();
-        assert_eq!((ids, p.more), (vec![5, 4], true));
+        assert_eq!((ids, p.next_before), (vec![5, 4], Some(4)));
         let p = q.list(&all, Some(4), 10).unwrap();
         let ids: Vec<u64> = p.dead_letters.iter().map(|d| d.id).collect();
-        assert_eq!((ids, p.more), (vec![3, 2, 1], false));
+        assert_eq!((ids, p.next_before), (vec![3, 2, 1], None));
         let refused = Selection {
             reason: Some("refused".into()),
             ..Default::default()
@@ -830,6 +844,32 @@ mod tests {
             ..Default::default()
         };
         assert!(q.list(&later, None, 10).unwrap().dead_letters.is_empty());
+    }
+
+    #[test]
+    fn a_selection_that_matches_little_answers_a_short_page_and_where_to_go_on() {
+        let newest_first = (1..=PAGE_SCAN as u64 + 50).rev().map(|id| DeadLetter {
+            id,
+            time: "2026-12-05T10:00:00.000Z".into(),
+            subscription: "esb_1".into(),
+            reason: if id == 1 {
+                "rare".into()
+            } else {
+                "common".into()
+            },
+            attempts: 1,
+            record: RawValue::from_string("{}".into()).unwrap(),
+        });
+        let rare = Selection {
+            reason: Some("rare".into()),
+            ..Default::default()
+        };
+        let p = Page::of(newest_first.clone(), &rare, None, 10);
+        assert!(p.dead_letters.is_empty());
+        let next = p.next_before.expect("where to go on");
+        let p = Page::of(newest_first, &rare, Some(next), 10);
+        let ids: Vec<u64> = p.dead_letters.iter().map(|d| d.id).collect();
+        assert_eq!((ids, p.next_before), (vec![1], None));
     }
 
     #[test]

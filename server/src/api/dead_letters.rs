@@ -139,13 +139,12 @@ pub(super) async fn list_dead_letters(
     })
     .await?;
     let uri = format!("{}/event_destinations/{}/dead_letters", ctx.base, d.id);
-    let next = match (page.more, page.dead_letters.last()) {
-        (true, Some(last)) => Value::String(format!(
-            "{uri}?limit={limit}&before_id={}{}",
-            last.id,
+    let next = match page.next_before {
+        Some(before) => Value::String(format!(
+            "{uri}?limit={limit}&before_id={before}{}",
             keep.concat()
         )),
-        _ => Value::Null,
+        None => Value::Null,
     };
     let counts = app
         .engine

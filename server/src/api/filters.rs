@@ -11,6 +11,10 @@ use sluice_engine::json::Json;
 /// Filter checks an account may make a minute.
 pub(super) const CHECKS_PER_MINUTE: u32 = 600;
 
+/// Clauses tried one by one on a sample event (each is compiled on its
+/// own: a filter of a thousand clauses must not cost a thousand compiles).
+const MAX_CLAUSES: usize = 16;
+
 /// Longest filter a check takes (a subscription's own limit is the same).
 const MAX_FILTER: usize = 4096;
 
@@ -135,9 +139,11 @@ pub(super) async fn check_filter(
             Ok(v) => shown(&format!("{v:?}")),
             Err(e) => format!("error: {e}"),
         };
-        let parts: Vec<Value> = clauses(f.source())
-            .into_iter()
-            .map(|c| match Filter::compile(c, &opts) {
+        let all = clauses(f.source());
+        let parts: Vec<Value> = all
+            .iter()
+            .take(MAX_CLAUSES)
+            .map(|&c| match Filter::compile(c, &opts) {
                 Ok(cf) => json!({ "clause": c, "value": value(&cf) }),
                 Err(e) => json!({ "clause": c, "value": format!("error: {}", e.message) }),
             })
@@ -146,6 +152,7 @@ pub(super) async fn check_filter(
             "verdict": verdict_name(f.matches(object)),
             "value": value(&f),
             "clauses": parts,
+            "clauses_not_shown": all.len().saturating_sub(MAX_CLAUSES),
         });
         Ok(out)
     })
