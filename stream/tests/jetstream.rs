@@ -37,13 +37,25 @@ async fn read_all(client: &async_nats::Client, settings: &StreamSettings) -> Vec
     let js = jetstream::new(client.clone());
     let mut stream = js.get_stream(&settings.stream).await.expect("the stream");
     let total = stream.info().await.expect("stream info").state.messages;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("a consumer");
+    // Right after a leader was killed, the cluster may still be settling:
+    // making the consumer is tried again for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let consumer = loop {
+        match stream
+            .create_consumer(pull::Config {
+                ack_policy: AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("no consumer yet ({e}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("a consumer: {e}"),
+        }
+    };
     let mut msgs = consumer.messages().await.expect("messages");
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
