@@ -5,6 +5,7 @@
 //! directory, which the release build puts in target/release).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice_engine::cel::Verdict;
 use sluice_engine::cel::{Filter, FilterOptions};
 use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull};
 use sluice_engine::events::EventTypeId;
@@ -13,8 +14,9 @@ use sluice_engine::internal::delivery::{Chunk, Delivery};
 use sluice_engine::internal::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
 use sluice_engine::internal::encode::Record;
 use sluice_engine::internal::encode::{Encoder, Projection};
-use sluice_engine::internal::ingest::EventParser;
+use sluice_engine::internal::ingest::{EventParser, LazyReader};
 use sluice_engine::internal::route::{Snapshot, SubscriptionRt};
+use sluice_engine::internal::settle::{Settled, settle, snapshot_of};
 use sluice_engine::json::Json;
 use sluice_engine::metrics::{DestinationStats, SubscriptionStats};
 use sluice_engine::plugin::{PluginRegistry, RecordRef, SinkInstance, plugin_dirs};
@@ -108,6 +110,71 @@ fn scan(c: &mut Criterion) {
             black_box(quote_count(&evs[i]))
         })
     });
+    group.finish();
+}
+
+/// Issue 18's target: the cost of an event every filter rejects, read on
+/// demand (structural index, envelope, route lookup, the fields the filter
+/// reads, the filter), against the full parse of the same events followed
+/// by the same lookup and filter. Only events the filter rejects are
+/// measured.
+fn rejected(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rejected event");
+    group.throughput(Throughput::Elements(1));
+    for (name, filter) in [
+        (
+            "endsWith",
+            r#"ev.conn.server_name.endsWith("-prod.ngrok.dev") && ev.http.response.status_code >= 500"#,
+        ),
+        (
+            "regex (docs style)",
+            r#"ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev") && ev.http.response.status_code >= 500"#,
+        ),
+    ] {
+        let accounts = Generator::new(GenConfig::default()).account_ids();
+        let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+        let snap = snapshot_of(&accounts, "http_request_complete.v0", &[filter]).unwrap();
+        let mut lazy = LazyReader::default();
+        let mut verdicts = Vec::new();
+        let evs: Vec<Vec<u8>> = events(650, 512)
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    settle(e, &snap, &mut lazy, &mut verdicts),
+                    Settled::Rejected(_)
+                )
+            })
+            .collect();
+        assert!(evs.len() > 400, "most events are settled on demand");
+        let avg = evs.iter().map(|e| e.len()).sum::<usize>() / evs.len();
+        let mut i = 0;
+        group.bench_function(format!("{name}, on demand (avg {avg} bytes)"), |b| {
+            b.iter(|| {
+                i = (i + 1) % evs.len();
+                black_box(matches!(
+                    settle(&evs[i], &snap, &mut lazy, &mut verdicts),
+                    Settled::Rejected(_)
+                ))
+            })
+        });
+        let mut p = EventParser::new();
+        let mut i = 0;
+        group.bench_function(format!("{name}, full parse"), |b| {
+            b.iter(|| {
+                i = (i + 1) % evs.len();
+                p.parse(&evs[i], |r| {
+                    let env = r.expect("valid");
+                    let routes = snap.routes(env.account_id, env.event_type);
+                    black_box(
+                        routes
+                            .iter()
+                            .filter_map(|r| r.source.filter.as_ref())
+                            .all(|f| f.matches(env.object) != Verdict::Match),
+                    )
+                })
+            })
+        });
+    }
     group.finish();
 }
 
@@ -490,6 +557,7 @@ criterion_group!(
     benches,
     parse,
     scan,
+    rejected,
     filter,
     route,
     encode,

@@ -74,6 +74,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         dead_letter_dir: dead.clone(),
         buffer_dir: dead.join("buffer"),
         drain_timeout: Duration::from_secs(120),
+        full_parse: o.full_parse,
         ..EngineConfig::default()
     };
     let bytes_total = std::fs::metadata(data)

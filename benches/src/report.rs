@@ -114,6 +114,10 @@ pub struct Record {
     /// stream, one run per round, interleaved with `runs`.
     #[serde(default)]
     pub reference: Vec<RunResult>,
+    /// `--versus-full-parse`: the same events with the full parse forced
+    /// (the on-demand reader off), one run per round, interleaved with `runs`.
+    #[serde(default)]
+    pub full_parse: Vec<RunResult>,
     /// Their summary.
     pub summary: Summary,
     /// The naive baseline, if run.
@@ -260,6 +264,26 @@ impl Record {
         s
     }
 
+    /// `--versus-full-parse`: the on-demand reader against the full parse
+    /// of the same events, run in the same rounds.
+    fn full_parse_text(&self, s: &mut String) {
+        let rates = |runs: &[RunResult]| runs.iter().map(|r| r.events_per_s).collect::<Vec<_>>();
+        let (on, full) = (rates(&self.runs), rates(&self.full_parse));
+        let per_round: Vec<String> = on
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| format!("{:.2}x", a / b.max(1e-9)))
+            .collect();
+        let (mo, mf) = (Stat::of(&on).median, Stat::of(&full).median);
+        let _ = writeln!(
+            s,
+            "  with the full parse forced (same events, same rounds): {} events/s median\n  on demand: {:.2}x the full parse (median over medians; per round {})",
+            group(mf),
+            mo / mf.max(1e-9),
+            per_round.join(", ")
+        );
+    }
+
     /// Cluster mode: the stream path against the same events through one
     /// `sluice serve` without the stream, run in the same rounds.
     fn reference_text(&self, s: &mut String) {
@@ -350,6 +374,9 @@ impl Record {
             s_.allocs_per_event
                 .map_or("n/a".into(), |a| format!("{a:.4}"))
         );
+        if !self.full_parse.is_empty() {
+            self.full_parse_text(s);
+        }
         if !self.reference.is_empty() {
             self.reference_text(s);
         }

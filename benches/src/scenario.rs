@@ -342,6 +342,8 @@ pub struct RunOptions {
     pub rate: Option<u64>,
     /// Override the scenario's worker count.
     pub workers: Option<usize>,
+    /// Force the full parse of every event (the on-demand reader off).
+    pub full_parse: bool,
 }
 
 /// The control-plane benchmark of a scenario's `[api]` table.

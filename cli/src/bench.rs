@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Filter workers (overrides the scenario).
     #[arg(long)]
     workers: Option<usize>,
+    /// Run every round a second time with the full parse forced (the
+    /// on-demand reader off) and report the ratio (in-process scenarios).
+    #[arg(long)]
+    versus_full_parse: bool,
     /// Compare two JSON records; exits 1 on a regression beyond their noise.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "scenario")]
     compare: Option<Vec<PathBuf>>,
@@ -98,6 +102,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         progress,
         rate: a.rate,
         workers: a.workers,
+        full_parse: false,
     };
     let accounts = sluice_traffic::Generator::new(s.generator.gen_config()).account_ids();
     let workers = match a.workers.unwrap_or(s.run.workers) {
@@ -168,6 +173,22 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             r.delivered
         );
         record.runs.push(r);
+        if a.versus_full_parse && s.run.mode == Mode::InProcess {
+            let full = run_in_process(
+                &s,
+                &data,
+                &RunOptions {
+                    full_parse: true,
+                    ..opts.clone()
+                },
+            )?;
+            println!(
+                "  run {} with the full parse forced: {:.0} events/s",
+                i + 1,
+                full.events_per_s
+            );
+            record.full_parse.push(full);
+        }
     }
     if let Some(api) = &s.api {
         println!(

@@ -11,10 +11,12 @@ use crate::config::{
 };
 use crate::delivery::{Chunk, Delivery, DestinationHandle, SinkSource};
 use crate::encode::{Encoder, Record};
+use crate::ingest::lazy::LazyReader;
 use crate::ingest::{EventParser, RejectReason, Span, lines, shard_of};
 use crate::metrics::Metrics;
 use crate::plugin::{PluginError, PluginRegistry, SinkInstance};
 use crate::route::{Snapshot, SubscriptionRt};
+use crate::settle::{Settled, settle};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -70,6 +72,10 @@ pub struct EngineConfig {
     /// dead-lettered with the reason, and [`Engine::failed_starts`] names
     /// it); `None`: tried for as long as the engine runs (`sluice serve`).
     pub start_timeout: Option<Duration>,
+    /// Parse every event in full, even one whose routes read only some of
+    /// its fields (which the on-demand reader otherwise settles from those
+    /// fields alone): for comparing the two paths and for debugging.
+    pub full_parse: bool,
 }
 
 /// What happens to a destination whose plugin kind is not loaded.
@@ -130,6 +136,7 @@ impl Default for EngineConfig {
             plugin_restrictions: String::new(),
             shared: false,
             start_timeout: None,
+            full_parse: false,
         }
     }
 }
@@ -165,6 +172,10 @@ pub struct Summary {
     pub rejected_by_reason: Vec<(&'static str, u64)>,
     /// Valid events no subscription wanted.
     pub unrouted: u64,
+    /// Events settled from their envelope and the fields their filters
+    /// read, without the full validation (included in `events_in`, not in
+    /// `rejected`).
+    pub unvalidated: u64,
     /// Records matched (event x subscription).
     pub matched: u64,
     /// Filter evaluations that failed.
@@ -207,6 +218,13 @@ impl std::fmt::Display for Summary {
             ", {} filter errors, {} unrouted, {} dead-lettered",
             self.filter_errors, self.unrouted, self.dead_lettered
         )?;
+        if self.unvalidated > 0 {
+            write!(
+                f,
+                " ({} settled from the fields their filters read, not validated in full)",
+                self.unvalidated
+            )?;
+        }
         if self.dropped > 0 {
             write!(f, ", {} dropped (buffer full)", self.dropped)?;
         }
@@ -237,6 +255,8 @@ struct Shared {
     rejects: Option<Sender<RejectLine>>,
     stage_sampling: bool,
     taps: Arc<crate::tap::Taps>,
+    /// Settle events from the fields their routes read where possible.
+    on_demand: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -364,6 +384,7 @@ impl Engine {
             metrics,
             rejects,
             stage_sampling: cfg.stage_sampling,
+            on_demand: !cfg.full_parse,
             taps: Arc::default(),
         });
         let mut shards = Vec::with_capacity(workers);
@@ -1082,6 +1103,7 @@ impl Engine {
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             unrouted: m.unrouted.load(Relaxed),
+            unvalidated: m.unvalidated.load(Relaxed),
             matched: subs.iter().map(|(_, c)| c.matched).sum(),
             filter_errors: subs.iter().map(|(_, c)| c.filter_errors).sum(),
             delivered: dests.iter().map(|(_, d)| d.delivered.load(Relaxed)).sum(),
@@ -1228,6 +1250,10 @@ struct Local {
     tracked_rejects: Vec<RejectedLine>,
     rejected: [u64; RejectReason::ALL.len()],
     unrouted: u64,
+    /// Events settled by the on-demand reader (not validated in full).
+    unvalidated: u64,
+    /// The verdicts of the routes of the event being read on demand.
+    verdicts: Vec<Verdict>,
     encoded: u64,
     per_sub: Vec<[u64; 3]>,
     touched: Vec<u32>,
@@ -1308,6 +1334,54 @@ impl StageClock for Sampled {
     }
 }
 
+/// A worker's two ways of reading an event.
+#[derive(Default)]
+struct Readers {
+    /// The full parse (simd-json onto a tape).
+    full: EventParser,
+    /// The on-demand reader (the envelope and the fields routes read).
+    lazy: LazyReader,
+}
+
+/// Settles an event from its envelope and the fields its routes read
+/// ([`crate::settle`]) when that is possible, counting it into `local`:
+/// true then, false when it needs the full parse.
+#[inline(always)]
+fn settle_on_demand<C: StageClock>(
+    raw: &[u8],
+    snap: &Snapshot,
+    lazy: &mut LazyReader,
+    local: &mut Local,
+    clock: &mut C,
+    st: &crate::metrics::StageTimes,
+) -> bool {
+    match settle(raw, snap, lazy, &mut local.verdicts) {
+        Settled::Full => false,
+        Settled::Unrouted => {
+            local.unrouted += 1;
+            local.unvalidated += 1;
+            let ns = clock.lap();
+            clock.record(st, [ns, 0, 0, 0]);
+            true
+        }
+        Settled::Rejected(routes) => {
+            let ns = clock.lap();
+            for (r, i) in routes.iter().zip(0..) {
+                let which = if local.verdicts[i] == Verdict::Error {
+                    2
+                } else {
+                    0
+                };
+                local.count(r.sub, which);
+            }
+            local.unvalidated += 1;
+            // The scan, the lookup and the filters, timed as one.
+            clock.record(st, [ns, 0, 0, 0]);
+            true
+        }
+    }
+}
+
 /// One event: parse, route, filter and encode for every route, counting
 /// into `local`; `C` times the stages (or not).
 #[allow(clippy::too_many_arguments)]
@@ -1319,13 +1393,19 @@ fn process_event<C: StageClock>(
     end: usize,
     snap: &Snapshot,
     shared: &Shared,
-    parser: &mut EventParser,
+    readers: &mut Readers,
     enc: &mut Encoder,
     local: &mut Local,
 ) {
     let st = &shared.metrics.stages;
     let mut clock = C::start();
-    parser.parse(raw, |res| {
+    if shared.on_demand
+        && snap.on_demand()
+        && settle_on_demand(raw, snap, &mut readers.lazy, local, &mut clock, st)
+    {
+        return;
+    }
+    readers.full.parse(raw, |res| {
         let parse_ns = clock.lap();
         match res {
             Err(rej) => {
@@ -1381,13 +1461,13 @@ fn process_event<C: StageClock>(
 }
 
 fn worker(rx: Receiver<InputBatch>, shared: Arc<Shared>) {
-    let mut parser = EventParser::new();
+    let mut readers = Readers::default();
     let mut enc = Encoder::default();
     let mut local = Local::default();
     while let Ok(batch) = rx.recv() {
         if !batch.spans.is_empty() {
             let snap = shared.snapshot.load();
-            process(&batch, &snap, &shared, &mut parser, &mut enc, &mut local);
+            process(&batch, &snap, &shared, &mut readers, &mut enc, &mut local);
         }
         if let Some(t) = &batch.ticket {
             let rejected = std::mem::take(&mut local.tracked_rejects);
@@ -1403,7 +1483,7 @@ fn process(
     batch: &InputBatch,
     snap: &Snapshot,
     shared: &Shared,
-    parser: &mut EventParser,
+    readers: &mut Readers,
     enc: &mut Encoder,
     local: &mut Local,
 ) {
@@ -1416,9 +1496,9 @@ fn process(
         bytes_in += raw.len() as u64;
         local.sample_tick = local.sample_tick.wrapping_add(1);
         if shared.stage_sampling && local.sample_tick.is_multiple_of(64) {
-            process_event::<Sampled>(raw, batch, start, end, snap, shared, parser, enc, local);
+            process_event::<Sampled>(raw, batch, start, end, snap, shared, readers, enc, local);
         } else {
-            process_event::<()>(raw, batch, start, end, snap, shared, parser, enc, local);
+            process_event::<()>(raw, batch, start, end, snap, shared, readers, enc, local);
         }
     }
     // Hand records to their destinations: one chunk per subscription and destination.
@@ -1466,6 +1546,10 @@ fn process(
     if local.unrouted > 0 {
         m.unrouted
             .fetch_add(std::mem::take(&mut local.unrouted), Relaxed);
+    }
+    if local.unvalidated > 0 {
+        m.unvalidated
+            .fetch_add(std::mem::take(&mut local.unvalidated), Relaxed);
     }
     if local.encoded > 0 {
         m.records_encoded

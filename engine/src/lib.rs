@@ -85,6 +85,7 @@ mod encode;
 mod engine;
 mod replay;
 mod route;
+mod settle;
 mod tap;
 
 pub use config::{
@@ -128,8 +129,13 @@ pub mod internal {
     }
     /// Parsing and framing below the public NDJSON reader.
     pub mod ingest {
+        pub use crate::ingest::lazy::LazyReader;
         pub use crate::ingest::parse::EventParser;
         pub use crate::ingest::{lines, shard_of};
+    }
+    /// Settling events on demand, and its oracle.
+    pub mod settle {
+        pub use crate::settle::{Settled, check, settle, snapshot_of};
     }
     /// The routing snapshot.
     pub mod route {

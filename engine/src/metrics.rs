@@ -332,6 +332,10 @@ pub struct MetricsSnapshot {
     pub rejected: BTreeMap<RejectReason, u64>,
     /// Events parsed that no subscription wanted.
     pub unrouted: u64,
+    /// Events settled by the on-demand reader from their envelope and the
+    /// fields their filters read (none wanted them, or every filter
+    /// rejected them), without validating the rest of the event.
+    pub unvalidated: u64,
     /// Records encoded (one per event and matching subscription).
     pub records_encoded: u64,
     /// Configuration snapshots applied.
@@ -364,6 +368,8 @@ pub struct Metrics {
     pub(crate) rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Events parsed that no subscription wanted (no route for account and type).
     pub(crate) unrouted: AtomicU64,
+    /// Events settled on demand without the full validation.
+    pub(crate) unvalidated: AtomicU64,
     /// Records encoded (one per event and matching subscription).
     pub(crate) records_encoded: AtomicU64,
     /// Configuration snapshots applied.
@@ -412,6 +418,7 @@ impl Metrics {
                 .map(|r| (*r, self.rejected[r.index()].load(Relaxed)))
                 .collect(),
             unrouted: self.unrouted.load(Relaxed),
+            unvalidated: self.unvalidated.load(Relaxed),
             records_encoded: self.records_encoded.load(Relaxed),
             reconfigurations: self.reconfigurations.load(Relaxed),
             batches_processed: self.batches_processed.load(Relaxed),
@@ -516,6 +523,16 @@ impl Metrics {
             s,
             "sluice_events_unrouted_total {}",
             self.unrouted.load(Relaxed)
+        );
+        counter(
+            &mut s,
+            "sluice_events_unvalidated_total",
+            "Events settled from their envelope and the fields their filters read (no subscription wanted them, or every filter rejected them), without validating the rest: counted as accepted, never as rejected.",
+        );
+        let _ = writeln!(
+            s,
+            "sluice_events_unvalidated_total {}",
+            self.unvalidated.load(Relaxed)
         );
         counter(
             &mut s,

@@ -11,6 +11,7 @@
 //! swaps it in whole; each input batch is processed against exactly one
 //! snapshot.
 
+use crate::cel::fallback::PathTrie;
 use crate::config::CompiledSource;
 use crate::delivery::DestinationHandle;
 use crate::events::EventTypeId;
@@ -82,6 +83,19 @@ impl FieldNeeds {
         }
         FieldNeeds::Paths(kept.into_boxed_slice())
     }
+
+    /// The paths as a trie for the on-demand reader (`None`: read whole).
+    fn trie(&self) -> Option<PathTrie> {
+        let FieldNeeds::Paths(paths) = self else {
+            return None;
+        };
+        let mut t = PathTrie::default();
+        for p in paths {
+            let segs: Vec<String> = p.split('.').map(str::to_string).collect();
+            t.insert(&segs);
+        }
+        Some(t)
+    }
 }
 
 /// The routes of one event type of an account, and what they read.
@@ -90,6 +104,8 @@ struct TypeRoutes {
     event_type: EventTypeId,
     routes: Box<[Route]>,
     needs: FieldNeeds,
+    /// `needs` as a trie, unless the event is read whole.
+    trie: Option<PathTrie>,
 }
 
 /// For one account: the routes of each event type it has sources for.
@@ -105,6 +121,9 @@ pub struct Snapshot {
     pub subscriptions: Vec<SubscriptionRt>,
     /// Every destination.
     pub destinations: Vec<Arc<DestinationHandle>>,
+    /// Whether the routes of some `(account, type)` read only some fields
+    /// (else no event is worth reading on demand).
+    on_demand: bool,
 }
 
 impl Snapshot {
@@ -136,20 +155,28 @@ impl Snapshot {
                 (
                     k,
                     v.into_iter()
-                        .map(|(event_type, routes)| TypeRoutes {
-                            needs: FieldNeeds::of(&routes),
-                            event_type,
-                            routes: routes.into_boxed_slice(),
+                        .map(|(event_type, routes)| {
+                            let needs = FieldNeeds::of(&routes);
+                            TypeRoutes {
+                                trie: needs.trie(),
+                                needs,
+                                event_type,
+                                routes: routes.into_boxed_slice(),
+                            }
                         })
-                        .collect(),
+                        .collect::<AccountRoutes>(),
                 )
             })
-            .collect();
+            .collect::<FxHashMap<_, _>>();
+        let on_demand = index
+            .values()
+            .any(|types| types.iter().any(|t| t.trie.is_some()));
         Snapshot {
             version,
             index,
             subscriptions,
             destinations,
+            on_demand,
         }
     }
 
@@ -171,6 +198,24 @@ impl Snapshot {
     /// wants such events).
     pub fn needs(&self, account_id: &str, event_type: EventTypeId) -> Option<&FieldNeeds> {
         self.type_routes(account_id, event_type).map(|t| &t.needs)
+    }
+
+    /// The sources that want events of `event_type` from `account_id`, and
+    /// the fields they read as a trie (`None`: they read events whole).
+    /// `None` when no source wants such events.
+    #[inline]
+    pub fn lookup(
+        &self,
+        account_id: &str,
+        event_type: EventTypeId,
+    ) -> Option<(&[Route], Option<&PathTrie>)> {
+        self.type_routes(account_id, event_type)
+            .map(|t| (&t.routes[..], t.trie.as_ref()))
+    }
+
+    /// Whether any event may be settled by reading only some of its fields.
+    pub fn on_demand(&self) -> bool {
+        self.on_demand
     }
 
     /// Number of accounts with at least one source.

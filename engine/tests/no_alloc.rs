@@ -5,8 +5,9 @@
 use sluice_engine::cel::Verdict;
 use sluice_engine::config::SourceSpec;
 use sluice_engine::internal::config::compile_source;
-use sluice_engine::internal::ingest::EventParser;
+use sluice_engine::internal::ingest::{EventParser, LazyReader};
 use sluice_engine::internal::route::{Snapshot, SubscriptionRt};
+use sluice_engine::internal::settle::{Settled, settle};
 use sluice_engine::metrics::SubscriptionStats;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -63,32 +64,35 @@ fn the_reject_path_allocates_nothing_per_event() {
         r#"ev.http.request.headers["User-Agent"][0].contains("python") || size(ev.http.request.url.path) > 1000"#,
         r#"int(ev.conn.server_port) == 80 || ev.oauth.decision == "block""#,
     ];
-    let subs = filters
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let c = compile_source(
-                &SourceSpec {
-                    event_type: "http_request_complete.v0".into(),
-                    filter: Some(f.to_string()),
-                    fields: None,
-                },
-                false,
-            )
-            .unwrap();
-            assert!(c.filter.as_ref().unwrap().is_fast(), "{f}");
-            (
-                SubscriptionRt {
-                    id: format!("esb_{i}").into(),
-                    account_id: "ac_1".into(),
-                    destinations: Box::new([]),
-                    stats: Arc::new(SubscriptionStats::default()),
-                },
-                vec![Arc::new(c)],
-            )
-        })
-        .collect();
-    let snap = Snapshot::new(1, subs, vec![]);
+    let build = |filters: &[&str]| -> Snapshot {
+        let subs = filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let c = compile_source(
+                    &SourceSpec {
+                        event_type: "http_request_complete.v0".into(),
+                        filter: Some(f.to_string()),
+                        fields: None,
+                    },
+                    false,
+                )
+                .unwrap();
+                assert!(c.filter.as_ref().unwrap().is_fast(), "{f}");
+                (
+                    SubscriptionRt {
+                        id: format!("esb_{i}").into(),
+                        account_id: "ac_1".into(),
+                        destinations: Box::new([]),
+                        stats: Arc::new(SubscriptionStats::default()),
+                    },
+                    vec![Arc::new(c)],
+                )
+            })
+            .collect();
+        Snapshot::new(1, subs, vec![])
+    };
+    let snap = build(&filters);
     let events: Vec<String> = (0..64)
         .map(|i| {
             let acct = if i % 8 == 0 { "ac_other" } else { "ac_1" };
@@ -129,6 +133,42 @@ fn the_reject_path_allocates_nothing_per_event() {
         ALLOCS.load(Relaxed),
         0,
         "allocations on the reject path over {} events",
+        events.len() * 50
+    );
+
+    // The same events settled on demand, by the filters that read no list
+    // or object whole (one that does sends the event to the full parse,
+    // checked above).
+    let snap: Snapshot = build(&[filters[0], filters[1], filters[2], filters[3], filters[5]]);
+    let mut lazy = LazyReader::default();
+    let mut verdicts = Vec::new();
+    let mut settle_all = |count: &mut u64| {
+        for e in &events {
+            if !matches!(
+                settle(e.as_bytes(), &snap, &mut lazy, &mut verdicts),
+                Settled::Full
+            ) {
+                *count += 1;
+            }
+        }
+    };
+    let mut settled = 0;
+    settle_all(&mut settled);
+    ALLOCS.store(0, Relaxed);
+    TRACK.with(|t| t.set(true));
+    for _ in 0..50 {
+        settle_all(&mut settled);
+    }
+    TRACK.with(|t| t.set(false));
+    assert_eq!(
+        settled,
+        51 * events.len() as u64,
+        "every event is settled on demand"
+    );
+    assert_eq!(
+        ALLOCS.load(Relaxed),
+        0,
+        "allocations on the on-demand reject path over {} events",
         events.len() * 50
     );
 }

@@ -39,7 +39,7 @@ pub fn out_of_steps() -> bool {
 /// ordinary events (a lookup in an object of a few dozen members, a search in
 /// a short string) stays free of bookkeeping, and is bounded anyway by the
 /// size of the expression.
-const FREE_STEPS: usize = 64;
+pub(crate) const FREE_STEPS: usize = 64;
 
 /// Spends `n` steps; false when there are not that many left, which leaves
 /// none. Work under [`FREE_STEPS`] is free.

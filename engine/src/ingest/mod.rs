@@ -6,7 +6,9 @@
 //! `account_id`, which picks the shard. The full parse happens once, on the
 //! shard's worker thread.
 
+pub(crate) mod lazy;
 pub(crate) mod parse;
+pub(crate) mod scan;
 
 pub(crate) use parse::{Envelope, EventParser};
 pub use parse::{MAX_DEPTH, MAX_EVENT_BYTES, RejectReason};

@@ -1,0 +1,433 @@
+//! A structural index of one event's bytes: where its string quotes and its
+//! brackets outside strings are, as bitmaps of 64 bytes each, built with
+//! vector instructions (AVX2 where the CPU has it, a byte loop elsewhere).
+//!
+//! This is the first stage of a JSON parser and nothing more: no tape, no
+//! values. It lets the on-demand reader ([`super::lazy`]) jump from a key to
+//! the end of a value it does not need in a few bit operations per 64 bytes
+//! instead of looking at each byte. Blocks are indexed as the reader asks for
+//! them, so an event whose envelope settles it is indexed no further.
+//!
+//! The index says where quotes and brackets are if the bytes are JSON; it
+//! checks nothing. Its reader treats anything unexpected as a reason to
+//! parse the event in full.
+
+/// Bit `i` of a block: byte `64 * block + i`.
+const BLOCK: usize = 64;
+
+/// The bitmaps of one block of 64 bytes.
+#[derive(Clone, Copy, Default)]
+struct Block {
+    /// Quotes that open or close a string (not escaped).
+    quotes: u64,
+    /// `{` and `[` outside strings.
+    opens: u64,
+    /// `}` and `]` outside strings.
+    closes: u64,
+}
+
+/// The structural bitmaps of one event, reused from event to event.
+#[derive(Default)]
+pub(crate) struct Index {
+    blocks: Vec<Block>,
+    /// Whether the event has a backslash.
+    backslash: bool,
+    /// Whether the event has a byte below 0x20 or above 0x7f.
+    unusual: bool,
+    /// `{` and `[` outside strings in the event.
+    opens_total: usize,
+    /// Whether to use AVX2.
+    avx2: bool,
+}
+
+impl Index {
+    /// An index that picks its instructions for this CPU.
+    pub fn new() -> Index {
+        Index {
+            avx2: avx2_available(),
+            ..Index::default()
+        }
+    }
+
+    /// An index that uses the byte loop only (the reference in tests).
+    #[cfg(test)]
+    pub fn scalar() -> Index {
+        Index::default()
+    }
+
+    /// Indexes `raw`, forgetting the previous event.
+    pub fn build(&mut self, raw: &[u8]) {
+        self.blocks.clear();
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU has AVX2, and every
+            // such CPU has POPCNT and PCLMULQDQ.
+            unsafe { self.build_avx2(raw) };
+            return;
+        }
+        self.build_with(raw, masks_scalar, prefix_xor);
+    }
+
+    /// [`Index::build`] with AVX2 for the masks and a carry-less
+    /// multiplication for the strings.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt,pclmulqdq")]
+    fn build_avx2(&mut self, raw: &[u8]) {
+        self.build_with(raw, |b| masks_avx2(b), |x| prefix_xor_clmul(x));
+    }
+
+    #[inline(always)]
+    fn build_with(
+        &mut self,
+        raw: &[u8],
+        masks: impl Fn(&[u8; BLOCK]) -> [u64; 5],
+        prefix_xor: impl Fn(u64) -> u64,
+    ) {
+        let (mut carry_escaped, mut carry_string) = (0u64, 0u64);
+        let (mut backslashes, mut unusual, mut opens_total) = (0u64, 0u64, 0usize);
+        let mut absorb = |[quote, backslash, open, close, odd]: [u64; 5]| {
+            backslashes |= backslash;
+            unusual |= odd;
+            let quotes = if backslash == 0 && carry_escaped == 0 {
+                quote
+            } else {
+                quote & !escaped_bytes(backslash, &mut carry_escaped)
+            };
+            let strings = prefix_xor(quotes) ^ carry_string;
+            carry_string = ((strings as i64) >> 63) as u64;
+            let opens = open & !strings;
+            opens_total += opens.count_ones() as usize;
+            Block {
+                quotes,
+                opens,
+                closes: close & !strings,
+            }
+        };
+        let mut chunks = raw.chunks_exact(BLOCK);
+        for block in &mut chunks {
+            let b = absorb(masks(block.try_into().expect("64 bytes")));
+            self.blocks.push(b);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // The last, partial block, padded with spaces (which mark nothing).
+            let mut block = [b' '; BLOCK];
+            block[..rest.len()].copy_from_slice(rest);
+            let b = absorb(masks(&block));
+            self.blocks.push(b);
+        }
+        self.backslash = backslashes != 0;
+        self.unusual = unusual != 0;
+        self.opens_total = opens_total;
+    }
+
+    /// Whether the event has a backslash.
+    pub fn saw_backslash(&self) -> bool {
+        self.backslash
+    }
+
+    /// Whether every byte of the event is printable ASCII or a space: then
+    /// no string in it has an escape, a control character or anything but
+    /// ASCII, and needs no further look to be taken as is.
+    pub fn plain(&self) -> bool {
+        !self.backslash && !self.unusual
+    }
+
+    /// `{` and `[` outside strings: an upper bound on the depth of nesting.
+    pub fn opens_total(&self) -> usize {
+        self.opens_total
+    }
+
+    /// The first quote at or after `from` (a string's opening or closing quote).
+    #[inline]
+    pub fn next_quote(&self, from: usize) -> Option<usize> {
+        let mut b = from / BLOCK;
+        let mut m = !0u64 << (from % BLOCK);
+        loop {
+            let bits = self.blocks.get(b)?.quotes & m;
+            if bits != 0 {
+                return Some(b * BLOCK + bits.trailing_zeros() as usize);
+            }
+            b += 1;
+            m = !0;
+        }
+    }
+
+    /// Given an opening bracket at `open`, the position of the bracket that
+    /// closes it (matching by depth only: `{` may be closed by `]` in
+    /// malformed input, which the full parse then rejects).
+    #[inline]
+    pub fn matching_close(&self, open: usize) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: every CPU with AVX2 has POPCNT.
+            return unsafe { self.matching_close_popcnt(open) };
+        }
+        self.matching_close_any(open)
+    }
+
+    /// [`Index::matching_close`] with the POPCNT instruction for counting
+    /// brackets.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt,pclmulqdq")]
+    fn matching_close_popcnt(&self, open: usize) -> Option<usize> {
+        self.matching_close_any(open)
+    }
+
+    #[inline(always)]
+    fn matching_close_any(&self, open: usize) -> Option<usize> {
+        let mut depth = 0usize;
+        let mut b = open / BLOCK;
+        let mut m = !0u64 << (open % BLOCK);
+        loop {
+            let block = self.blocks.get(b)?;
+            let mut o = block.opens & m;
+            let mut c = block.closes & m;
+            let (no, nc) = (o.count_ones() as usize, c.count_ones() as usize);
+            if nc < depth {
+                // Depth cannot reach 0 in this block: skip it whole.
+                depth = depth + no - nc;
+            } else {
+                // Walk the brackets in order.
+                while o | c != 0 {
+                    let next_o = o.trailing_zeros();
+                    let next_c = c.trailing_zeros();
+                    if next_o < next_c {
+                        depth += 1;
+                        o &= o - 1;
+                    } else {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(b * BLOCK + next_c as usize);
+                        }
+                        c &= c - 1;
+                    }
+                }
+            }
+            b += 1;
+            m = !0;
+        }
+    }
+}
+
+/// Whether this CPU has AVX2.
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The bytes escaped by a backslash, given the block's backslashes and
+/// whether its first byte is escaped (updated for the next block): a run of
+/// backslashes escapes the byte after it when the run is odd. (The
+/// carry-propagating addition of simdjson's stage 1.)
+#[inline]
+fn escaped_bytes(backslash: u64, carry: &mut u64) -> u64 {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    let backslash = backslash & !*carry;
+    let follows_escape = (backslash << 1) | *carry;
+    let odd_starts = backslash & !EVEN & !follows_escape;
+    let (even_starts, overflow) = odd_starts.overflowing_add(backslash);
+    *carry = overflow as u64;
+    let invert = even_starts << 1;
+    (EVEN ^ invert) & follows_escape
+}
+
+/// Bit `i` of the result is the XOR of bits `0..=i` of `x`: set from an
+/// opening quote up to (not including) its closing quote.
+#[inline]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// [`prefix_xor`] in one carry-less multiplication by all ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "pclmulqdq")]
+#[inline]
+fn prefix_xor_clmul(x: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1), 0);
+    _mm_cvtsi128_si64(product) as u64
+}
+
+/// Quotes, backslashes, `{`/`[`, `}`/`]`, and bytes below 0x20 or above
+/// 0x7f of a block, a byte at a time.
+fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 5] {
+    let mut m = [0u64; 5];
+    for (i, &b) in block.iter().enumerate() {
+        let bit = 1u64 << i;
+        match b {
+            b'"' => m[0] |= bit,
+            b'\\' => m[1] |= bit,
+            b'{' | b'[' => m[2] |= bit,
+            b'}' | b']' => m[3] |= bit,
+            0..0x20 | 0x80.. => m[4] |= bit,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// [`masks_scalar`] with AVX2: two 32-byte halves, four compares each.
+/// (`{`/`[` and `}`/`]` differ only in bit 5, so one compare after setting
+/// it finds both.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 5] {
+    use std::arch::x86_64::*;
+    // SAFETY: both loads read 32 bytes inside the 64-byte block.
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_si256(block.as_ptr().cast::<__m256i>()),
+            _mm256_loadu_si256(block.as_ptr().add(32).cast::<__m256i>()),
+        )
+    };
+    let bit5 = _mm256_set1_epi8(0x20);
+    let (lo5, hi5) = (_mm256_or_si256(lo, bit5), _mm256_or_si256(hi, bit5));
+    let pair = |a: __m256i, b: __m256i| -> u64 {
+        (_mm256_movemask_epi8(a) as u32 as u64) | ((_mm256_movemask_epi8(b) as u32 as u64) << 32)
+    };
+    let quote = _mm256_set1_epi8(b'"' as i8);
+    let backslash = _mm256_set1_epi8(b'\\' as i8);
+    let open = _mm256_set1_epi8(b'{' as i8);
+    let close = _mm256_set1_epi8(b'}' as i8);
+    // Below 0x20: max(x, 0x1f) == 0x1f; above 0x7f: the sign bit.
+    let c1f = _mm256_set1_epi8(0x1f);
+    let low = |x: __m256i| _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(x, c1f), c1f), x);
+    [
+        pair(_mm256_cmpeq_epi8(lo, quote), _mm256_cmpeq_epi8(hi, quote)),
+        pair(
+            _mm256_cmpeq_epi8(lo, backslash),
+            _mm256_cmpeq_epi8(hi, backslash),
+        ),
+        pair(_mm256_cmpeq_epi8(lo5, open), _mm256_cmpeq_epi8(hi5, open)),
+        pair(_mm256_cmpeq_epi8(lo5, close), _mm256_cmpeq_epi8(hi5, close)),
+        pair(low(lo), low(hi)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quotes, brackets and bytes in strings found by walking the bytes one by one.
+    /// (A backslash escapes the next byte wherever it is, as in the index:
+    /// outside strings that is invalid JSON, which the full parse rejects.)
+    fn reference(raw: &[u8]) -> (Vec<usize>, Vec<usize>, Vec<usize>, Vec<bool>) {
+        let (mut quotes, mut opens, mut closes, mut strings) = (vec![], vec![], vec![], vec![]);
+        let (mut in_str, mut escaped) = (false, false);
+        for (i, &b) in raw.iter().enumerate() {
+            let is_escaped = escaped;
+            escaped = b == b'\\' && !is_escaped;
+            if b == b'"' && !is_escaped {
+                quotes.push(i);
+                in_str = !in_str;
+                strings.push(in_str);
+                continue;
+            }
+            if !in_str {
+                match b {
+                    b'{' | b'[' => opens.push(i),
+                    b'}' | b']' => closes.push(i),
+                    _ => {}
+                }
+            }
+            strings.push(in_str);
+        }
+        (quotes, opens, closes, strings)
+    }
+
+    fn bits(ix: &Index, mask: impl Fn(&Block) -> u64, len: usize) -> Vec<usize> {
+        (0..len)
+            .filter(|&i| mask(&ix.blocks[i / 64]) >> (i % 64) & 1 == 1)
+            .collect()
+    }
+
+    fn check(raw: &[u8], ix: &mut Index) {
+        ix.build(raw);
+        let (q, o, c, _) = reference(raw);
+        let text = String::from_utf8_lossy(raw);
+        let n = raw.len();
+        assert_eq!(bits(ix, |b| b.quotes, n), q, "quotes of {text}");
+        assert_eq!(bits(ix, |b| b.opens, n), o, "opens of {text}");
+        assert_eq!(bits(ix, |b| b.closes, n), c, "closes of {text}");
+        assert_eq!(ix.opens_total(), o.len());
+        assert_eq!(
+            ix.plain(),
+            !raw.iter()
+                .any(|&b| !(0x20..0x80).contains(&b) || b == b'\\'),
+            "plain: {text}"
+        );
+    }
+
+    #[test]
+    fn the_index_agrees_with_a_byte_by_byte_walk() {
+        // Random bytes drawn from the characters that matter, over many
+        // blocks, so that backslash runs and strings cross block edges.
+        let alphabet = b"\"\\{}[]a:, \"\\{}[]a:, \t\xc3";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let (mut simd, mut scalar) = (Index::new(), Index::scalar());
+        for round in 0..3000 {
+            let len = 1 + round % 300;
+            let raw: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            check(&raw, &mut simd);
+            check(&raw, &mut scalar);
+        }
+        // Runs of backslashes of every length ending exactly at a block edge.
+        for run in 0..130 {
+            for pad in 0..3 {
+                let mut raw = vec![b'"'];
+                raw.extend(std::iter::repeat_n(b'a', 62 - pad.min(62)));
+                raw.extend(std::iter::repeat_n(b'\\', run));
+                raw.extend_from_slice(b"\"}{\"");
+                check(&raw, &mut simd);
+                check(&raw, &mut scalar);
+            }
+        }
+    }
+
+    #[test]
+    fn matching_close_skips_nested_values_and_strings() {
+        let raw = br#"{"a":{"b":[1,{"c":"}]"}],"d":"{"},"e":[[[]]]}"#;
+        let mut ix = Index::new();
+        ix.build(raw);
+        assert_eq!(ix.matching_close(0), Some(raw.len() - 1));
+        let a = 5;
+        assert_eq!(raw[a], b'{');
+        assert_eq!(raw[ix.matching_close(a).unwrap()], b'}');
+        assert_eq!(ix.matching_close(a), Some(32));
+        // Unbalanced: no close.
+        let raw = br#"{"a":[1,2}"#;
+        ix.build(raw);
+        assert_eq!(ix.matching_close(0), None);
+        // Long values span blocks and are skipped by counting.
+        let long = format!(
+            r#"{{"x":[{}],"y":"{}"}}"#,
+            "[1,{\"k\":\"]]\"}],".repeat(40) + "0",
+            "}".repeat(100)
+        );
+        ix.build(long.as_bytes());
+        assert_eq!(ix.matching_close(0), Some(long.len() - 1));
+        let close = ix.matching_close(5).unwrap();
+        assert_eq!(&long[close..close + 5], r#"],"y""#);
+    }
+}
