@@ -15,6 +15,7 @@ use crate::cel::fallback::PathTrie;
 use crate::config::CompiledSource;
 use crate::delivery::DestinationHandle;
 use crate::events::EventTypeId;
+use crate::ingest::lazy::FieldTree;
 use crate::metrics::SubscriptionStats;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -84,8 +85,8 @@ impl FieldNeeds {
         FieldNeeds::Paths(kept.into_boxed_slice())
     }
 
-    /// The paths as a trie for the on-demand reader (`None`: read whole).
-    fn trie(&self) -> Option<PathTrie> {
+    /// The paths as the on-demand reader's tree (`None`: read whole).
+    fn trie(&self) -> Option<FieldTree> {
         let FieldNeeds::Paths(paths) = self else {
             return None;
         };
@@ -94,7 +95,7 @@ impl FieldNeeds {
             let segs: Vec<String> = p.split('.').map(str::to_string).collect();
             t.insert(&segs);
         }
-        Some(t)
+        Some(FieldTree::new(&t))
     }
 }
 
@@ -104,8 +105,8 @@ struct TypeRoutes {
     event_type: EventTypeId,
     routes: Box<[Route]>,
     needs: FieldNeeds,
-    /// `needs` as a trie, unless the event is read whole.
-    trie: Option<PathTrie>,
+    /// `needs` as the on-demand reader's tree, unless the event is read whole.
+    trie: Option<FieldTree>,
 }
 
 /// For one account: the routes of each event type it has sources for.
@@ -208,7 +209,7 @@ impl Snapshot {
         &self,
         account_id: &str,
         event_type: EventTypeId,
-    ) -> Option<(&[Route], Option<&PathTrie>)> {
+    ) -> Option<(&[Route], Option<&FieldTree>)> {
         self.type_routes(account_id, event_type)
             .map(|t| (&t.routes[..], t.trie.as_ref()))
     }

@@ -9,8 +9,9 @@
 
 use crate::cel::Verdict;
 use crate::ingest::EventParser;
-use crate::ingest::lazy::LazyReader;
+use crate::ingest::lazy::{LazyReader, Read, Wants};
 use crate::route::{Route, Snapshot};
+use std::cell::Cell;
 
 /// What the on-demand reader settled.
 #[derive(Debug)]
@@ -34,35 +35,36 @@ pub fn settle<'s>(
     lazy: &mut LazyReader,
     verdicts: &mut Vec<Verdict>,
 ) -> Settled<'s> {
-    let mut found = None;
-    let Some(env) = lazy.envelope(raw, |account, ty| {
-        found = Some(snap.lookup(account, ty));
-        // Routes that read the event whole: stop, it is parsed in full.
-        !matches!(found, Some(Some((_, None))))
-    }) else {
-        return Settled::Full;
-    };
-    let Some((routes, Some(trie))) = found.flatten() else {
-        return Settled::Unrouted;
-    };
-    verdicts.clear();
-    let rejected = lazy.fields(raw, &env, trie, |object| {
-        for r in routes {
-            let verdict = match &r.source.filter {
-                Some(f) => f.matches(object),
-                None => Verdict::Match,
-            };
-            if verdict == Verdict::Match {
-                return false;
+    let found: Cell<&[Route]> = Cell::new(&[]);
+    let read = lazy.read(
+        raw,
+        |account, ty| match snap.lookup(account, ty) {
+            None => Wants::Nothing,
+            Some((_, None)) => Wants::Whole,
+            Some((routes, Some(trie))) => {
+                found.set(routes);
+                Wants::Fields(trie)
             }
-            verdicts.push(verdict);
-        }
-        true
-    });
-    if rejected == Some(true) {
-        Settled::Rejected(routes)
-    } else {
-        Settled::Full
+        },
+        |object| {
+            verdicts.clear();
+            for r in found.get() {
+                let verdict = match &r.source.filter {
+                    Some(f) => f.matches(object),
+                    None => Verdict::Match,
+                };
+                if verdict == Verdict::Match {
+                    return false;
+                }
+                verdicts.push(verdict);
+            }
+            true
+        },
+    );
+    match read {
+        Read::Unrouted => Settled::Unrouted,
+        Read::Fields(true) => Settled::Rejected(found.get()),
+        Read::Fields(false) | Read::Full => Settled::Full,
     }
 }
 

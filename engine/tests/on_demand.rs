@@ -237,7 +237,7 @@ fn the_reader_settles_only_what_the_full_parse_decides_the_same() {
     snaps.push(snapshot(FILTERS));
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut settled, mut total) = (0usize, 0usize);
-    for _ in 0..4000 {
+    for _ in 0..20_000 {
         let raw = event(&mut r);
         for snap in &snaps {
             total += 1;

@@ -2,6 +2,16 @@
 //! fields the routes for its `(account, type)` read, found through the
 //! structural index ([`super::scan`]) without building a tape of the event.
 //!
+//! Two ways to find them, with the same answers:
+//!
+//! - **Search** (compact events without escapes, the common case): each key
+//!   is looked for as the bytes `"name":` (a vectorized substring search)
+//!   inside its parent's span, and taken where the index says a string opens
+//!   at the parent's depth plus one; the bytes between are not looked at.
+//! - **Walk** (spaces between tokens, escapes, or an object of many
+//!   members): the members of each object on the way are visited in order,
+//!   skipping the values not read.
+//!
 //! The fields read become a small tape of their own: an object holding only
 //! those paths, with every value found on the way (a scalar where a path
 //! expected an object stays that scalar), so that a filter evaluated on it
@@ -10,31 +20,79 @@
 //! escapes, integers of at most 18 digits, `true`, `false`, `null`. For
 //! anything else (an escape, a float, a list or object read whole, an
 //! object of 64 members or more, which the evaluator's step budget counts,
-//! a key with an escape, a repeated envelope key, more than 128 brackets,
-//! bytes that are not the JSON the reader expects) the reader answers
-//! [`None`] and the event is parsed in full, which is always correct.
+//! a key with an escape, more than 128 brackets, bytes that are not the
+//! JSON the reader expects) the reader answers [`Read::Full`] and the event
+//! is parsed in full, which is always correct.
 //!
-//! The reader validates only what it reads: the envelope's strings (UTF-8,
-//! no control characters), the event type, the timestamp, the nesting bound
-//! and the values it turns into nodes. An event it settles without the full
-//! parse is counted as unvalidated (`docs/delivery.md`).
+//! The reader validates only what it reads: `account_id`, `event_type`,
+//! `object` and the values it turns into nodes (the walk also the other
+//! envelope fields and repeated envelope keys), and the size and nesting
+//! bounds. An event it settles without the full parse is counted as
+//! unvalidated (`docs/delivery.md`): never delivered, since a match goes to
+//! the full parse.
 
 use super::scan::Index;
 use super::{MAX_DEPTH, MAX_EVENT_BYTES};
 use crate::cel::fallback::PathTrie;
 use crate::events::{EventTypeId, parse_rfc3339_ms};
 use crate::json::Json;
+use memchr::memmem::Finder;
 use simd_json::{Node, StaticNode, Tape};
 
-/// The envelope as the reader found it (what routing needs of it went to
-/// [`LazyReader::envelope`]'s `wanted`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LazyEnvelope<'i> {
-    /// `account_id`.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub account_id: &'i str,
-    /// Where `object`'s `{` is.
-    object: usize,
+/// The fields routes read of `object`, as a tree of member names, each
+/// with its searcher for `"name":`.
+#[derive(Clone, Debug, Default)]
+pub struct FieldTree {
+    children: Vec<FieldNode>,
+}
+
+#[derive(Clone, Debug)]
+struct FieldNode {
+    name: Box<str>,
+    /// Finds `"name":`.
+    key: Finder<'static>,
+    /// The whole value is read.
+    whole: bool,
+    below: FieldTree,
+}
+
+impl FieldTree {
+    /// The tree of the paths in `trie`.
+    pub(crate) fn new(trie: &PathTrie) -> FieldTree {
+        FieldTree {
+            children: trie
+                .children
+                .iter()
+                .map(|(name, t)| FieldNode {
+                    key: Finder::new(format!("\"{name}\":").as_bytes()).into_owned(),
+                    name: name.clone(),
+                    whole: t.whole,
+                    below: FieldTree::new(t),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the routes for an event's `(account, type)` read of it, as the
+/// reader's caller answers once it knows them.
+pub(crate) enum Wants<'s> {
+    /// No route wants such events.
+    Nothing,
+    /// A route reads the event whole.
+    Whole,
+    /// The routes read these fields of `object`.
+    Fields(&'s FieldTree),
+}
+
+/// What the reader made of an event.
+pub(crate) enum Read<R> {
+    /// It needs the full parse.
+    Full,
+    /// No route wants it.
+    Unrouted,
+    /// What the caller's evaluation of the fields returned.
+    Fields(R),
 }
 
 /// Why the reader stopped: the event needs the full parse.
@@ -45,13 +103,32 @@ struct Full;
 /// which only the whole object counts right.
 const MAX_MEMBERS: usize = crate::cel::eval::FREE_STEPS;
 
-/// The most children of one trie node the reader tracks.
-const MAX_CHILDREN: usize = 16;
+/// The most children of one tree node the walk tracks.
+const MAX_CHILDREN: usize = 32;
+
+/// The envelope keys the search looks for.
+struct EnvelopeKeys {
+    account_id: Finder<'static>,
+    event_type: Finder<'static>,
+    object: Finder<'static>,
+}
+
+impl Default for EnvelopeKeys {
+    fn default() -> Self {
+        let key = |k: &str| Finder::new(format!("\"{k}\":").as_bytes()).into_owned();
+        EnvelopeKeys {
+            account_id: key("account_id"),
+            event_type: key("event_type"),
+            object: key("object"),
+        }
+    }
+}
 
 /// An on-demand reader, reused from event to event (one per worker).
 pub struct LazyReader {
     index: Index,
     tape: Tape<'static>,
+    keys: EnvelopeKeys,
 }
 
 impl Default for LazyReader {
@@ -59,11 +136,12 @@ impl Default for LazyReader {
         LazyReader {
             index: Index::new(),
             tape: Tape(Vec::with_capacity(64)),
+            keys: EnvelopeKeys::default(),
         }
     }
 }
 
-#[inline]
+#[inline(always)]
 fn ws(raw: &[u8], mut i: usize) -> usize {
     while i < raw.len() && matches!(raw[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
@@ -72,188 +150,393 @@ fn ws(raw: &[u8], mut i: usize) -> usize {
 }
 
 impl LazyReader {
-    /// Reads the envelope of `raw`. Once `account_id` and `event_type` are
-    /// known, at the latest when `object` starts, `wanted` is asked whether
-    /// to go on: false (the routes read the event whole) stops the reader
-    /// there. [`None`]: the event needs the full parse.
-    pub(crate) fn envelope<'i>(
+    /// Reads `raw`: its envelope, then, once `lookup` has said what the
+    /// routes for its account and type read, those fields, on which `eval`
+    /// runs.
+    #[inline]
+    pub(crate) fn read<'s, R>(
         &mut self,
-        raw: &'i [u8],
-        mut wanted: impl FnMut(&str, EventTypeId) -> bool,
-    ) -> Option<LazyEnvelope<'i>> {
-        if raw.len() > MAX_EVENT_BYTES {
-            return None;
+        raw: &[u8],
+        lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
+        eval: impl FnOnce(Json<'_, '_>) -> R,
+    ) -> Read<R> {
+        #[cfg(target_arch = "x86_64")]
+        if self.index.avx2() {
+            // SAFETY: the index uses AVX2 only where the CPU has it, and
+            // every such CPU has POPCNT, BMI1 and BMI2.
+            return unsafe { self.read_avx2(raw, lookup, eval) };
         }
-        // Indexed whole at once: one tight loop is cheaper than block by
-        // block as the walk goes, and a settled event needs every block for
-        // the nesting bound anyway.
-        self.index.build(raw);
-        let root = ws(raw, 0);
-        if raw.get(root) != Some(&b'{') {
-            return None;
-        }
-        // event_id, event_type, event_timestamp, account_id, principal, object
-        let mut at = [usize::MAX; 6];
-        let mut asked = false;
-        let end = self
-            .entries(raw, root, |ix, key, v| {
-                let Some(slot) = envelope_slot(key) else {
-                    return Ok(());
-                };
-                if at[slot] != usize::MAX {
-                    return Err(Full); // the full parse rejects a repeated envelope key
-                }
-                at[slot] = v;
-                if slot == 5 && !asked && at[1] != usize::MAX && at[3] != usize::MAX {
-                    asked = true;
-                    let ty = event_type(ix, raw, at[1])?;
-                    if !wanted(string(ix, raw, at[3])?, ty) {
-                        return Err(Full);
-                    }
-                }
-                Ok(())
-            })
-            .ok()?;
-        if ws(raw, end) != raw.len() || at[..4].contains(&usize::MAX) || at[5] == usize::MAX {
-            return None;
-        }
-        let ix = &mut self.index;
-        // `object` is an object; `principal`, if there, an object or null.
-        if raw[at[5]] != b'{' {
-            return None;
-        }
-        if at[4] != usize::MAX && raw[at[4]] != b'{' {
-            let end = skip_value(ix, raw, at[4]).ok()?;
-            if &raw[at[4]..end] != b"null" {
-                return None;
-            }
-        }
-        string(ix, raw, at[0]).ok()?;
-        let ts = string(ix, raw, at[2]).ok()?;
-        parse_rfc3339_ms(ts)?;
-        let event_type = event_type(ix, raw, at[1]).ok()?;
-        let account_id = string(ix, raw, at[3]).ok()?;
-        if ix.opens_total() > MAX_DEPTH {
-            return None; // maybe too deep: the full parse decides
-        }
-        if !asked && !wanted(account_id, event_type) {
-            return None;
-        }
-        Some(LazyEnvelope {
-            account_id,
-            object: at[5],
-        })
+        self.read_in(raw, lookup, eval)
     }
 
-    /// Reads the fields of `env`'s object that `trie` names and calls `f`
-    /// with an object of them. [`None`]: the event needs the full parse.
-    pub(crate) fn fields<'i, R>(
+    /// [`LazyReader::read`] compiled for AVX2 CPUs (bit counts and scans
+    /// in one instruction each).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt,bmi1,bmi2")]
+    fn read_avx2<'s, R>(
         &mut self,
-        raw: &'i [u8],
-        env: &LazyEnvelope<'i>,
-        trie: &'i PathTrie,
-        f: impl FnOnce(Json<'_, 'i>) -> R,
-    ) -> Option<R> {
-        let mut tape: Tape<'i> = std::mem::replace(&mut self.tape, Tape(Vec::new()));
+        raw: &[u8],
+        lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
+        eval: impl FnOnce(Json<'_, '_>) -> R,
+    ) -> Read<R> {
+        self.read_in(raw, lookup, eval)
+    }
+
+    #[inline(always)]
+    fn read_in<'s, R>(
+        &mut self,
+        raw: &[u8],
+        lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
+        eval: impl FnOnce(Json<'_, '_>) -> R,
+    ) -> Read<R> {
+        if raw.len() > MAX_EVENT_BYTES {
+            return Read::Full;
+        }
+        // Indexed whole at once: one tight loop is cheaper than block by
+        // block, and a settled event needs every block for the nesting
+        // bound anyway.
+        self.index.build(raw);
+        if self.index.opens_total() > MAX_DEPTH {
+            return Read::Full; // maybe too deep: the full parse decides
+        }
+        let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new()));
         tape.0.clear();
-        let built = self.object(raw, env.object, trie, &mut tape.0);
-        let out = match built {
-            Ok(()) => Json::root(&tape.0).map(f),
-            Err(Full) => None,
+        let walked = if self.index.compact() && !self.index.saw_backslash() {
+            search(&self.index, &self.keys, raw, lookup, &mut tape.0)
+        } else {
+            walk(&self.index, raw, lookup, &mut tape.0)
+        };
+        let out = match walked {
+            Ok(true) => match Json::root(&tape.0) {
+                Some(object) => Read::Fields(eval(object)),
+                None => Read::Full,
+            },
+            Ok(false) => Read::Unrouted,
+            Err(Full) => Read::Full,
         };
         self.tape = tape.reset();
         out
     }
+}
 
-    /// Walks the members of the object whose `{` is at `open`, calling
-    /// `visit(index, key, value_start)` for each; returns the position after
-    /// its `}`.
-    fn entries(
-        &mut self,
-        raw: &[u8],
-        open: usize,
-        mut visit: impl FnMut(&mut Index, &[u8], usize) -> Result<(), Full>,
-    ) -> Result<usize, Full> {
-        let ix = &mut self.index;
-        let mut i = ws(raw, open + 1);
-        if raw.get(i) == Some(&b'}') {
-            return Ok(i + 1);
+/// The value start of the first `"name":` (found by `key`) in
+/// `raw[from..to]` whose quote opens a string at `depth`.
+#[inline(always)]
+fn find_key(
+    ix: &Index,
+    raw: &[u8],
+    key: &Finder<'_>,
+    mut from: usize,
+    to: usize,
+    depth: i64,
+) -> Option<usize> {
+    while let Some(at) = key.find(raw.get(from..to)?) {
+        let p = from + at;
+        if ix.opens_string(p) && ix.depth_at(p) == depth {
+            return Some(p + key.needle().len());
         }
-        loop {
-            if raw.get(i) != Some(&b'"') {
-                return Err(Full);
-            }
-            let kend = ix.next_quote(i + 1).ok_or(Full)?;
-            let key = &raw[i + 1..kend];
-            if ix.saw_backslash() && key.contains(&b'\\') {
-                return Err(Full);
-            }
-            i = ws(raw, kend + 1);
-            if raw.get(i) != Some(&b':') {
-                return Err(Full);
-            }
-            let v = ws(raw, i + 1);
-            let vend = skip_value(ix, raw, v)?;
-            visit(ix, key, v)?;
-            i = ws(raw, vend);
-            match raw.get(i) {
-                Some(b',') => i = ws(raw, i + 1),
-                Some(b'}') => return Ok(i + 1),
-                _ => return Err(Full),
-            }
+        from = p + 1;
+    }
+    None
+}
+
+/// The search: a compact event without escapes. `Ok(false)`: no route
+/// wants it.
+#[inline(always)]
+fn search<'i, 's: 'i>(
+    ix: &Index,
+    keys: &EnvelopeKeys,
+    raw: &'i [u8],
+    mut lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<bool, Full> {
+    if raw.first() != Some(&b'{') || ix.matching_close(0) != Some(raw.len() - 1) {
+        return Err(Full);
+    }
+    let end = raw.len() - 1;
+    let account = find_key(ix, raw, &keys.account_id, 1, end, 1).ok_or(Full)?;
+    let ty = find_key(ix, raw, &keys.event_type, 1, end, 1).ok_or(Full)?;
+    let object = find_key(ix, raw, &keys.object, 1, end, 1).ok_or(Full)?;
+    if raw.get(object) != Some(&b'{') {
+        return Err(Full);
+    }
+    match lookup(string(ix, raw, account)?, event_type(ix, raw, ty)?) {
+        Wants::Nothing => Ok(false),
+        Wants::Whole => Err(Full),
+        Wants::Fields(fields) => {
+            let close = ix.matching_close(object).ok_or(Full)?;
+            search_object(ix, raw, object, close, fields, tape)?;
+            Ok(true)
         }
     }
+}
 
-    /// Appends to `tape` the object at `open` reduced to what `trie` reads.
-    fn object<'i>(
-        &mut self,
-        raw: &'i [u8],
-        open: usize,
-        trie: &'i PathTrie,
-        tape: &mut Vec<Node<'i>>,
-    ) -> Result<(), Full> {
-        let children = &trie.children;
-        if children.len() > MAX_CHILDREN {
+/// Appends to `tape` the object whose brackets are at `open` and `close`,
+/// reduced to what `fields` reads, found by search (or, for an object that
+/// may have too many members to tell, by the walk).
+fn search_object<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    open: usize,
+    close: usize,
+    fields: &'s FieldTree,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<(), Full> {
+    #[cfg(target_arch = "x86_64")]
+    if ix.avx2() {
+        // SAFETY: as in `LazyReader::read`.
+        return unsafe { search_object_avx2(ix, raw, open, close, fields, tape) };
+    }
+    search_object_in(ix, raw, open, close, fields, tape)
+}
+
+/// [`search_object`] compiled for AVX2 CPUs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1,bmi2")]
+fn search_object_avx2<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    open: usize,
+    close: usize,
+    fields: &'s FieldTree,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<(), Full> {
+    search_object_in(ix, raw, open, close, fields, tape)
+}
+
+#[inline(always)]
+fn search_object_in<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    open: usize,
+    close: usize,
+    fields: &'s FieldTree,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<(), Full> {
+    // Each member has a key: under 128 quotes, under 64 members.
+    if ix.quotes_between(open, close) >= 2 * MAX_MEMBERS {
+        return object(ix, raw, open, fields, tape).map(|_| ());
+    }
+    let depth = ix.depth_at(open) + 1;
+    let head = tape.len();
+    tape.push(Node::Object { len: 0, count: 0 });
+    let mut len = 0;
+    for child in &fields.children {
+        let Some(v) = find_key(ix, raw, &child.key, open + 1, close, depth) else {
+            continue;
+        };
+        len += 1;
+        tape.push(Node::String(&child.name));
+        if !child.whole && raw.get(v) == Some(&b'{') {
+            let end = ix.matching_close(v).ok_or(Full)?;
+            if raw[end] != b'}' {
+                return Err(Full);
+            }
+            search_object(ix, raw, v, end, &child.below, tape)?;
+        } else {
+            let end = skip_value(ix, raw, v)?;
+            tape.push(scalar(ix, raw, v, end)?);
+        }
+    }
+    tape[head] = Node::Object {
+        len,
+        count: tape.len() - head - 1,
+    };
+    Ok(())
+}
+
+/// The walk: the envelope, and `object` as far as the routes read it (onto
+/// `tape`). `Ok(false)`: no route wants it.
+#[inline(always)]
+fn walk<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    mut lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<bool, Full> {
+    let compact = ix.compact();
+    let root = if compact { 0 } else { ws(raw, 0) };
+    if raw.get(root) != Some(&b'{') {
+        return Err(Full);
+    }
+    // event_id, event_type, event_timestamp, account_id, principal, object
+    let mut at = [usize::MAX; 6];
+    let mut wants = None;
+    let end = entries(ix, raw, root, compact, |key, v| {
+        let Some(slot) = envelope_slot(key) else {
+            return Ok(None);
+        };
+        if at[slot] != usize::MAX {
+            return Err(Full); // the full parse rejects a repeated envelope key
+        }
+        at[slot] = v;
+        if slot == 5 && at[1] != usize::MAX && at[3] != usize::MAX {
+            // `object` in the same pass, its routes known.
+            let w = lookup(string(ix, raw, at[3])?, event_type(ix, raw, at[1])?);
+            let end = match w {
+                Wants::Whole => return Err(Full),
+                Wants::Nothing => None,
+                Wants::Fields(fields) if raw.get(v) == Some(&b'{') => {
+                    Some(object(ix, raw, v, fields, tape)?)
+                }
+                Wants::Fields(_) => return Err(Full),
+            };
+            wants = Some(w);
+            return Ok(end);
+        }
+        Ok(None)
+    })?;
+    if ws(raw, end) != raw.len() {
+        return Err(Full);
+    }
+    if at[..4].contains(&usize::MAX) || at[5] == usize::MAX || raw[at[5]] != b'{' {
+        return Err(Full);
+    }
+    // `principal`, if there, is an object or null.
+    if at[4] != usize::MAX && raw[at[4]] != b'{' {
+        let end = skip_value(ix, raw, at[4])?;
+        if &raw[at[4]..end] != b"null" {
             return Err(Full);
         }
-        let mut found = [usize::MAX; MAX_CHILDREN];
-        let mut members = 0usize;
-        self.entries(raw, open, |_, key, v| {
-            members += 1;
-            if members >= MAX_MEMBERS {
-                return Err(Full);
-            }
-            // The first of repeated keys is the one lookups see.
-            if let Some(c) = children
-                .iter()
-                .position(|(n, _)| same_key(n.as_bytes(), key))
-                && found[c] == usize::MAX
-            {
-                found[c] = v;
-            }
-            Ok(())
-        })?;
-        let head = tape.len();
-        tape.push(Node::Object { len: 0, count: 0 });
-        let mut len = 0;
-        for ((name, child), &v) in children.iter().zip(&found) {
-            if v == usize::MAX {
-                continue;
-            }
-            len += 1;
-            tape.push(Node::String(name));
-            if !child.whole && raw[v] == b'{' {
-                self.object(raw, v, child, tape)?;
-            } else {
-                tape.push(scalar(&mut self.index, raw, v)?);
-            }
-        }
-        tape[head] = Node::Object {
-            len,
-            count: tape.len() - head - 1,
-        };
-        Ok(())
     }
+    string(ix, raw, at[0])?;
+    parse_rfc3339_ms(string(ix, raw, at[2])?).ok_or(Full)?;
+    let wants = match wants {
+        Some(w) => w,
+        None => {
+            // `object` came before the account or the type: a second pass.
+            let w = lookup(string(ix, raw, at[3])?, event_type(ix, raw, at[1])?);
+            if let Wants::Fields(fields) = w {
+                object(ix, raw, at[5], fields, tape)?;
+            }
+            w
+        }
+    };
+    match wants {
+        Wants::Nothing => Ok(false),
+        Wants::Whole => Err(Full),
+        Wants::Fields(_) => Ok(true),
+    }
+}
+
+/// Walks the members of the object whose `{` is at `open`, calling
+/// `visit(key, value_start)` for each, which returns where the value ends
+/// if it read it (else it is skipped); returns the position after the `}`.
+#[inline(always)]
+fn entries(
+    ix: &Index,
+    raw: &[u8],
+    open: usize,
+    compact: bool,
+    mut visit: impl FnMut(&[u8], usize) -> Result<Option<usize>, Full>,
+) -> Result<usize, Full> {
+    let sp = |i: usize| if compact { i } else { ws(raw, i) };
+    let mut i = sp(open + 1);
+    if raw.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    loop {
+        if raw.get(i) != Some(&b'"') {
+            return Err(Full);
+        }
+        let kend = ix.next_quote(i + 1).ok_or(Full)?;
+        let key = &raw[i + 1..kend];
+        if ix.saw_backslash() && key.contains(&b'\\') {
+            return Err(Full);
+        }
+        i = sp(kend + 1);
+        if raw.get(i) != Some(&b':') {
+            return Err(Full);
+        }
+        let v = sp(i + 1);
+        let vend = match visit(key, v)? {
+            Some(end) => end,
+            None => skip_value(ix, raw, v)?,
+        };
+        i = sp(vend);
+        match raw.get(i) {
+            Some(b',') => i = sp(i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err(Full),
+        }
+    }
+}
+
+/// Appends to `tape` the object at `open` reduced to what `fields` reads,
+/// walking its members; returns the position after its `}`.
+fn object<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    open: usize,
+    fields: &'s FieldTree,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<usize, Full> {
+    #[cfg(target_arch = "x86_64")]
+    if ix.avx2() {
+        // SAFETY: as in `LazyReader::read`.
+        return unsafe { object_avx2(ix, raw, open, fields, tape) };
+    }
+    object_in(ix, raw, open, fields, tape)
+}
+
+/// [`object`] compiled for AVX2 CPUs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1,bmi2")]
+fn object_avx2<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    open: usize,
+    fields: &'s FieldTree,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<usize, Full> {
+    object_in(ix, raw, open, fields, tape)
+}
+
+#[inline(always)]
+fn object_in<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    open: usize,
+    fields: &'s FieldTree,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<usize, Full> {
+    let children = &fields.children;
+    if children.len() > MAX_CHILDREN {
+        return Err(Full);
+    }
+    let head = tape.len();
+    tape.push(Node::Object { len: 0, count: 0 });
+    let (mut found, mut len, mut members) = (0u32, 0usize, 0usize);
+    let end = entries(ix, raw, open, ix.compact(), |key, v| {
+        members += 1;
+        if members >= MAX_MEMBERS {
+            return Err(Full);
+        }
+        // The first of repeated keys is the one lookups see.
+        let Some(c) = children
+            .iter()
+            .position(|n| same_key(n.name.as_bytes(), key))
+            .filter(|&c| found & (1 << c) == 0)
+        else {
+            return Ok(None);
+        };
+        found |= 1 << c;
+        len += 1;
+        let child = &children[c];
+        tape.push(Node::String(&child.name));
+        if !child.whole && raw.get(v) == Some(&b'{') {
+            object(ix, raw, v, &child.below, tape).map(Some)
+        } else {
+            let end = skip_value(ix, raw, v)?;
+            tape.push(scalar(ix, raw, v, end)?);
+            Ok(Some(end))
+        }
+    })?;
+    tape[head] = Node::Object {
+        len,
+        count: tape.len() - head - 1,
+    };
+    Ok(end)
 }
 
 /// Which envelope field `key` names, in the order event_id, event_type,
@@ -284,7 +567,8 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The position just after the value starting at `v`.
-fn skip_value(ix: &mut Index, raw: &[u8], v: usize) -> Result<usize, Full> {
+#[inline(always)]
+fn skip_value(ix: &Index, raw: &[u8], v: usize) -> Result<usize, Full> {
     match raw.get(v) {
         Some(b'"') => Ok(ix.next_quote(v + 1).ok_or(Full)? + 1),
         Some(&open @ (b'{' | b'[')) => {
@@ -313,7 +597,8 @@ fn skip_value(ix: &mut Index, raw: &[u8], v: usize) -> Result<usize, Full> {
 
 /// The string starting at `v`, if it is one the reader takes as is: no
 /// escapes, no control characters, valid UTF-8.
-fn string<'i>(ix: &mut Index, raw: &'i [u8], v: usize) -> Result<&'i str, Full> {
+#[inline(always)]
+fn string<'i>(ix: &Index, raw: &'i [u8], v: usize) -> Result<&'i str, Full> {
     if raw.get(v) != Some(&b'"') {
         return Err(Full);
     }
@@ -330,17 +615,17 @@ fn string<'i>(ix: &mut Index, raw: &'i [u8], v: usize) -> Result<&'i str, Full> 
     std::str::from_utf8(s).map_err(|_| Full)
 }
 
-fn event_type(ix: &mut Index, raw: &[u8], v: usize) -> Result<EventTypeId, Full> {
+fn event_type(ix: &Index, raw: &[u8], v: usize) -> Result<EventTypeId, Full> {
     EventTypeId::from_name(string(ix, raw, v)?).ok_or(Full)
 }
 
 /// The value at `v` as a tape node, when it is a scalar the reader reads
 /// exactly as the full parse does.
-fn scalar<'i>(ix: &mut Index, raw: &'i [u8], v: usize) -> Result<Node<'i>, Full> {
+#[inline(always)]
+fn scalar<'i>(ix: &Index, raw: &'i [u8], v: usize, end: usize) -> Result<Node<'i>, Full> {
     if raw[v] == b'"' {
         return string(ix, raw, v).map(Node::String);
     }
-    let end = skip_value(ix, raw, v)?;
     let s = match &raw[v..end] {
         b"true" => StaticNode::Bool(true),
         b"false" => StaticNode::Bool(false),
@@ -380,7 +665,7 @@ mod tests {
 
     const EV: &str = r#"{"event_id":"ev_1","event_type":"http_request_complete.v0","event_timestamp":"2022-02-23T23:44:16Z","account_id":"ac_1","object":{"conn":{"server_name":"a-prod.ngrok.dev","server_port":443,"client_ip":"1.2.3.4"},"http":{"request":{"method":"GET","headers":{"x":["1"]}},"response":{"status_code":503}},"tls":null}}"#;
 
-    fn trie(paths: &[&str]) -> PathTrie {
+    fn trie(paths: &[&str]) -> FieldTree {
         let mut t = PathTrie::default();
         let mut paths = paths.to_vec();
         paths.sort_unstable();
@@ -388,19 +673,34 @@ mod tests {
             let segs: Vec<String> = p.split('.').map(str::to_string).collect();
             t.insert(&segs);
         }
-        t
+        FieldTree::new(&t)
     }
 
     /// The reduced object as JSON, or None when the reader gives up.
     fn read(raw: &str, paths: &[&str]) -> Option<String> {
         let t = trie(paths);
         let mut r = LazyReader::default();
-        let env = r.envelope(raw.as_bytes(), |_, _| true)?;
-        r.fields(raw.as_bytes(), &env, &t, |o| {
-            let mut out = Vec::new();
-            crate::json::write_value(&mut out, o);
-            String::from_utf8(out).unwrap()
-        })
+        let got = r.read(
+            raw.as_bytes(),
+            |_, _| Wants::Fields(&t),
+            |o| {
+                let mut out = Vec::new();
+                crate::json::write_value(&mut out, o);
+                String::from_utf8(out).unwrap()
+            },
+        );
+        match got {
+            Read::Fields(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn needs_full_parse(raw: &str) -> bool {
+        let mut r = LazyReader::default();
+        matches!(
+            r.read(raw.as_bytes(), |_, _| Wants::Nothing, |_| ()),
+            Read::Full
+        )
     }
 
     #[test]
@@ -419,53 +719,93 @@ mod tests {
         // A list or object read whole needs the full parse.
         assert_eq!(read(EV, &["http.request.headers"]), None);
         assert_eq!(read(EV, &["conn"]), None);
+        // The same with `object` first (a second pass) and with spaces.
+        let moved = EV.replace(r#""account_id":"ac_1","#, "").replace(
+            r#""event_id":"ev_1","#,
+            r#""event_id" : "ev_1" , "account_id":"ac_1" ,"#,
+        );
+        let moved = format!(
+            "{{{},{}",
+            &moved[moved.find("\"object\"").unwrap()..moved.len() - 1],
+            &moved[1..moved.find("\"object\"").unwrap() - 1]
+        ) + "}";
+        assert!(moved.starts_with("{\"object\""), "{moved}");
+        assert_eq!(
+            read(&moved, &["conn.server_name", "http.response.status_code"]),
+            read(EV, &["conn.server_name", "http.response.status_code"])
+        );
     }
 
     #[test]
     fn the_envelope_is_read_like_the_full_parse_reads_it() {
         let mut r = LazyReader::default();
-        let env = r.envelope(EV.as_bytes(), |_, _| true).unwrap();
-        assert_eq!(env.account_id, "ac_1");
         let mut seen = None;
-        r.envelope(EV.as_bytes(), |a, t| {
-            seen = Some((a.to_string(), t.name()));
-            true
-        });
+        let got = r.read(
+            EV.as_bytes(),
+            |a, t| {
+                seen = Some((a.to_string(), t.name()));
+                Wants::Nothing
+            },
+            |_| (),
+        );
+        assert!(matches!(got, Read::Unrouted));
         assert_eq!(seen, Some(("ac_1".to_string(), "http_request_complete.v0")));
         // Envelope keys in any order, with spaces.
         let shuffled = r#" { "object" : {"a":1} , "account_id":"ac_2", "event_timestamp":"2022-02-23T23:44:16Z","event_type":"api_key_created.v0","event_id":"e","principal":null } "#;
-        let env = r.envelope(shuffled.as_bytes(), |_, _| true).unwrap();
-        assert_eq!(env.account_id, "ac_2");
-        // `wanted` saying no stops the reader.
-        assert!(r.envelope(EV.as_bytes(), |_, _| false).is_none());
+        let got = r.read(
+            shuffled.as_bytes(),
+            |a, _| {
+                seen = Some((a.to_string(), ""));
+                Wants::Nothing
+            },
+            |_| (),
+        );
+        assert!(matches!(got, Read::Unrouted));
+        assert_eq!(seen, Some(("ac_2".to_string(), "")));
+        // Routes that read the event whole: the full parse.
+        let got = r.read(EV.as_bytes(), |_, _| Wants::Whole, |_| ());
+        assert!(matches!(got, Read::Full));
     }
 
     #[test]
     fn anything_unusual_goes_to_the_full_parse() {
+        let deep = format!(
+            "{},\"deep\":{}{}}}}}",
+            &EV[..EV.len() - 2],
+            "[".repeat(130),
+            "]".repeat(130)
+        );
         let cases = [
             EV.replace("\"ev_1\"", "\"ev_\\u0031\""), // an escape in the envelope
+            EV.replace("\"account_id\":\"ac_1\",", ""), // missing
+            EV.replace("http_request_complete.v0", "nope.v0"), // unknown type
+            format!("{EV}x"),                         // trailing bytes
+            EV.replace("\"object\":{", "\"object\":["), // object not an object
+            deep,
+        ];
+        // What only the walk checks (the search does not look at the other
+        // envelope fields: such an event, settled, is unvalidated).
+        for c in [
             EV.replace(
                 "\"account_id\":\"ac_1\",",
                 "\"account_id\":\"ac_1\",\"account_id\":\"ac_2\",",
             ), // repeated
-            EV.replace("\"account_id\":\"ac_1\",", ""), // missing
+            EV.replace("\"event_id\":\"ev_1\",", ""), // missing
             EV.replace("2022-02-23T23:44:16Z", "soon"), // bad timestamp
-            EV.replace("http_request_complete.v0", "nope.v0"), // unknown type
-            format!("{EV}x"),                         // trailing bytes
-            EV.replace("\"object\":{", "\"object\":["), // object not an object
-            format!(
-                "{}{}",
-                &EV[..EV.len() - 2],
-                ",\"deep\":".to_string() + &"[".repeat(130) + &"]".repeat(130) + "}}"
-            ),
-        ];
-        for c in &cases {
-            let mut r = LazyReader::default();
-            assert!(r.envelope(c.as_bytes(), |_, _| true).is_none(), "{c}");
+        ] {
+            assert!(!needs_full_parse(&c), "searched: {c}");
+            assert!(needs_full_parse(&c.replacen('{', "{ ", 1)), "walked: {c}");
         }
-        // A mismatched bracket in an object the reader walks.
+        for c in &cases {
+            assert!(needs_full_parse(c), "{c}");
+        }
+        assert!(!needs_full_parse(EV));
+        // A mismatched bracket: the walk sees it in an object it walks; the
+        // search does not look at the bytes between the fields it reads
+        // (the event, settled, is unvalidated).
         let ev = EV.replace("\"tls\":null", "\"tls\":null,\"x\":[1}");
-        assert_eq!(read(&ev, &["tls"]), None);
+        assert_eq!(read(&ev.replacen('{', "{ ", 1), &["tls"]), None);
+        assert_eq!(read(&ev, &["tls"]).as_deref(), Some(r#"{"tls":null}"#));
         // Values read: a float, an escape, -0, a big integer.
         for (from, to) in [
             ("503", "503.0"),
@@ -506,12 +846,14 @@ mod tests {
                 format!("{:?}", r.unwrap().object.path(&path).unwrap().node())
             });
             let mut r = LazyReader::default();
-            let env = r.envelope(ev.as_bytes(), |_, _| true).unwrap();
-            let lazy = r
-                .fields(ev.as_bytes(), &env, &t, |o| {
-                    format!("{:?}", o.path(&path).unwrap().node())
-                })
-                .unwrap();
+            let lazy = r.read(
+                ev.as_bytes(),
+                |_, _| Wants::Fields(&t),
+                |o| format!("{:?}", o.path(&path).unwrap().node()),
+            );
+            let Read::Fields(lazy) = lazy else {
+                panic!("{v}: not read");
+            };
             assert_eq!(lazy, full, "{v}");
         }
     }

@@ -24,6 +24,10 @@ struct Block {
     opens: u64,
     /// `}` and `]` outside strings.
     closes: u64,
+    /// Bytes inside strings (an opening quote included, its closing quote not).
+    strings: u64,
+    /// Brackets open before the block's first byte.
+    depth: i64,
 }
 
 /// The structural bitmaps of one event, reused from event to event.
@@ -34,6 +38,8 @@ pub(crate) struct Index {
     backslash: bool,
     /// Whether the event has a byte below 0x20 or above 0x7f.
     unusual: bool,
+    /// Whether the event has no space or control byte outside strings.
+    compact: bool,
     /// `{` and `[` outside strings in the event.
     opens_total: usize,
     /// Whether to use AVX2.
@@ -80,12 +86,14 @@ impl Index {
     fn build_with(
         &mut self,
         raw: &[u8],
-        masks: impl Fn(&[u8; BLOCK]) -> [u64; 5],
+        masks: impl Fn(&[u8; BLOCK]) -> [u64; 6],
         prefix_xor: impl Fn(u64) -> u64,
     ) {
         let (mut carry_escaped, mut carry_string) = (0u64, 0u64);
         let (mut backslashes, mut unusual, mut opens_total) = (0u64, 0u64, 0usize);
-        let mut absorb = |[quote, backslash, open, close, odd]: [u64; 5]| {
+        let mut spaced = 0u64;
+        let mut depth = 0i64;
+        let mut absorb = |[quote, backslash, open, close, odd, low]: [u64; 6]| {
             backslashes |= backslash;
             unusual |= odd;
             let quotes = if backslash == 0 && carry_escaped == 0 {
@@ -97,11 +105,17 @@ impl Index {
             carry_string = ((strings as i64) >> 63) as u64;
             let opens = open & !strings;
             opens_total += opens.count_ones() as usize;
-            Block {
+            spaced |= low & !strings;
+            let closes = close & !strings;
+            let block = Block {
                 quotes,
                 opens,
-                closes: close & !strings,
-            }
+                closes,
+                strings,
+                depth,
+            };
+            depth += opens.count_ones() as i64 - closes.count_ones() as i64;
+            block
         };
         let mut chunks = raw.chunks_exact(BLOCK);
         for block in &mut chunks {
@@ -110,15 +124,22 @@ impl Index {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            // The last, partial block, padded with spaces (which mark nothing).
-            let mut block = [b' '; BLOCK];
+            // The last, partial block, padded with a letter (which marks nothing).
+            let mut block = [b'A'; BLOCK];
             block[..rest.len()].copy_from_slice(rest);
             let b = absorb(masks(&block));
             self.blocks.push(b);
         }
         self.backslash = backslashes != 0;
         self.unusual = unusual != 0;
+        self.compact = spaced == 0;
         self.opens_total = opens_total;
+    }
+
+    /// Whether this index uses AVX2 (and so may use POPCNT, BMI1 and
+    /// PCLMULQDQ).
+    pub fn avx2(&self) -> bool {
+        self.avx2
     }
 
     /// Whether the event has a backslash.
@@ -133,13 +154,54 @@ impl Index {
         !self.backslash && !self.unusual
     }
 
+    /// Whether the event has no space, tab or line break outside strings
+    /// (then no token is followed by whitespace).
+    pub fn compact(&self) -> bool {
+        self.compact
+    }
+
     /// `{` and `[` outside strings: an upper bound on the depth of nesting.
     pub fn opens_total(&self) -> usize {
         self.opens_total
     }
 
+    /// Brackets open before byte `pos` (outside strings): a member of the
+    /// root object is at depth 1.
+    #[inline(always)]
+    pub fn depth_at(&self, pos: usize) -> i64 {
+        let block = &self.blocks[pos / BLOCK];
+        let below = (1u64 << (pos % BLOCK)) - 1;
+        block.depth + (block.opens & below).count_ones() as i64
+            - (block.closes & below).count_ones() as i64
+    }
+
+    /// Whether byte `pos` is a quote that opens a string.
+    #[inline(always)]
+    pub fn opens_string(&self, pos: usize) -> bool {
+        let block = &self.blocks[pos / BLOCK];
+        (block.quotes & block.strings) >> (pos % BLOCK) & 1 == 1
+    }
+
+    /// Quotes in bytes `from..to`.
+    #[inline(always)]
+    pub fn quotes_between(&self, from: usize, to: usize) -> usize {
+        let (first, last) = (from / BLOCK, to / BLOCK);
+        let mut n = 0;
+        for b in first..=last.min(self.blocks.len().saturating_sub(1)) {
+            let mut m = self.blocks[b].quotes;
+            if b == first {
+                m &= !0u64 << (from % BLOCK);
+            }
+            if b == last {
+                m &= (1u64 << (to % BLOCK)) - 1;
+            }
+            n += m.count_ones() as usize;
+        }
+        n
+    }
+
     /// The first quote at or after `from` (a string's opening or closing quote).
-    #[inline]
+    #[inline(always)]
     pub fn next_quote(&self, from: usize) -> Option<usize> {
         let mut b = from / BLOCK;
         let mut m = !0u64 << (from % BLOCK);
@@ -156,54 +218,32 @@ impl Index {
     /// Given an opening bracket at `open`, the position of the bracket that
     /// closes it (matching by depth only: `{` may be closed by `]` in
     /// malformed input, which the full parse then rejects).
-    #[inline]
-    pub fn matching_close(&self, open: usize) -> Option<usize> {
-        #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            // SAFETY: every CPU with AVX2 has POPCNT.
-            return unsafe { self.matching_close_popcnt(open) };
-        }
-        self.matching_close_any(open)
-    }
-
-    /// [`Index::matching_close`] with the POPCNT instruction for counting
-    /// brackets.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,popcnt,pclmulqdq")]
-    fn matching_close_popcnt(&self, open: usize) -> Option<usize> {
-        self.matching_close_any(open)
-    }
-
+    /// (Inlined: in the reader's AVX2 functions it counts with POPCNT.)
     #[inline(always)]
-    fn matching_close_any(&self, open: usize) -> Option<usize> {
+    pub fn matching_close(&self, open: usize) -> Option<usize> {
         let mut depth = 0usize;
         let mut b = open / BLOCK;
         let mut m = !0u64 << (open % BLOCK);
         loop {
             let block = self.blocks.get(b)?;
-            let mut o = block.opens & m;
+            let o = block.opens & m;
             let mut c = block.closes & m;
             let (no, nc) = (o.count_ones() as usize, c.count_ones() as usize);
-            if nc < depth {
-                // Depth cannot reach 0 in this block: skip it whole.
-                depth = depth + no - nc;
-            } else {
-                // Walk the brackets in order.
-                while o | c != 0 {
-                    let next_o = o.trailing_zeros();
-                    let next_c = c.trailing_zeros();
-                    if next_o < next_c {
-                        depth += 1;
-                        o &= o - 1;
-                    } else {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(b * BLOCK + next_c as usize);
-                        }
-                        c &= c - 1;
+            if nc >= depth {
+                // Depth may reach 0 here: at the k-th close of the block it
+                // is `depth + opens before it - k`. Only the closes are
+                // visited, and the test is rarely true (well predicted).
+                let mut k = 0;
+                while c != 0 {
+                    let bit = c & c.wrapping_neg();
+                    k += 1;
+                    if depth + (o & (bit - 1)).count_ones() as usize == k {
+                        return Some(b * BLOCK + bit.trailing_zeros() as usize);
                     }
+                    c ^= bit;
                 }
             }
+            depth = depth + no - nc;
             b += 1;
             m = !0;
         }
@@ -261,10 +301,10 @@ fn prefix_xor_clmul(x: u64) -> u64 {
     _mm_cvtsi128_si64(product) as u64
 }
 
-/// Quotes, backslashes, `{`/`[`, `}`/`]`, and bytes below 0x20 or above
-/// 0x7f of a block, a byte at a time.
-fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 5] {
-    let mut m = [0u64; 5];
+/// Quotes, backslashes, `{`/`[`, `}`/`]`, bytes below 0x20 or above 0x7f,
+/// and bytes up to 0x20 (spaces and controls) of a block, a byte at a time.
+fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 6] {
+    let mut m = [0u64; 6];
     for (i, &b) in block.iter().enumerate() {
         let bit = 1u64 << i;
         match b {
@@ -274,6 +314,9 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 5] {
             b'}' | b']' => m[3] |= bit,
             0..0x20 | 0x80.. => m[4] |= bit,
             _ => {}
+        }
+        if b <= 0x20 {
+            m[5] |= bit;
         }
     }
     m
@@ -285,7 +328,7 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 5] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 5] {
+fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 6] {
     use std::arch::x86_64::*;
     // SAFETY: both loads read 32 bytes inside the 64-byte block.
     let (lo, hi) = unsafe {
@@ -305,7 +348,10 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 5] {
     let close = _mm256_set1_epi8(b'}' as i8);
     // Below 0x20: max(x, 0x1f) == 0x1f; above 0x7f: the sign bit.
     let c1f = _mm256_set1_epi8(0x1f);
-    let low = |x: __m256i| _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(x, c1f), c1f), x);
+    let unusual = |x: __m256i| _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(x, c1f), c1f), x);
+    // Up to 0x20: max(x, 0x20) == 0x20.
+    let c20 = _mm256_set1_epi8(0x20);
+    let low = |x: __m256i| _mm256_cmpeq_epi8(_mm256_max_epu8(x, c20), c20);
     [
         pair(_mm256_cmpeq_epi8(lo, quote), _mm256_cmpeq_epi8(hi, quote)),
         pair(
@@ -314,6 +360,7 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 5] {
         ),
         pair(_mm256_cmpeq_epi8(lo5, open), _mm256_cmpeq_epi8(hi5, open)),
         pair(_mm256_cmpeq_epi8(lo5, close), _mm256_cmpeq_epi8(hi5, close)),
+        pair(unusual(lo), unusual(hi)),
         pair(low(lo), low(hi)),
     ]
 }
@@ -357,7 +404,7 @@ mod tests {
 
     fn check(raw: &[u8], ix: &mut Index) {
         ix.build(raw);
-        let (q, o, c, _) = reference(raw);
+        let (q, o, c, s) = reference(raw);
         let text = String::from_utf8_lossy(raw);
         let n = raw.len();
         assert_eq!(bits(ix, |b| b.quotes, n), q, "quotes of {text}");
@@ -369,6 +416,26 @@ mod tests {
             !raw.iter()
                 .any(|&b| !(0x20..0x80).contains(&b) || b == b'\\'),
             "plain: {text}"
+        );
+        let mut depth = 0i64;
+        for (i, &in_string) in s.iter().enumerate() {
+            assert_eq!(ix.depth_at(i), depth, "depth at {i} of {text}");
+            assert_eq!(
+                ix.opens_string(i),
+                q.contains(&i) && in_string,
+                "quote {i} of {text}"
+            );
+            depth += o.contains(&i) as i64 - c.contains(&i) as i64;
+        }
+        assert_eq!(ix.quotes_between(0, n), q.len());
+        assert_eq!(
+            ix.quotes_between(n / 3, 2 * n / 3),
+            q.iter().filter(|&&i| i >= n / 3 && i < 2 * n / 3).count()
+        );
+        assert_eq!(
+            ix.compact(),
+            !(0..n).any(|i| raw[i] <= 0x20 && !s[i]),
+            "compact: {text}"
         );
     }
 
