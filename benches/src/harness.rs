@@ -255,6 +255,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         delivered_bytes,
         rejected: summary.rejected,
         filter_errors: summary.filter_errors,
+        unvalidated: summary.unvalidated,
         dead_lettered: summary.dead_lettered,
         latency_us,
         latency_curve,

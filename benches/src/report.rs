@@ -366,6 +366,17 @@ impl Record {
         if !st.is_empty() {
             let _ = writeln!(s, "  worker time by stage (sampled): {}", st.join(", "));
         }
+        let (settled, events) = self
+            .runs
+            .iter()
+            .fold((0, 0), |(u, e), r| (u + r.unvalidated, e + r.events));
+        if settled > 0 {
+            let _ = writeln!(
+                s,
+                "  settled on demand (from the fields filters read, no full parse): {:.1}% of events",
+                settled as f64 * 100.0 / events.max(1) as f64
+            );
+        }
         let _ = writeln!(
             s,
             "  peak RSS {}, {} allocations per event",

@@ -48,6 +48,10 @@ pub struct RunResult {
     pub rejected: u64,
     /// Filter errors.
     pub filter_errors: u64,
+    /// Events settled from the fields their filters read, without the full
+    /// parse (`sluice_events_unvalidated_total`).
+    #[serde(default)]
+    pub unvalidated: u64,
     /// Records dead-lettered.
     pub dead_lettered: u64,
     /// Ingest-to-ack latency.

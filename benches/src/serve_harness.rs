@@ -406,6 +406,7 @@ pub fn drive(
     let events = get("sluice_events_in_total") as u64;
     let result = RunResult {
         events,
+        unvalidated: get("sluice_events_unvalidated_total") as u64,
         bytes_in: bytes_total,
         elapsed_s: elapsed,
         events_per_s: events as f64 / elapsed,

@@ -36,40 +36,45 @@ use super::{MAX_DEPTH, MAX_EVENT_BYTES};
 use crate::cel::fallback::PathTrie;
 use crate::events::{EventTypeId, parse_rfc3339_ms};
 use crate::json::Json;
-use memchr::memmem::Finder;
 use simd_json::{Node, StaticNode, Tape};
 
-/// The fields routes read of `object`, as a tree of member names, each
-/// with its searcher for `"name":`.
+/// The fields routes read of `object`, as a tree of member names.
 #[derive(Clone, Debug, Default)]
 pub struct FieldTree {
     children: Vec<FieldNode>,
+    /// Whether every name in the tree is short enough for
+    /// [`Index::find_key`] (else the event is walked).
+    searchable: bool,
 }
 
 #[derive(Clone, Debug)]
 struct FieldNode {
     name: Box<str>,
-    /// Finds `"name":`.
-    key: Finder<'static>,
     /// The whole value is read.
     whole: bool,
     below: FieldTree,
 }
 
+/// The longest name [`Index::find_key`] finds.
+const MAX_SEARCHED_NAME: usize = 62;
+
 impl FieldTree {
     /// The tree of the paths in `trie`.
     pub(crate) fn new(trie: &PathTrie) -> FieldTree {
+        let children: Vec<FieldNode> = trie
+            .children
+            .iter()
+            .map(|(name, t)| FieldNode {
+                name: name.clone(),
+                whole: t.whole,
+                below: FieldTree::new(t),
+            })
+            .collect();
         FieldTree {
-            children: trie
-                .children
+            searchable: children
                 .iter()
-                .map(|(name, t)| FieldNode {
-                    key: Finder::new(format!("\"{name}\":").as_bytes()).into_owned(),
-                    name: name.clone(),
-                    whole: t.whole,
-                    below: FieldTree::new(t),
-                })
-                .collect(),
+                .all(|c| c.name.len() <= MAX_SEARCHED_NAME && c.below.searchable),
+            children,
         }
     }
 }
@@ -106,29 +111,10 @@ const MAX_MEMBERS: usize = crate::cel::eval::FREE_STEPS;
 /// The most children of one tree node the walk tracks.
 const MAX_CHILDREN: usize = 32;
 
-/// The envelope keys the search looks for.
-struct EnvelopeKeys {
-    account_id: Finder<'static>,
-    event_type: Finder<'static>,
-    object: Finder<'static>,
-}
-
-impl Default for EnvelopeKeys {
-    fn default() -> Self {
-        let key = |k: &str| Finder::new(format!("\"{k}\":").as_bytes()).into_owned();
-        EnvelopeKeys {
-            account_id: key("account_id"),
-            event_type: key("event_type"),
-            object: key("object"),
-        }
-    }
-}
-
 /// An on-demand reader, reused from event to event (one per worker).
 pub struct LazyReader {
     index: Index,
     tape: Tape<'static>,
-    keys: EnvelopeKeys,
 }
 
 impl Default for LazyReader {
@@ -136,7 +122,6 @@ impl Default for LazyReader {
         LazyReader {
             index: Index::new(),
             tape: Tape(Vec::with_capacity(64)),
-            keys: EnvelopeKeys::default(),
         }
     }
 }
@@ -202,7 +187,7 @@ impl LazyReader {
         let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new()));
         tape.0.clear();
         let walked = if self.index.compact() && !self.index.saw_backslash() {
-            search(&self.index, &self.keys, raw, lookup, &mut tape.0)
+            search(&self.index, raw, lookup, &mut tape.0)
         } else {
             walk(&self.index, raw, lookup, &mut tape.0)
         };
@@ -219,53 +204,37 @@ impl LazyReader {
     }
 }
 
-/// The value start of the first `"name":` (found by `key`) in
-/// `raw[from..to]` whose quote opens a string at `depth`.
-#[inline(always)]
-fn find_key(
-    ix: &Index,
-    raw: &[u8],
-    key: &Finder<'_>,
-    mut from: usize,
-    to: usize,
-    depth: i64,
-) -> Option<usize> {
-    while let Some(at) = key.find(raw.get(from..to)?) {
-        let p = from + at;
-        if ix.opens_string(p) && ix.depth_at(p) == depth {
-            return Some(p + key.needle().len());
-        }
-        from = p + 1;
-    }
-    None
-}
-
 /// The search: a compact event without escapes. `Ok(false)`: no route
 /// wants it.
 #[inline(always)]
 fn search<'i, 's: 'i>(
     ix: &Index,
-    keys: &EnvelopeKeys,
     raw: &'i [u8],
     mut lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
     tape: &mut Vec<Node<'i>>,
 ) -> Result<bool, Full> {
-    if raw.first() != Some(&b'{') || ix.matching_close(0) != Some(raw.len() - 1) {
+    // An object whose brackets balance by its last byte. (Not that its
+    // first bracket closes only there: bytes after a first object would be
+    // read as part of it. Such an event is unvalidated, never delivered.)
+    if raw.first() != Some(&b'{') || raw.last() != Some(&b'}') || ix.depth_at_end() != 0 {
         return Err(Full);
     }
     let end = raw.len() - 1;
-    let account = find_key(ix, raw, &keys.account_id, 1, end, 1).ok_or(Full)?;
-    let ty = find_key(ix, raw, &keys.event_type, 1, end, 1).ok_or(Full)?;
-    let object = find_key(ix, raw, &keys.object, 1, end, 1).ok_or(Full)?;
-    if raw.get(object) != Some(&b'{') {
+    let account = ix.find_key(raw, b"account_id", 1, end, 1).ok_or(Full)?;
+    let ty = ix.find_key(raw, b"event_type", 1, end, 1).ok_or(Full)?;
+    let open = ix.find_key(raw, b"object", 1, end, 1).ok_or(Full)?;
+    if raw.get(open) != Some(&b'{') {
         return Err(Full);
     }
     match lookup(string(ix, raw, account)?, event_type(ix, raw, ty)?) {
         Wants::Nothing => Ok(false),
         Wants::Whole => Err(Full),
+        Wants::Fields(fields) if !fields.searchable => {
+            object(ix, raw, open, fields, tape).map(|_| true)
+        }
         Wants::Fields(fields) => {
-            let close = ix.matching_close(object).ok_or(Full)?;
-            search_object(ix, raw, object, close, fields, tape)?;
+            let close = ix.matching_close(open).ok_or(Full)?;
+            search_object(ix, raw, open, close, fields, tape)?;
             Ok(true)
         }
     }
@@ -322,7 +291,7 @@ fn search_object_in<'i, 's: 'i>(
     tape.push(Node::Object { len: 0, count: 0 });
     let mut len = 0;
     for child in &fields.children {
-        let Some(v) = find_key(ix, raw, &child.key, open + 1, close, depth) else {
+        let Some(v) = ix.find_key(raw, child.name.as_bytes(), open + 1, close, depth) else {
             continue;
         };
         len += 1;

@@ -26,8 +26,12 @@ struct Block {
     closes: u64,
     /// Bytes inside strings (an opening quote included, its closing quote not).
     strings: u64,
+    /// `:` outside strings.
+    colons: u64,
     /// Brackets open before the block's first byte.
     depth: i64,
+    /// Quotes before the block's first byte.
+    quotes_before: usize,
 }
 
 /// The structural bitmaps of one event, reused from event to event.
@@ -86,14 +90,15 @@ impl Index {
     fn build_with(
         &mut self,
         raw: &[u8],
-        masks: impl Fn(&[u8; BLOCK]) -> [u64; 6],
+        masks: impl Fn(&[u8; BLOCK]) -> [u64; 7],
         prefix_xor: impl Fn(u64) -> u64,
     ) {
         let (mut carry_escaped, mut carry_string) = (0u64, 0u64);
         let (mut backslashes, mut unusual, mut opens_total) = (0u64, 0u64, 0usize);
         let mut spaced = 0u64;
         let mut depth = 0i64;
-        let mut absorb = |[quote, backslash, open, close, odd, low]: [u64; 6]| {
+        let mut quotes_before = 0usize;
+        let mut absorb = |[quote, backslash, open, close, odd, low, colon]: [u64; 7]| {
             backslashes |= backslash;
             unusual |= odd;
             let quotes = if backslash == 0 && carry_escaped == 0 {
@@ -112,9 +117,12 @@ impl Index {
                 opens,
                 closes,
                 strings,
+                colons: colon & !strings,
                 depth,
+                quotes_before,
             };
             depth += opens.count_ones() as i64 - closes.count_ones() as i64;
+            quotes_before += quotes.count_ones() as usize;
             block
         };
         let mut chunks = raw.chunks_exact(BLOCK);
@@ -175,29 +183,97 @@ impl Index {
             - (block.closes & below).count_ones() as i64
     }
 
+    /// Brackets open after the last byte (0 when they balance).
+    pub fn depth_at_end(&self) -> i64 {
+        self.blocks.last().map_or(0, |b| {
+            b.depth + b.opens.count_ones() as i64 - b.closes.count_ones() as i64
+        })
+    }
+
     /// Whether byte `pos` is a quote that opens a string.
-    #[inline(always)]
+    #[cfg(test)]
     pub fn opens_string(&self, pos: usize) -> bool {
         let block = &self.blocks[pos / BLOCK];
         (block.quotes & block.strings) >> (pos % BLOCK) & 1 == 1
     }
 
-    /// Quotes in bytes `from..to`.
+    /// Where the value of the first key `name` in bytes `from..to` whose
+    /// opening quote is at `depth` starts, in a compact event without
+    /// escapes (where a key is `"name":` exactly). Keys are found from the
+    /// bitmaps: an opening quote whose string ends `name.len()` bytes later
+    /// at a quote followed by `:`; only those of the right length are
+    /// compared. `name` must be shorter than 63 bytes.
+    #[inline(always)]
+    pub fn find_key(
+        &self,
+        raw: &[u8],
+        name: &[u8],
+        from: usize,
+        to: usize,
+        depth: i64,
+    ) -> Option<usize> {
+        let shift = name.len() + 1;
+        debug_assert!(shift < BLOCK);
+        let blocks = &self.blocks;
+        // Closing quotes of keys: a string's closing quote followed by a colon.
+        let key_ends = |b: usize| -> u64 {
+            let Some(block) = blocks.get(b) else {
+                return 0;
+            };
+            let next_colon = blocks.get(b + 1).map_or(0, |n| n.colons << 63);
+            block.quotes & !block.strings & ((block.colons >> 1) | next_colon)
+        };
+        let (first, last) = (from / BLOCK, to.saturating_sub(1) / BLOCK);
+        let mut ends_here = key_ends(first);
+        for (b, block) in blocks.iter().enumerate().take(last + 1).skip(first) {
+            let ends_next = key_ends(b + 1);
+            // Opening quotes whose key ends `shift` bytes later.
+            let mut cand = block.quotes
+                & block.strings
+                & ((ends_here >> shift) | (ends_next << (BLOCK - shift)));
+            if b == first {
+                cand &= !0u64 << (from % BLOCK);
+            }
+            while cand != 0 {
+                let p = b * BLOCK + cand.trailing_zeros() as usize;
+                if p + shift >= to {
+                    return None;
+                }
+                // First and last letters, then the depth, then the name
+                // (a call to `memcmp`) for the few keys left.
+                if raw.get(p + 1) == name.first()
+                    && raw.get(p + shift - 1) == name.last()
+                    && self.depth_at(p) == depth
+                    && raw.get(p + 1..p + shift) == Some(name)
+                {
+                    return Some(p + shift + 2);
+                }
+                cand &= cand - 1;
+            }
+            ends_here = ends_next;
+        }
+        None
+    }
+
+    /// Quotes in bytes `from..to` (`to` at most the event's length).
     #[inline(always)]
     pub fn quotes_between(&self, from: usize, to: usize) -> usize {
-        let (first, last) = (from / BLOCK, to / BLOCK);
-        let mut n = 0;
-        for b in first..=last.min(self.blocks.len().saturating_sub(1)) {
-            let mut m = self.blocks[b].quotes;
-            if b == first {
-                m &= !0u64 << (from % BLOCK);
+        self.quotes_before(to) - self.quotes_before(from)
+    }
+
+    /// Quotes before byte `pos` (at most the event's length).
+    #[inline(always)]
+    fn quotes_before(&self, pos: usize) -> usize {
+        match self.blocks.get(pos / BLOCK) {
+            Some(block) => {
+                let below = (1u64 << (pos % BLOCK)) - 1;
+                block.quotes_before + (block.quotes & below).count_ones() as usize
             }
-            if b == last {
-                m &= (1u64 << (to % BLOCK)) - 1;
-            }
-            n += m.count_ones() as usize;
+            None => self
+                .blocks
+                .last()
+                .map_or(0, |b| b.quotes_before + b.quotes.count_ones() as usize),
         }
-        n
     }
 
     /// The first quote at or after `from` (a string's opening or closing quote).
@@ -302,9 +378,10 @@ fn prefix_xor_clmul(x: u64) -> u64 {
 }
 
 /// Quotes, backslashes, `{`/`[`, `}`/`]`, bytes below 0x20 or above 0x7f,
-/// and bytes up to 0x20 (spaces and controls) of a block, a byte at a time.
-fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 6] {
-    let mut m = [0u64; 6];
+/// bytes up to 0x20 (spaces and controls) and colons of a block, a byte at
+/// a time.
+fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 7] {
+    let mut m = [0u64; 7];
     for (i, &b) in block.iter().enumerate() {
         let bit = 1u64 << i;
         match b {
@@ -318,6 +395,9 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 6] {
         if b <= 0x20 {
             m[5] |= bit;
         }
+        if b == b':' {
+            m[6] |= bit;
+        }
     }
     m
 }
@@ -328,7 +408,7 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 6] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 6] {
+fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
     use std::arch::x86_64::*;
     // SAFETY: both loads read 32 bytes inside the 64-byte block.
     let (lo, hi) = unsafe {
@@ -346,6 +426,7 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 6] {
     let backslash = _mm256_set1_epi8(b'\\' as i8);
     let open = _mm256_set1_epi8(b'{' as i8);
     let close = _mm256_set1_epi8(b'}' as i8);
+    let colon = _mm256_set1_epi8(b':' as i8);
     // Below 0x20: max(x, 0x1f) == 0x1f; above 0x7f: the sign bit.
     let c1f = _mm256_set1_epi8(0x1f);
     let unusual = |x: __m256i| _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(x, c1f), c1f), x);
@@ -362,6 +443,7 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 6] {
         pair(_mm256_cmpeq_epi8(lo5, close), _mm256_cmpeq_epi8(hi5, close)),
         pair(unusual(lo), unusual(hi)),
         pair(low(lo), low(hi)),
+        pair(_mm256_cmpeq_epi8(lo, colon), _mm256_cmpeq_epi8(hi, colon)),
     ]
 }
 
@@ -428,6 +510,23 @@ mod tests {
             depth += o.contains(&i) as i64 - c.contains(&i) as i64;
         }
         assert_eq!(ix.quotes_between(0, n), q.len());
+        // Every compact key `"k":` is found where a string opens (at its
+        // depth, after any earlier key of the same name at that depth).
+        if ix.compact() && !ix.saw_backslash() {
+            for (i, _) in raw.windows(4).enumerate().filter(|(_, w)| w == b"\"a\":") {
+                if ix.opens_string(i) {
+                    let d = ix.depth_at(i);
+                    let first = (0..=i).find(|&j| {
+                        raw[j..].starts_with(b"\"a\":") && ix.opens_string(j) && ix.depth_at(j) == d
+                    });
+                    assert_eq!(
+                        ix.find_key(raw, b"a", 0, n, d),
+                        first.map(|j| j + 4),
+                        "{text}"
+                    );
+                }
+            }
+        }
         assert_eq!(
             ix.quotes_between(n / 3, 2 * n / 3),
             q.iter().filter(|&&i| i >= n / 3 && i < 2 * n / 3).count()
