@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// own committed base before committing (docs/delivery.md).
     #[arg(long)]
     ack_file: Option<PathBuf>,
+    /// Parse every event in full: no event is settled from the fields its
+    /// filters read alone, so every malformed line is rejected with its
+    /// reason (slower on traffic the filters mostly reject).
+    #[arg(long)]
+    full_parse: bool,
 }
 
 /// Writes the acknowledged prefix of the input, in order, as chunks complete.
@@ -105,6 +110,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode, String> {
         drain_timeout: Duration::from_secs(a.drain_timeout),
         buffer_dir: a.buffer_dir.clone(),
         start_timeout: Some(Duration::from_secs(a.start_timeout)),
+        full_parse: a.full_parse,
         ..EngineConfig::default()
     };
     let engine = Engine::start(cfg, plugins, &spec).map_err(|e| match e {

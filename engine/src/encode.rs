@@ -249,6 +249,24 @@ impl Encoder {
             self.arena.reserve(self.block);
         }
         write_envelope(&mut self.arena, env, projection);
+        self.finish(env)
+    }
+
+    /// The record of `env` delivered whole: its input bytes `raw` as they
+    /// are when they are exactly what [`Encoder::encode`] would write
+    /// ([`writes_as_read`]), else encoded.
+    pub fn encode_whole(&mut self, env: &Envelope<'_, '_>, raw: &[u8]) -> Record {
+        if !writes_as_read(env, raw) {
+            return self.encode(env, None);
+        }
+        self.arena
+            .reserve(raw.len() + env.account_id.len() + env.event_id.len());
+        self.arena.extend_from_slice(raw);
+        self.finish(env)
+    }
+
+    /// Appends the record's metadata after its JSON and cuts the record.
+    fn finish(&mut self, env: &Envelope<'_, '_>) -> Record {
         let data_len = self.arena.len();
         self.arena.extend_from_slice(env.account_id.as_bytes());
         self.arena.extend_from_slice(env.event_id.as_bytes());
@@ -263,16 +281,68 @@ impl Encoder {
     }
 }
 
+/// Whether `raw`, parsed as `env`, is byte for byte what [`write_envelope`]
+/// writes for it: the envelope's members alone and in the writer's order,
+/// compact, no escapes (strings print as read), no `-` outside strings (no
+/// `-0`), no number with a fraction or exponent (which the writer prints
+/// its own way), no repeated key (which the writer drops). Checked in one
+/// vectorized pass over the bytes and one walk of the tape.
+pub fn writes_as_read(env: &Envelope<'_, '_>, raw: &[u8]) -> bool {
+    env.in_writer_order
+        && crate::ingest::scan::plain_compact(raw)
+        && env.principal.is_none_or(prints_as_read)
+        && prints_as_read(env.object)
+}
+
+/// Whether the writer prints `v` as it was read, given compact input
+/// without escapes: no float, no repeated key (objects over 32 members are
+/// not checked for that and count as no).
+fn prints_as_read(v: Json<'_, '_>) -> bool {
+    use simd_json::{Node, StaticNode};
+    match v.node() {
+        Node::Static(StaticNode::F64(_)) => false,
+        Node::Object { len, .. } => {
+            if len > 32 {
+                return false;
+            }
+            let mut keys: [&str; 32] = [""; 32];
+            for (i, (k, child)) in v.entries().enumerate() {
+                if keys[..i].contains(&k) || !prints_as_read(child) {
+                    return false;
+                }
+                keys[i] = k;
+            }
+            true
+        }
+        Node::Array { .. } => v.elements().all(prints_as_read),
+        _ => true,
+    }
+}
+
 /// Parses `raw` as an event and, if it is accepted, checks that the encoded
 /// record is valid JSON carrying the same envelope and object (the fuzz
 /// oracle of ingest and encoding). `Ok(false)`: the event was rejected.
 pub fn check_roundtrip(raw: &[u8]) -> Result<bool, String> {
     let mut parser = crate::ingest::EventParser::new();
     let mut enc = Encoder::new(4096);
-    let rec = parser.parse(raw, |r| r.ok().map(|env| enc.encode(&env, None)));
-    let Some(rec) = rec else {
+    let recs = parser.parse(raw, |r| {
+        r.ok()
+            .map(|env| (enc.encode(&env, None), enc.encode_whole(&env, raw)))
+    });
+    let Some((rec, whole)) = recs else {
         return Ok(false);
     };
+    // A record taken from the input bytes is the record the writer makes.
+    if whole.data() != rec.data()
+        || whole.account_id() != rec.account_id()
+        || whole.event_id() != rec.event_id()
+    {
+        return Err(format!(
+            "the record from the input differs from the encoded one:\n{}\n{}",
+            String::from_utf8_lossy(whole.data()),
+            String::from_utf8_lossy(rec.data())
+        ));
+    }
     let out: serde_json::Value = serde_json::from_slice(rec.data()).map_err(|e| {
         format!(
             "encoded record is not JSON ({e}): {}",
@@ -355,5 +425,51 @@ mod tests {
         assert_eq!(rec.event_id(), "ev_\"1");
         let v: serde_json::Value = serde_json::from_slice(rec.data()).unwrap();
         assert_eq!(v["object"]["a"], 1);
+    }
+
+    #[test]
+    fn a_record_is_taken_from_the_input_only_when_the_writer_would_write_it() {
+        let canonical = r#"{"event_id":"ev_1","event_type":"ip_policy_created.v0","event_timestamp":"2022-02-23T23:44:16Z","account_id":"ac_1","principal":null,"object":{"a":[1,true,{"b":"x y-z é"}],"n":18446744073709551615}}"#;
+        let whole = |raw: &str| {
+            let mut p = crate::ingest::EventParser::new();
+            let mut enc = Encoder::new(4096);
+            p.parse(raw.as_bytes(), |r| {
+                let env = r.unwrap();
+                let (a, b) = (
+                    enc.encode(&env, None),
+                    enc.encode_whole(&env, raw.as_bytes()),
+                );
+                assert_eq!(a.data(), b.data(), "{raw}");
+                assert_eq!(
+                    (a.account_id(), a.event_id()),
+                    (b.account_id(), b.event_id())
+                );
+                writes_as_read(&env, raw.as_bytes())
+            })
+        };
+        assert!(whole(canonical));
+        assert!(whole(&canonical.replace(r#""principal":null,"#, "")));
+        for other in [
+            canonical.replace(r#""a":["#, r#""a": ["#),    // a space
+            canonical.replace("x y-z", r#"x\u0020y"#),     // an escape
+            canonical.replace("[1,", "[1.5,"),             // a float
+            canonical.replace("[1,", "[-0,"),              // -0
+            canonical.replace(r#""n":"#, r#""a":0,"n":"#), // a repeated key
+            canonical.replace(r#""event_id":"ev_1","#, r#""x":1,"event_id":"ev_1","#), // a member more
+            canonical.replace(
+                // another order
+                r#""event_id":"ev_1","event_type":"ip_policy_created.v0","#,
+                r#""event_type":"ip_policy_created.v0","event_id":"ev_1","#,
+            ),
+        ] {
+            assert!(!whole(&other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_control_byte_in_a_string_never_reaches_the_writer() {
+        let raw = b"{\"event_id\":\"ev\x01\",\"event_type\":\"ip_policy_created.v0\",\"event_timestamp\":\"2022-02-23T23:44:16Z\",\"account_id\":\"ac_1\",\"object\":{}}";
+        // Rejected, or, if accepted, its record from the input is the encoded one.
+        assert!(check_roundtrip(raw).is_ok());
     }
 }

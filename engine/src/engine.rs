@@ -1435,6 +1435,9 @@ fn process_event<C: StageClock>(
                     return;
                 }
                 let (mut filter_ns, mut encode_ns) = (0u64, 0u64);
+                // The record of the event delivered whole, made once and
+                // shared by every route that delivers it whole.
+                let mut whole: Option<Record> = None;
                 for r in routes {
                     clock.lap();
                     let verdict = match &r.source.filter {
@@ -1445,7 +1448,12 @@ fn process_event<C: StageClock>(
                     match verdict {
                         Verdict::Match => {
                             local.count(r.sub, 1);
-                            let rec = enc.encode(&env, r.source.fields.as_ref());
+                            let rec = match r.source.fields.as_ref() {
+                                Some(p) => enc.encode(&env, Some(p)),
+                                None => whole
+                                    .get_or_insert_with(|| enc.encode_whole(&env, raw))
+                                    .clone(),
+                            };
                             local.encoded += 1;
                             local.stage(r.sub, rec);
                             encode_ns += clock.lap();

@@ -11,7 +11,6 @@
 //! swaps it in whole; each input batch is processed against exactly one
 //! snapshot.
 
-use crate::cel::fallback::PathTrie;
 use crate::config::CompiledSource;
 use crate::delivery::DestinationHandle;
 use crate::events::EventTypeId;
@@ -87,15 +86,10 @@ impl FieldNeeds {
 
     /// The paths as the on-demand reader's tree (`None`: read whole).
     fn trie(&self) -> Option<FieldTree> {
-        let FieldNeeds::Paths(paths) = self else {
-            return None;
-        };
-        let mut t = PathTrie::default();
-        for p in paths {
-            let segs: Vec<String> = p.split('.').map(str::to_string).collect();
-            t.insert(&segs);
+        match self {
+            FieldNeeds::Whole => None,
+            FieldNeeds::Paths(paths) => Some(FieldTree::new(paths)),
         }
-        Some(FieldTree::new(&t))
     }
 }
 

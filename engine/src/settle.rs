@@ -156,3 +156,14 @@ pub fn snapshot_of(
     }
     Ok(Snapshot::new(1, subs, vec![]))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_reader_and_the_evaluator_agree_on_what_a_lookup_costs() {
+        assert_eq!(
+            crate::ingest::lazy::MAX_MEMBERS,
+            crate::cel::eval::FREE_STEPS
+        );
+    }
+}

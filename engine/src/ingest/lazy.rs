@@ -33,7 +33,6 @@
 
 use super::scan::Index;
 use super::{MAX_DEPTH, MAX_EVENT_BYTES};
-use crate::cel::fallback::PathTrie;
 use crate::events::{EventTypeId, parse_rfc3339_ms};
 use crate::json::Json;
 use simd_json::{Node, StaticNode, Tape};
@@ -59,23 +58,42 @@ struct FieldNode {
 const MAX_SEARCHED_NAME: usize = 62;
 
 impl FieldTree {
-    /// The tree of the paths in `trie`.
-    pub(crate) fn new(trie: &PathTrie) -> FieldTree {
-        let children: Vec<FieldNode> = trie
-            .children
-            .iter()
-            .map(|(name, t)| FieldNode {
-                name: name.clone(),
-                whole: t.whole,
-                below: FieldTree::new(t),
-            })
-            .collect();
-        FieldTree {
-            searchable: children
-                .iter()
-                .all(|c| c.name.len() <= MAX_SEARCHED_NAME && c.below.searchable),
-            children,
+    /// The tree of dotted paths (`conn.server_name`), none below another.
+    pub(crate) fn new<S: AsRef<str>>(paths: &[S]) -> FieldTree {
+        let mut tree = FieldTree::default();
+        for p in paths {
+            let mut node = &mut tree;
+            let mut segs = p.as_ref().split('.').peekable();
+            while let Some(seg) = segs.next() {
+                let i = match node.children.iter().position(|c| *c.name == *seg) {
+                    Some(i) => i,
+                    None => {
+                        node.children.push(FieldNode {
+                            name: seg.into(),
+                            whole: false,
+                            below: FieldTree::default(),
+                        });
+                        node.children.len() - 1
+                    }
+                };
+                let child = &mut node.children[i];
+                if segs.peek().is_none() {
+                    child.whole = true;
+                }
+                node = &mut child.below;
+            }
         }
+        tree.mark_searchable();
+        tree
+    }
+
+    fn mark_searchable(&mut self) -> bool {
+        let mut all = true;
+        for c in &mut self.children {
+            all &= c.name.len() <= MAX_SEARCHED_NAME && c.below.mark_searchable();
+        }
+        self.searchable = all;
+        all
     }
 }
 
@@ -104,9 +122,9 @@ pub(crate) enum Read<R> {
 struct Full;
 
 /// The most members a walked object may have: from this many on, a
-/// lookup in it costs the filter steps ([`crate::cel::eval::FREE_STEPS`]),
-/// which only the whole object counts right.
-const MAX_MEMBERS: usize = crate::cel::eval::FREE_STEPS;
+/// lookup in it costs the filter steps (the evaluator's `FREE_STEPS`, held
+/// equal by a test in `settle`), which only the whole object counts right.
+pub(crate) const MAX_MEMBERS: usize = 64;
 
 /// The most children of one tree node the walk tracks.
 const MAX_CHILDREN: usize = 32;
@@ -635,14 +653,9 @@ mod tests {
     const EV: &str = r#"{"event_id":"ev_1","event_type":"http_request_complete.v0","event_timestamp":"2022-02-23T23:44:16Z","account_id":"ac_1","object":{"conn":{"server_name":"a-prod.ngrok.dev","server_port":443,"client_ip":"1.2.3.4"},"http":{"request":{"method":"GET","headers":{"x":["1"]}},"response":{"status_code":503}},"tls":null}}"#;
 
     fn trie(paths: &[&str]) -> FieldTree {
-        let mut t = PathTrie::default();
         let mut paths = paths.to_vec();
         paths.sort_unstable();
-        for p in paths {
-            let segs: Vec<String> = p.split('.').map(str::to_string).collect();
-            t.insert(&segs);
-        }
-        FieldTree::new(&t)
+        FieldTree::new(&paths)
     }
 
     /// The reduced object as JSON, or None when the reader gives up.

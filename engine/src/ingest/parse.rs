@@ -105,6 +105,10 @@ pub struct Envelope<'t, 'i> {
     pub principal: Option<Json<'t, 'i>>,
     /// `object`.
     pub object: Json<'t, 'i>,
+    /// Whether the event's members are exactly the envelope's, in the order
+    /// Sluice writes them (`event_id`, `event_type`, `event_timestamp`,
+    /// `account_id`, `principal` if present, `object`).
+    pub in_writer_order: bool,
 }
 
 /// Parses events one at a time, reusing its buffers: after warm-up it does
@@ -225,6 +229,10 @@ fn envelope<'t, 'i>(tape: &'t Tape<'i>) -> Result<Envelope<'t, 'i>, Reject> {
     let mut account_id = None;
     let mut principal = None;
     let mut object = None;
+    // Envelope members seen in the writer's order so far, and whether any
+    // other member or order broke it.
+    let mut order = 0usize;
+    let mut in_writer_order = true;
     for (k, v) in root.entries() {
         let slot = match k {
             "event_id" => &mut event_id,
@@ -233,8 +241,23 @@ fn envelope<'t, 'i>(tape: &'t Tape<'i>) -> Result<Envelope<'t, 'i>, Reject> {
             "account_id" => &mut account_id,
             "principal" => &mut principal,
             "object" => &mut object,
-            _ => continue,
+            _ => {
+                in_writer_order = false;
+                continue;
+            }
         };
+        let rank = match k {
+            "event_id" => 0,
+            "event_type" => 1,
+            "event_timestamp" => 2,
+            "account_id" => 3,
+            "principal" => 4,
+            _ => 5,
+        };
+        if rank < order || (rank > order && !(order == 4 && rank == 5)) {
+            in_writer_order = false;
+        }
+        order = rank + 1;
         if slot.is_some() {
             // JSON readers disagree on which of two equal keys wins; for the
             // envelope (whose account is it?) the only safe answer is none.
@@ -282,6 +305,7 @@ fn envelope<'t, 'i>(tape: &'t Tape<'i>) -> Result<Envelope<'t, 'i>, Reject> {
         account_id,
         principal,
         object,
+        in_writer_order: in_writer_order && order == 6,
     })
 }
 

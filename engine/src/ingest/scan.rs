@@ -326,6 +326,111 @@ impl Index {
     }
 }
 
+/// Whether `raw`'s bytes are as Sluice's JSON writer would print the
+/// strings and separators they hold: no backslash (so no escape the writer
+/// might print otherwise), and outside strings no space, tab, line break
+/// or other control byte and no `-` (so no `-0`, which the writer prints as
+/// `0`). (A control byte inside a string is invalid JSON, which the full
+/// parse rejects before this is asked.) Numbers with a fraction or an
+/// exponent, repeated keys and the order of keys are for the caller to
+/// check on the tape.
+pub fn plain_compact(raw: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available_cached() {
+        // SAFETY: the CPU has AVX2 and PCLMULQDQ (checked once).
+        return unsafe { plain_compact_avx2(raw) };
+    }
+    plain_compact_with(raw, plain_masks_scalar, prefix_xor)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,pclmulqdq")]
+fn plain_compact_avx2(raw: &[u8]) -> bool {
+    plain_compact_with(raw, |b| plain_masks_avx2(b), |x| prefix_xor_clmul(x))
+}
+
+#[inline(always)]
+fn plain_compact_with(
+    raw: &[u8],
+    masks: impl Fn(&[u8; BLOCK]) -> [u64; 3],
+    prefix_xor: impl Fn(u64) -> u64,
+) -> bool {
+    let mut carry_string = 0u64;
+    let mut clean = |block: &[u8; BLOCK]| -> bool {
+        let [quote, backslash, odd] = masks(block);
+        let strings = prefix_xor(quote) ^ carry_string;
+        carry_string = ((strings as i64) >> 63) as u64;
+        backslash == 0 && (odd & !strings) == 0
+    };
+    let mut chunks = raw.chunks_exact(BLOCK);
+    for block in &mut chunks {
+        if !clean(block.try_into().expect("64 bytes")) {
+            return false;
+        }
+    }
+    let rest = chunks.remainder();
+    let mut block = [b'A'; BLOCK];
+    block[..rest.len()].copy_from_slice(rest);
+    rest.is_empty() || clean(&block)
+}
+
+/// Quotes, backslashes, and bytes up to 0x20 or `-` of a block.
+fn plain_masks_scalar(block: &[u8; BLOCK]) -> [u64; 3] {
+    let mut m = [0u64; 3];
+    for (i, &b) in block.iter().enumerate() {
+        let bit = 1u64 << i;
+        match b {
+            b'"' => m[0] |= bit,
+            b'\\' => m[1] |= bit,
+            0..=0x20 | b'-' => m[2] |= bit,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// [`plain_masks_scalar`] with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn plain_masks_avx2(block: &[u8; BLOCK]) -> [u64; 3] {
+    use std::arch::x86_64::*;
+    // SAFETY: both loads read 32 bytes inside the 64-byte block.
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_si256(block.as_ptr().cast::<__m256i>()),
+            _mm256_loadu_si256(block.as_ptr().add(32).cast::<__m256i>()),
+        )
+    };
+    let pair = |a: __m256i, b: __m256i| -> u64 {
+        (_mm256_movemask_epi8(a) as u32 as u64) | ((_mm256_movemask_epi8(b) as u32 as u64) << 32)
+    };
+    let quote = _mm256_set1_epi8(b'"' as i8);
+    let backslash = _mm256_set1_epi8(b'\\' as i8);
+    let c20 = _mm256_set1_epi8(0x20);
+    let minus = _mm256_set1_epi8(b'-' as i8);
+    let odd = |x: __m256i| {
+        _mm256_or_si256(
+            _mm256_cmpeq_epi8(_mm256_max_epu8(x, c20), c20),
+            _mm256_cmpeq_epi8(x, minus),
+        )
+    };
+    [
+        pair(_mm256_cmpeq_epi8(lo, quote), _mm256_cmpeq_epi8(hi, quote)),
+        pair(
+            _mm256_cmpeq_epi8(lo, backslash),
+            _mm256_cmpeq_epi8(hi, backslash),
+        ),
+        pair(odd(lo), odd(hi)),
+    ]
+}
+
+/// [`avx2_available`], asked once.
+fn avx2_available_cached() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(avx2_available)
+}
+
 /// Whether this CPU has AVX2.
 fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -569,6 +674,28 @@ mod tests {
                 check(&raw, &mut scalar);
             }
         }
+    }
+
+    #[test]
+    fn plain_compact_looks_outside_strings() {
+        let ok = br#"{"a":"x y-z","b":[1,2],"c":{"d":true}}"#;
+        assert!(plain_compact(ok));
+        assert!(plain_compact_with(ok, plain_masks_scalar, prefix_xor));
+        for bad in [
+            &br#"{"a": 1}"#[..],
+            br#"{"a":-1}"#,
+            br#"{"a":"x\"y"}"#,
+            b"{\"a\":1}\n",
+            br#" {"a":1}"#,
+        ] {
+            assert!(!plain_compact(bad), "{}", String::from_utf8_lossy(bad));
+            assert!(!plain_compact_with(bad, plain_masks_scalar, prefix_xor));
+        }
+        // Across blocks: a long string with spaces and dashes.
+        let long = format!(r#"{{"a":"{}","b":1}}"#, "- ".repeat(100));
+        assert!(plain_compact(long.as_bytes()));
+        let long = format!(r#"{{"a":"{}", "b":1}}"#, "x".repeat(100));
+        assert!(!plain_compact(long.as_bytes()));
     }
 
     #[test]
