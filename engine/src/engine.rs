@@ -1341,6 +1341,45 @@ struct Readers {
     full: EventParser,
     /// The on-demand reader (the envelope and the fields routes read).
     lazy: LazyReader,
+    /// Events to parse in full without trying the reader first.
+    skip: u32,
+    /// Events offered to the reader in this window, and those it settled.
+    tried: u32,
+    settled: u32,
+}
+
+/// Events per window of the reader's record.
+const ON_DEMAND_WINDOW: u32 = 256;
+/// Events parsed in full without trying the reader after a window in which
+/// it settled under half: an event it does not settle costs its scan on top
+/// of the full parse, which a stream that filters mostly match (or read
+/// whole) would pay on every event. Then it is tried again.
+const ON_DEMAND_PAUSE: u32 = 4096;
+
+impl Readers {
+    /// Whether to offer the next event to the on-demand reader.
+    #[inline]
+    fn try_on_demand(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Records whether the reader settled an event it was offered.
+    #[inline]
+    fn record(&mut self, settled: bool) {
+        self.tried += 1;
+        self.settled += settled as u32;
+        if self.tried == ON_DEMAND_WINDOW {
+            if self.settled * 2 < ON_DEMAND_WINDOW {
+                self.skip = ON_DEMAND_PAUSE;
+            }
+            self.tried = 0;
+            self.settled = 0;
+        }
+    }
 }
 
 /// Settles an event from its envelope and the fields its routes read
@@ -1399,11 +1438,12 @@ fn process_event<C: StageClock>(
 ) {
     let st = &shared.metrics.stages;
     let mut clock = C::start();
-    if shared.on_demand
-        && snap.on_demand()
-        && settle_on_demand(raw, snap, &mut readers.lazy, local, &mut clock, st)
-    {
-        return;
+    if shared.on_demand && snap.on_demand() && readers.try_on_demand() {
+        let settled = settle_on_demand(raw, snap, &mut readers.lazy, local, &mut clock, st);
+        readers.record(settled);
+        if settled {
+            return;
+        }
     }
     readers.full.parse(raw, |res| {
         let parse_ns = clock.lap();
