@@ -35,6 +35,7 @@ enum Command {
   sluice: N events in 2.00s (R events/s): N matched, N delivered, N rejected
   (bad_json: N, ...), N filter errors, N unrouted, N dead-lettered
   [, N dropped (buffer full)] [, N kept in disk buffers]
+  [, N settled on demand (not validated in full)]
 
   events in      non-blank input lines read (time: start to exit, drain included)
   matched        records made: an event once per subscription whose filter chose it
@@ -50,6 +51,10 @@ enum Command {
   dropped        records shed by a full when_full = "drop_newest" destination
   kept in disk buffers
                  records left in durability = "disk" logs for the next start
+  settled on demand
+                 events no subscription wanted or every filter rejected,
+                 decided from the fields their filters read without parsing
+                 the rest (accepted, never rejected; --full-parse: none)
 
 Events a filter said no to are in none of these. See docs/delivery.md."#
     )]

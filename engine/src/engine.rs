@@ -218,18 +218,18 @@ impl std::fmt::Display for Summary {
             ", {} filter errors, {} unrouted, {} dead-lettered",
             self.filter_errors, self.unrouted, self.dead_lettered
         )?;
-        if self.unvalidated > 0 {
-            write!(
-                f,
-                " ({} settled from the fields their filters read, not validated in full)",
-                self.unvalidated
-            )?;
-        }
         if self.dropped > 0 {
             write!(f, ", {} dropped (buffer full)", self.dropped)?;
         }
         if self.buffered > 0 {
             write!(f, ", {} kept in disk buffers", self.buffered)?;
+        }
+        if self.unvalidated > 0 {
+            write!(
+                f,
+                ", {} settled on demand (not validated in full)",
+                self.unvalidated
+            )?;
         }
         Ok(())
     }
