@@ -337,9 +337,12 @@ async fn coordinate(
     let tick = ctx.settings.lease_ttl / 3;
     // Each node starts looking at a different partition.
     let start = crate::partition_of(me.as_bytes(), partitions);
+    // The nodes counted last time, for a tick whose count did not come.
+    let mut last_live = 1;
     loop {
         let _ = nodes.put(&me, Bytes::new()).await;
-        let live = live_nodes(&nodes).await.max(1);
+        let live = live_nodes(&nodes, tick).await.unwrap_or(last_live).max(1);
+        last_live = live;
         let target = partitions.div_ceil(live as u32) as usize;
         let mut h = held.lock().await;
         // Renew. A lease another node holds (or that expired) is lost: stop
@@ -460,12 +463,18 @@ fn lease_key(p: u32) -> String {
     format!("part.{p}")
 }
 
-async fn live_nodes(nodes: &kv::Store) -> usize {
+async fn live_nodes(nodes: &kv::Store, wait: Duration) -> Option<usize> {
     use futures_util::StreamExt;
-    let Ok(keys) = nodes.keys().await else {
-        return 1;
-    };
-    keys.filter_map(|k| async move { k.ok() }).count().await
+    // Bounded: listing the keys of a bucket whose entries expire can wait
+    // forever (a known JetStream key-value behaviour), and a coordinator
+    // stuck here would stop heartbeating and never take its share.
+    tokio::time::timeout(wait, async {
+        let keys = nodes.keys().await.ok()?;
+        Some(keys.filter_map(|k| async move { k.ok() }).count().await)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// The durable consumer of partition `p`.
