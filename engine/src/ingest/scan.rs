@@ -125,6 +125,9 @@ impl Index {
             quotes_before += quotes.count_ones() as usize;
             block
         };
+        // The block loop is written out here and in `plain_compact_with`:
+        // one helper taking both as closures measured ~110 ns slower per
+        // 757-byte event (criterion "rejected event": 325 → 435 ns).
         let mut chunks = raw.chunks_exact(BLOCK);
         for block in &mut chunks {
             let b = absorb(masks(block.try_into().expect("64 bytes")));
@@ -507,7 +510,7 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 7] {
     m
 }
 
-/// [`masks_scalar`] with AVX2: two 32-byte halves, four compares each.
+/// [`masks_scalar`] with AVX2, on the block's two 32-byte halves.
 /// (`{`/`[` and `}`/`]` differ only in bit 5, so one compare after setting
 /// it finds both.)
 #[cfg(target_arch = "x86_64")]
