@@ -5,6 +5,7 @@
 //! on that tape; lookups walk it without allocating. The writer functions
 //! serialize a view back to compact JSON.
 
+use crate::short_eq::short_eq;
 use simd_json::{Node, StaticNode};
 
 /// A view of one JSON value on a simd-json tape: `nodes[0]` is its head and
@@ -97,7 +98,7 @@ impl<'t, 'i> Json<'t, 'i> {
             let vstart = idx + 1;
             let vlen = span(nodes.get(vstart)?);
             if let Node::String(s) = k
-                && *s == key
+                && short_eq(s.as_bytes(), key.as_bytes())
             {
                 return nodes.get(vstart..vstart + vlen).map(Json);
             }

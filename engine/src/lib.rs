@@ -86,6 +86,7 @@ mod engine;
 mod replay;
 mod route;
 mod settle;
+mod short_eq;
 mod tap;
 
 pub use config::{

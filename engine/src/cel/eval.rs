@@ -8,6 +8,7 @@
 //! integer arithmetic, and "no such key" as an error.
 
 use crate::json::{Json, Kind};
+use crate::short_eq::short_eq;
 use regex::Regex;
 use rustc_hash::FxHashSet;
 use simd_json::{Node, StaticNode};
@@ -553,27 +554,47 @@ fn convert<'a>(c: Conv, v: V<'a>) -> V<'a> {
 }
 
 /// Evaluates `ex` with `ev` bound to `object`.
+#[inline]
 pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
+    eval_in(ex, ev)
+}
+
+/// [`eval`] of an operand: a member path or a constant (what most
+/// comparisons and string tests take) without a call to the interpreter.
+#[inline(always)]
+fn operand<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
+    match ex {
+        Ex::Path(p) => path(p, ev),
+        Ex::Lit(l) => V::from_lit(l),
+        _ => eval_in(ex, ev),
+    }
+}
+
+/// `ev.a.b.c`
+#[inline(always)]
+fn path<'a>(p: &'a [Box<str>], ev: Json<'a, 'a>) -> V<'a> {
+    let mut cur = ev;
+    for seg in p.iter() {
+        if !cur.is_object() {
+            return V::Err("field selection on a non-map value");
+        }
+        if !charge(cur.len()) {
+            return V::Err(OUT_OF_STEPS);
+        }
+        match cur.get(seg) {
+            Some(n) => cur = n,
+            None => return V::Err("no such key"),
+        }
+    }
+    V::from_json(cur)
+}
+
+fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
     match ex {
         Ex::Lit(l) => V::from_lit(l),
         Ex::Ev => V::Json(ev),
-        Ex::Path(p) => {
-            let mut cur = ev;
-            for seg in p.iter() {
-                if !cur.is_object() {
-                    return V::Err("field selection on a non-map value");
-                }
-                if !charge(cur.len()) {
-                    return V::Err(OUT_OF_STEPS);
-                }
-                match cur.get(seg) {
-                    Some(n) => cur = n,
-                    None => return V::Err("no such key"),
-                }
-            }
-            V::from_json(cur)
-        }
-        Ex::Select(x, f) => match eval(x, ev) {
+        Ex::Path(p) => path(p, ev),
+        Ex::Select(x, f) => match operand(x, ev) {
             V::Json(j) if j.kind() == Kind::Object => {
                 if !charge(j.len()) {
                     return V::Err(OUT_OF_STEPS);
@@ -583,7 +604,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             e @ V::Err(_) => e,
             _ => V::Err("field selection on a non-map value"),
         },
-        Ex::Has(x, f) => match eval(x, ev) {
+        Ex::Has(x, f) => match operand(x, ev) {
             V::Json(j) if j.kind() == Kind::Object => {
                 if !charge(j.len()) {
                     return V::Err(OUT_OF_STEPS);
@@ -594,11 +615,11 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             _ => V::Err("has() on a non-map value"),
         },
         Ex::Index(b) => {
-            let c = eval(&b[0], ev);
+            let c = operand(&b[0], ev);
             if let V::Err(_) = c {
                 return c;
             }
-            let i = eval(&b[1], ev);
+            let i = operand(&b[1], ev);
             if let V::Err(_) = i {
                 return i;
             }
@@ -609,12 +630,12 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
             index(c, i)
         }
-        Ex::Not(x) => match eval(x, ev) {
+        Ex::Not(x) => match operand(x, ev) {
             V::Bool(b) => V::Bool(!b),
             e @ V::Err(_) => e,
             _ => V::Err("no matching overload for !"),
         },
-        Ex::Neg(x) => match eval(x, ev) {
+        Ex::Neg(x) => match operand(x, ev) {
             V::Int(i) => i.checked_neg().map_or(V::Err("integer overflow"), V::Int),
             V::Double(d) => V::Double(-d),
             e @ V::Err(_) => e,
@@ -624,7 +645,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             // false if any operand is false; true if all are true; else an error.
             let mut err = None;
             for x in xs.iter() {
-                match eval(x, ev) {
+                match operand(x, ev) {
                     V::Bool(false) => return V::Bool(false),
                     V::Bool(true) => {}
                     V::Err(e) => err = err.or(Some(e)),
@@ -636,7 +657,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
         Ex::Or(xs) => {
             let mut err = None;
             for x in xs.iter() {
-                match eval(x, ev) {
+                match operand(x, ev) {
                     V::Bool(true) => return V::Bool(true),
                     V::Bool(false) => {}
                     V::Err(e) => err = err.or(Some(e)),
@@ -645,18 +666,18 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
             err.map_or(V::Bool(false), V::Err)
         }
-        Ex::Cond(b) => match eval(&b[0], ev) {
-            V::Bool(true) => eval(&b[1], ev),
-            V::Bool(false) => eval(&b[2], ev),
+        Ex::Cond(b) => match operand(&b[0], ev) {
+            V::Bool(true) => operand(&b[1], ev),
+            V::Bool(false) => operand(&b[2], ev),
             e @ V::Err(_) => e,
             _ => V::Err("condition is not a bool"),
         },
         Ex::Cmp(op, b) => {
-            let l = eval(&b[0], ev);
+            let l = operand(&b[0], ev);
             if let V::Err(_) = l {
                 return l;
             }
-            let r = eval(&b[1], ev);
+            let r = operand(&b[1], ev);
             if let V::Err(_) = r {
                 return r;
             }
@@ -678,22 +699,22 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
         }
         Ex::Arith(op, b) => {
-            let l = eval(&b[0], ev);
+            let l = operand(&b[0], ev);
             if let V::Err(_) = l {
                 return l;
             }
-            let r = eval(&b[1], ev);
+            let r = operand(&b[1], ev);
             if let V::Err(_) = r {
                 return r;
             }
             arith(*op, l, r)
         }
         Ex::In(b) => {
-            let l = eval(&b[0], ev);
+            let l = operand(&b[0], ev);
             if let V::Err(_) = l {
                 return l;
             }
-            let r = eval(&b[1], ev);
+            let r = operand(&b[1], ev);
             if let V::Err(_) = r {
                 return r;
             }
@@ -702,7 +723,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
             contains(&l, &r)
         }
-        Ex::InStrSet(x, set) => match eval(x, ev) {
+        Ex::InStrSet(x, set) => match operand(x, ev) {
             V::Str(s) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
             V::String(s) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
             V::Str(s) => V::Bool(set.contains(s)),
@@ -713,7 +734,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
         Ex::List(xs) => {
             let mut out = Vec::with_capacity(xs.len());
             for x in xs.iter() {
-                let v = eval(x, ev);
+                let v = operand(x, ev);
                 if let V::Err(_) = v {
                     return v;
                 }
@@ -721,32 +742,38 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
             V::List(out)
         }
-        Ex::Size(x) => match eval(x, ev) {
+        Ex::Size(x) => match operand(x, ev) {
             e @ V::Err(_) => e,
             v if !charge(weight(&v)) => V::Err(OUT_OF_STEPS),
             v => size(&v),
         },
         Ex::Str(op, b) => {
-            let l = eval(&b[0], ev);
+            let l = operand(&b[0], ev);
             if let V::Err(_) = l {
                 return l;
             }
-            let r = eval(&b[1], ev);
+            let r = operand(&b[1], ev);
             if let V::Err(_) = r {
                 return r;
             }
             match (l.as_str(), r.as_str()) {
                 (Some(s), _) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
                 (Some(s), Some(t)) => V::Bool(match op {
-                    StrOp::StartsWith => s.starts_with(t),
-                    StrOp::EndsWith => s.ends_with(t),
+                    StrOp::StartsWith => s
+                        .as_bytes()
+                        .get(..t.len())
+                        .is_some_and(|h| short_eq(h, t.as_bytes())),
+                    StrOp::EndsWith => s
+                        .len()
+                        .checked_sub(t.len())
+                        .is_some_and(|at| short_eq(&s.as_bytes()[at..], t.as_bytes())),
                     StrOp::Contains => s.contains(t),
-                    StrOp::Equals => s == t,
+                    StrOp::Equals => short_eq(s.as_bytes(), t.as_bytes()),
                 }),
                 _ => V::Err("no matching overload for string function"),
             }
         }
-        Ex::Matches(x, re) => match eval(x, ev) {
+        Ex::Matches(x, re) => match operand(x, ev) {
             V::Str(s) if !charge(s.len() / 4 + 1) => V::Err(OUT_OF_STEPS),
             V::String(s) if !charge(s.len() / 4 + 1) => V::Err(OUT_OF_STEPS),
             V::Str(s) => V::Bool(re.is_match(s)),
@@ -754,7 +781,7 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             e @ V::Err(_) => e,
             _ => V::Err("no matching overload for matches"),
         },
-        Ex::Conv(c, x) => match eval(x, ev) {
+        Ex::Conv(c, x) => match operand(x, ev) {
             e @ V::Err(_) => e,
             v => convert(*c, v),
         },

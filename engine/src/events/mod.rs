@@ -9,8 +9,10 @@
 
 pub mod registry;
 
+use crate::short_eq::short_eq;
 pub use registry::{EVENT_TYPES, EventClass, EventTypeDef, FieldDef, FieldType, PathLookup};
 use rustc_hash::FxHashMap;
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// Index of an event type in [`EVENT_TYPES`].
@@ -19,9 +21,22 @@ pub struct EventTypeId(pub u16);
 
 impl EventTypeId {
     /// Looks a type up by its full name (`http_request_complete.v0`).
+    /// The type this thread found last is tried first: a stream of events
+    /// is mostly of one type, and one comparison costs less than a hash.
+    #[inline]
     pub fn from_name(name: &str) -> Option<EventTypeId> {
+        thread_local! {
+            static LAST: Cell<u16> = const { Cell::new(0) };
+        }
+        let last = LAST.get();
+        if EVENT_TYPES
+            .get(usize::from(last))
+            .is_some_and(|t| short_eq(t.name.as_bytes(), name.as_bytes()))
+        {
+            return Some(EventTypeId(last));
+        }
         static INDEX: OnceLock<FxHashMap<&'static str, u16>> = OnceLock::new();
-        INDEX
+        let found = *INDEX
             .get_or_init(|| {
                 EVENT_TYPES
                     .iter()
@@ -29,8 +44,9 @@ impl EventTypeId {
                     .map(|(i, t)| (t.name, i as u16))
                     .collect()
             })
-            .get(name)
-            .map(|&i| EventTypeId(i))
+            .get(name)?;
+        LAST.set(found);
+        Some(EventTypeId(found))
     }
 
     /// The type's definition.

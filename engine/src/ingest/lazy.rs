@@ -35,6 +35,7 @@ use super::scan::Index;
 use super::{MAX_DEPTH, MAX_EVENT_BYTES};
 use crate::events::{EventTypeId, parse_rfc3339_ms};
 use crate::json::Json;
+use crate::short_eq::short_eq;
 use simd_json::{Node, StaticNode, Tape};
 
 /// The fields routes read of `object`, as a tree of member names.
@@ -550,7 +551,7 @@ fn envelope_slot(key: &[u8]) -> Option<usize> {
 /// before comparing them whole.
 #[inline(always)]
 fn same_key(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.first() == b.first() && a == b
+    a.len() == b.len() && a.first() == b.first() && short_eq(a, b)
 }
 
 /// The position just after the value starting at `v`.

@@ -12,6 +12,8 @@
 //! checks nothing. Its reader treats anything unexpected as a reason to
 //! parse the event in full.
 
+use crate::short_eq::short_eq;
+
 /// Bit `i` of a block: byte `64 * block + i`.
 const BLOCK: usize = 64;
 
@@ -26,8 +28,9 @@ struct Block {
     closes: u64,
     /// Bytes inside strings (an opening quote included, its closing quote not).
     strings: u64,
-    /// `:` outside strings.
-    colons: u64,
+    /// Closing quotes of keys: a string's closing quote followed by `:`
+    /// (that of the block's last byte set once the next block is indexed).
+    key_ends: u64,
     /// Brackets open before the block's first byte.
     depth: i64,
     /// Quotes before the block's first byte.
@@ -48,11 +51,24 @@ pub(crate) struct Index {
     opens_total: usize,
     /// Whether to use AVX2.
     avx2: bool,
+    /// Whether to use AVX-512 (byte compares straight to 64-bit masks)
+    /// for the masks.
+    avx512: bool,
 }
 
 impl Index {
     /// An index that picks its instructions for this CPU.
     pub fn new() -> Index {
+        Index {
+            avx2: avx2_available(),
+            avx512: avx512_available(),
+            ..Index::default()
+        }
+    }
+
+    /// An index that uses AVX2 even where the CPU has AVX-512 (tests).
+    #[cfg(test)]
+    pub fn avx2_only() -> Index {
         Index {
             avx2: avx2_available(),
             ..Index::default()
@@ -69,6 +85,13 @@ impl Index {
     pub fn build(&mut self, raw: &[u8]) {
         self.blocks.clear();
         #[cfg(target_arch = "x86_64")]
+        if self.avx512 {
+            // SAFETY: `avx512` is set only when the CPU has AVX-512 BW, and
+            // every such CPU has POPCNT and PCLMULQDQ.
+            unsafe { self.build_avx512(raw) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: `avx2` is set only when the CPU has AVX2, and every
             // such CPU has POPCNT and PCLMULQDQ.
@@ -84,6 +107,14 @@ impl Index {
     #[target_feature(enable = "avx2,popcnt,pclmulqdq")]
     fn build_avx2(&mut self, raw: &[u8]) {
         self.build_with(raw, |b| masks_avx2(b), |x| prefix_xor_clmul(x));
+    }
+
+    /// [`Index::build`] with AVX-512 for the masks: one compare per mask
+    /// and block, no gathering of two halves' bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,popcnt,pclmulqdq")]
+    fn build_avx512(&mut self, raw: &[u8]) {
+        self.build_with(raw, |b| masks_avx512(b), |x| prefix_xor_clmul(x));
     }
 
     #[inline(always)]
@@ -112,12 +143,13 @@ impl Index {
             opens_total += opens.count_ones() as usize;
             spaced |= low & !strings;
             let closes = close & !strings;
+            let colons = colon & !strings;
             let block = Block {
                 quotes,
                 opens,
                 closes,
                 strings,
-                colons: colon & !strings,
+                key_ends: quotes & !strings & (colons >> 1),
                 depth,
                 quotes_before,
             };
@@ -140,6 +172,14 @@ impl Index {
             block[..rest.len()].copy_from_slice(rest);
             let b = absorb(masks(&block));
             self.blocks.push(b);
+        }
+        // A closing quote in a block's last byte ends a key if the next
+        // block starts with a colon (outside a string).
+        for b in 1..self.blocks.len() {
+            if raw[b * BLOCK] == b':' && self.blocks[b].strings & 1 == 0 {
+                let last = &mut self.blocks[b - 1];
+                last.key_ends |= last.quotes & !last.strings & (1 << 63);
+            }
         }
         self.backslash = backslashes != 0;
         self.unusual = unusual != 0;
@@ -218,17 +258,14 @@ impl Index {
         let shift = name.len() + 1;
         debug_assert!(shift < BLOCK);
         let blocks = &self.blocks;
-        // Closing quotes of keys: a string's closing quote followed by a colon.
-        let key_ends = |b: usize| -> u64 {
-            let Some(block) = blocks.get(b) else {
-                return 0;
-            };
-            let next_colon = blocks.get(b + 1).map_or(0, |n| n.colons << 63);
-            block.quotes & !block.strings & ((block.colons >> 1) | next_colon)
-        };
+        let key_ends = |b: usize| blocks.get(b).map_or(0, |block| block.key_ends);
         let (first, last) = (from / BLOCK, to.saturating_sub(1) / BLOCK);
         let mut ends_here = key_ends(first);
-        for (b, block) in blocks.iter().enumerate().take(last + 1).skip(first) {
+        // (Counted by hand: `skip` on a `take` was a call per search.)
+        let last = last.min(blocks.len().saturating_sub(1));
+        let mut b = first;
+        while b <= last {
+            let block = &blocks[b];
             let ends_next = key_ends(b + 1);
             // Opening quotes whose key ends `shift` bytes later.
             let mut cand = block.quotes
@@ -243,17 +280,18 @@ impl Index {
                     return None;
                 }
                 // First and last letters, then the depth, then the name
-                // (a call to `memcmp`) for the few keys left.
+                // for the few keys left.
                 if raw.get(p + 1) == name.first()
                     && raw.get(p + shift - 1) == name.last()
                     && self.depth_at(p) == depth
-                    && raw.get(p + 1..p + shift) == Some(name)
+                    && raw.get(p + 1..p + shift).is_some_and(|k| short_eq(k, name))
                 {
                     return Some(p + shift + 2);
                 }
                 cand &= cand - 1;
             }
             ends_here = ends_next;
+            b += 1;
         }
         None
     }
@@ -434,6 +472,18 @@ fn avx2_available_cached() -> bool {
     *AVX2.get_or_init(avx2_available)
 }
 
+/// Whether this CPU has the AVX-512 byte instructions (and AVX2).
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512bw") && avx2_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU has AVX2.
 fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -555,6 +605,32 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
     ]
 }
 
+/// [`masks_scalar`] with AVX-512: each mask is one compare of the whole
+/// block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn masks_avx512(block: &[u8; BLOCK]) -> [u64; 7] {
+    use std::arch::x86_64::*;
+    // SAFETY: the load reads the block's 64 bytes.
+    let x = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    let splat = |c: u8| _mm512_set1_epi8(c as i8);
+    // `{`/`[` and `}`/`]` differ only in bit 5, as in `masks_avx2`.
+    let x5 = _mm512_or_si512(x, splat(0x20));
+    // Printable ASCII is 0x20..=0x7f: 0x00..=0x5f once 0x20 is taken away
+    // (wrapping), which leaves everything else above 0x5f.
+    let unusual = _mm512_cmpgt_epu8_mask(_mm512_sub_epi8(x, splat(0x20)), splat(0x5f));
+    [
+        _mm512_cmpeq_epi8_mask(x, splat(b'"')),
+        _mm512_cmpeq_epi8_mask(x, splat(b'\\')),
+        _mm512_cmpeq_epi8_mask(x5, splat(b'{')),
+        _mm512_cmpeq_epi8_mask(x5, splat(b'}')),
+        unusual,
+        _mm512_cmple_epu8_mask(x, splat(0x20)),
+        _mm512_cmpeq_epi8_mask(x, splat(b':')),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +729,7 @@ mod tests {
         let alphabet = b"\"\\{}[]a:, \"\\{}[]a:, \t\xc3";
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let (mut simd, mut scalar) = (Index::new(), Index::scalar());
+        let mut avx2 = Index::avx2_only();
         for round in 0..3000 {
             let len = 1 + round % 300;
             let raw: Vec<u8> = (0..len)
@@ -664,6 +741,7 @@ mod tests {
                 })
                 .collect();
             check(&raw, &mut simd);
+            check(&raw, &mut avx2);
             check(&raw, &mut scalar);
         }
         // Runs of backslashes of every length ending exactly at a block edge.
@@ -674,6 +752,7 @@ mod tests {
                 raw.extend(std::iter::repeat_n(b'\\', run));
                 raw.extend_from_slice(b"\"}{\"");
                 check(&raw, &mut simd);
+                check(&raw, &mut avx2);
                 check(&raw, &mut scalar);
             }
         }
