@@ -86,7 +86,7 @@ impl<'t, 'i> Json<'t, 'i> {
     }
 
     /// Member `key` of an object (the first one, if the key repeats).
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &str) -> Option<Json<'t, 'i>> {
         let Node::Object { len, .. } = self.0[0] else {
             return None;

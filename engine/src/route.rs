@@ -16,7 +16,10 @@ use crate::delivery::DestinationHandle;
 use crate::events::EventTypeId;
 use crate::ingest::lazy::FieldTree;
 use crate::metrics::SubscriptionStats;
-use rustc_hash::FxHashMap;
+use crate::short_eq::short_eq;
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// One subscription source reachable from an `(account, type)` key.
@@ -111,7 +114,9 @@ type AccountRoutes = Vec<TypeRoutes>;
 pub struct Snapshot {
     /// Increases with every reconfiguration.
     pub version: u64,
-    index: FxHashMap<Box<str>, AccountRoutes>,
+    /// Each account's routes, by the hash of its id (a table rather than a
+    /// map so that ids are compared inline, not by a call to `memcmp`).
+    index: HashTable<(Box<str>, AccountRoutes)>,
     /// Every subscription, by dense index.
     pub subscriptions: Vec<SubscriptionRt>,
     /// Every destination.
@@ -144,31 +149,30 @@ impl Snapshot {
             }
             subscriptions.push(sub);
         }
-        let index = index
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    v.into_iter()
-                        .map(|(event_type, routes)| {
-                            let needs = FieldNeeds::of(&routes);
-                            TypeRoutes {
-                                trie: needs.trie(),
-                                needs,
-                                event_type,
-                                routes: routes.into_boxed_slice(),
-                            }
-                        })
-                        .collect::<AccountRoutes>(),
-                )
-            })
-            .collect::<FxHashMap<_, _>>();
-        let on_demand = index
-            .values()
-            .any(|types| types.iter().any(|t| t.trie.is_some()));
+        let mut table = HashTable::with_capacity(index.len());
+        for (account, types) in index {
+            let types = types
+                .into_iter()
+                .map(|(event_type, routes)| {
+                    let needs = FieldNeeds::of(&routes);
+                    TypeRoutes {
+                        trie: needs.trie(),
+                        needs,
+                        event_type,
+                        routes: routes.into_boxed_slice(),
+                    }
+                })
+                .collect::<AccountRoutes>();
+            table.insert_unique(FxBuildHasher.hash_one(&*account), (account, types), |e| {
+                FxBuildHasher.hash_one(&*e.0)
+            });
+        }
+        let on_demand = table
+            .iter()
+            .any(|(_, types)| types.iter().any(|t| t.trie.is_some()));
         Snapshot {
             version,
-            index,
+            index: table,
             subscriptions,
             destinations,
             on_demand,
@@ -176,8 +180,12 @@ impl Snapshot {
     }
 
     fn type_routes(&self, account_id: &str, event_type: EventTypeId) -> Option<&TypeRoutes> {
+        let hash = FxBuildHasher.hash_one(account_id);
         self.index
-            .get(account_id)?
+            .find(hash, |(id, _)| {
+                short_eq(id.as_bytes(), account_id.as_bytes())
+            })?
+            .1
             .iter()
             .find(|t| t.event_type == event_type)
     }
