@@ -684,7 +684,7 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             if !charge(weight(&l).min(weight(&r))) {
                 return V::Err(OUT_OF_STEPS);
             }
-            match op {
+            let out = match op {
                 CmpOp::Eq => V::Bool(equals(&l, &r)),
                 CmpOp::Ne => V::Bool(!equals(&l, &r)),
                 _ => match compare(&l, &r) {
@@ -696,7 +696,10 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
                     }),
                     Err(e) => V::Err(e),
                 },
-            }
+            };
+            discard(l);
+            discard(r);
+            out
         }
         Ex::Arith(op, b) => {
             let l = operand(&b[0], ev);
@@ -756,7 +759,7 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             if let V::Err(_) = r {
                 return r;
             }
-            match (l.as_str(), r.as_str()) {
+            let out = match (l.as_str(), r.as_str()) {
                 (Some(s), _) if !charge(scan(s.len())) => V::Err(OUT_OF_STEPS),
                 (Some(s), Some(t)) => V::Bool(match op {
                     StrOp::StartsWith => s
@@ -771,7 +774,10 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
                     StrOp::Equals => short_eq(s.as_bytes(), t.as_bytes()),
                 }),
                 _ => V::Err("no matching overload for string function"),
-            }
+            };
+            discard(l);
+            discard(r);
+            out
         }
         Ex::Matches(x, re) => match operand(x, ev) {
             V::Str(s) if !charge(s.len() / 4 + 1) => V::Err(OUT_OF_STEPS),
@@ -785,6 +791,17 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             e @ V::Err(_) => e,
             v => convert(*c, v),
         },
+    }
+}
+
+/// Drops a value, with the test for the variants that own memory inlined
+/// (the generic drop is a call per value, and most values own nothing).
+#[inline(always)]
+fn discard(v: V<'_>) {
+    match v {
+        V::String(s) => drop(s),
+        V::List(l) => drop(l),
+        _ => {}
     }
 }
 
