@@ -561,7 +561,11 @@ pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
 
 /// [`eval`] of an operand: a member path or a constant (what most
 /// comparisons and string tests take) without a call to the interpreter.
-#[inline(always)]
+/// (Inlined in optimized builds only: unoptimized frames do not share
+/// stack slots, and the interpreter's frame with every call site's copy
+/// would not fit the deepest accepted filter on a worker's stack.)
+#[cfg_attr(debug_assertions, inline(never))]
+#[cfg_attr(not(debug_assertions), inline(always))]
 fn operand<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
     match ex {
         Ex::Path(p) => path(p, ev),
@@ -570,8 +574,9 @@ fn operand<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
     }
 }
 
-/// `ev.a.b.c`
-#[inline(always)]
+/// `ev.a.b.c` (inlined as [`operand`] is)
+#[cfg_attr(debug_assertions, inline(never))]
+#[cfg_attr(not(debug_assertions), inline(always))]
 fn path<'a>(p: &'a [Box<str>], ev: Json<'a, 'a>) -> V<'a> {
     let mut cur = ev;
     for seg in p.iter() {
