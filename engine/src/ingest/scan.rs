@@ -759,6 +759,19 @@ mod tests {
     }
 
     #[test]
+    fn a_key_whose_colon_starts_the_next_block_is_found() {
+        // The key's closing quote is byte 63, its colon byte 64.
+        let raw = format!(r#"{{"p":"{}","k":1}}"#, "a".repeat(53));
+        let raw = raw.as_bytes();
+        assert_eq!((raw[63], raw[64]), (b'"', b':'));
+        for mut ix in [Index::new(), Index::avx2_only(), Index::scalar()] {
+            ix.build(raw);
+            assert_eq!(ix.find_key(raw, b"k", 1, raw.len(), 1), Some(65));
+            assert_eq!(raw[65], b'1');
+        }
+    }
+
+    #[test]
     fn plain_compact_looks_outside_strings() {
         let ok = br#"{"a":"x y-z","b":[1,2],"c":{"d":true}}"#;
         assert!(plain_compact(ok));
