@@ -467,14 +467,22 @@ async fn live_nodes(nodes: &kv::Store, wait: Duration) -> Option<usize> {
     use futures_util::StreamExt;
     // Bounded: listing the keys of a bucket whose entries expire can wait
     // forever (a known JetStream key-value behaviour), and a coordinator
-    // stuck here would stop heartbeating and never take its share.
-    tokio::time::timeout(wait, async {
-        let keys = nodes.keys().await.ok()?;
-        Some(keys.filter_map(|k| async move { k.ok() }).count().await)
-    })
-    .await
-    .ok()
-    .flatten()
+    // stuck here would stop heartbeating and never take its share. Each
+    // listing is a fresh one, so a stuck one is given up and tried again
+    // within the tick: a node that misses the count keeps its old target,
+    // and a stopped node's partitions would wait for their leases to expire.
+    const TRIES: u32 = 3;
+    for _ in 0..TRIES {
+        let counted = tokio::time::timeout(wait / TRIES, async {
+            let keys = nodes.keys().await.ok()?;
+            Some(keys.filter_map(|k| async move { k.ok() }).count().await)
+        })
+        .await;
+        if let Ok(Some(n)) = counted {
+            return Some(n);
+        }
+    }
+    None
 }
 
 /// The durable consumer of partition `p`.

@@ -253,10 +253,22 @@ async fn node(
     seen: Seen,
     stuck: bool,
 ) -> (async_nats::Client, Node) {
+    node_with_lease(nats, settings, name, seen, stuck, Duration::from_secs(2)).await
+}
+
+/// [`node`] with leases of `lease_ttl` (renewed every third of it).
+async fn node_with_lease(
+    nats: &NatsCluster,
+    settings: &StreamSettings,
+    name: &str,
+    seen: Seen,
+    stuck: bool,
+    lease_ttl: Duration,
+) -> (async_nats::Client, Node) {
     let client = sluice_stream::connect(&nats.urls()).await.expect("connect");
     let consume = ConsumeSettings {
         ack_wait: Duration::from_secs(4),
-        lease_ttl: Duration::from_secs(2),
+        lease_ttl,
         ..ConsumeSettings::new(name)
     };
     let n = Node::start(
@@ -438,9 +450,14 @@ async fn a_node_stops_consuming_a_partition_whose_lease_another_holds() {
 async fn a_stopped_node_hands_its_partitions_over_at_once_without_duplicates() {
     let (_one, _dir, nats, settings, p) = cluster_and_publisher().await;
     let (sa, sb): (Seen, Seen) = Default::default();
-    let (_ca, a) = node(&nats, &settings, "node-a", sa.clone(), false).await;
-    let (_cb, b) = node(&nats, &settings, "node-b", sb.clone(), false).await;
-    until(Duration::from_secs(20), "8 partitions each", async || {
+    // Leases of 6 s: a hand-over is seen at the other node's next count of
+    // the live nodes (every 2 s), well before the lease could expire, even
+    // on a loaded machine; with 2 s leases the margin was a fraction of a
+    // tick, and a count that came late failed the test.
+    let lease = Duration::from_secs(6);
+    let (_ca, a) = node_with_lease(&nats, &settings, "node-a", sa.clone(), false, lease).await;
+    let (_cb, b) = node_with_lease(&nats, &settings, "node-b", sb.clone(), false, lease).await;
+    until(Duration::from_secs(30), "8 partitions each", async || {
         a.partitions().await.len() == 8 && b.partitions().await.len() == 8
     })
     .await;
@@ -475,6 +492,9 @@ async fn a_stopped_node_hands_its_partitions_over_at_once_without_duplicates() {
     let handled = sa.lock().unwrap().len() + sb.lock().unwrap().len();
     eprintln!("handed over {handover:?} after the stop; {handled} events handled");
     assert_eq!(handled, want.len(), "no event handled twice");
-    // Before the lease (2 s) could have expired: the lease was handed back.
-    assert!(handover < Duration::from_millis(1900), "took {handover:?}");
+    // Before the lease (6 s) could have expired: the lease was handed back.
+    assert!(
+        handover < lease - Duration::from_millis(100),
+        "took {handover:?}"
+    );
 }
