@@ -109,6 +109,13 @@ struct TypeRoutes {
 /// For one account: the routes of each event type it has sources for.
 type AccountRoutes = Vec<TypeRoutes>;
 
+/// The hash an account's routes are filed under in [`Snapshot`]'s table
+/// (one function for filing and finding).
+#[inline]
+fn account_hash(account_id: &str) -> u64 {
+    FxBuildHasher.hash_one(account_id)
+}
+
 /// An immutable, complete routing configuration.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -163,8 +170,8 @@ impl Snapshot {
                     }
                 })
                 .collect::<AccountRoutes>();
-            table.insert_unique(FxBuildHasher.hash_one(&*account), (account, types), |e| {
-                FxBuildHasher.hash_one(&*e.0)
+            table.insert_unique(account_hash(&account), (account, types), |e| {
+                account_hash(&e.0)
             });
         }
         let on_demand = table
@@ -180,9 +187,8 @@ impl Snapshot {
     }
 
     fn type_routes(&self, account_id: &str, event_type: EventTypeId) -> Option<&TypeRoutes> {
-        let hash = FxBuildHasher.hash_one(account_id);
         self.index
-            .find(hash, |(id, _)| {
+            .find(account_hash(account_id), |(id, _)| {
                 short_eq(id.as_bytes(), account_id.as_bytes())
             })?
             .1
