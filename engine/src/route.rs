@@ -87,13 +87,32 @@ impl FieldNeeds {
         FieldNeeds::Paths(kept.into_boxed_slice())
     }
 
-    /// The paths as the on-demand reader's tree (`None`: read whole).
-    fn trie(&self) -> Option<FieldTree> {
+    /// The paths as the on-demand reader's tree (`None`: read whole), with
+    /// the members that the first `&&` operand of every one of `routes`'
+    /// filters reads put first (the reader reads them first and stops
+    /// there if each such operand is false).
+    fn trie(&self, routes: &[Route]) -> Option<FieldTree> {
         match self {
             FieldNeeds::Whole => None,
-            FieldNeeds::Paths(paths) => Some(FieldTree::new(paths)),
+            FieldNeeds::Paths(paths) => {
+                let tree = FieldTree::new(paths);
+                Some(match first_members(routes) {
+                    Some(first) => tree.read_first(&first),
+                    None => tree,
+                })
+            }
         }
     }
+}
+
+/// The members of `object` that the first `&&` operands of `routes`'
+/// filters read (`None`: some route has no such operand to decide alone).
+fn first_members(routes: &[Route]) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    for r in routes {
+        out.extend(r.source.filter.as_ref()?.first_members()?);
+    }
+    Some(out)
 }
 
 /// The routes of one event type of an account, and what they read.
@@ -163,7 +182,7 @@ impl Snapshot {
                 .map(|(event_type, routes)| {
                     let needs = FieldNeeds::of(&routes);
                     TypeRoutes {
-                        trie: needs.trie(),
+                        trie: needs.trie(&routes),
                         needs,
                         event_type,
                         routes: routes.into_boxed_slice(),

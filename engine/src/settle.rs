@@ -46,19 +46,35 @@ pub fn settle<'s>(
                 Wants::Fields(trie)
             }
         },
-        |object| {
+        |object, all| {
             verdicts.clear();
+            if !all {
+                // Only what the first `&&` operands read: enough if each
+                // of them is false.
+                let routes = found.get();
+                let first_false = |r: &Route| {
+                    r.source
+                        .filter
+                        .as_ref()
+                        .is_some_and(|f| f.first_conjunct_rejects(object))
+                };
+                if !routes.iter().all(first_false) {
+                    return None;
+                }
+                verdicts.resize(routes.len(), Verdict::NoMatch);
+                return Some(true);
+            }
             for r in found.get() {
                 let verdict = match &r.source.filter {
                     Some(f) => f.matches(object),
                     None => Verdict::Match,
                 };
                 if verdict == Verdict::Match {
-                    return false;
+                    return Some(false);
                 }
                 verdicts.push(verdict);
             }
-            true
+            Some(true)
         },
     );
     match read {

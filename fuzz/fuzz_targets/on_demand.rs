@@ -14,6 +14,9 @@ const FILTERS: &[&str] = &[
     r#"ev.http.request.method in ["post", "put"] || ev.conn.client_ip.startsWith("10.")"#,
     r#"size(ev.conn.server_name) > 40 || ev.tls.version == "1.3""#,
     r#"ev.http.response.status_code > 600.5 || ev.conn.server_port == -1"#,
+    // First `&&` operands the reader tries alone first.
+    r#"has(ev.oauth) && ev.conn.server_port == 443"#,
+    r#"(ev.conn.server_port > 100 && ev.tls.version == "1.3") && ev.http.response.status_code >= 500"#,
 ];
 
 fn snapshots() -> &'static [Snapshot] {

@@ -799,6 +799,50 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
     }
 }
 
+/// The first operand of `ex`'s chain of `&&` (`a` of `a && b && c`, of
+/// `(a && b) && c` too), or `ex` itself: if it is `false`, so is `ex`,
+/// whatever the other operands are (an error included).
+pub fn first_conjunct(ex: &Ex) -> &Ex {
+    match ex {
+        Ex::And(xs) if !xs.is_empty() => first_conjunct(&xs[0]),
+        _ => ex,
+    }
+}
+
+/// Adds to `out` the members of `ev` that `ex` reads (the first name of
+/// each path); false if it reads `ev` whole.
+pub fn members_read<'a>(ex: &'a Ex, out: &mut Vec<&'a str>) -> bool {
+    match ex {
+        Ex::Lit(_) => true,
+        Ex::Ev => false,
+        Ex::Path(p) => match p.first() {
+            Some(m) => {
+                out.push(m);
+                true
+            }
+            None => false,
+        },
+        Ex::Select(x, f) | Ex::Has(x, f) => match **x {
+            Ex::Ev => {
+                out.push(f);
+                true
+            }
+            _ => members_read(x, out),
+        },
+        Ex::Not(x)
+        | Ex::Neg(x)
+        | Ex::Size(x)
+        | Ex::Conv(_, x)
+        | Ex::Matches(x, _)
+        | Ex::InStrSet(x, _) => members_read(x, out),
+        Ex::And(xs) | Ex::Or(xs) | Ex::List(xs) => xs.iter().all(|x| members_read(x, out)),
+        Ex::Index(xs) | Ex::Cmp(_, xs) | Ex::Arith(_, xs) | Ex::In(xs) | Ex::Str(_, xs) => {
+            xs.iter().all(|x| members_read(x, out))
+        }
+        Ex::Cond(xs) => xs.iter().all(|x| members_read(x, out)),
+    }
+}
+
 /// Drops a value, with the test for the variants that own memory inlined
 /// (the generic drop is a call per value, and most values own nothing).
 #[inline(always)]

@@ -293,6 +293,32 @@ impl Filter {
         }
     }
 
+    /// The members of `ev` that the filter's first `&&` operand reads
+    /// ([`eval::first_conjunct`]; `None`: the filter runs in the
+    /// interpreter, or that operand reads `ev` whole). The on-demand reader
+    /// reads these first.
+    pub(crate) fn first_members(&self) -> Option<Vec<&str>> {
+        let Plan::Fast(ex) = &self.plan else {
+            return None;
+        };
+        let mut out = Vec::new();
+        eval::members_read(eval::first_conjunct(ex), &mut out).then_some(out)
+    }
+
+    /// Whether the filter's first `&&` operand is `false` on `object`, so
+    /// that the filter is too, whatever else `object` holds: that operand
+    /// evaluated as [`Filter::matches`] evaluates it first, on a fresh
+    /// budget (and an operand that ran out of steps decides nothing).
+    #[inline]
+    pub(crate) fn first_conjunct_rejects(&self, object: Json<'_, '_>) -> bool {
+        let Plan::Fast(ex) = &self.plan else {
+            return false;
+        };
+        eval::start_budget(cost::FAST_STEP_BUDGET);
+        matches!(eval::eval(eval::first_conjunct(ex), object), V::Bool(false))
+            && !eval::out_of_steps()
+    }
+
     /// Evaluates the filter and returns its value as a CEL value, or the
     /// error: for `sluice check` and for differential testing.
     pub fn evaluate(&self, object: Json<'_, '_>) -> Result<cel::Value, String> {

@@ -280,3 +280,53 @@ fn the_deepest_accepted_filter_runs_on_a_worker_sized_stack() {
         drop(interp);
     });
 }
+
+#[test]
+fn the_first_operand_of_a_chain_of_ands_and_what_it_reads() {
+    let first = |expr: &str| {
+        let f = Filter::compile(expr, &FilterOptions::default()).unwrap();
+        f.first_members()
+            .map(|m| m.into_iter().map(String::from).collect::<Vec<_>>())
+    };
+    let members = |m: &[&str]| Some(m.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        first(r#"ev.conn.server_name.endsWith("x") && ev.http.response.status_code >= 500"#),
+        members(&["conn"])
+    );
+    assert_eq!(
+        first("has(ev.oauth) && ev.conn.server_port == 443"),
+        members(&["oauth"])
+    );
+    assert_eq!(
+        first("(ev.tls.version == '1.3' && ev.conn.server_port > 1) && ev.http.x == 1"),
+        members(&["tls"])
+    );
+    // Not a chain of `&&`: the whole filter.
+    assert_eq!(
+        first("ev.conn.a == 1 || ev.http.b == 2"),
+        members(&["conn", "http"])
+    );
+    // An operand that reads `ev` whole, or a filter the interpreter runs.
+    assert_eq!(first("size(ev) > 1 && ev.conn.a == 1"), None);
+    assert_eq!(
+        first(r#"ev.http.request.headers.exists(k, k == "x") && ev.conn.a == 1"#),
+        None
+    );
+}
+
+#[test]
+fn a_false_first_operand_rejects_and_anything_else_decides_nothing() {
+    let rejects = |expr: &str| {
+        let f = Filter::compile(expr, &FilterOptions::default()).unwrap();
+        with_object(OBJ, |o| f.first_conjunct_rejects(o))
+    };
+    assert!(rejects(
+        "ev.conn.server_port == 80 && ev.http.response.status_code >= 500"
+    ));
+    assert!(rejects("(ev.conn.server_port == 80 && ev.nope) && ev.nope"));
+    // True, or an error, which a later `false` would absorb.
+    assert!(!rejects(
+        "ev.conn.server_port == 443 && ev.http.response.status_code >= 600"
+    ));
+    assert!(!rejects("ev.conn.nope == 1 && ev.conn.server_port == 80"));
+}

@@ -5,9 +5,16 @@
 //! Two ways to find them, with the same answers:
 //!
 //! - **Search** (compact events without escapes, the common case): each key
-//!   is looked for as the bytes `"name":` (a vectorized substring search)
-//!   inside its parent's span, and taken where the index says a string opens
-//!   at the parent's depth plus one; the bytes between are not looked at.
+//!   is found from the index's bitmaps (a string of the name's length that
+//!   ends where a key ends, opened at the parent's depth plus one, then
+//!   compared) inside its parent's span; the bytes between are not looked
+//!   at. `object`'s span runs to the event's end rather than to its close,
+//!   which would take a scan of the whole object to find: a key found is
+//!   taken if `object` is still open there, a scan of the bytes before it.
+//!   The members that the routes' first `&&` operands read are searched
+//!   first; if each such operand is false on them (as it mostly is for a
+//!   filter that rejects most events), the event is settled there and the
+//!   other members are never looked for.
 //! - **Walk** (spaces between tokens, escapes, or an object of many
 //!   members): the members of each object on the way are visited in order,
 //!   skipping the values not read.
@@ -45,6 +52,10 @@ pub struct FieldTree {
     /// Whether every name in the tree is short enough for
     /// [`Index::find_key`] (else the event is walked).
     searchable: bool,
+    /// How many of `children` (the first) the routes' first `&&` operands
+    /// read: the search reads those, lets the routes try to settle the
+    /// event on them, and reads the rest only if they do not.
+    first: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -85,7 +96,17 @@ impl FieldTree {
             }
         }
         tree.mark_searchable();
+        tree.first = tree.children.len();
         tree
+    }
+
+    /// The tree with the members named in `first` moved ahead of the
+    /// others (in their order), to be read first.
+    pub(crate) fn read_first(mut self, first: &[&str]) -> FieldTree {
+        let is_first = |c: &FieldNode| first.iter().any(|f| **f == *c.name);
+        self.children.sort_by_key(|c| !is_first(c)); // stable: order kept
+        self.first = self.children.iter().filter(|c| is_first(c)).count();
+        self
     }
 
     fn mark_searchable(&mut self) -> bool {
@@ -156,13 +177,17 @@ fn ws(raw: &[u8], mut i: usize) -> usize {
 impl LazyReader {
     /// Reads `raw`: its envelope, then, once `lookup` has said what the
     /// routes for its account and type read, those fields, on which `eval`
-    /// runs.
+    /// runs. `eval(object, false)` may run first, on the members the
+    /// routes' first `&&` operands read ([`FieldTree::read_first`]): an
+    /// answer settles the event, `None` has the rest read and
+    /// `eval(object, true)` run (whose `None` sends the event to the full
+    /// parse).
     #[inline]
     pub(crate) fn read<'s, R>(
         &mut self,
         raw: &[u8],
         lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
-        eval: impl FnOnce(Json<'_, '_>) -> R,
+        eval: impl FnMut(Json<'_, '_>, bool) -> Option<R>,
     ) -> Read<R> {
         #[cfg(target_arch = "x86_64")]
         if self.index.avx2() {
@@ -181,7 +206,7 @@ impl LazyReader {
         &mut self,
         raw: &[u8],
         lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
-        eval: impl FnOnce(Json<'_, '_>) -> R,
+        eval: impl FnMut(Json<'_, '_>, bool) -> Option<R>,
     ) -> Read<R> {
         self.read_in(raw, lookup, eval)
     }
@@ -191,7 +216,7 @@ impl LazyReader {
         &mut self,
         raw: &[u8],
         lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
-        eval: impl FnOnce(Json<'_, '_>) -> R,
+        mut eval: impl FnMut(Json<'_, '_>, bool) -> Option<R>,
     ) -> Read<R> {
         if raw.len() > MAX_EVENT_BYTES {
             return Read::Full;
@@ -205,17 +230,22 @@ impl LazyReader {
         }
         let mut tape: Tape<'_> = std::mem::replace(&mut self.tape, Tape(Vec::new()));
         tape.0.clear();
-        let walked = if self.index.compact() && !self.index.saw_backslash() {
+        let found = if self.index.compact() && !self.index.saw_backslash() {
             search(&self.index, raw, lookup, &mut tape.0)
         } else {
             walk(&self.index, raw, lookup, &mut tape.0)
         };
-        let out = match walked {
-            Ok(true) => match Json::root(&tape.0) {
-                Some(object) => Read::Fields(eval(object)),
-                None => Read::Full,
+        let mut run = |tape: &[Node<'_>], all| Json::root(tape).and_then(|o| eval(o, all));
+        let out = match found {
+            Ok(Found::All) => run(&tape.0, true).map_or(Read::Full, Read::Fields),
+            Ok(Found::First(rest)) => match run(&tape.0, false) {
+                Some(r) => Read::Fields(r),
+                None => match rest.read(&self.index, raw, &mut tape.0) {
+                    Ok(()) => run(&tape.0, true).map_or(Read::Full, Read::Fields),
+                    Err(Full) => Read::Full,
+                },
             },
-            Ok(false) => Read::Unrouted,
+            Ok(Found::Unrouted) => Read::Unrouted,
             Err(Full) => Read::Full,
         };
         self.tape = tape.reset();
@@ -223,15 +253,43 @@ impl LazyReader {
     }
 }
 
-/// The search: a compact event without escapes. `Ok(false)`: no route
-/// wants it.
+/// What the reader found of an event's fields.
+enum Found<'s> {
+    /// No route wants it.
+    Unrouted,
+    /// The fields the routes read are on the tape.
+    All,
+    /// The members the routes' first `&&` operands read are on the tape;
+    /// these are still to be read.
+    First(Rest<'s>),
+}
+
+/// The members of `object` still to be read after the first.
+struct Rest<'s> {
+    span: Span,
+    children: &'s [FieldNode],
+}
+
+impl<'s> Rest<'s> {
+    /// Adds the members to the object at the tape's head.
+    #[inline(always)]
+    fn read<'i>(self, ix: &Index, raw: &'i [u8], tape: &mut Vec<Node<'i>>) -> Result<(), Full>
+    where
+        's: 'i,
+    {
+        let mut span = self.span;
+        add_members(ix, raw, &mut span, self.children, 0, tape)
+    }
+}
+
+/// The search: a compact event without escapes.
 #[inline(always)]
 fn search<'i, 's: 'i>(
     ix: &Index,
     raw: &'i [u8],
     mut lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
     tape: &mut Vec<Node<'i>>,
-) -> Result<bool, Full> {
+) -> Result<Found<'s>, Full> {
     // An object whose brackets balance by its last byte. (Not that its
     // first bracket closes only there: bytes after a first object would be
     // read as part of it. Such an event is unvalidated, never delivered.)
@@ -246,15 +304,32 @@ fn search<'i, 's: 'i>(
         return Err(Full);
     }
     match lookup(string(ix, raw, account)?, event_type(ix, raw, ty)?) {
-        Wants::Nothing => Ok(false),
+        Wants::Nothing => Ok(Found::Unrouted),
         Wants::Whole => Err(Full),
         Wants::Fields(fields) if !fields.searchable => {
-            object(ix, raw, open, fields, tape).map(|_| true)
+            object(ix, raw, open, fields, tape).map(|_| Found::All)
         }
         Wants::Fields(fields) => {
-            let close = ix.matching_close(open).ok_or(Full)?;
-            search_object(ix, raw, open, close, fields, tape)?;
-            Ok(true)
+            // Searched up to the event's end (`Span`), unless there may be
+            // 64 members or more (each has a key: 128 quotes or more).
+            let mut span = Span::unclosed(open, end);
+            if ix.quotes_between(open, end) >= 2 * MAX_MEMBERS {
+                let close = ix.matching_close(open).ok_or(Full)?;
+                if ix.quotes_between(open, close) >= 2 * MAX_MEMBERS {
+                    return object(ix, raw, open, fields, tape).map(|_| Found::All);
+                }
+                span = Span::closed(open, close);
+            }
+            let (first, rest) = fields.children.split_at(fields.first);
+            tape.push(Node::Object { len: 0, count: 0 });
+            add_members(ix, raw, &mut span, first, 0, tape)?;
+            if rest.is_empty() {
+                return Ok(Found::All);
+            }
+            Ok(Found::First(Rest {
+                span,
+                children: rest,
+            }))
         }
     }
 }
@@ -305,22 +380,100 @@ fn search_object_in<'i, 's: 'i>(
     if ix.quotes_between(open, close) >= 2 * MAX_MEMBERS {
         return object(ix, raw, open, fields, tape).map(|_| ());
     }
-    let depth = ix.depth_at(open) + 1;
     let head = tape.len();
     tape.push(Node::Object { len: 0, count: 0 });
-    let mut len = 0;
-    for child in &fields.children {
-        let Some(v) = ix.find_key(raw, child.name.as_bytes(), open + 1, close, depth) else {
+    add_members(
+        ix,
+        raw,
+        &mut Span::closed(open, close),
+        &fields.children,
+        head,
+        tape,
+    )
+}
+
+/// The bytes an object's members are searched in: from its opening
+/// bracket to its closing one, or, where that is not known yet, to a
+/// bound past it (then a key found is taken only if the object is still
+/// open there, which costs a scan of the bytes before the key instead of
+/// the whole object).
+#[derive(Clone, Copy)]
+struct Span {
+    open: usize,
+    /// The closing bracket, or the bound past it.
+    to: usize,
+    /// Whether `to` is the closing bracket.
+    closed: bool,
+}
+
+impl Span {
+    fn closed(open: usize, close: usize) -> Span {
+        Span {
+            open,
+            to: close,
+            closed: true,
+        }
+    }
+
+    fn unclosed(open: usize, bound: usize) -> Span {
+        Span {
+            open,
+            to: bound,
+            closed: false,
+        }
+    }
+
+    /// Whether a key at depth one below the object's bracket whose value
+    /// starts at `v` is one of its members (else the object closed before
+    /// it, and the span ends there now).
+    #[inline(always)]
+    fn holds(&mut self, ix: &Index, v: usize) -> bool {
+        if self.closed {
+            return true;
+        }
+        match ix.close_before(self.open, v) {
+            None => true,
+            Some(close) => {
+                *self = Span::closed(self.open, close);
+                false
+            }
+        }
+    }
+}
+
+/// Adds to the object at `tape[head]` (the object `span` holds) the
+/// members `children` read, found by search.
+#[inline(always)]
+fn add_members<'i, 's: 'i>(
+    ix: &Index,
+    raw: &'i [u8],
+    span: &mut Span,
+    children: &'s [FieldNode],
+    head: usize,
+    tape: &mut Vec<Node<'i>>,
+) -> Result<(), Full> {
+    let depth = ix.depth_at(span.open) + 1;
+    let Node::Object { mut len, .. } = tape[head] else {
+        return Err(Full);
+    };
+    for child in children {
+        let name = child.name.as_bytes();
+        let Some(v) = ix.find_key(raw, name, span.open + 1, span.to, depth) else {
             continue;
         };
+        if !span.holds(ix, v) {
+            continue;
+        }
         len += 1;
         tape.push(Node::String(&child.name));
         if !child.whole && raw.get(v) == Some(&b'{') {
-            let end = ix.matching_close(v).ok_or(Full)?;
-            if raw[end] != b'}' {
+            // (Its close is looked for here: for a member object, a span
+            // to its parent's bound measured slower.)
+            let close = ix.matching_close(v).ok_or(Full)?;
+            if raw[close] != b'}' {
                 return Err(Full);
             }
-            search_object(ix, raw, v, end, &child.below, tape)?;
+            search_object(ix, raw, v, close, &child.below, tape)?;
         } else {
             let end = skip_value(ix, raw, v)?;
             tape.push(scalar(ix, raw, v, end)?);
@@ -334,14 +487,14 @@ fn search_object_in<'i, 's: 'i>(
 }
 
 /// The walk: the envelope, and `object` as far as the routes read it (onto
-/// `tape`). `Ok(false)`: no route wants it.
+/// `tape`).
 #[inline(always)]
 fn walk<'i, 's: 'i>(
     ix: &Index,
     raw: &'i [u8],
     mut lookup: impl FnMut(&str, EventTypeId) -> Wants<'s>,
     tape: &mut Vec<Node<'i>>,
-) -> Result<bool, Full> {
+) -> Result<Found<'s>, Full> {
     let compact = ix.compact();
     let root = if compact { 0 } else { ws(raw, 0) };
     if raw.get(root) != Some(&b'{') {
@@ -401,9 +554,9 @@ fn walk<'i, 's: 'i>(
         }
     };
     match wants {
-        Wants::Nothing => Ok(false),
+        Wants::Nothing => Ok(Found::Unrouted),
         Wants::Whole => Err(Full),
-        Wants::Fields(_) => Ok(true),
+        Wants::Fields(_) => Ok(Found::All),
     }
 }
 
@@ -666,10 +819,10 @@ mod tests {
         let got = r.read(
             raw.as_bytes(),
             |_, _| Wants::Fields(&t),
-            |o| {
+            |o, _| {
                 let mut out = Vec::new();
                 crate::json::write_value(&mut out, o);
-                String::from_utf8(out).unwrap()
+                Some(String::from_utf8(out).unwrap())
             },
         );
         match got {
@@ -681,9 +834,46 @@ mod tests {
     fn needs_full_parse(raw: &str) -> bool {
         let mut r = LazyReader::default();
         matches!(
-            r.read(raw.as_bytes(), |_, _| Wants::Nothing, |_| ()),
+            r.read(raw.as_bytes(), |_, _| Wants::Nothing, |_, _| Some(())),
             Read::Full
         )
+    }
+
+    #[test]
+    fn the_first_members_are_read_first_and_the_rest_only_when_asked_for() {
+        let t = trie(&["conn.server_name", "http.response.status_code"]).read_first(&["http"]);
+        let mut r = LazyReader::default();
+        for settle_first in [true, false] {
+            let mut seen = Vec::new();
+            let got = r.read(
+                EV.as_bytes(),
+                |_, _| Wants::Fields(&t),
+                |o, all| {
+                    let status = o.path(&["http", "response", "status_code"]);
+                    seen.push((all, o.get("conn").is_some(), status.is_some()));
+                    (all || settle_first).then_some(())
+                },
+            );
+            assert!(matches!(got, Read::Fields(())));
+            if settle_first {
+                assert_eq!(seen, [(false, false, true)]);
+            } else {
+                assert_eq!(seen, [(false, false, true), (true, true, true)]);
+            }
+        }
+        // A key of another envelope member (after `object`, searched
+        // before `object`'s close is known) is not taken as `object`'s.
+        let ev = EV.replace(r#""conn":{"#, r#""cnn":{"#).replace(
+            r#""tls":null}}"#,
+            r#""tls":null},"meta":{"conn":{"server_name":"x"}}}"#,
+        );
+        let t = trie(&["conn.server_name"]);
+        let got = r.read(
+            ev.as_bytes(),
+            |_, _| Wants::Fields(&t),
+            |o, _| Some(o.get("conn").is_some()),
+        );
+        assert!(matches!(got, Read::Fields(false)));
     }
 
     #[test]
@@ -729,7 +919,7 @@ mod tests {
                 seen = Some((a.to_string(), t.name()));
                 Wants::Nothing
             },
-            |_| (),
+            |_, _| Some(()),
         );
         assert!(matches!(got, Read::Unrouted));
         assert_eq!(seen, Some(("ac_1".to_string(), "http_request_complete.v0")));
@@ -741,12 +931,12 @@ mod tests {
                 seen = Some((a.to_string(), ""));
                 Wants::Nothing
             },
-            |_| (),
+            |_, _| Some(()),
         );
         assert!(matches!(got, Read::Unrouted));
         assert_eq!(seen, Some(("ac_2".to_string(), "")));
         // Routes that read the event whole: the full parse.
-        let got = r.read(EV.as_bytes(), |_, _| Wants::Whole, |_| ());
+        let got = r.read(EV.as_bytes(), |_, _| Wants::Whole, |_, _| Some(()));
         assert!(matches!(got, Read::Full));
     }
 
@@ -832,7 +1022,7 @@ mod tests {
             let lazy = r.read(
                 ev.as_bytes(),
                 |_, _| Wants::Fields(&t),
-                |o| format!("{:?}", o.path(&path).unwrap().node()),
+                |o, _| Some(format!("{:?}", o.path(&path).unwrap().node())),
             );
             let Read::Fields(lazy) = lazy else {
                 panic!("{v}: not read");

@@ -98,7 +98,7 @@ impl Index {
             unsafe { self.build_avx2(raw) };
             return;
         }
-        self.build_with(raw, masks_scalar, prefix_xor);
+        self.build_with(raw, masks_scalar, pad_last(masks_scalar), prefix_xor);
     }
 
     /// [`Index::build`] with AVX2 for the masks and a carry-less
@@ -106,7 +106,8 @@ impl Index {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt,pclmulqdq")]
     fn build_avx2(&mut self, raw: &[u8]) {
-        self.build_with(raw, |b| masks_avx2(b), |x| prefix_xor_clmul(x));
+        let masks = |b: &[u8; BLOCK]| masks_avx2(b);
+        self.build_with(raw, masks, pad_last(masks), |x| prefix_xor_clmul(x));
     }
 
     /// [`Index::build`] with AVX-512 for the masks: one compare per mask
@@ -114,7 +115,12 @@ impl Index {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,popcnt,pclmulqdq")]
     fn build_avx512(&mut self, raw: &[u8]) {
-        self.build_with(raw, |b| masks_avx512(b), |x| prefix_xor_clmul(x));
+        self.build_with(
+            raw,
+            |b| masks_avx512(b),
+            |rest| masks_avx512_last(rest),
+            |x| prefix_xor_clmul(x),
+        );
     }
 
     #[inline(always)]
@@ -122,6 +128,7 @@ impl Index {
         &mut self,
         raw: &[u8],
         masks: impl Fn(&[u8; BLOCK]) -> [u64; 7],
+        masks_last: impl Fn(&[u8]) -> [u64; 7],
         prefix_xor: impl Fn(u64) -> u64,
     ) {
         let (mut carry_escaped, mut carry_string) = (0u64, 0u64);
@@ -167,10 +174,7 @@ impl Index {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            // The last, partial block, padded with a letter (which marks nothing).
-            let mut block = [b'A'; BLOCK];
-            block[..rest.len()].copy_from_slice(rest);
-            let b = absorb(masks(&block));
+            let b = absorb(masks_last(rest));
             self.blocks.push(b);
         }
         // A closing quote in a block's last byte ends a key if the next
@@ -338,10 +342,21 @@ impl Index {
     /// (Inlined: in the reader's AVX2 functions it counts with POPCNT.)
     #[inline(always)]
     pub fn matching_close(&self, open: usize) -> Option<usize> {
+        self.close_before(open, usize::MAX)
+    }
+
+    /// [`Index::matching_close`] if that bracket is before `limit` (else
+    /// `None`: the bracket at `open` is still open there); looks at the
+    /// bytes before `limit` only.
+    #[inline(always)]
+    pub fn close_before(&self, open: usize, limit: usize) -> Option<usize> {
         let mut depth = 0usize;
         let mut b = open / BLOCK;
         let mut m = !0u64 << (open % BLOCK);
         loop {
+            if b * BLOCK >= limit {
+                return None;
+            }
             let block = self.blocks.get(b)?;
             let o = block.opens & m;
             let mut c = block.closes & m;
@@ -355,7 +370,8 @@ impl Index {
                     let bit = c & c.wrapping_neg();
                     k += 1;
                     if depth + (o & (bit - 1)).count_ones() as usize == k {
-                        return Some(b * BLOCK + bit.trailing_zeros() as usize);
+                        let close = b * BLOCK + bit.trailing_zeros() as usize;
+                        return (close < limit).then_some(close);
                     }
                     c ^= bit;
                 }
@@ -605,6 +621,20 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
     ]
 }
 
+/// The masks of a last, partial block (under 64 bytes), padded with a
+/// letter (which marks nothing).
+#[inline(always)]
+fn pad_last(masks: impl Fn(&[u8; BLOCK]) -> [u64; 7]) -> impl Fn(&[u8]) -> [u64; 7] {
+    move |rest| {
+        let mut block = [PAD; BLOCK];
+        block[..rest.len()].copy_from_slice(rest);
+        masks(&block)
+    }
+}
+
+/// What a last, partial block is padded with: a letter, which marks nothing.
+const PAD: u8 = b'A';
+
 /// [`masks_scalar`] with AVX-512: each mask is one compare of the whole
 /// block.
 #[cfg(target_arch = "x86_64")]
@@ -613,7 +643,33 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
 fn masks_avx512(block: &[u8; BLOCK]) -> [u64; 7] {
     use std::arch::x86_64::*;
     // SAFETY: the load reads the block's 64 bytes.
-    let x = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    masks_avx512_of(unsafe { _mm512_loadu_si512(block.as_ptr().cast()) })
+}
+
+/// [`masks_avx512`] of a last, partial block (under 64 bytes), padded by
+/// a masked load (no copy through memory, whose 64-byte reload would wait
+/// for the copy's stores).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn masks_avx512_last(rest: &[u8]) -> [u64; 7] {
+    use std::arch::x86_64::*;
+    debug_assert!(rest.len() < BLOCK);
+    let loaded = (1u64 << rest.len()) - 1;
+    // SAFETY: only the bytes of `rest` are read (a masked load reads
+    // nothing, and faults on nothing, where its mask is clear).
+    let x = unsafe {
+        _mm512_mask_loadu_epi8(_mm512_set1_epi8(PAD as i8), loaded, rest.as_ptr().cast())
+    };
+    masks_avx512_of(x)
+}
+
+/// The masks of 64 bytes in a vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn masks_avx512_of(x: std::arch::x86_64::__m512i) -> [u64; 7] {
+    use std::arch::x86_64::*;
     let splat = |c: u8| _mm512_set1_epi8(c as i8);
     // `{`/`[` and `}`/`]` differ only in bit 5, as in `masks_avx2`.
     let x5 = _mm512_or_si512(x, splat(0x20));
