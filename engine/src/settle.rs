@@ -36,6 +36,7 @@ pub fn settle<'s>(
     verdicts: &mut Vec<Verdict>,
 ) -> Settled<'s> {
     let found: Cell<&[Route]> = Cell::new(&[]);
+    let lone_first = Cell::new(None);
     let read = lazy.read(
         raw,
         |account, ty| match snap.lookup(account, ty) {
@@ -48,26 +49,37 @@ pub fn settle<'s>(
         },
         |object, all| {
             verdicts.clear();
+            let routes = found.get();
             if !all {
                 // Only what the first `&&` operands read: enough if each
-                // of them is false.
-                let routes = found.get();
-                let first_false = |r: &Route| {
-                    r.source
-                        .filter
-                        .as_ref()
-                        .is_some_and(|f| f.first_conjunct_rejects(object))
-                };
-                if !routes.iter().all(first_false) {
-                    return None;
+                // of them is false. (A lone route's operand is not
+                // evaluated again below.)
+                if let [r] = routes {
+                    let f = r.source.filter.as_ref()?;
+                    let first = f.first_conjunct(object)?;
+                    if !first.rejects() {
+                        lone_first.set(Some(first));
+                        return None;
+                    }
+                } else {
+                    let first_false = |r: &Route| {
+                        r.source
+                            .filter
+                            .as_ref()
+                            .is_some_and(|f| f.first_conjunct_rejects(object))
+                    };
+                    if !routes.iter().all(first_false) {
+                        return None;
+                    }
                 }
                 verdicts.resize(routes.len(), Verdict::NoMatch);
                 return Some(true);
             }
-            for r in found.get() {
-                let verdict = match &r.source.filter {
-                    Some(f) => f.matches(object),
-                    None => Verdict::Match,
+            for r in routes {
+                let verdict = match (&r.source.filter, lone_first.get()) {
+                    (Some(f), Some(first)) => f.matches_given(object, first),
+                    (Some(f), None) => f.matches(object),
+                    (None, _) => Verdict::Match,
                 };
                 if verdict == Verdict::Match {
                     return Some(false);

@@ -36,6 +36,13 @@ pub fn out_of_steps() -> bool {
     STEPS.with(|s| s.get() == 0)
 }
 
+/// The steps the current evaluation has left (for [`start_budget`] to go
+/// on with later).
+#[inline]
+pub fn steps_left() -> u32 {
+    STEPS.with(|s| s.get())
+}
+
 /// Work below this many steps is not counted: what every filter does on
 /// ordinary events (a lookup in an object of a few dozen members, a search in
 /// a short string) stays free of bookkeeping, and is bounded anyway by the
@@ -650,11 +657,8 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             // false if any operand is false; true if all are true; else an error.
             let mut err = None;
             for x in xs.iter() {
-                match operand(x, ev) {
-                    V::Bool(false) => return V::Bool(false),
-                    V::Bool(true) => {}
-                    V::Err(e) => err = err.or(Some(e)),
-                    _ => err = err.or(Some("no matching overload for &&")),
+                if and_operand(operand(x, ev), &mut err) {
+                    return V::Bool(false);
                 }
             }
             err.map_or(V::Bool(true), V::Err)
@@ -796,6 +800,45 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             e @ V::Err(_) => e,
             v => convert(*c, v),
         },
+    }
+}
+
+/// Takes one operand's value into `&&`: true if it is `false` (which
+/// decides), else notes in `err` the first error (a value that is not a
+/// bool is one).
+#[inline(always)]
+fn and_operand(v: V<'_>, err: &mut Option<EvalError>) -> bool {
+    match v {
+        V::Bool(false) => return true,
+        V::Bool(true) => {}
+        V::Err(e) => *err = err.or(Some(e)),
+        v => {
+            discard(v);
+            *err = err.or(Some("no matching overload for &&"));
+        }
+    }
+    false
+}
+
+/// [`eval`] of `ex` when its [`first_conjunct`] is known to have
+/// evaluated to `first` (and the budget holds the steps it left): the
+/// other operands of the chain of `&&` are evaluated in the same order,
+/// with the same answer.
+pub fn eval_given_first<'a>(ex: &'a Ex, ev: Json<'a, 'a>, first: V<'a>) -> V<'a> {
+    match ex {
+        Ex::And(xs) if !xs.is_empty() => {
+            let mut err = None;
+            if and_operand(eval_given_first(&xs[0], ev, first), &mut err) {
+                return V::Bool(false);
+            }
+            for x in xs[1..].iter() {
+                if and_operand(eval(x, ev), &mut err) {
+                    return V::Bool(false);
+                }
+            }
+            err.map_or(V::Bool(true), V::Err)
+        }
+        _ => first,
     }
 }
 

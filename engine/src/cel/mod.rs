@@ -276,14 +276,7 @@ impl Filter {
         match &self.plan {
             Plan::Fast(ex) => {
                 eval::start_budget(cost::FAST_STEP_BUDGET);
-                match eval::eval(ex, object) {
-                    // A value decided after running out (absorbed by `||`
-                    // or `&&`) is an overrun all the same.
-                    _ if eval::out_of_steps() => Verdict::Error,
-                    V::Bool(true) => Verdict::Match,
-                    V::Bool(false) => Verdict::NoMatch,
-                    _ => Verdict::Error,
-                }
+                verdict_of(eval::eval(ex, object))
             }
             Plan::Fallback(fb, _) => match fb.eval(object) {
                 Ok(cel::Value::Bool(true)) => Verdict::Match,
@@ -305,18 +298,46 @@ impl Filter {
         eval::members_read(eval::first_conjunct(ex), &mut out).then_some(out)
     }
 
-    /// Whether the filter's first `&&` operand is `false` on `object`, so
-    /// that the filter is too, whatever else `object` holds: that operand
-    /// evaluated as [`Filter::matches`] evaluates it first, on a fresh
-    /// budget (and an operand that ran out of steps decides nothing).
+    /// The filter's first `&&` operand evaluated on `object` as
+    /// [`Filter::matches`] evaluates it first, on a fresh budget (`None`:
+    /// the filter runs in the interpreter).
     #[inline]
-    pub(crate) fn first_conjunct_rejects(&self, object: Json<'_, '_>) -> bool {
+    pub(crate) fn first_conjunct(&self, object: Json<'_, '_>) -> Option<First> {
         let Plan::Fast(ex) = &self.plan else {
-            return false;
+            return None;
         };
         eval::start_budget(cost::FAST_STEP_BUDGET);
-        matches!(eval::eval(eval::first_conjunct(ex), object), V::Bool(false))
-            && !eval::out_of_steps()
+        let value = match eval::eval(eval::first_conjunct(ex), object) {
+            V::Bool(b) => Ok(b),
+            V::Err(e) => Err(e),
+            // Not a bool: an error to `&&` (and to `Filter::matches`).
+            _ => Err("no matching overload for &&"),
+        };
+        Some(First {
+            value,
+            steps_left: eval::steps_left(),
+        })
+    }
+
+    /// Whether the filter's first `&&` operand is `false` on `object`, so
+    /// that the filter is too, whatever else `object` holds (an operand
+    /// that ran out of steps decides nothing).
+    #[inline]
+    pub(crate) fn first_conjunct_rejects(&self, object: Json<'_, '_>) -> bool {
+        self.first_conjunct(object).is_some_and(|f| f.rejects())
+    }
+
+    /// [`Filter::matches`] of `object` given what its first `&&` operand
+    /// made of (an object holding the same values of) it: the same verdict,
+    /// without evaluating that operand again.
+    #[inline]
+    pub(crate) fn matches_given(&self, object: Json<'_, '_>, first: First) -> Verdict {
+        let Plan::Fast(ex) = &self.plan else {
+            return self.matches(object);
+        };
+        eval::start_budget(first.steps_left);
+        let first = first.value.map_or_else(V::Err, V::Bool);
+        verdict_of(eval::eval_given_first(ex, object, first))
     }
 
     /// Evaluates the filter and returns its value as a CEL value, or the
@@ -333,6 +354,36 @@ impl Filter {
             }
             Plan::Fallback(fb, _) => fb.eval(object),
         }
+    }
+}
+
+/// The verdict of a fast evaluation's value.
+#[inline(always)]
+fn verdict_of(v: V<'_>) -> Verdict {
+    match v {
+        // A value decided after running out (absorbed by `||` or `&&`) is
+        // an overrun all the same.
+        _ if eval::out_of_steps() => Verdict::Error,
+        V::Bool(true) => Verdict::Match,
+        V::Bool(false) => Verdict::NoMatch,
+        _ => Verdict::Error,
+    }
+}
+
+/// What a filter's first `&&` operand made of an event
+/// ([`Filter::first_conjunct`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct First {
+    /// Its value as `&&` takes it: a bool or an error.
+    value: Result<bool, eval::EvalError>,
+    /// The steps it left of the budget.
+    steps_left: u32,
+}
+
+impl First {
+    /// Whether it decides that the filter does not match.
+    pub(crate) fn rejects(&self) -> bool {
+        self.value == Ok(false) && self.steps_left > 0
     }
 }
 

@@ -330,3 +330,31 @@ fn a_false_first_operand_rejects_and_anything_else_decides_nothing() {
     ));
     assert!(!rejects("ev.conn.nope == 1 && ev.conn.server_port == 80"));
 }
+
+#[test]
+fn a_filter_given_its_first_operand_decides_as_it_does_whole() {
+    let objects = [
+        OBJ,
+        r#"{"conn":{"server_port":80},"http":{"response":{"status_code":503}}}"#,
+        r#"{"conn":{"server_port":"443"},"http":{"response":{"status_code":200}}}"#,
+        r#"{"conn":{"server_port":443}}"#,
+        "{}",
+    ];
+    let filters = [
+        "ev.conn.server_port == 443 && ev.http.response.status_code >= 500",
+        "ev.conn.server_port > 100 && ev.http.response.status_code < 500",
+        "(ev.conn.server_port == 443 && ev.conn.nope) || ev.http.response.status_code >= 500",
+        "(ev.conn.server_port >= 80 && has(ev.http)) && ev.http.response.status_code >= 500",
+        "ev.conn.server_port && ev.http.response.status_code >= 500",
+        "ev.conn.server_port == 443",
+    ];
+    for src in filters {
+        let f = Filter::compile(src, &FilterOptions::default()).unwrap();
+        for obj in objects {
+            with_object(obj, |o| {
+                let first = f.first_conjunct(o).expect("a fast filter");
+                assert_eq!(f.matches_given(o, first), f.matches(o), "{src} on {obj}");
+            });
+        }
+    }
+}
