@@ -2,7 +2,9 @@
 //! routes read ([`crate::ingest::lazy`]), decide that no route wants it or
 //! that every route's filter rejects it, without the full parse. Anything
 //! else (a route reads it whole, a filter matches, the reader gives up) is
-//! left to the full parse, which decides as it always did.
+//! left to the full parse, which decides as it always did. The members the
+//! routes' first `&&` operands read are read first, and if each of those
+//! operands is `false` the event is settled without the other fields.
 //!
 //! [`check`] is the oracle that holds the two paths to the same answers
 //! (the differential test and the `on_demand` fuzz target).

@@ -5,8 +5,9 @@
 //! This is the first stage of a JSON parser and nothing more: no tape, no
 //! values. It lets the on-demand reader ([`super::lazy`]) jump from a key to
 //! the end of a value it does not need in a few bit operations per 64 bytes
-//! instead of looking at each byte. Blocks are indexed as the reader asks for
-//! them, so an event whose envelope settles it is indexed no further.
+//! instead of looking at each byte. The event is indexed whole, in one tight
+//! loop (cheaper than block by block as the reader asks, and the nesting
+//! bound needs every block anyway).
 //!
 //! The index says where quotes and brackets are if the bytes are JSON; it
 //! checks nothing. Its reader treats anything unexpected as a reason to
