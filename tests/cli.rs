@@ -460,6 +460,12 @@ fn gen_is_deterministic_and_demo_runs_the_whole_pipeline() {
         o.contains("esb_prod_errors") && o.contains("events/s"),
         "{o}"
     );
+    // The engine's own rate, from its workers' CPU time, whatever paced the run.
+    let per_core = o
+        .split_once(" events/s per core")
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate per core in {o}"));
+    assert!(per_core > 0.0, "{o}");
     let demo = dir.path().join("sluice-demo");
     let prod = read_ndjson(&demo.join("prod-errors.ndjson"));
     assert!(!prod.is_empty());
