@@ -424,8 +424,7 @@ fn metric(addr: &str, name: &str, dest: &str) -> Option<f64> {
 }
 
 fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", sluice_testkit::free_port())
 }
 
 /// Runs a fast and a slow destination side by side; returns (seconds,

@@ -36,12 +36,75 @@ pub fn installed(path: &str) -> PathBuf {
     bin
 }
 
-/// A loopback port free at the time of the call.
+/// A loopback port free at the time of the call, for a process a test
+/// starts (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct loopback ports, free at the time of the call, for
+/// processes a test starts and then dials.
+///
+/// They are chosen outside the kernel's ephemeral range (when it leaves
+/// room below it): a port from that range can be taken, between choosing
+/// it and the server binding it, as the source port of an outgoing
+/// connection, and a peer dialing it before it listens can even connect
+/// to itself (TCP self-connect) and hold it. Both were seen: nats-server
+/// dies with "Error listening on router port ... address already in use"
+/// when its cluster peers dial its route port first. No port is handed
+/// out twice by one test process.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (low, _) = ephemeral_range();
+    // Room below the ephemeral range, above the well-known and the
+    // commonly configured ports; otherwise let the kernel choose.
+    const FLOOR: u16 = 10_000;
+    if low < FLOOR + 2_000 {
+        let held: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        return held
+            .iter()
+            .map(|l| l.local_addr().expect("a bound address").port())
+            .collect();
+    }
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let random = std::collections::hash_map::RandomState::new();
+    let mut held = Vec::new();
+    let mut tries = 0u64;
+    while held.len() < n {
+        tries += 1;
+        assert!(tries < 100_000, "no free loopback port below {low}");
+        let mut h = random.build_hasher();
+        h.write_u64(tries);
+        let port = FLOOR + (h.finish() % u64::from(low - FLOOR)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            held.push(l);
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), Linux's
+/// default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// The directory holding the built binaries and plugins (target/<profile>).

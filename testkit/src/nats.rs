@@ -1,11 +1,13 @@
 //! nats-server on loopback: one server or a cluster of several, from
 //! `.venv-nats` (which `scripts/test` installs), each with JetStream, a
 //! monitoring port and `max_payload` of 8 MB; ready once JetStream's meta
-//! group has a leader and every server in it. Servers can be killed
+//! group has a leader and every server in it (a start that does not come
+//! up is reported with the servers' logs and tried again on fresh ports).
+//! Servers can be killed
 //! (`SIGKILL`) and started again on the same ports and store. Every server
 //! stops with the value.
 
-use crate::{KillOnDrop, free_port};
+use crate::{KillOnDrop, free_ports};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ pub struct NatsNode {
     /// The monitoring port (`/jsz`, `/varz`).
     pub monitor_port: u16,
     config: PathBuf,
+    /// Where its output goes (appended to across restarts).
+    log: PathBuf,
     child: Option<KillOnDrop>,
 }
 
@@ -37,12 +41,51 @@ impl NatsCluster {
     /// Starts `n` servers (1: a single server; more: a cluster named
     /// `sluice`) with their stores under `dir`, and waits until JetStream
     /// is ready on all of them.
+    ///
+    /// A start that does not come up (a server that exited, say because
+    /// another process took one of its ports between choosing and binding
+    /// despite [`free_ports`], or a meta group that did not form within
+    /// 30 s, where it normally takes under 3) is reported on
+    /// stderr with the tail of every server's log, torn down, and tried
+    /// again on fresh ports and empty stores; the third failure panics
+    /// with all three reports.
     pub fn start(dir: &Path, n: usize) -> NatsCluster {
-        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        const ATTEMPTS: usize = 3;
+        let mut failures = Vec::new();
+        for attempt in 1..=ATTEMPTS {
+            let attempt_dir = dir.join(format!("attempt{attempt}"));
+            let mut c = NatsCluster::configure(&attempt_dir, n);
+            for i in 0..n {
+                c.start_node(i);
+            }
+            match c.try_ready(Duration::from_secs(30)) {
+                Ok(()) => return c,
+                Err(why) => {
+                    let report =
+                        format!("attempt {attempt} of {ATTEMPTS}: {why}\n{}", c.log_tails());
+                    eprintln!("NATS cluster did not start; {report}");
+                    failures.push(report);
+                }
+            }
+            drop(c);
+            let _ = std::fs::remove_dir_all(&attempt_dir);
+        }
+        panic!(
+            "the NATS cluster did not start in {ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// Writes the configurations of `n` servers under `dir`, on ports
+    /// that are distinct and free when chosen.
+    fn configure(dir: &Path, n: usize) -> NatsCluster {
+        let mut ports = free_ports(3 * n).into_iter();
+        let mut taken = || ports.next().expect("enough ports");
+        let cluster_ports: Vec<u16> = (0..n).map(|_| taken()).collect();
         let mut nodes = Vec::new();
         for (i, &cport) in cluster_ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let (port, monitor_port) = (free_port(), free_port());
+            let (port, monitor_port) = (taken(), taken());
             let store = dir.join(&name);
             std::fs::create_dir_all(&store).expect("store dir");
             let mut conf = format!(
@@ -65,6 +108,7 @@ impl NatsCluster {
             let config = dir.join(format!("{name}.conf"));
             std::fs::write(&config, conf).expect("writing nats config");
             nodes.push(NatsNode {
+                log: dir.join(format!("{name}.log")),
                 name,
                 port,
                 monitor_port,
@@ -72,21 +116,23 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut c = NatsCluster { nodes };
-        for i in 0..n {
-            c.start_node(i);
-        }
-        c.wait_ready(Duration::from_secs(60));
-        c
+        NatsCluster { nodes }
     }
 
     fn start_node(&mut self, i: usize) {
         let node = &mut self.nodes[i];
+        let log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&node.log)
+                .expect("the nats-server log file")
+        };
         let child = Command::new(nats_server_bin())
             .arg("-c")
             .arg(&node.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(log()))
+            .stderr(Stdio::from(log()))
             .spawn()
             .expect("starting nats-server");
         node.child = Some(KillOnDrop(child));
@@ -118,11 +164,26 @@ impl NatsCluster {
     }
 
     /// Waits until every live server sees a JetStream meta leader and a
-    /// meta group of every server; panics after `timeout`.
-    pub fn wait_ready(&self, timeout: Duration) {
+    /// meta group of every server; panics after `timeout`, or at once when
+    /// a server exited, with the tail of every server's log.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        if let Err(why) = self.try_ready(timeout) {
+            panic!("the NATS cluster is not ready: {why}\n{}", self.log_tails());
+        }
+    }
+
+    /// [`Self::wait_ready`], answering why not instead of panicking.
+    fn try_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let n = self.nodes.len();
         let deadline = Instant::now() + timeout;
         loop {
+            for node in &mut self.nodes {
+                if let Some(child) = &mut node.child
+                    && let Ok(Some(status)) = child.0.try_wait()
+                {
+                    return Err(format!("nats-server {} exited ({status})", node.name));
+                }
+            }
             let ready = (0..n).filter(|&i| self.nodes[i].child.is_some()).all(|i| {
                 self.jsz(i).is_some_and(|j| {
                     n == 1
@@ -133,14 +194,33 @@ impl NatsCluster {
                 })
             });
             if ready {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the NATS cluster was not ready within {timeout:?}"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("no JetStream meta group of {n} within {timeout:?}"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last lines of every server's log, for a failure report.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!(
+                "--- {} (client {}, monitor {}), last {} lines of {}:\n{}\n",
+                node.name,
+                node.port,
+                node.monitor_port,
+                tail.len(),
+                node.log.display(),
+                tail.join("\n")
+            ));
+        }
+        out
     }
 
     /// The index of the server leading `stream`, as the live servers see it.
