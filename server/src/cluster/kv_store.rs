@@ -199,8 +199,21 @@ impl KvStore {
     }
 
     /// Creates `key` with `value` unless it exists; `Ok(false)` if it did.
+    ///
+    /// A create that no server answered ("no responders": the bucket's
+    /// stream had no leader for a moment, as right after the cluster
+    /// formed) wrote nothing, so it is tried again, for up to 5 s.
     pub async fn create_async(&self, key: &str, value: Bytes) -> Result<bool, StoreError> {
-        match self.kv.create(key, value).await {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut created = self.kv.create(key, value.clone()).await;
+        while let Err(e) = &created
+            && e.to_string().contains("no responders")
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            created = self.kv.create(key, value.clone()).await;
+        }
+        match created {
             Ok(rev) => {
                 self.saw(key, rev);
                 Ok(true)
