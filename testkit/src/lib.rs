@@ -56,38 +56,35 @@ pub fn free_port() -> u16 {
 pub fn free_ports(n: usize) -> Vec<u16> {
     use std::collections::HashSet;
     use std::hash::{BuildHasher, Hasher};
+    use std::net::TcpListener;
     use std::sync::Mutex;
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let (low, _) = ephemeral_range();
     // Room below the ephemeral range, above the well-known and the
-    // commonly configured ports; otherwise let the kernel choose.
+    // commonly configured ports; otherwise the kernel chooses.
     const FLOOR: u16 = 10_000;
+    let low = ephemeral_low();
+    let mut held: Vec<TcpListener> = Vec::new();
     if low < FLOOR + 2_000 {
-        let held: Vec<std::net::TcpListener> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        held = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
             .collect();
-        return held
-            .iter()
-            .map(|l| l.local_addr().expect("a bound address").port())
-            .collect();
-    }
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    let given = given.get_or_insert_with(HashSet::new);
-    let random = std::collections::hash_map::RandomState::new();
-    let mut held = Vec::new();
-    let mut tries = 0u64;
-    while held.len() < n {
-        tries += 1;
-        assert!(tries < 100_000, "no free loopback port below {low}");
-        let mut h = random.build_hasher();
-        h.write_u64(tries);
-        let port = FLOOR + (h.finish() % u64::from(low - FLOOR)) as u16;
-        if given.contains(&port) {
-            continue;
-        }
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            given.insert(port);
-            held.push(l);
+    } else {
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let given = given.get_or_insert_with(HashSet::new);
+        let random = std::collections::hash_map::RandomState::new();
+        let mut tries = 0u64;
+        while held.len() < n {
+            tries += 1;
+            assert!(tries < 100_000, "no free loopback port below {low}");
+            let mut h = random.build_hasher();
+            h.write_u64(tries);
+            let port = FLOOR + (h.finish() % u64::from(low - FLOOR)) as u16;
+            if !given.contains(&port)
+                && let Ok(l) = TcpListener::bind(("127.0.0.1", port))
+            {
+                given.insert(port);
+                held.push(l);
+            }
         }
     }
     held.iter()
@@ -95,16 +92,13 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// The kernel's ephemeral port range (`ip_local_port_range`), Linux's
-/// default when it cannot be read.
-fn ephemeral_range() -> (u16, u16) {
+/// The lowest port of the kernel's ephemeral range
+/// (`ip_local_port_range`), Linux's default when it cannot be read.
+fn ephemeral_low() -> u16 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|t| {
-            let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32_768, 60_999))
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The directory holding the built binaries and plugins (target/<profile>).

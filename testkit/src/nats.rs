@@ -3,9 +3,8 @@
 //! monitoring port and `max_payload` of 8 MB; ready once JetStream's meta
 //! group has a leader and every server in it (a start that does not come
 //! up is reported with the servers' logs and tried again on fresh ports).
-//! Servers can be killed
-//! (`SIGKILL`) and started again on the same ports and store. Every server
-//! stops with the value.
+//! Servers can be killed (`SIGKILL`) and started again on the same ports
+//! and store. Every server stops with the value.
 
 use crate::{KillOnDrop, free_ports};
 use std::path::{Path, PathBuf};
@@ -164,15 +163,8 @@ impl NatsCluster {
     }
 
     /// Waits until every live server sees a JetStream meta leader and a
-    /// meta group of every server; panics after `timeout`, or at once when
-    /// a server exited, with the tail of every server's log.
-    pub fn wait_ready(&mut self, timeout: Duration) {
-        if let Err(why) = self.try_ready(timeout) {
-            panic!("the NATS cluster is not ready: {why}\n{}", self.log_tails());
-        }
-    }
-
-    /// [`Self::wait_ready`], answering why not instead of panicking.
+    /// meta group of every server: why not, when a server exited or after
+    /// `timeout`.
     fn try_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let n = self.nodes.len();
         let deadline = Instant::now() + timeout;
