@@ -672,7 +672,16 @@ fn events_posted_round_robin_arrive_in_order_per_account_with_no_duplicates() {
                 "sluice_cluster_partitions_held"
             ) > 0.0)
             .is_some(),
-            "node {n} holds no partition after 30 s:\n{}",
+            "node {n} holds no partition after 30 s; per node (partitions held, nodes counted alive): {:?}; its metrics:\n{}",
+            (0..3)
+                .map(|i| {
+                    let m = metrics_of(i);
+                    (
+                        metric(&m, "sluice_cluster_partitions_held"),
+                        metric(&m, "sluice_cluster_live_nodes"),
+                    )
+                })
+                .collect::<Vec<_>>(),
             metrics_of(n)
         );
     }

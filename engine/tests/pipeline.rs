@@ -521,6 +521,73 @@ fn a_panicking_plugin_is_contained_and_its_records_retried() {
     );
 }
 
+/// Many subscriptions of one destination, each with a small batch, one
+/// slot in flight: the batches share flights (one hand-off to the blocking
+/// pool, a plugin call each), and a call that panics inside a flight costs
+/// only its own batch a retry.
+#[test]
+fn small_batches_of_many_subscriptions_share_flights_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fo, bo) = (
+        dir.path().join("faulty.ndjson"),
+        dir.path().join("fine.ndjson"),
+    );
+    const ACCOUNTS: usize = 300;
+    const PER_ACCOUNT: usize = 20;
+    let spec = PipelineSpec {
+        destinations: vec![
+            faulty("ed_panic", "panic", 3, &fo, 50),
+            file_dest("ed_fine", &bo),
+        ],
+        subscriptions: (0..ACCOUNTS)
+            .map(|a| {
+                sub(
+                    &format!("esb_{a}"),
+                    &format!("ac_{a}"),
+                    &["ed_panic", "ed_fine"],
+                    vec![source(HTTP, None, None)],
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    let mut buf = String::new();
+    for i in 0..PER_ACCOUNT {
+        for a in 0..ACCOUNTS {
+            buf.push_str(&event(
+                &format!("ev_{a}_{i}"),
+                &format!("ac_{a}"),
+                HTTP,
+                &format!(r#"{{"n":{i}}}"#),
+            ));
+            buf.push('\n');
+        }
+    }
+    engine.publish_ndjson(bytes::Bytes::from(buf));
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    let total = ACCOUNTS * PER_ACCOUNT;
+    let (panic, fine) = (counts(&m, "ed_panic"), counts(&m, "ed_fine"));
+    assert!(panic.send_errors > 0, "some calls panicked");
+    assert_eq!(panic.dead_lettered_total() + fine.dead_lettered_total(), 0);
+    assert_eq!(
+        unique_ids(&fo),
+        (unique_ids(&fo).0, total),
+        "every record reached the panicking destination"
+    );
+    assert_eq!(
+        unique_ids(&bo),
+        (total, total),
+        "the other destination got each record once"
+    );
+    assert_eq!(
+        (panic.delivered, fine.delivered),
+        (total as u64, total as u64)
+    );
+    assert_eq!((panic.in_flight, fine.in_flight), (0, 0));
+}
+
 #[test]
 fn unreported_outcomes_are_retried_and_rejects_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();

@@ -146,6 +146,9 @@ pub struct ConsumeStats {
     pub naked: AtomicU64,
     /// Partitions held now.
     pub partitions: AtomicU64,
+    /// Nodes counted live at the last tick (the share is the partitions
+    /// divided by it).
+    pub live_nodes: AtomicU64,
     /// Messages whose payload could not be decoded (ended, not delivered).
     pub undecodable: AtomicU64,
     /// Which partitions are held now, in order.
@@ -343,6 +346,7 @@ async fn coordinate(
         let _ = nodes.put(&me, Bytes::new()).await;
         let live = live_nodes(&nodes, tick).await.unwrap_or(last_live).max(1);
         last_live = live;
+        ctx.stats.live_nodes.store(live as u64, Ordering::Relaxed);
         let target = partitions.div_ceil(live as u32) as usize;
         let mut h = held.lock().await;
         // Renew. A lease another node holds (or that expired) is lost: stop
@@ -482,7 +486,14 @@ async fn live_nodes(nodes: &kv::Store, wait: Duration) -> Option<usize> {
             return Some(n);
         }
     }
-    None
+    // No listing came: the bucket's message count instead, one per node
+    // heard from within the lease time plus the delete markers of nodes
+    // that stopped cleanly within it. It is never below the nodes alive,
+    // so a node that cannot list (from its first tick on, when it knows of
+    // no other) never takes more than its share, at worst less until a
+    // listing comes.
+    let status = tokio::time::timeout(wait / TRIES, nodes.status()).await;
+    status.ok()?.ok().map(|s| s.values() as usize)
 }
 
 /// The durable consumer of partition `p`.

@@ -234,6 +234,14 @@ struct Starter {
 /// beyond which the destination sends nothing more.
 const MAX_STUCK_SENDS: usize = 4;
 
+/// The most batches one flight carries (when more are ready than there are
+/// free slots).
+const MAX_BATCHES_PER_FLIGHT: usize = 32;
+
+/// Most chunks a destination's task takes from its channel in one turn of
+/// its loop.
+const CHUNKS_PER_TURN: usize = 256;
+
 /// Threads for plugin calls, shared by every destination.
 pub const MAX_PLUGIN_CALLS: usize = 256;
 
@@ -315,15 +323,14 @@ impl Ord for RetryBatch {
     }
 }
 
-/// A finished send: lane, records, report, when it was sent, whether every
-/// slot was in use then.
-type Flight = (
-    Arc<str>,
-    Vec<Pending>,
-    crate::plugin::SendReport,
-    Instant,
-    bool,
-);
+/// One hand-off to the blocking pool: its batches, each sent in one plugin
+/// call, in order, with what the call reported; when it was sent; whether
+/// every slot was in use as it was.
+struct Flight {
+    batches: Vec<(Arc<str>, Vec<Pending>, crate::plugin::SendReport)>,
+    sent: Instant,
+    busy: bool,
+}
 
 /// Why a task stops taking records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

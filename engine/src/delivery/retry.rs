@@ -65,7 +65,30 @@ impl Task {
                 && now.duration_since(p.first) > Duration::from_secs(self.cfg.max_age_s))
     }
 
-    pub(super) fn handle(&mut self, (sub, batch, report, sent, busy): Flight) {
+    /// Takes back a flight: each of its batches as if sent alone (the
+    /// concurrency limit sees each call's share of the flight's time).
+    pub(super) fn handle(&mut self, flight: Flight) {
+        let Flight {
+            batches,
+            sent,
+            busy,
+        } = flight;
+        let per_call = sent.elapsed() / batches.len().max(1) as u32;
+        for (sub, batch, report) in batches {
+            self.handle_batch(sub, batch, report, per_call, busy);
+        }
+    }
+
+    /// Takes back one batch: its records delivered, retried or
+    /// dead-lettered as the plugin reported; `rtt` is its call's time.
+    fn handle_batch(
+        &mut self,
+        sub: Arc<str>,
+        batch: Vec<Pending>,
+        report: crate::plugin::SendReport,
+        rtt: Duration,
+        busy: bool,
+    ) {
         self.stats.in_flight.fetch_sub(1, Relaxed);
         self.stats.batches.fetch_add(1, Relaxed);
         if let Some(l) = self.lanes.get_mut(&sub) {
@@ -117,7 +140,7 @@ impl Task {
             }
         }
         let congested = report.failure.is_some() || !retry.is_empty() || !exhausted.is_empty();
-        self.aimd.observe(now.duration_since(sent), congested, busy);
+        self.aimd.observe(rtt, congested, busy);
         self.stats
             .concurrency_limit
             .store(self.aimd.limit() as u64, Relaxed);

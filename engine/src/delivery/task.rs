@@ -116,66 +116,111 @@ impl Task {
         let limit = self.aimd.limit();
         let mut scan = self.ready.len();
         while inflight.len() < limit && scan > 0 {
-            scan -= 1;
-            let Some(sub) = self.ready.pop_front() else {
-                break;
-            };
-            let ordered = self.ordered;
-            let Some(lane) = self.lanes.get_mut(&sub) else {
-                continue;
-            };
-            if ordered && (lane.in_flight > 0 || lane.blocked) {
-                self.ready.push_back(sub);
-                continue;
-            }
-            let Some(batch) = lane.queued.pop_front() else {
-                continue;
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            let sink = match &self.sink {
-                Ok(s) => s.clone(),
-                Err(why) => {
+            // One batch per flight while the free slots can take them all;
+            // when more are ready than slots are free, they share flights
+            // (each batch still one plugin call, in order), so that many
+            // small batches do not each pay a hand-off to the blocking pool.
+            let free = limit - inflight.len();
+            let per_flight = scan.div_ceil(free).clamp(1, MAX_BATCHES_PER_FLIGHT);
+            // A flight stays within one batch's limits (records and bytes),
+            // so that the records in flight stay as bounded as with one
+            // batch per flight.
+            let (max_records, max_bytes) = (
+                self.limits.max_records as usize,
+                self.limits.max_batch_bytes,
+            );
+            let (mut records, mut bytes) = (0usize, 0u64);
+            let mut group: Vec<(Arc<str>, Vec<Pending>)> = Vec::new();
+            while group.len() < per_flight && scan > 0 {
+                scan -= 1;
+                let Some(sub) = self.ready.pop_front() else {
+                    break;
+                };
+                let ordered = self.ordered;
+                let Some(lane) = self.lanes.get_mut(&sub) else {
+                    continue;
+                };
+                if ordered && (lane.in_flight > 0 || lane.blocked) {
+                    self.ready.push_back(sub);
+                    continue;
+                }
+                let Some(next) = lane.queued.front() else {
+                    continue;
+                };
+                let (n, b) = (
+                    next.len(),
+                    self.limits.record_overhead_bytes as u64 * next.len() as u64
+                        + next.iter().map(|p| p.rec.data().len() as u64).sum::<u64>(),
+                );
+                let over = (max_records != 0 && records + n > max_records)
+                    || (max_bytes != 0 && bytes + b > max_bytes);
+                if !group.is_empty() && over {
+                    // For the next flight.
+                    self.ready.push_front(sub);
+                    scan += 1;
+                    break;
+                }
+                let Some(batch) = lane.queued.pop_front() else {
+                    continue;
+                };
+                if batch.is_empty() {
+                    continue;
+                }
+                (records, bytes) = (records + n, bytes + b);
+                if let Err(why) = &self.sink {
                     let why = why.clone();
                     self.dead_letter(&sub, batch, &why);
                     continue;
                 }
+                lane.in_flight += 1;
+                group.push((sub, batch));
+            }
+            let Ok(sink) = &self.sink else {
+                continue;
             };
-            lane.in_flight += 1;
-            self.stats.in_flight.fetch_add(1, Relaxed);
+            if group.is_empty() {
+                continue;
+            }
+            let sink = sink.clone();
+            self.stats.in_flight.fetch_add(group.len() as u64, Relaxed);
             let busy = inflight.len() + 1 >= limit;
             // The plugin gets its own handles on the records: if it does not
-            // return in time, the task goes on with the batch and the call
+            // return in time, the task goes on with the batches and the call
             // keeps only what it was lent.
-            let recs: Vec<Record> = batch.iter().map(|p| p.rec.clone()).collect();
-            let timeout = self.send_timeout;
+            let calls: Vec<(Arc<str>, Vec<Record>)> = group
+                .iter()
+                .map(|(sub, batch)| (sub.clone(), batch.iter().map(|p| p.rec.clone()).collect()))
+                .collect();
+            // The send timeout is per call: a flight of k calls has k times it.
+            let timeout = self.send_timeout.map(|t| t * group.len() as u32);
             let stuck = self.stuck.clone();
             let stats = self.stats.clone();
-            let group = self.group.clone();
+            let permits = self.group.clone();
             let stopping = self.stopping.clone();
             inflight.spawn(async move {
-                // The group's share of the call pool: held until the call
-                // really returns, so calls given up on count too.
-                let permit = match group {
+                // The call group's share of the call pool: held until the
+                // calls really return, so calls given up on count too.
+                let permit = match permits {
                     Some(g) => g.acquire_owned().await.ok(),
                     None => None,
                 };
                 let sent = Instant::now();
-                let n = recs.len();
                 // 0 running, 1 returned, 2 given up on.
                 let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
-                let (state2, stuck2, sub2) = (state.clone(), stuck.clone(), sub.clone());
+                let (state2, stuck2) = (state.clone(), stuck.clone());
                 let call = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    let report = call_plugin(&sink, &recs, &sub2);
+                    let reports: Vec<crate::plugin::SendReport> = calls
+                        .iter()
+                        .map(|(sub, recs)| call_plugin(&sink, recs, sub))
+                        .collect();
                     if state2.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
                         // Given up on earlier: it is no longer stuck.
                         stuck2.fetch_sub(1, Relaxed);
                     }
-                    report
+                    reports
                 });
-                // Wait for the call, at most the send timeout, and never
+                // Wait for the calls, at most the send timeout, and never
                 // past the engine's drain deadline: a call stuck in foreign
                 // code is given up on (its thread is abandoned), and its
                 // records are retried, kept on disk or dead-lettered.
@@ -197,7 +242,10 @@ impl Task {
                         _ = stop => true,
                     }
                 };
-                let report = tokio::select! {
+                let failed_all = |why: &str| -> Vec<crate::plugin::SendReport> {
+                    group.iter().map(|(_, b)| failed_report(b.len(), why)).collect()
+                };
+                let reports = tokio::select! {
                     biased;
                     r = &mut call => r.ok(),
                     stopped = give_up => {
@@ -207,19 +255,26 @@ impl Task {
                                 "the engine stopped while the plugin's send was still running".to_string()
                             } else {
                                 stats.send_timeouts.fetch_add(1, Relaxed);
-                                format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default())
+                                format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default() / group.len() as u32)
                             };
-                            Some(failed_report(n, &why))
+                            Some(failed_all(&why))
                         } else {
                             // It returned just as the time ran out.
                             call.await.ok()
                         }
                     }
                 };
-                let report = report.unwrap_or_else(|| {
-                    failed_report(n, "engine panicked while calling the plugin")
-                });
-                (sub, batch, report, sent, busy)
+                let reports = reports
+                    .unwrap_or_else(|| failed_all("engine panicked while calling the plugin"));
+                Flight {
+                    batches: group
+                        .into_iter()
+                        .zip(reports)
+                        .map(|((sub, batch), report)| (sub, batch, report))
+                        .collect(),
+                    sent,
+                    busy,
+                }
             });
         }
     }

@@ -169,6 +169,12 @@ impl Link {
                 n(&stats.partitions),
             ),
             (
+                "sluice_cluster_live_nodes",
+                "Nodes this node counted alive at its last lease tick (its share of the partitions is their number divided by it).",
+                "gauge",
+                n(&stats.live_nodes),
+            ),
+            (
                 "sluice_cluster_events_spilled_total",
                 "Events this node put aside on a spill subject (accounts whose destinations were slow), again when put back.",
                 "counter",
