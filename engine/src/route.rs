@@ -118,7 +118,6 @@ fn first_members(routes: &[Route]) -> Option<Vec<&str>> {
 /// The routes of one event type of an account, and what they read.
 #[derive(Debug)]
 struct TypeRoutes {
-    event_type: EventTypeId,
     routes: Box<[Route]>,
     needs: FieldNeeds,
     /// `needs` as the on-demand reader's tree, unless the event is read whole.
@@ -126,7 +125,14 @@ struct TypeRoutes {
 }
 
 /// For one account: the routes of each event type it has sources for.
-type AccountRoutes = Vec<TypeRoutes>;
+/// The types are apart from their routes so that finding one reads a few
+/// bytes, not a struct per type.
+#[derive(Debug)]
+struct AccountRoutes {
+    /// The event types, in the order of `routes`.
+    types: Box<[EventTypeId]>,
+    routes: Box<[TypeRoutes]>,
+}
 
 /// The hash an account's routes are filed under in [`Snapshot`]'s table
 /// (one function for filing and finding).
@@ -177,25 +183,27 @@ impl Snapshot {
         }
         let mut table = HashTable::with_capacity(index.len());
         for (account, types) in index {
-            let types = types
-                .into_iter()
-                .map(|(event_type, routes)| {
-                    let needs = FieldNeeds::of(&routes);
-                    TypeRoutes {
-                        trie: needs.trie(&routes),
-                        needs,
-                        event_type,
-                        routes: routes.into_boxed_slice(),
-                    }
-                })
-                .collect::<AccountRoutes>();
+            let types = AccountRoutes {
+                types: types.iter().map(|(t, _)| *t).collect(),
+                routes: types
+                    .into_iter()
+                    .map(|(_, routes)| {
+                        let needs = FieldNeeds::of(&routes);
+                        TypeRoutes {
+                            trie: needs.trie(&routes),
+                            needs,
+                            routes: routes.into_boxed_slice(),
+                        }
+                    })
+                    .collect(),
+            };
             table.insert_unique(account_hash(&account), (account, types), |e| {
                 account_hash(&e.0)
             });
         }
         let on_demand = table
             .iter()
-            .any(|(_, types)| types.iter().any(|t| t.trie.is_some()));
+            .any(|(_, types)| types.routes.iter().any(|t| t.trie.is_some()));
         Snapshot {
             version,
             index: table,
@@ -206,13 +214,14 @@ impl Snapshot {
     }
 
     fn type_routes(&self, account_id: &str, event_type: EventTypeId) -> Option<&TypeRoutes> {
-        self.index
+        let account = &self
+            .index
             .find(account_hash(account_id), |(id, _)| {
                 short_eq(id.as_bytes(), account_id.as_bytes())
             })?
-            .1
-            .iter()
-            .find(|t| t.event_type == event_type)
+            .1;
+        let i = account.types.iter().position(|t| *t == event_type)?;
+        account.routes.get(i)
     }
 
     /// The sources that want events of `event_type` from `account_id`.
