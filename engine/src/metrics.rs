@@ -51,6 +51,9 @@ pub struct DestinationStats {
     pub(crate) delivered_bytes: AtomicU64,
     /// Batches sent (each `send` call).
     pub(crate) batches: AtomicU64,
+    /// Sends: hand-offs of one or more batches to a thread for their
+    /// plugin calls (batches share a send when many small ones are ready).
+    pub(crate) sends: AtomicU64,
     /// Records retried (each retry of each record counts once).
     pub(crate) retried: AtomicU64,
     /// Records handed to delivery and not yet delivered or dead-lettered.
@@ -108,6 +111,7 @@ impl Default for DestinationStats {
             delivered: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            sends: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             queued_bytes: AtomicU64::new(0),
@@ -184,6 +188,7 @@ impl DestinationStats {
             delivered: self.delivered.load(Relaxed),
             delivered_bytes: self.delivered_bytes.load(Relaxed),
             batches: self.batches.load(Relaxed),
+            sends: self.sends.load(Relaxed),
             retried: self.retried.load(Relaxed),
             queued: self.queued.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
@@ -235,6 +240,9 @@ pub struct DestinationCounts {
     pub delivered_bytes: u64,
     /// Batches sent (each `send` call).
     pub batches: u64,
+    /// Sends: hand-offs of one or more batches to a thread for their
+    /// plugin calls.
+    pub sends: u64,
     /// Records retried (each retry of each record counts once).
     pub retried: u64,
     /// Records handed to delivery and not yet delivered or dead-lettered.
@@ -603,7 +611,7 @@ impl Metrics {
             &'static str,
             fn(&DestinationStats) -> u64,
         );
-        let per_dest: [Row; 20] = [
+        let per_dest: [Row; 21] = [
             (
                 "sluice_destination_delivered_total",
                 "counter",
@@ -621,6 +629,12 @@ impl Metrics {
                 "counter",
                 "Batches sent.",
                 |d| d.batches.load(Relaxed),
+            ),
+            (
+                "sluice_destination_sends_total",
+                "counter",
+                "Sends: hand-offs of one or more batches to a thread for their plugin calls.",
+                |d| d.sends.load(Relaxed),
             ),
             (
                 "sluice_destination_retried_total",

@@ -586,6 +586,78 @@ fn small_batches_of_many_subscriptions_share_flights_and_lose_nothing() {
         (total as u64, total as u64)
     );
     assert_eq!((panic.in_flight, fine.in_flight), (0, 0));
+    assert!(
+        0 < fine.sends && fine.sends < fine.batches,
+        "{} batches in {} sends: small batches shared sends",
+        fine.batches,
+        fine.sends
+    );
+}
+
+/// A sink whose calls return at once (the blackhole), many subscriptions
+/// with a record each, more slots than batches ready at once: batches
+/// ready together share sends anyway, and every record is delivered once.
+#[test]
+fn batches_of_a_fast_sink_share_sends_even_with_slots_free() {
+    let dir = tempfile::tempdir().unwrap();
+    const ACCOUNTS: usize = 500;
+    const ROUNDS: usize = 10;
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_bh".into(),
+            kind: "blackhole".into(),
+            config: serde_json::json!({}),
+            delivery: DeliveryConfig {
+                max_in_flight: 1024,
+                adaptive_concurrency: false,
+                ..delivery()
+            },
+        }],
+        subscriptions: (0..ACCOUNTS)
+            .map(|a| {
+                sub(
+                    &format!("esb_{a}"),
+                    &format!("ac_{a}"),
+                    &["ed_bh"],
+                    vec![source(HTTP, None, None)],
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    // Rounds of one record per account, so that many lanes close in the
+    // same millisecond.
+    for round in 0..ROUNDS {
+        let mut buf = String::new();
+        for a in 0..ACCOUNTS {
+            buf.push_str(&event(
+                &format!("ev_{a}_{round}"),
+                &format!("ac_{a}"),
+                HTTP,
+                "{}",
+            ));
+            buf.push('\n');
+        }
+        engine.publish_ndjson(bytes::Bytes::from(buf));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let m = engine.metrics().clone();
+    engine.shutdown();
+    let c = counts(&m, "ed_bh");
+    assert_eq!(c.delivered, (ACCOUNTS * ROUNDS) as u64);
+    assert_eq!(c.dead_lettered_total(), 0);
+    assert!(
+        c.batches >= ACCOUNTS as u64,
+        "one batch per lane at least: {}",
+        c.batches
+    );
+    assert!(
+        c.sends * 4 <= c.batches,
+        "{} batches in {} sends: a fast sink's batches share sends",
+        c.batches,
+        c.sends
+    );
 }
 
 #[test]

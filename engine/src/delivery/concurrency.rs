@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// A call this quick costs less than handing it to a thread of its own.
+pub(super) const FAST_CALL: Duration = Duration::from_micros(200);
+
 /// Additive-increase, multiplicative-decrease of the batches in flight.
 #[derive(Debug)]
 pub(super) struct Aimd {
@@ -10,6 +13,8 @@ pub(super) struct Aimd {
     pub(super) adaptive: bool,
     pub(super) rtt_ewma: Option<f64>,
     pub(super) last_cut: Option<Instant>,
+    /// Average time of one plugin call, inside the plugin.
+    pub(super) call_ewma: Option<f64>,
 }
 
 impl Aimd {
@@ -21,11 +26,26 @@ impl Aimd {
             adaptive,
             rtt_ewma: None,
             last_cut: None,
+            call_ewma: None,
         }
     }
 
     pub(super) fn limit(&self) -> usize {
         self.limit.floor().max(1.0) as usize
+    }
+
+    /// Whether the sink's calls take, on average, less than
+    /// [`FAST_CALL`]: then small batches share flights even while slots
+    /// are free (see `Task::dispatch`).
+    pub(super) fn fast_calls(&self) -> bool {
+        self.call_ewma.is_some_and(|c| c < FAST_CALL.as_secs_f64())
+    }
+
+    /// A flight's calls took `per_call` each, inside the plugin (the
+    /// hand-offs around them not counted).
+    pub(super) fn observe_calls(&mut self, per_call: Duration) {
+        let c = per_call.as_secs_f64();
+        self.call_ewma = Some(0.9 * self.call_ewma.unwrap_or(c) + 0.1 * c);
     }
 
     /// A batch came back after `rtt`; `congested` when the sink throttled or

@@ -74,10 +74,11 @@ impl Task {
                 self.close_filling(&sub);
             }
             let mut new_deadline = None;
+            let epoch = self.epoch;
             {
                 let lane = self.lanes.entry(sub.clone()).or_default();
                 if lane.deadline.is_none() {
-                    let d = Instant::now() + linger;
+                    let d = close_at(epoch, Instant::now(), linger);
                     lane.deadline = Some(d);
                     new_deadline = Some(d);
                 }
@@ -159,4 +160,18 @@ impl Task {
             self.read_buf = entries;
         }
     }
+}
+
+/// When a batch begun at `now` closes: `linger` later, rounded down to
+/// the millisecond (the resolution of the runtime's timer) so that the
+/// batches of lanes begun within the same millisecond close in the same
+/// turn and can share a flight (`epoch`: the grid's origin). A linger
+/// under 2 ms is kept exact.
+pub(super) fn close_at(epoch: Instant, now: Instant, linger: Duration) -> Instant {
+    let d = now + linger;
+    if linger < Duration::from_millis(2) {
+        return d;
+    }
+    let past_ms = d.saturating_duration_since(epoch).subsec_nanos() % 1_000_000;
+    d - Duration::from_nanos(u64::from(past_ms))
 }

@@ -283,6 +283,9 @@ struct Task {
     stats: Arc<DestinationStats>,
     dead: Arc<DeadLetters>,
     lanes: FxHashMap<Arc<str>, Lane>,
+    /// When the task began: the origin of the millisecond grid batches
+    /// close on (see `Task::close_at`).
+    epoch: Instant,
     deadlines: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     /// One entry per queued batch, naming its lane.
     ready: VecDeque<Arc<str>>,
@@ -330,6 +333,8 @@ struct Flight {
     batches: Vec<(Arc<str>, Vec<Pending>, crate::plugin::SendReport)>,
     sent: Instant,
     busy: bool,
+    /// How long the plugin calls took, together (none: given up on).
+    calls_took: Option<Duration>,
 }
 
 /// Why a task stops taking records.

@@ -72,8 +72,13 @@ impl Task {
             batches,
             sent,
             busy,
+            calls_took,
         } = flight;
-        let per_call = sent.elapsed() / batches.len().max(1) as u32;
+        let calls = batches.len().max(1) as u32;
+        if let Some(took) = calls_took {
+            self.aimd.observe_calls(took / calls);
+        }
+        let per_call = sent.elapsed() / calls;
         for (sub, batch, report) in batches {
             self.handle_batch(sub, batch, report, per_call, busy);
         }

@@ -253,6 +253,7 @@ impl Delivery {
             ordered,
             cfg: cfg.clone(),
             stats: stats.clone(),
+            epoch: Instant::now(),
             dead: dead.clone(),
             lanes: FxHashMap::default(),
             deadlines: BinaryHeap::new(),

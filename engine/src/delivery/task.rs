@@ -120,8 +120,15 @@ impl Task {
             // when more are ready than slots are free, they share flights
             // (each batch still one plugin call, in order), so that many
             // small batches do not each pay a hand-off to the blocking pool.
+            // A sink whose calls return quickly gets every ready batch in
+            // as few flights as the limits below allow: running its calls
+            // one after the other costs less than a hand-off each.
             let free = limit - inflight.len();
-            let per_flight = scan.div_ceil(free).clamp(1, MAX_BATCHES_PER_FLIGHT);
+            let per_flight = if self.aimd.fast_calls() {
+                MAX_BATCHES_PER_FLIGHT
+            } else {
+                scan.div_ceil(free).clamp(1, MAX_BATCHES_PER_FLIGHT)
+            };
             // A flight stays within one batch's limits (records and bytes),
             // so that the records in flight stay as bounded as with one
             // batch per flight.
@@ -183,6 +190,7 @@ impl Task {
             }
             let sink = sink.clone();
             self.stats.in_flight.fetch_add(group.len() as u64, Relaxed);
+            self.stats.sends.fetch_add(1, Relaxed);
             let busy = inflight.len() + 1 >= limit;
             // The plugin gets its own handles on the records: if it does not
             // return in time, the task goes on with the batches and the call
@@ -210,15 +218,17 @@ impl Task {
                 let (state2, stuck2) = (state.clone(), stuck.clone());
                 let call = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
+                    let began = Instant::now();
                     let reports: Vec<crate::plugin::SendReport> = calls
                         .iter()
                         .map(|(sub, recs)| call_plugin(&sink, recs, sub))
                         .collect();
+                    let took = began.elapsed();
                     if state2.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
                         // Given up on earlier: it is no longer stuck.
                         stuck2.fetch_sub(1, Relaxed);
                     }
-                    reports
+                    (reports, Some(took))
                 });
                 // Wait for the calls, at most the send timeout, and never
                 // past the engine's drain deadline: a call stuck in foreign
@@ -257,15 +267,16 @@ impl Task {
                                 stats.send_timeouts.fetch_add(1, Relaxed);
                                 format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default() / group.len() as u32)
                             };
-                            Some(failed_all(&why))
+                            Some((failed_all(&why), None))
                         } else {
                             // It returned just as the time ran out.
                             call.await.ok()
                         }
                     }
                 };
-                let reports = reports
-                    .unwrap_or_else(|| failed_all("engine panicked while calling the plugin"));
+                let (reports, calls_took) = reports.unwrap_or_else(|| {
+                    (failed_all("engine panicked while calling the plugin"), None)
+                });
                 Flight {
                     batches: group
                         .into_iter()
@@ -274,6 +285,7 @@ impl Task {
                         .collect(),
                     sent,
                     busy,
+                    calls_took,
                 }
             });
         }
@@ -304,6 +316,7 @@ impl Task {
         let mut inflight: JoinSet<Flight> = JoinSet::new();
         let mut closed = Closed::No;
         let mut abandoned = false;
+        let mut inbox: Vec<Chunk> = Vec::with_capacity(CHUNKS_PER_TURN);
         loop {
             let now = Instant::now();
             let draining = closed != Closed::No;
@@ -383,15 +396,19 @@ impl Task {
                         tracing::error!(destination = %self.id, "send task failed: {e}");
                     }
                 },
-                msg = rx.recv(), if closed == Closed::No => match msg {
-                    Some(chunk) => {
+                // Every chunk already waiting, up to a bound, in one turn
+                // of the loop: with many subscriptions a chunk often holds
+                // a record or two, and a turn per chunk would cost more
+                // than the chunk.
+                n = rx.recv_many(&mut inbox, CHUNKS_PER_TURN), if closed == Closed::No => {
+                    if n == 0 {
+                        closed = if self.stopping.deadline().is_some() { Closed::Stopping } else { Closed::Removed };
+                    }
+                    for chunk in inbox.drain(..) {
                         let (sub, records) = pending(chunk);
                         self.add(sub, records);
                     }
-                    None => {
-                        closed = if self.stopping.deadline().is_some() { Closed::Stopping } else { Closed::Removed };
-                    }
-                },
+                }
                 _ = async { if let Some(d) = &disk { d.written_since_read().await } }, if want_disk => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }

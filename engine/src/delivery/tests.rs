@@ -70,3 +70,50 @@ fn fixed_concurrency_ignores_what_it_observes() {
     a.observe(RTT, true, true);
     assert_eq!(a.limit(), 8);
 }
+
+#[test]
+fn batches_close_on_a_millisecond_grid_never_after_their_linger() {
+    let epoch = Instant::now();
+    let linger = Duration::from_millis(10);
+    let mut closes = std::collections::BTreeSet::new();
+    // Starts 10 µs apart over 3 ms: each closes at most 1 ms before its
+    // linger is up and never after, and starts within one millisecond of
+    // the grid share their close.
+    for i in 0..300u64 {
+        let now = epoch + Duration::from_micros(10 * i);
+        let d = lanes::close_at(epoch, now, linger);
+        assert!(d <= now + linger, "closes after its linger");
+        assert!(
+            now + linger - d < Duration::from_millis(1),
+            "closes more than 1 ms early"
+        );
+        assert_eq!(
+            d.duration_since(epoch).subsec_nanos() % 1_000_000,
+            0,
+            "on the grid"
+        );
+        closes.insert(d);
+    }
+    assert_eq!(closes.len(), 3, "300 starts over 3 ms close at 3 instants");
+    // A linger under 2 ms is kept exact.
+    let now = epoch + Duration::from_micros(1234);
+    let short = Duration::from_millis(1);
+    assert_eq!(lanes::close_at(epoch, now, short), now + short);
+}
+
+#[test]
+fn calls_are_fast_only_once_measured_under_the_threshold() {
+    let mut a = Aimd::new(16, false);
+    assert!(!a.fast_calls(), "nothing measured yet");
+    for _ in 0..20 {
+        a.observe_calls(Duration::from_micros(5));
+    }
+    assert!(a.fast_calls(), "5 µs per call");
+    for _ in 0..20 {
+        a.observe_calls(Duration::from_millis(20));
+    }
+    assert!(
+        !a.fast_calls(),
+        "20 ms per call: one batch per flight again"
+    );
+}
