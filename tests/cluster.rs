@@ -789,24 +789,36 @@ fn a_node_killed_mid_stream_loses_nothing_whose_ingest_was_answered() {
         after_kill < Duration::from_secs(25),
         "took {after_kill:?} after the kill"
     );
-    // The survivors hold every partition; the redeliveries are counted.
-    let metrics: Vec<String> = (0..2)
-        .map(|n| {
-            reqwest::blocking::get(format!("{}/metrics", c.nodes[n].metrics_url))
-                .unwrap()
-                .text()
-                .unwrap()
-        })
-        .collect();
-    let sum = |name| metrics.iter().map(|m| metric(m, name)).sum::<f64>();
-    assert_eq!(
-        sum("sluice_cluster_partitions_held"),
-        16.0,
-        "the two survivors hold all 16 partitions"
+    // The survivors come to hold every partition (those that carried the
+    // dead node's traffic were taken before it could be delivered; quiet
+    // ones may be taken a tick or two later); the redeliveries are counted.
+    let metrics = || -> Vec<String> {
+        (0..2)
+            .map(|n| {
+                reqwest::blocking::get(format!("{}/metrics", c.nodes[n].metrics_url))
+                    .and_then(|r| r.text())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let total = |m: &[String], name| m.iter().map(|m| metric(m, name)).sum::<f64>();
+    let balanced = within(Duration::from_secs(10), || {
+        total(&metrics(), "sluice_cluster_partitions_held") == 16.0
+    });
+    assert!(
+        balanced.is_some(),
+        "the two survivors do not hold all 16 partitions 10 s after the events arrived; per node (partitions held, nodes counted alive): {:?}",
+        metrics()
+            .iter()
+            .map(|m| (
+                metric(m, "sluice_cluster_partitions_held"),
+                metric(m, "sluice_cluster_live_nodes")
+            ))
+            .collect::<Vec<_>>()
     );
     println!(
         "messages redelivered to the survivors: {}",
-        sum("sluice_cluster_messages_redelivered_total")
+        total(&metrics(), "sluice_cluster_messages_redelivered_total")
     );
 }
 
