@@ -444,6 +444,21 @@ fn abi_mismatches_and_non_plugins_are_refused_with_a_clear_message() {
     assert_eq!(reg.errors.len(), 8);
 }
 
+/// `n` accounts `ac_<i>`, each with one subscription `esb_<i>` of every
+/// HTTP event to `dests`.
+fn one_per_account(n: usize, dests: &[&str]) -> Vec<SubscriptionSpec> {
+    (0..n)
+        .map(|a| {
+            sub(
+                &format!("esb_{a}"),
+                &format!("ac_{a}"),
+                dests,
+                vec![source(HTTP, None, None)],
+            )
+        })
+        .collect()
+}
+
 fn faulty(id: &str, mode: &str, every: u32, out: &Path, max_attempts: u32) -> DestinationSpec {
     DestinationSpec {
         id: id.into(),
@@ -539,16 +554,7 @@ fn small_batches_of_many_subscriptions_share_flights_and_lose_nothing() {
             faulty("ed_panic", "panic", 3, &fo, 50),
             file_dest("ed_fine", &bo),
         ],
-        subscriptions: (0..ACCOUNTS)
-            .map(|a| {
-                sub(
-                    &format!("esb_{a}"),
-                    &format!("ac_{a}"),
-                    &["ed_panic", "ed_fine"],
-                    vec![source(HTTP, None, None)],
-                )
-            })
-            .collect(),
+        subscriptions: one_per_account(ACCOUNTS, &["ed_panic", "ed_fine"]),
         ..Default::default()
     };
     let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
@@ -613,16 +619,7 @@ fn batches_of_a_fast_sink_share_sends_even_with_slots_free() {
                 ..delivery()
             },
         }],
-        subscriptions: (0..ACCOUNTS)
-            .map(|a| {
-                sub(
-                    &format!("esb_{a}"),
-                    &format!("ac_{a}"),
-                    &["ed_bh"],
-                    vec![source(HTTP, None, None)],
-                )
-            })
-            .collect(),
+        subscriptions: one_per_account(ACCOUNTS, &["ed_bh"]),
         ..Default::default()
     };
     let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
@@ -1085,6 +1082,63 @@ fn a_send_that_does_not_return_in_time_is_given_up_on_and_retried() {
         .map(|r| r["event_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 100);
+}
+
+/// A send shared by many small batches whose first call hangs is given up
+/// on one timeout after it began, not one per batch: the calls not begun
+/// are not made, their batches are retried at once, and nothing is lost.
+#[test]
+fn a_shared_send_whose_call_hangs_is_given_up_on_after_one_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("slow.ndjson");
+    const ACCOUNTS: usize = 40;
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_slow".into(),
+            kind: "faulty".into(),
+            // The first call hangs for 5 s; the timeout is 300 ms.
+            config: serde_json::json!({"mode": "slow", "delay_ms": 5000, "slow_calls": 1, "path": out}),
+            delivery: DeliveryConfig {
+                send_timeout_ms: 300,
+                retry_max_backoff_ms: 50,
+                // One send at a time: the batches ready together share it.
+                max_in_flight: 1,
+                adaptive_concurrency: false,
+                ..delivery()
+            },
+        }],
+        subscriptions: one_per_account(ACCOUNTS, &["ed_slow"]),
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = String::new();
+    for a in 0..ACCOUNTS {
+        buf.push_str(&event(&format!("ev_{a}"), &format!("ac_{a}"), HTTP, "{}"));
+        buf.push('\n');
+    }
+    engine.publish_ndjson(bytes::Bytes::from(buf));
+    // With a timeout per batch of the send (40 x 300 ms) this would take
+    // 12 s; the hung call itself returns after 5 s.
+    let m = engine.metrics().clone();
+    while counts(&m, "ed_slow").delivered < ACCOUNTS as u64 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "delivery waited past one timeout: {:?}",
+            counts(&m, "ed_slow")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let c = counts(&m, "ed_slow");
+    assert_eq!(c.send_timeouts, 1, "{c:?}");
+    assert!(c.retried >= 1, "{c:?}");
+    engine.shutdown();
+    assert_eq!(counts(&m, "ed_slow").dead_lettered_total(), 0);
+    let ids: std::collections::BTreeSet<String> = read_ndjson(&out)
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), ACCOUNTS);
 }
 
 /// A destination whose plugin asks to be tried later (RETRY at create)

@@ -199,8 +199,9 @@ impl Task {
                 .iter()
                 .map(|(sub, batch)| (sub.clone(), batch.iter().map(|p| p.rec.clone()).collect()))
                 .collect();
-            // The send timeout is per call: a flight of k calls has k times it.
-            let timeout = self.send_timeout.map(|t| t * group.len() as u32);
+            // The send timeout is per call: the flight is given up on when
+            // no call of it returned for that long.
+            let timeout = self.send_timeout;
             let stuck = self.stuck.clone();
             let stats = self.stats.clone();
             let permits = self.group.clone();
@@ -215,30 +216,51 @@ impl Task {
                 let sent = Instant::now();
                 // 0 running, 1 returned, 2 given up on.
                 let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
-                let (state2, stuck2) = (state.clone(), stuck.clone());
+                // What each call reported, as it returns.
+                let done: Arc<Mutex<Vec<crate::plugin::SendReport>>> =
+                    Arc::new(Mutex::new(Vec::with_capacity(calls.len())));
+                let (state2, stuck2, done2) = (state.clone(), stuck.clone(), done.clone());
                 let call = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let began = Instant::now();
-                    let reports: Vec<crate::plugin::SendReport> = calls
-                        .iter()
-                        .map(|(sub, recs)| call_plugin(&sink, recs, sub))
-                        .collect();
+                    for (sub, recs) in &calls {
+                        // Given up on: the calls not begun are not made (their
+                        // batches are retried).
+                        if state2.load(Relaxed) == 2 {
+                            break;
+                        }
+                        let report = call_plugin(&sink, recs, sub);
+                        done2.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+                    }
                     let took = began.elapsed();
                     if state2.compare_exchange(0, 1, Relaxed, Relaxed).is_err() {
                         // Given up on earlier: it is no longer stuck.
                         stuck2.fetch_sub(1, Relaxed);
                     }
-                    (reports, Some(took))
+                    took
                 });
                 // Wait for the calls, at most the send timeout, and never
                 // past the engine's drain deadline: a call stuck in foreign
                 // code is given up on (its thread is abandoned), and its
                 // records are retried, kept on disk or dead-lettered.
                 let mut call = call;
+                let returned = || done.lock().unwrap_or_else(|p| p.into_inner()).len();
                 let give_up = async {
+                    // A call that has not returned `timeout` after the last
+                    // one did (between one and two timeouts after it began).
                     let limit = async {
                         match timeout {
-                            Some(t) => tokio::time::sleep(t).await,
+                            Some(t) => {
+                                let mut seen = 0;
+                                loop {
+                                    tokio::time::sleep(t).await;
+                                    let now = returned();
+                                    if now == seen {
+                                        break;
+                                    }
+                                    seen = now;
+                                }
+                            }
                             None => std::future::pending::<()>().await,
                         }
                     };
@@ -252,12 +274,17 @@ impl Task {
                         _ = stop => true,
                     }
                 };
-                let failed_all = |why: &str| -> Vec<crate::plugin::SendReport> {
-                    group.iter().map(|(_, b)| failed_report(b.len(), why)).collect()
+                // The reports of the calls that returned, and for the rest
+                // (not returned, or not made) every record to retry.
+                let reports = |why: &str| -> Vec<crate::plugin::SendReport> {
+                    let mut got = std::mem::take(&mut *done.lock().unwrap_or_else(|p| p.into_inner()));
+                    let n = got.len();
+                    got.extend(group[n.min(group.len())..].iter().map(|(_, b)| failed_report(b.len(), why)));
+                    got
                 };
-                let reports = tokio::select! {
+                let outcome = tokio::select! {
                     biased;
-                    r = &mut call => r.ok(),
+                    r = &mut call => r.ok().map(|took| (reports("engine panicked while calling the plugin"), Some(took))),
                     stopped = give_up => {
                         if state.compare_exchange(0, 2, Relaxed, Relaxed).is_ok() {
                             stuck.fetch_add(1, Relaxed);
@@ -265,17 +292,17 @@ impl Task {
                                 "the engine stopped while the plugin's send was still running".to_string()
                             } else {
                                 stats.send_timeouts.fetch_add(1, Relaxed);
-                                format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default() / group.len() as u32)
+                                format!("the plugin's send did not return within {:?}", timeout.unwrap_or_default())
                             };
-                            Some((failed_all(&why), None))
+                            Some((reports(&why), None))
                         } else {
                             // It returned just as the time ran out.
-                            call.await.ok()
+                            call.await.ok().map(|took| (reports("engine panicked while calling the plugin"), Some(took)))
                         }
                     }
                 };
-                let (reports, calls_took) = reports.unwrap_or_else(|| {
-                    (failed_all("engine panicked while calling the plugin"), None)
+                let (reports, calls_took) = outcome.unwrap_or_else(|| {
+                    (reports("engine panicked while calling the plugin"), None)
                 });
                 Flight {
                     batches: group
