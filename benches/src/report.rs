@@ -283,8 +283,9 @@ impl Record {
             per_round.join(", ")
         );
         // The same comparison in the process's own CPU time per event: time
-        // the machine's other tenants take (steal, other processes) is not
-        // in it, so it spreads less from round to round than the rates.
+        // other processes take is not in it (their contention for caches
+        // and memory still is), and it shows what each mode costs, not
+        // only how fast it went.
         let cpu_ns = |runs: &[RunResult]| {
             runs.iter()
                 .map(|r| r.cpu_s.values().sum::<f64>() * 1e9 / r.events.max(1) as f64)
