@@ -473,11 +473,12 @@ async fn live_nodes(nodes: &kv::Store, wait: Duration) -> Option<usize> {
     // forever (a known JetStream key-value behaviour), and a coordinator
     // stuck here would stop heartbeating and never take its share. Each
     // listing is a fresh one, so a stuck one is given up and tried again
-    // within the tick: a node that misses the count keeps its old target,
-    // and a stopped node's partitions would wait for their leases to expire.
+    // within the tick; the listings and the fallback below share `wait`
+    // (the tick), so that the leases are still renewed in time.
     const TRIES: u32 = 3;
+    let each = wait / (TRIES + 1);
     for _ in 0..TRIES {
-        let counted = tokio::time::timeout(wait / TRIES, async {
+        let counted = tokio::time::timeout(each, async {
             let keys = nodes.keys().await.ok()?;
             Some(keys.filter_map(|k| async move { k.ok() }).count().await)
         })
@@ -492,7 +493,7 @@ async fn live_nodes(nodes: &kv::Store, wait: Duration) -> Option<usize> {
     // so a node that cannot list (from its first tick on, when it knows of
     // no other) never takes more than its share, at worst less until a
     // listing comes.
-    let status = tokio::time::timeout(wait / TRIES, nodes.status()).await;
+    let status = tokio::time::timeout(each, nodes.status()).await;
     status.ok()?.ok().map(|s| s.values() as usize)
 }
 
