@@ -459,6 +459,22 @@ fn one_per_account(n: usize, dests: &[&str]) -> Vec<SubscriptionSpec> {
         .collect()
 }
 
+/// NDJSON of one HTTP event `ev_<i>_<round>` per account `ac_<i>` of
+/// [`one_per_account`], each with `object`.
+fn one_event_per_account(n: usize, round: usize, object: &str) -> String {
+    let mut buf = String::new();
+    for a in 0..n {
+        buf.push_str(&event(
+            &format!("ev_{a}_{round}"),
+            &format!("ac_{a}"),
+            HTTP,
+            object,
+        ));
+        buf.push('\n');
+    }
+    buf
+}
+
 fn faulty(id: &str, mode: &str, every: u32, out: &Path, max_attempts: u32) -> DestinationSpec {
     DestinationSpec {
         id: id.into(),
@@ -560,15 +576,11 @@ fn small_batches_of_many_subscriptions_share_flights_and_lose_nothing() {
     let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
     let mut buf = String::new();
     for i in 0..PER_ACCOUNT {
-        for a in 0..ACCOUNTS {
-            buf.push_str(&event(
-                &format!("ev_{a}_{i}"),
-                &format!("ac_{a}"),
-                HTTP,
-                &format!(r#"{{"n":{i}}}"#),
-            ));
-            buf.push('\n');
-        }
+        buf.push_str(&one_event_per_account(
+            ACCOUNTS,
+            i,
+            &format!(r#"{{"n":{i}}}"#),
+        ));
     }
     engine.publish_ndjson(bytes::Bytes::from(buf));
     let m = engine.metrics().clone();
@@ -626,16 +638,7 @@ fn batches_of_a_fast_sink_share_sends_even_with_slots_free() {
     // Rounds of one record per account, so that many lanes close in the
     // same millisecond.
     for round in 0..ROUNDS {
-        let mut buf = String::new();
-        for a in 0..ACCOUNTS {
-            buf.push_str(&event(
-                &format!("ev_{a}_{round}"),
-                &format!("ac_{a}"),
-                HTTP,
-                "{}",
-            ));
-            buf.push('\n');
-        }
+        let buf = one_event_per_account(ACCOUNTS, round, "{}");
         engine.publish_ndjson(bytes::Bytes::from(buf));
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -1112,11 +1115,7 @@ fn a_shared_send_whose_call_hangs_is_given_up_on_after_one_timeout() {
     };
     let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
     let start = std::time::Instant::now();
-    let mut buf = String::new();
-    for a in 0..ACCOUNTS {
-        buf.push_str(&event(&format!("ev_{a}"), &format!("ac_{a}"), HTTP, "{}"));
-        buf.push('\n');
-    }
+    let buf = one_event_per_account(ACCOUNTS, 0, "{}");
     engine.publish_ndjson(bytes::Bytes::from(buf));
     // With a timeout per batch of the send (40 x 300 ms) this would take
     // 12 s; the hung call itself returns after 5 s.

@@ -235,7 +235,7 @@ struct Starter {
 const MAX_STUCK_SENDS: usize = 4;
 
 /// The most batches one flight carries (when more are ready than there are
-/// free slots).
+/// free slots, or when the sink's calls are fast: see `Task::dispatch`).
 const MAX_BATCHES_PER_FLIGHT: usize = 32;
 
 /// Most chunks a destination's task takes from its channel in one turn of
@@ -284,7 +284,7 @@ struct Task {
     dead: Arc<DeadLetters>,
     lanes: FxHashMap<Arc<str>, Lane>,
     /// When the task began: the origin of the millisecond grid batches
-    /// close on (see `Task::close_at`).
+    /// close on (see `lanes::close_at`).
     epoch: Instant,
     deadlines: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     /// One entry per queued batch, naming its lane.
