@@ -9,6 +9,7 @@ use sluice_engine::cel::Verdict;
 use sluice_engine::cel::{Filter, FilterOptions};
 use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull};
 use sluice_engine::events::EventTypeId;
+use sluice_engine::ingest::{Chunk as ReadChunk, NdjsonReader};
 use sluice_engine::internal::config::compile_source;
 use sluice_engine::internal::delivery::{Chunk, Delivery};
 use sluice_engine::internal::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
@@ -108,6 +109,41 @@ fn scan(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % evs.len();
             black_box(quote_count(&evs[i]))
+        })
+    });
+    group.finish();
+}
+
+/// Reading an NDJSON stream in chunks of whole lines (`NdjsonReader`, 1 MiB
+/// chunks, as `sluice bench` reads its input), each chunk's lines counted
+/// and the chunk held until four more are read, as the engine's queues hold
+/// chunks while its workers catch up; from memory, so that the read is a
+/// copy as the kernel's is from the page cache.
+fn read(c: &mut Criterion) {
+    let evs = events(650, 512);
+    let mut input = Vec::new();
+    for e in evs.iter().cycle().take(48 << 10) {
+        input.extend_from_slice(e);
+        input.push(b'\n');
+    }
+    let mut group = c.benchmark_group("read");
+    group.throughput(Throughput::Bytes(input.len() as u64));
+    group.sample_size(20);
+    let mib = input.len() >> 20;
+    group.bench_function(format!("NdjsonReader, 1 MiB chunks, {mib} MiB"), |b| {
+        b.iter(|| {
+            let mut lines = 0;
+            let mut held = std::collections::VecDeque::new();
+            for chunk in NdjsonReader::new(std::io::Cursor::new(&input[..]), 1 << 20) {
+                if let Ok(ReadChunk::Lines(b)) = chunk {
+                    lines += memchr::memchr_iter(b'\n', &b).count();
+                    held.push_back(b);
+                    if held.len() > 4 {
+                        held.pop_front();
+                    }
+                }
+            }
+            black_box(lines)
         })
     });
     group.finish();
@@ -557,6 +593,7 @@ criterion_group!(
     benches,
     parse,
     scan,
+    read,
     rejected,
     filter,
     route,

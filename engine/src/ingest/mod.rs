@@ -1,5 +1,6 @@
 //! Ingest: framing NDJSON into events, choosing each event's shard by account,
-//! and parsing events (`ingest::parse`).
+//! and parsing events (`ingest::parse`); reading NDJSON streams into
+//! reused buffers (`ingest::reader`).
 //!
 //! The publisher side does as little as possible per event: it finds line
 //! ends (`memchr`) and scans the envelope just far enough to find
@@ -8,13 +9,12 @@
 
 pub(crate) mod lazy;
 pub(crate) mod parse;
+mod reader;
 pub(crate) mod scan;
 
 pub(crate) use parse::{Envelope, EventParser};
 pub use parse::{MAX_DEPTH, MAX_EVENT_BYTES, RejectReason};
-
-use bytes::{Bytes, BytesMut};
-use std::io::Read;
+pub use reader::{Chunk, NdjsonReader};
 
 /// Where one event sits in a batch's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,136 +180,6 @@ impl DefaultHash for rustc_hash::FxHasher {
     }
 }
 
-/// One item read from an NDJSON stream.
-#[derive(Debug)]
-pub enum Chunk {
-    /// A buffer of complete lines.
-    Lines(Bytes),
-    /// A line longer than [`MAX_EVENT_BYTES`], skipped: its length and first bytes.
-    Oversized {
-        /// Full length of the line.
-        len: usize,
-        /// Bytes of input it covers: `len`, plus its newline if it had one
-        /// (what an input offset advances by).
-        consumed: usize,
-        /// Its first bytes, for the rejects file.
-        prefix: Bytes,
-    },
-}
-
-/// Reads an NDJSON stream in large chunks of whole lines.
-pub struct NdjsonReader<R> {
-    inner: R,
-    buf: BytesMut,
-    chunk: usize,
-    eof: bool,
-    /// Bytes of an oversized line skipped so far, while still looking for its end.
-    skipping: Option<(usize, Bytes)>,
-}
-
-impl<R: Read> NdjsonReader<R> {
-    /// Reads `inner` in chunks of about `chunk` bytes (at least 64 KiB).
-    pub fn new(inner: R, chunk: usize) -> NdjsonReader<R> {
-        let chunk = chunk.max(64 << 10);
-        NdjsonReader {
-            inner,
-            buf: BytesMut::with_capacity(chunk + MAX_EVENT_BYTES),
-            chunk,
-            eof: false,
-            skipping: None,
-        }
-    }
-
-    /// One `read` call (whatever is available, so that a live stream is not
-    /// held back waiting for a full chunk).
-    fn fill(&mut self) -> std::io::Result<usize> {
-        let start = self.buf.len();
-        self.buf.resize(start + self.chunk, 0);
-        loop {
-            match self.inner.read(&mut self.buf[start..]) {
-                Ok(k) => {
-                    self.buf.truncate(start + k);
-                    if k == 0 {
-                        self.eof = true;
-                    }
-                    return Ok(k);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
-
-impl<R: Read> Iterator for NdjsonReader<R> {
-    type Item = std::io::Result<Chunk>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some((len, prefix)) = self.skipping.take() {
-                // Discard up to the end of the oversized line.
-                if let Some(nl) = memchr::memchr(b'\n', &self.buf) {
-                    let _ = self.buf.split_to(nl + 1);
-                    return Some(Ok(Chunk::Oversized {
-                        len: len + nl,
-                        consumed: len + nl + 1,
-                        prefix,
-                    }));
-                }
-                let n = self.buf.len();
-                self.buf.clear();
-                if self.eof {
-                    return Some(Ok(Chunk::Oversized {
-                        len: len + n,
-                        consumed: len + n,
-                        prefix,
-                    }));
-                }
-                self.skipping = Some((len + n, prefix));
-                if let Err(e) = self.fill() {
-                    return Some(Err(e));
-                }
-                continue;
-            }
-            if let Some(nl) = memchr::memrchr(b'\n', &self.buf) {
-                // Hand out every complete line, unless the first one is too long.
-                let first_nl = memchr::memchr(b'\n', &self.buf).unwrap_or(nl);
-                if first_nl > MAX_EVENT_BYTES + 1 {
-                    let prefix = Bytes::copy_from_slice(&self.buf[..256]);
-                    let _ = self.buf.split_to(first_nl + 1);
-                    return Some(Ok(Chunk::Oversized {
-                        len: first_nl,
-                        consumed: first_nl + 1,
-                        prefix,
-                    }));
-                }
-                let lines = self.buf.split_to(nl + 1).freeze();
-                return Some(Ok(Chunk::Lines(lines)));
-            }
-            if self.buf.len() > MAX_EVENT_BYTES + 1 {
-                let prefix = Bytes::copy_from_slice(&self.buf[..256]);
-                let n = self.buf.len();
-                self.buf.clear();
-                self.skipping = Some((n, prefix));
-                continue;
-            }
-            if self.eof {
-                if self.buf.is_empty() {
-                    return None;
-                }
-                let rest = self.buf.split().freeze();
-                return Some(Ok(Chunk::Lines(rest)));
-            }
-            if let Err(e) = self.fill() {
-                return Some(Err(e));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,27 +221,5 @@ mod tests {
             .map(|i| shard_of(format!(r#"{{"account_id":"ac_{i}"}}"#).as_bytes(), 4))
             .collect();
         assert_eq!(spread.len(), 4, "accounts spread over every shard");
-    }
-
-    #[test]
-    fn reader_yields_whole_lines_and_skips_oversized_ones() {
-        let big = "x".repeat(MAX_EVENT_BYTES + 10);
-        let input = format!("l1\nl2\n{big}\nl3\nl4");
-        let items: Vec<_> = NdjsonReader::new(std::io::Cursor::new(input.into_bytes()), 64 << 10)
-            .map(|r| r.unwrap())
-            .collect();
-        let mut text = String::new();
-        let mut oversized = vec![];
-        for it in items {
-            match it {
-                Chunk::Lines(b) => text.push_str(std::str::from_utf8(&b).unwrap()),
-                Chunk::Oversized { len, consumed, .. } => {
-                    assert!(consumed == len + 1 || consumed == len, "{len} {consumed}");
-                    oversized.push(len)
-                }
-            }
-        }
-        assert_eq!(text, "l1\nl2\nl3\nl4");
-        assert_eq!(oversized, vec![MAX_EVENT_BYTES + 10]);
     }
 }
