@@ -286,7 +286,16 @@ impl DeadLetterFile {
 
     /// Whether `more` bytes fit within the bound.
     pub fn has_room(&self, more: u64) -> bool {
-        self.max_bytes == 0 || self.bytes().saturating_add(more) <= self.max_bytes
+        more <= self.room()
+    }
+
+    /// Bytes that still fit within the bound (`u64::MAX` when unbounded).
+    pub fn room(&self) -> u64 {
+        if self.max_bytes == 0 {
+            u64::MAX
+        } else {
+            self.max_bytes.saturating_sub(self.bytes())
+        }
     }
 
     fn lock(&self) -> std::io::Result<Locked> {

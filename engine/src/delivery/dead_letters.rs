@@ -67,20 +67,26 @@ impl DeadLetters {
         }
     }
 
-    /// Whether `records` fit in the queue's bound (a sink is not bounded
-    /// here: the cluster's stream has its own limits).
-    pub(super) fn has_room(&self, records: &[Pending]) -> bool {
-        self.sink.is_some()
-            || self.file.has_room(
-                records
-                    .iter()
-                    .map(|p| p.rec.data().len() as u64 + LINE_OVERHEAD)
-                    .sum(),
-            )
+    /// How many of the leading `records` fit in the queue's bound (all of
+    /// them with a sink: the cluster's stream has its own limits).
+    pub(super) fn fitting(&self, records: &[Pending]) -> usize {
+        if self.sink.is_some() {
+            return records.len();
+        }
+        let mut room = self.file.room();
+        records
+            .iter()
+            .take_while(|p| {
+                let size = p.rec.data().len() as u64 + LINE_OVERHEAD;
+                let fits = size <= room;
+                room = room.saturating_sub(size);
+                fits
+            })
+            .count()
     }
 
     /// Writes `records` as dead letters (to the sink, with their holds),
-    /// whatever the bound: the task checks [`DeadLetters::has_room`] first
+    /// whatever the bound: the task checks [`DeadLetters::fitting`] first
     /// and pauses instead; what is written here regardless (records the
     /// worker could not hand over, what is left at the drain deadline) is
     /// bounded by the destination's buffer.

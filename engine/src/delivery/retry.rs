@@ -162,12 +162,16 @@ impl Task {
             .delivered_bytes
             .fetch_add(delivered_bytes, Relaxed);
         drop(ok);
-        for (p, reason) in rejected {
-            self.dead_letter(&sub, vec![p], &format!("rejected: {reason}"));
+        for (reason, records) in runs(rejected) {
+            self.dead_letter(&sub, records, &format!("rejected: {reason}"));
         }
-        for (p, reason) in exhausted {
-            let why = format!("retries exhausted after {} attempts: {reason}", p.attempts);
-            self.dead_letter(&sub, vec![p], &why);
+        let exhausted = exhausted.into_iter().map(|(p, reason)| {
+            let attempts = p.attempts;
+            (p, (attempts, reason))
+        });
+        for ((attempts, reason), records) in runs(exhausted) {
+            let why = format!("retries exhausted after {attempts} attempts: {reason}");
+            self.dead_letter(&sub, records, &why);
         }
         if !retry.is_empty() {
             self.stats.retried.fetch_add(retry.len() as u64, Relaxed);
@@ -192,4 +196,19 @@ impl Task {
             self.lanes.remove(&sub);
         }
     }
+}
+
+/// `items` in runs of equal keys, in order: the records of a batch refused
+/// for one reason are dead-lettered in one write, not one each.
+pub(super) fn runs<K: PartialEq>(
+    items: impl IntoIterator<Item = (Pending, K)>,
+) -> Vec<(K, Vec<Pending>)> {
+    let mut out: Vec<(K, Vec<Pending>)> = Vec::new();
+    for (p, k) in items {
+        match out.last_mut() {
+            Some((last, run)) if *last == k => run.push(p),
+            _ => out.push((k, vec![p])),
+        }
+    }
+    out
 }

@@ -31,37 +31,52 @@ pub(super) fn failed_report(n: usize, why: &str) -> crate::plugin::SendReport {
 }
 
 impl Task {
-    /// Dead-letters `records`, or, when the dead-letter queue has no room
-    /// for them, keeps them and pauses the destination (see [`Task::unpark`]).
+    /// Dead-letters `records`, or, as far as the dead-letter queue has no
+    /// room for them, keeps them and pauses the destination (see
+    /// [`Task::unpark`]): the leading records that fit are written (in one
+    /// write), the rest wait, in order.
     pub(super) fn dead_letter(&mut self, sub: &str, mut records: Vec<Pending>, reason: &str) {
         if records.is_empty() {
             return;
         }
-        if !self.parked.is_empty() || !self.dead.has_room(&records) {
-            if self.parked.is_empty() {
-                tracing::warn!(
-                    destination = %self.id,
-                    max_bytes = self.dead.file.max_bytes(),
-                    "the dead-letter queue is full: the destination pauses until a replay or a delete makes room"
-                );
+        if self.parked.is_empty() {
+            let fit = self.dead.fitting(&records);
+            let rest = records.split_off(fit);
+            self.dead.write(&self.stats, sub, &mut records, reason);
+            self.settle(&records);
+            records = rest;
+            if records.is_empty() {
+                return;
             }
-            self.stats.paused.fetch_add(records.len() as u64, Relaxed);
-            self.parked.push((sub.into(), records, reason.to_string()));
-            return;
+            tracing::warn!(
+                destination = %self.id,
+                max_bytes = self.dead.file.max_bytes(),
+                "the dead-letter queue is full: the destination pauses until a replay or a delete makes room"
+            );
         }
-        self.dead.write(&self.stats, sub, &mut records, reason);
-        self.settle(&records);
+        self.stats.paused.fetch_add(records.len() as u64, Relaxed);
+        self.parked.push((sub.into(), records, reason.to_string()));
     }
 
     /// Writes the records kept while the dead-letter queue was full, in
     /// order, as far as it now has room (all of them with `force`: at the
     /// drain deadline nothing may be lost). Returns whether it stays paused.
     pub(super) fn unpark(&mut self, force: bool) -> bool {
-        while let Some((_, records, _)) = self.parked.first() {
-            if !force && !self.dead.has_room(records) {
+        while let Some((_, records, _)) = self.parked.first_mut() {
+            let fit = if force {
+                records.len()
+            } else {
+                self.dead.fitting(records)
+            };
+            if fit == 0 {
                 return true;
             }
-            let (sub, mut records, reason) = self.parked.remove(0);
+            let (sub, mut records, reason) = if fit == records.len() {
+                self.parked.remove(0)
+            } else {
+                let (sub, records, reason) = &mut self.parked[0];
+                (sub.clone(), records.drain(..fit).collect(), reason.clone())
+            };
             self.stats.paused.fetch_sub(records.len() as u64, Relaxed);
             if force && self.disk.is_some() {
                 // They stay in the disk buffer for the next start.

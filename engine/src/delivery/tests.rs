@@ -117,3 +117,27 @@ fn calls_are_fast_only_once_measured_under_the_threshold() {
         "20 ms per call: one batch per flight again"
     );
 }
+
+#[test]
+fn refused_records_are_grouped_in_runs_of_one_reason_in_order() {
+    let pending = |n: u8| {
+        let rec = Record::from_parts(
+            &[b'0' + n],
+            "ac_1",
+            "ev_1",
+            crate::events::EventTypeId::from_name("http_request_complete.v0").unwrap(),
+            0,
+        );
+        Pending::new(rec, Instant::now(), 0, None)
+    };
+    let items = [(0, "a"), (1, "a"), (2, "b"), (3, "a"), (4, "a"), (5, "a")]
+        .map(|(n, reason)| (pending(n), reason));
+    let got: Vec<(&str, Vec<u8>)> = retry::runs(items)
+        .into_iter()
+        .map(|(reason, run)| (reason, run.iter().map(|p| p.rec.data()[0] - b'0').collect()))
+        .collect();
+    assert_eq!(
+        got,
+        [("a", vec![0, 1]), ("b", vec![2]), ("a", vec![3, 4, 5])]
+    );
+}
