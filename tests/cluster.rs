@@ -265,15 +265,13 @@ fn configuration_written_through_one_node_is_live_on_the_others_within_a_second(
 
     // Dead letters live in JetStream: a destination that refuses every
     // record, fed through one node, is listed from the cluster; no node
-    // keeps a dead-letter file.
+    // keeps a dead-letter file. (One record per batch: the records of a
+    // refused batch are one message, and the bound below is in messages.)
     let refusing = Receiver::start();
     refusing.set(|_| sluice_standins::http::Action::status(400, None));
-    let (_, rd) = c.call(
-        1,
-        "POST",
-        "/event_destinations",
-        Some(&ordered_http(&refusing.url())),
-    );
+    let mut one_per_batch = ordered_http(&refusing.url());
+    one_per_batch["target"]["plugin"]["delivery"]["batch_max_records"] = json!(1);
+    let (_, rd) = c.call(1, "POST", "/event_destinations", Some(&one_per_batch));
     let rdid = rd["id"].as_str().unwrap().to_string();
     let rsub =
         json!({"sources": [{"type": "http_request_complete.v0"}], "destination_ids": [rdid]});

@@ -15,7 +15,10 @@
 //! is the queue rewritten without them. The journal is deleted once every
 //! record is delivered, kept in a disk buffer, or dead-lettered again; one
 //! left behind by a crash is replayed again ([`DeadLetterFile::unfinished`]):
-//! replay is at-least-once, and a replay id is never carried out twice.
+//! replay is at-least-once, and a replay id is never carried out twice
+//! while it is remembered: every unfinished replay is, and the last
+//! [`REPLAYS_KEPT`] finished ones (the log is rewritten without older ones
+//! when it reaches twice as many lines).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -23,6 +26,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// Finished replays remembered per destination (with every unfinished
+/// one): asked for again, the id of an older finished replay starts a new
+/// replay. The replays log holds at most twice as many lines.
+pub const REPLAYS_KEPT: usize = if cfg!(test) { 10 } else { 1000 };
 
 /// One dead letter as stored.
 #[derive(Clone, Debug, Deserialize)]
@@ -539,20 +547,57 @@ impl DeadLetterFile {
 
     /// The replay recorded under `id`, if any.
     pub fn replay(&self, id: &str) -> std::io::Result<Option<ReplayRecord>> {
+        Ok(self.replays()?.0.into_iter().find(|r| r.id == id))
+    }
+
+    /// The replays log: the latest state of each replay, in the order they
+    /// were asked for, and the number of lines it has.
+    fn replays(&self) -> std::io::Result<(Vec<ReplayRecord>, usize)> {
         let bytes = match std::fs::read(self.side("replays.ndjson")) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(e),
         };
         // The last line of an id is its latest state.
-        Ok(bytes
+        let mut latest: Vec<ReplayRecord> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut lines = 0;
+        for r in bytes
             .split(|b| *b == b'\n')
-            .rev()
             .filter_map(|l| serde_json::from_slice::<ReplayRecord>(l).ok())
-            .find(|r| r.id == id))
+        {
+            lines += 1;
+            match at.get(&r.id) {
+                Some(&i) => latest[i] = r,
+                None => {
+                    at.insert(r.id.clone(), latest.len());
+                    latest.push(r);
+                }
+            }
+        }
+        Ok((latest, lines))
     }
 
+    /// Appends `r`'s state to the replays log (under the lock). A log that
+    /// reached twice [`REPLAYS_KEPT`] lines is first rewritten with the
+    /// latest state of every unfinished replay and of the last
+    /// [`REPLAYS_KEPT`] finished ones: older finished ids are forgotten.
     fn record_replay(&self, r: &ReplayRecord) -> std::io::Result<()> {
+        let (states, lines) = self.replays()?;
+        if lines >= 2 * REPLAYS_KEPT {
+            let finished = states.iter().filter(|s| !s.finished_at.is_empty()).count();
+            let mut forget = finished.saturating_sub(REPLAYS_KEPT);
+            let mut kept = Vec::new();
+            for s in &states {
+                if !s.finished_at.is_empty() && forget > 0 {
+                    forget -= 1;
+                    continue;
+                }
+                serde_json::to_writer(&mut kept, s).map_err(std::io::Error::other)?;
+                kept.push(b'\n');
+            }
+            replace_file(&self.side("replays.ndjson"), &kept)?;
+        }
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -639,22 +684,7 @@ impl DeadLetterFile {
     /// Replays not finished (the process stopped first): send what their
     /// journal holds again.
     pub fn unfinished(&self) -> std::io::Result<Vec<ReplayRecord>> {
-        let bytes = match std::fs::read(self.side("replays.ndjson")) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        // The last line of an id is its latest state.
-        let mut latest: Vec<ReplayRecord> = Vec::new();
-        for r in bytes
-            .split(|b| *b == b'\n')
-            .filter_map(|l| serde_json::from_slice::<ReplayRecord>(l).ok())
-        {
-            match latest.iter_mut().find(|x| x.id == r.id) {
-                Some(x) => *x = r,
-                None => latest.push(r),
-            }
-        }
+        let mut latest = self.replays()?.0;
         latest.retain(|r| r.finished_at.is_empty());
         Ok(latest)
     }
@@ -1008,5 +1038,46 @@ mod tests {
         let p = q.list(&Selection::default(), None, 10).unwrap();
         assert_eq!(p.dead_letters.len(), 2);
         assert_eq!(p.dead_letters[1].record.get().len(), big.len());
+    }
+
+    #[test]
+    fn the_replays_log_keeps_unfinished_replays_and_the_last_finished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = DeadLetterFile::new(dir.path(), "ed_1", 0);
+        letters(&q, 1, "a");
+        let all = Selection::default();
+        assert!(matches!(
+            q.take_for_replay("open", &all).unwrap(),
+            Taken::New(_)
+        ));
+        let total = 5 * REPLAYS_KEPT;
+        for i in 0..total {
+            let id = format!("r{i}");
+            assert!(matches!(
+                q.take_for_replay(&id, &all).unwrap(),
+                Taken::New(_)
+            ));
+            q.finish_replay(&id).unwrap();
+        }
+        let log = std::fs::read_to_string(q.side("replays.ndjson")).unwrap();
+        assert!(
+            log.lines().count() <= 2 * REPLAYS_KEPT,
+            "the log stays bounded: {} lines",
+            log.lines().count()
+        );
+        // The unfinished replay is never forgotten.
+        let open: Vec<String> = q.unfinished().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(open, ["open"]);
+        // The last finished ones are remembered: asking again repeats nothing.
+        for i in total - REPLAYS_KEPT..total {
+            let r = q.replay(&format!("r{i}")).unwrap().expect("remembered");
+            assert!(!r.finished_at.is_empty());
+        }
+        assert!(matches!(
+            q.take_for_replay(&format!("r{}", total - 1), &all).unwrap(),
+            Taken::Existing(_)
+        ));
+        // The first ones are forgotten.
+        assert!(q.replay("r0").unwrap().is_none());
     }
 }
