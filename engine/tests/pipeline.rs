@@ -1140,6 +1140,54 @@ fn a_shared_send_whose_call_hangs_is_given_up_on_after_one_timeout() {
     assert_eq!(ids.len(), ACCOUNTS);
 }
 
+/// Without a send timeout (`send_timeout_ms = 0`) a hung call is never
+/// given up on: batches do not share sends then, so that it holds only its
+/// own batch while the others go through the other slot.
+#[test]
+fn without_a_send_timeout_a_hung_call_holds_only_its_own_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("slow.ndjson");
+    const ACCOUNTS: usize = 40;
+    let spec = PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_slow".into(),
+            kind: "faulty".into(),
+            // The first call hangs for 5 s, and nothing times it out.
+            config: serde_json::json!({"mode": "slow", "delay_ms": 5000, "slow_calls": 1, "path": out}),
+            delivery: DeliveryConfig {
+                send_timeout_ms: 0,
+                // Two sends at a time: shared, 40 ready batches would go
+                // 20 to a send.
+                max_in_flight: 2,
+                adaptive_concurrency: false,
+                ..delivery()
+            },
+        }],
+        subscriptions: one_per_account(ACCOUNTS, &["ed_slow"]),
+        ..Default::default()
+    };
+    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
+    let start = std::time::Instant::now();
+    engine.publish_ndjson(bytes::Bytes::from(one_event_per_account(ACCOUNTS, 0, "{}")));
+    let m = engine.metrics().clone();
+    while counts(&m, "ed_slow").delivered < ACCOUNTS as u64 - 1 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "the hung call held other batches: {:?}",
+            counts(&m, "ed_slow")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    engine.shutdown();
+    let c = counts(&m, "ed_slow");
+    assert_eq!(
+        (c.delivered, c.send_timeouts),
+        (ACCOUNTS as u64, 0),
+        "{c:?}"
+    );
+    assert_eq!(read_ndjson(&out).len(), ACCOUNTS);
+}
+
 /// A destination whose plugin asks to be tried later (RETRY at create)
 /// starts as soon as it can: its records wait meanwhile (nothing lost), it is
 /// unhealthy with the reason, and the other destinations deliver as usual.

@@ -138,8 +138,13 @@ impl Task {
             // A sink whose calls return quickly gets every ready batch in
             // as few flights as the limits below allow: running its calls
             // one after the other costs less than a hand-off each.
+            // Without a send timeout a call that hangs is never given up
+            // on: batches do not share sends then, so that it holds only
+            // its own.
             let free = limit - inflight.len();
-            let per_flight = if self.aimd.fast_calls() {
+            let per_flight = if self.send_timeout.is_none() {
+                1
+            } else if self.aimd.fast_calls() {
                 MAX_BATCHES_PER_FLIGHT
             } else {
                 scan.div_ceil(free).clamp(1, MAX_BATCHES_PER_FLIGHT)
