@@ -1087,6 +1087,21 @@ fn a_send_that_does_not_return_in_time_is_given_up_on_and_retried() {
     assert_eq!(ids.len(), 100);
 }
 
+/// One subscription per account on `ed_slow`, a `faulty` sink writing to
+/// `out` whose first call hangs for 5 s, delivered with `delivery`.
+fn first_call_hangs(out: &Path, accounts: usize, delivery: DeliveryConfig) -> PipelineSpec {
+    PipelineSpec {
+        destinations: vec![DestinationSpec {
+            id: "ed_slow".into(),
+            kind: "faulty".into(),
+            config: serde_json::json!({"mode": "slow", "delay_ms": 5000, "slow_calls": 1, "path": out}),
+            delivery,
+        }],
+        subscriptions: one_per_account(accounts, &["ed_slow"]),
+        ..Default::default()
+    }
+}
+
 /// A send shared by many small batches whose first call hangs is given up
 /// on one timeout after it began, not one per batch: the calls not begun
 /// are not made, their batches are retried at once, and nothing is lost.
@@ -1095,24 +1110,19 @@ fn a_shared_send_whose_call_hangs_is_given_up_on_after_one_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("slow.ndjson");
     const ACCOUNTS: usize = 40;
-    let spec = PipelineSpec {
-        destinations: vec![DestinationSpec {
-            id: "ed_slow".into(),
-            kind: "faulty".into(),
-            // The first call hangs for 5 s; the timeout is 300 ms.
-            config: serde_json::json!({"mode": "slow", "delay_ms": 5000, "slow_calls": 1, "path": out}),
-            delivery: DeliveryConfig {
-                send_timeout_ms: 300,
-                retry_max_backoff_ms: 50,
-                // One send at a time: the batches ready together share it.
-                max_in_flight: 1,
-                adaptive_concurrency: false,
-                ..delivery()
-            },
-        }],
-        subscriptions: one_per_account(ACCOUNTS, &["ed_slow"]),
-        ..Default::default()
-    };
+    // The timeout is 300 ms.
+    let spec = first_call_hangs(
+        &out,
+        ACCOUNTS,
+        DeliveryConfig {
+            send_timeout_ms: 300,
+            retry_max_backoff_ms: 50,
+            // One send at a time: the batches ready together share it.
+            max_in_flight: 1,
+            adaptive_concurrency: false,
+            ..delivery()
+        },
+    );
     let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
     let start = std::time::Instant::now();
     let buf = one_event_per_account(ACCOUNTS, 0, "{}");
@@ -1148,24 +1158,19 @@ fn without_a_send_timeout_a_hung_call_holds_only_its_own_batch() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("slow.ndjson");
     const ACCOUNTS: usize = 40;
-    let spec = PipelineSpec {
-        destinations: vec![DestinationSpec {
-            id: "ed_slow".into(),
-            kind: "faulty".into(),
-            // The first call hangs for 5 s, and nothing times it out.
-            config: serde_json::json!({"mode": "slow", "delay_ms": 5000, "slow_calls": 1, "path": out}),
-            delivery: DeliveryConfig {
-                send_timeout_ms: 0,
-                // Two sends at a time: shared, 40 ready batches would go
-                // 20 to a send.
-                max_in_flight: 2,
-                adaptive_concurrency: false,
-                ..delivery()
-            },
-        }],
-        subscriptions: one_per_account(ACCOUNTS, &["ed_slow"]),
-        ..Default::default()
-    };
+    // Nothing times the hung call out.
+    let spec = first_call_hangs(
+        &out,
+        ACCOUNTS,
+        DeliveryConfig {
+            send_timeout_ms: 0,
+            // Two sends at a time: shared, 40 ready batches would go 20 to
+            // a send.
+            max_in_flight: 2,
+            adaptive_concurrency: false,
+            ..delivery()
+        },
+    );
     let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
     let start = std::time::Instant::now();
     engine.publish_ndjson(bytes::Bytes::from(one_event_per_account(ACCOUNTS, 0, "{}")));
