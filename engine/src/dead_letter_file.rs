@@ -550,8 +550,9 @@ impl DeadLetterFile {
         Ok(self.replays()?.0.into_iter().find(|r| r.id == id))
     }
 
-    /// The replays log: the latest state of each replay, in the order they
-    /// were asked for, and the number of lines it has.
+    /// The replays log: the latest state of each replay, in the order of
+    /// their last lines (a replay finished after another comes after it),
+    /// and the number of lines it has.
     fn replays(&self) -> std::io::Result<(Vec<ReplayRecord>, usize)> {
         let bytes = match std::fs::read(self.side("replays.ndjson")) {
             Ok(b) => b,
@@ -559,23 +560,19 @@ impl DeadLetterFile {
             Err(e) => return Err(e),
         };
         // The last line of an id is its latest state.
-        let mut latest: Vec<ReplayRecord> = Vec::new();
-        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut last: std::collections::HashMap<String, (usize, ReplayRecord)> =
+            std::collections::HashMap::new();
         let mut lines = 0;
         for r in bytes
             .split(|b| *b == b'\n')
             .filter_map(|l| serde_json::from_slice::<ReplayRecord>(l).ok())
         {
+            last.insert(r.id.clone(), (lines, r));
             lines += 1;
-            match at.get(&r.id) {
-                Some(&i) => latest[i] = r,
-                None => {
-                    at.insert(r.id.clone(), latest.len());
-                    latest.push(r);
-                }
-            }
         }
-        Ok((latest, lines))
+        let mut latest: Vec<(usize, ReplayRecord)> = last.into_values().collect();
+        latest.sort_unstable_by_key(|(line, _)| *line);
+        Ok((latest.into_iter().map(|(_, r)| r).collect(), lines))
     }
 
     /// Appends `r`'s state to the replays log (under the lock). A log that
@@ -585,6 +582,8 @@ impl DeadLetterFile {
     fn record_replay(&self, r: &ReplayRecord) -> std::io::Result<()> {
         let (states, lines) = self.replays()?;
         if lines >= 2 * REPLAYS_KEPT {
+            // `states` is in the order of their last lines: the finished
+            // ones first met finished first.
             let finished = states.iter().filter(|s| !s.finished_at.is_empty()).count();
             let mut forget = finished.saturating_sub(REPLAYS_KEPT);
             let mut kept = Vec::new();

@@ -11,7 +11,9 @@
 //! the messages it took lines from (the lines it leaves are stored again,
 //! the message is deleted). Finished, its journal is purged. A replay
 //! whose node stopped (it has no heartbeat in `SLUICE_NODES` any more) is
-//! taken over by the next node that starts: at-least-once.
+//! taken over by the next node that starts: at-least-once. A destination
+//! remembers every unfinished replay and its last [`REPLAYS_KEPT`] finished
+//! ones: once it has twice as many, finishing one forgets the oldest.
 //!
 //! No byte bound here: the stream's own limits apply (a full stream refuses
 //! new dead letters, whose records then wait, unacknowledged, as a
@@ -20,7 +22,9 @@
 use crate::dead_letters::DeadLetterStore;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_engine::dead_letter_file::{DeadLetter, Page, ReplayRecord, Selection, Taken};
+use sluice_engine::dead_letter_file::{
+    DeadLetter, Page, REPLAYS_KEPT, ReplayRecord, Selection, Taken,
+};
 use sluice_stream::async_nats::jetstream::{self, kv};
 use sluice_stream::{Publisher, StreamSettings};
 use std::io;
@@ -48,6 +52,8 @@ pub struct JetStreamDeadLetters {
     replays: kv::Store,
     node: String,
     rt: tokio::runtime::Handle,
+    /// Finished replays remembered per destination ([`REPLAYS_KEPT`]).
+    replays_kept: usize,
 }
 
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
@@ -77,7 +83,64 @@ impl JetStreamDeadLetters {
             replays,
             node,
             rt,
+            replays_kept: REPLAYS_KEPT,
         })
+    }
+
+    /// Remembers `n` finished replays per destination instead of
+    /// [`REPLAYS_KEPT`] (tests).
+    pub fn with_replays_kept(mut self, n: usize) -> JetStreamDeadLetters {
+        self.replays_kept = n.max(1);
+        self
+    }
+
+    /// The keys of `destination`'s replays.
+    async fn replay_keys(&self, destination: &str) -> Vec<String> {
+        use futures_util::StreamExt;
+        let prefix = format!("{destination}.");
+        let mut keys = Vec::new();
+        if let Ok(mut k) = self.replays.keys().await {
+            while let Some(Ok(key)) = k.next().await {
+                if key.starts_with(&prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+
+    /// Once `destination` has twice as many replays as it remembers
+    /// finished ones, forgets the oldest finished ones beyond that (their
+    /// ids, asked for again, start new replays), as the file queue does.
+    async fn forget_old_replays(&self, destination: &str) -> io::Result<()> {
+        let keys = self.replay_keys(destination).await;
+        if keys.len() < 2 * self.replays_kept {
+            return Ok(());
+        }
+        // In the order they finished (the revision of their last write:
+        // `created_at` counts seconds only).
+        let mut finished = Vec::new();
+        for key in keys {
+            if let Some((s, revision)) = self.stored(&key).await?
+                && !s.record.finished_at.is_empty()
+            {
+                finished.push((revision, key));
+            }
+        }
+        finished.sort();
+        let forget = finished.len().saturating_sub(self.replays_kept);
+        for (_, key) in finished.into_iter().take(forget) {
+            // The key's subject in the bucket's stream, purged whole: no
+            // delete marker is left behind.
+            sluice_stream::purge_subject(
+                self.publisher.client(),
+                &format!("KV_{BUCKET}"),
+                &format!("$KV.{BUCKET}.{key}"),
+            )
+            .await
+            .map_err(other)?;
+        }
+        Ok(())
     }
 
     fn key(destination: &str, id: &str) -> String {
@@ -219,21 +282,15 @@ impl JetStreamDeadLetters {
         if s.record.finished_at.is_empty() {
             s.record.finished_at = crate::now();
             self.put(&key, &s).await?;
+            if let Err(e) = self.forget_old_replays(destination).await {
+                tracing::warn!(destination, "cannot forget old replays: {e}");
+            }
         }
         Ok(s.record)
     }
 
     async fn open_replays(&self, destination: &str) -> io::Result<Vec<ReplayRecord>> {
-        use futures_util::StreamExt;
-        let prefix = format!("{destination}.");
-        let mut keys = Vec::new();
-        if let Ok(mut k) = self.replays.keys().await {
-            while let Some(Ok(key)) = k.next().await {
-                if key.starts_with(&prefix) {
-                    keys.push(key);
-                }
-            }
-        }
+        let keys = self.replay_keys(destination).await;
         let js = jetstream::new(self.publisher.client().clone());
         let nodes = js.get_key_value(NODES).await.ok();
         let mut out = Vec::new();

@@ -1,0 +1,73 @@
+//! The cluster's replays bucket (`SLUICE_REPLAYS`) stays bounded per
+//! destination, as the file queue's replays log does: every running replay
+//! and the last finished ones are remembered, older finished ones are
+//! forgotten. Against a real nats-server (from `.venv-nats`), on loopback.
+
+use sluice_engine::dead_letter_file::{Selection, Taken};
+use sluice_serve::cluster::dead_letter_queue::JetStreamDeadLetters;
+use sluice_serve::dead_letters::DeadLetterStore;
+use sluice_stream::{Publisher, StreamSettings};
+use sluice_testkit::nats::NatsCluster;
+
+#[test]
+fn a_destination_remembers_its_running_replays_and_its_last_finished_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsCluster::start(dir.path(), 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = StreamSettings::default();
+    let publisher = rt
+        .block_on(Publisher::connect(&nats.urls(), settings.clone()))
+        .expect("connected");
+    let q = rt
+        .block_on(JetStreamDeadLetters::open(
+            publisher,
+            settings,
+            "node-0".into(),
+            rt.handle().clone(),
+        ))
+        .expect("the replays bucket")
+        .with_replays_kept(3);
+    let all = Selection::default();
+    assert!(matches!(
+        q.take_for_replay("ed_t", "open", &all).unwrap(),
+        Taken::New(_)
+    ));
+    for i in 0..20 {
+        let id = format!("r{i}");
+        assert!(matches!(
+            q.take_for_replay("ed_t", &id, &all).unwrap(),
+            Taken::New(_)
+        ));
+        q.finish_replay("ed_t", &id).unwrap();
+    }
+    let remembered: Vec<usize> = (0..20)
+        .filter(|i| q.replay("ed_t", &format!("r{i}")).unwrap().is_some())
+        .collect();
+    assert!(
+        (3..6).contains(&remembered.len()) && remembered.ends_with(&[17, 18, 19]),
+        "the last finished replays, at most twice as many: {remembered:?}"
+    );
+    let open: Vec<String> = q
+        .unfinished("ed_t")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(open, ["open"], "a running replay is never forgotten");
+    assert!(matches!(
+        q.take_for_replay("ed_t", "r19", &all).unwrap(),
+        Taken::Existing(_)
+    ));
+    assert!(
+        matches!(
+            q.take_for_replay("ed_t", "r0", &all).unwrap(),
+            Taken::New(_)
+        ),
+        "a forgotten id starts a new replay"
+    );
+    drop(nats);
+}
