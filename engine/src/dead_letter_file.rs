@@ -414,7 +414,14 @@ impl DeadLetterFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Page::default()),
             Err(e) => return Err(e),
         };
-        let mut lines = ReverseLines::new(&mut f)?;
+        // Ids only grow from the file's start: a page deep in the queue
+        // starts reading where its ids begin, found by bisection, instead
+        // of reading every newer line first.
+        let end = match before_id {
+            Some(id) => start_of_id(&mut f, id)?,
+            None => f.metadata()?.len(),
+        };
+        let mut lines = ReverseLines::before(&mut f, end);
         let mut failed = None;
         let newest_first = std::iter::from_fn(|| match lines.next_line() {
             Ok(l) => l,
@@ -778,6 +785,75 @@ fn last_line(f: &mut File) -> std::io::Result<Option<Vec<u8>>> {
     ReverseLines::new(f)?.next_line()
 }
 
+/// Where the first line whose id is at least `id` starts in `f` (its
+/// length if none does), by bisection over byte offsets: ids never go down
+/// from one line to the next (lines written before ids existed have id 0,
+/// at the start). A line whose id cannot be read from its first bytes
+/// (not as the writer prints it) makes this give up and answer the length,
+/// so that the caller reads the whole file, as without it.
+fn start_of_id(f: &mut File, id: u64) -> std::io::Result<u64> {
+    let len = f.metadata()?.len();
+    // Every line starting before `lo` has a smaller id; every line
+    // starting at or after `hi` has at least `id`.
+    let (mut lo, mut hi) = (0u64, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match line_from(f, mid, len)? {
+            Some((start, _)) if start >= hi => hi = mid,
+            Some((start, Some(line_id))) => {
+                if line_id >= id {
+                    hi = start;
+                } else {
+                    lo = start + 1;
+                }
+            }
+            Some((_, None)) => return Ok(len),
+            None => hi = mid,
+        }
+    }
+    Ok(line_from(f, lo, len)?.map_or(len, |(start, _)| start))
+}
+
+/// The start of the first line starting at or after byte `pos` of `f`
+/// (`len` bytes), and its id if its first bytes are `{"id":` and digits.
+fn line_from(f: &mut File, pos: u64, len: u64) -> std::io::Result<Option<(u64, Option<u64>)>> {
+    let mut start = pos;
+    if pos > 0 {
+        // Past the next newline at or after byte `pos - 1`.
+        let mut at = pos - 1;
+        let mut block = [0u8; 4096];
+        loop {
+            if at >= len {
+                return Ok(None);
+            }
+            let n = (block.len() as u64).min(len - at) as usize;
+            f.seek(SeekFrom::Start(at))?;
+            f.read_exact(&mut block[..n])?;
+            if let Some(i) = memchr::memchr(b'\n', &block[..n]) {
+                start = at + i as u64 + 1;
+                break;
+            }
+            at += n as u64;
+        }
+    }
+    if start >= len {
+        return Ok(None);
+    }
+    let mut head = [0u8; 32];
+    let n = (head.len() as u64).min(len - start) as usize;
+    f.seek(SeekFrom::Start(start))?;
+    f.read_exact(&mut head[..n])?;
+    let id = head[..n].strip_prefix(b"{\"id\":").and_then(|rest| {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let followed = rest.get(digits).is_some_and(|b| matches!(b, b',' | b'}'));
+        if digits == 0 || !followed {
+            return None;
+        }
+        std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    });
+    Ok(Some((start, id)))
+}
+
 /// Reads a file's lines from the end, a block at a time.
 struct ReverseLines<'a> {
     f: &'a mut File,
@@ -792,11 +868,16 @@ impl<'a> ReverseLines<'a> {
 
     fn new(f: &'a mut File) -> std::io::Result<ReverseLines<'a>> {
         let pos = f.metadata()?.len();
-        Ok(ReverseLines {
+        Ok(ReverseLines::before(f, pos))
+    }
+
+    /// The lines of `f` that end before byte `pos` (a line's start).
+    fn before(f: &'a mut File, pos: u64) -> ReverseLines<'a> {
+        ReverseLines {
             f,
             pos,
             buf: Vec::new(),
-        })
+        }
     }
 
     fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
@@ -1078,5 +1159,84 @@ mod tests {
         ));
         // The first ones are forgotten.
         assert!(q.replay("r0").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_deep_page_starts_where_its_ids_begin_and_agrees_with_a_full_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = DeadLetterFile::new(dir.path(), "ed_1", 0);
+        // Lines of every length, a long one among them, and a gap in the
+        // ids where a replay took some out.
+        for round in 0..30u64 {
+            q.append_with(|first| {
+                let mut buf = Vec::new();
+                for i in 0..100 {
+                    let pad =
+                        "x".repeat(((first + i) % 300) as usize + if i == 7 { 70_000 } else { 0 });
+                    write_line(
+                        &mut buf,
+                        first + i,
+                        "t",
+                        "esb_1",
+                        &format!("r{round}"),
+                        1,
+                        format!("{{\"p\":\"{pad}\"}}").as_bytes(),
+                    );
+                }
+                buf
+            })
+            .unwrap();
+        }
+        let take = Selection {
+            reason: Some("r12".into()),
+            ..Selection::default()
+        };
+        q.take_for_replay("gap", &take).unwrap();
+        let all = Selection::default();
+        let scanned = |before: Option<u64>, limit: usize| {
+            let mut f = File::open(q.path()).unwrap();
+            let mut lines = ReverseLines::new(&mut f).unwrap();
+            let newest_first = std::iter::from_fn(|| lines.next_line().unwrap())
+                .map(|l| serde_json::from_slice::<DeadLetter>(&l).unwrap());
+            let p = Page::of(newest_first, &all, before, limit);
+            (
+                p.dead_letters.iter().map(|d| d.id).collect::<Vec<_>>(),
+                p.next_before,
+            )
+        };
+        for before in [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(8),
+            Some(1200),
+            Some(1201),
+            Some(1250),
+            Some(1301),
+            Some(2999),
+            Some(3000),
+            Some(3001),
+            Some(u64::MAX),
+        ] {
+            for limit in [1, 10, 500] {
+                let p = q.list(&all, before, limit).unwrap();
+                let got = (
+                    p.dead_letters.iter().map(|d| d.id).collect::<Vec<_>>(),
+                    p.next_before,
+                );
+                assert_eq!(
+                    got,
+                    scanned(before, limit),
+                    "before {before:?}, limit {limit}"
+                );
+            }
+        }
+        let mut f = File::open(q.path()).unwrap();
+        let len = f.metadata().unwrap().len();
+        assert_eq!(start_of_id(&mut f, u64::MAX).unwrap(), len);
+        assert_eq!(start_of_id(&mut f, 0).unwrap(), 0);
+        let at = start_of_id(&mut f, 1500).unwrap();
+        assert_eq!(line_from(&mut f, at, len).unwrap(), Some((at, Some(1500))));
     }
 }
