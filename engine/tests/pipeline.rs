@@ -1102,6 +1102,31 @@ fn first_call_hangs(out: &Path, accounts: usize, delivery: DeliveryConfig) -> Pi
     }
 }
 
+/// Starts `spec`, publishes one event for each of `accounts` accounts and
+/// waits until `ed_slow` delivered at least `n` records, failing with
+/// `what` if that takes 3 s.
+fn deliver_within_3_s(
+    dir: &Path,
+    spec: &PipelineSpec,
+    accounts: usize,
+    n: usize,
+    what: &str,
+) -> (Engine, std::sync::Arc<Metrics>) {
+    let engine = Engine::start(engine_cfg(dir), plugins(), spec).unwrap();
+    let start = std::time::Instant::now();
+    engine.publish_ndjson(bytes::Bytes::from(one_event_per_account(accounts, 0, "{}")));
+    let m = engine.metrics().clone();
+    while counts(&m, "ed_slow").delivered < n as u64 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "{what}: {:?}",
+            counts(&m, "ed_slow")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (engine, m)
+}
+
 /// A send shared by many small batches whose first call hangs is given up
 /// on one timeout after it began, not one per batch: the calls not begun
 /// are not made, their batches are retried at once, and nothing is lost.
@@ -1123,21 +1148,15 @@ fn a_shared_send_whose_call_hangs_is_given_up_on_after_one_timeout() {
             ..delivery()
         },
     );
-    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
-    let start = std::time::Instant::now();
-    let buf = one_event_per_account(ACCOUNTS, 0, "{}");
-    engine.publish_ndjson(bytes::Bytes::from(buf));
     // With a timeout per batch of the send (40 x 300 ms) this would take
     // 12 s; the hung call itself returns after 5 s.
-    let m = engine.metrics().clone();
-    while counts(&m, "ed_slow").delivered < ACCOUNTS as u64 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(3),
-            "delivery waited past one timeout: {:?}",
-            counts(&m, "ed_slow")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (engine, m) = deliver_within_3_s(
+        dir.path(),
+        &spec,
+        ACCOUNTS,
+        ACCOUNTS,
+        "delivery waited past one timeout",
+    );
     let c = counts(&m, "ed_slow");
     assert_eq!(c.send_timeouts, 1, "{c:?}");
     assert!(c.retried >= 1, "{c:?}");
@@ -1171,18 +1190,13 @@ fn without_a_send_timeout_a_hung_call_holds_only_its_own_batch() {
             ..delivery()
         },
     );
-    let engine = Engine::start(engine_cfg(dir.path()), plugins(), &spec).unwrap();
-    let start = std::time::Instant::now();
-    engine.publish_ndjson(bytes::Bytes::from(one_event_per_account(ACCOUNTS, 0, "{}")));
-    let m = engine.metrics().clone();
-    while counts(&m, "ed_slow").delivered < ACCOUNTS as u64 - 1 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(3),
-            "the hung call held other batches: {:?}",
-            counts(&m, "ed_slow")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (engine, m) = deliver_within_3_s(
+        dir.path(),
+        &spec,
+        ACCOUNTS,
+        ACCOUNTS - 1,
+        "the hung call held other batches",
+    );
     engine.shutdown();
     let c = counts(&m, "ed_slow");
     assert_eq!(
