@@ -582,19 +582,23 @@ impl DeadLetterFile {
         Ok((latest.into_iter().map(|(_, r)| r).collect(), lines))
     }
 
-    /// Appends `r`'s state to the replays log (under the lock). A log that
-    /// reached twice [`REPLAYS_KEPT`] lines is first rewritten with the
+    /// Appends `r`'s state to the replays log (under the lock), whose
+    /// states and lines the caller read ([`DeadLetterFile::replays`]). A log
+    /// that reached twice [`REPLAYS_KEPT`] lines is first rewritten with the
     /// latest state of every unfinished replay and of the last
     /// [`REPLAYS_KEPT`] finished ones: older finished ids are forgotten.
-    fn record_replay(&self, r: &ReplayRecord) -> std::io::Result<()> {
-        let (states, lines) = self.replays()?;
-        if lines >= 2 * REPLAYS_KEPT {
+    fn record_replay(
+        &self,
+        (states, lines): &(Vec<ReplayRecord>, usize),
+        r: &ReplayRecord,
+    ) -> std::io::Result<()> {
+        if *lines >= 2 * REPLAYS_KEPT {
             // `states` is in the order of their last lines: the finished
             // ones first met finished first.
             let finished = states.iter().filter(|s| !s.finished_at.is_empty()).count();
             let mut forget = finished.saturating_sub(REPLAYS_KEPT);
             let mut kept = Vec::new();
-            for s in &states {
+            for s in states {
                 if !s.finished_at.is_empty() && forget > 0 {
                     forget -= 1;
                     continue;
@@ -626,8 +630,9 @@ impl DeadLetterFile {
             ));
         }
         let _lock = self.lock()?;
-        if let Some(r) = self.replay(id)? {
-            return Ok(Taken::Existing(r));
+        let log = self.replays()?;
+        if let Some(r) = log.0.iter().find(|r| r.id == id) {
+            return Ok(Taken::Existing(r.clone()));
         }
         let mut record = ReplayRecord {
             id: id.to_string(),
@@ -637,7 +642,7 @@ impl DeadLetterFile {
         };
         self.take_into(selection, Some(&self.journal(id)), |n| {
             record.records = n;
-            self.record_replay(&record)
+            self.record_replay(&log, &record)
         })?;
         Ok(Taken::New(record))
     }
@@ -673,12 +678,13 @@ impl DeadLetterFile {
     /// kept in a disk buffer, or dead-lettered again. Its journal goes.
     pub fn finish_replay(&self, id: &str) -> std::io::Result<ReplayRecord> {
         let _lock = self.lock()?;
-        let mut r = self.replay(id)?.ok_or_else(|| {
+        let log = self.replays()?;
+        let mut r = log.0.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no replay {id}"))
         })?;
         if r.finished_at.is_empty() {
             r.finished_at = now_rfc3339();
-            self.record_replay(&r)?;
+            self.record_replay(&log, &r)?;
         }
         match std::fs::remove_file(self.journal(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -33,6 +33,8 @@ use std::io;
 const BUCKET: &str = "SLUICE_REPLAYS";
 /// The bucket of live nodes' heartbeats (kept by consumption).
 const NODES: &str = "SLUICE_NODES";
+/// Longest time finishing a replay spends forgetting old ones.
+const FORGET_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Lines per message an id can address.
 const LINE_BITS: u32 = 20;
 
@@ -282,8 +284,17 @@ impl JetStreamDeadLetters {
         if s.record.finished_at.is_empty() {
             s.record.finished_at = crate::now();
             self.put(&key, &s).await?;
-            if let Err(e) = self.forget_old_replays(destination).await {
-                tracing::warn!(destination, "cannot forget old replays: {e}");
+            // Best effort, and bounded in time: a key listing of the
+            // bucket can hang (see `sluice_stream`'s live-node count), and
+            // the replay is done whatever becomes of the old ones.
+            let forget = self.forget_old_replays(destination);
+            match tokio::time::timeout(FORGET_WITHIN, forget).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(destination, "cannot forget old replays: {e}"),
+                Err(_) => tracing::warn!(
+                    destination,
+                    "forgetting old replays took over {FORGET_WITHIN:?}; left for the next replay"
+                ),
             }
         }
         Ok(s.record)
