@@ -13,7 +13,9 @@
 //! whose node stopped (it has no heartbeat in `SLUICE_NODES` any more) is
 //! taken over by the next node that starts: at-least-once. A destination
 //! remembers every unfinished replay and its last [`REPLAYS_KEPT`] finished
-//! ones: once it has twice as many, finishing one forgets the oldest.
+//! ones: a node looks at a destination's first finish and every
+//! [`REPLAYS_KEPT`] finishes after, and forgets the oldest once there are
+//! twice as many.
 //!
 //! No byte bound here: the stream's own limits apply (a full stream refuses
 //! new dead letters, whose records then wait, unacknowledged, as a
@@ -56,6 +58,9 @@ pub struct JetStreamDeadLetters {
     rt: tokio::runtime::Handle,
     /// Finished replays remembered per destination ([`REPLAYS_KEPT`]).
     replays_kept: usize,
+    /// Replays this node finished per destination since it last looked for
+    /// old ones to forget (a destination not in it: not yet looked).
+    finished_since_forget: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 fn other<E: std::fmt::Display>(e: E) -> io::Error {
@@ -86,6 +91,7 @@ impl JetStreamDeadLetters {
             node,
             rt,
             replays_kept: REPLAYS_KEPT,
+            finished_since_forget: Default::default(),
         })
     }
 
@@ -94,6 +100,25 @@ impl JetStreamDeadLetters {
     pub fn with_replays_kept(mut self, n: usize) -> JetStreamDeadLetters {
         self.replays_kept = n.max(1);
         self
+    }
+
+    /// Counts a finish of `destination`'s; whether to look for old
+    /// replays to forget now.
+    fn time_to_forget(&self, destination: &str) -> bool {
+        let mut since = self
+            .finished_since_forget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match since.get_mut(destination) {
+            Some(n) if *n + 1 < self.replays_kept => {
+                *n += 1;
+                false
+            }
+            _ => {
+                since.insert(destination.to_string(), 0);
+                true
+            }
+        }
     }
 
     /// The keys of `destination`'s replays.
@@ -284,9 +309,15 @@ impl JetStreamDeadLetters {
         if s.record.finished_at.is_empty() {
             s.record.finished_at = crate::now();
             self.put(&key, &s).await?;
-            // Best effort, and bounded in time: a key listing of the
-            // bucket can hang (see `sluice_stream`'s live-node count), and
-            // the replay is done whatever becomes of the old ones.
+            // Listing the bucket's keys costs every destination's: look
+            // for old replays at this node's first finish of a destination,
+            // then every `replays_kept` finishes (so it holds at most about
+            // three times that many). Best effort, and bounded in time: a
+            // key listing can hang (see `sluice_stream`'s live-node count),
+            // and the replay is done whatever becomes of the old ones.
+            if !self.time_to_forget(destination) {
+                return Ok(s.record);
+            }
             let forget = self.forget_old_replays(destination);
             match tokio::time::timeout(FORGET_WITHIN, forget).await {
                 Ok(Ok(())) => {}
