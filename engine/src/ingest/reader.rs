@@ -39,6 +39,9 @@ const FREE_BUFFERS: usize = 4;
 #[derive(Default)]
 struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers made (not taken back from `free`), for tests.
+    #[cfg(test)]
+    made: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
@@ -47,7 +50,11 @@ impl Pool {
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match reused {
             Some(b) if b.len() == size => b,
-            _ => vec![0; size],
+            _ => {
+                #[cfg(test)]
+                self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                vec![0; size]
+            }
         }
     }
 
@@ -136,8 +143,16 @@ impl<R: Read> NdjsonReader<R> {
     }
 
     /// Hands out `buf[..n]` (the buffer goes with it) and carries on with
-    /// the rest at the start of a buffer from the pool.
+    /// the rest at the start of a buffer from the pool. A chunk under a
+    /// quarter of `chunk` (a live stream's few lines) is copied out
+    /// instead, so that slow streams do not pin a whole buffer per chunk
+    /// while the engine holds them.
     fn hand_out(&mut self, n: usize) -> Bytes {
+        if n < self.chunk / 4 {
+            let small = Bytes::copy_from_slice(&self.buf[..n]);
+            self.discard(n);
+            return small;
+        }
         let mut next = self.pool.take(self.buf.len());
         let rest = self.len - n;
         next[..rest].copy_from_slice(&self.buf[n..self.len]);
@@ -316,5 +331,34 @@ mod tests {
         );
         let (count, distinct) = chunks(true);
         assert_eq!(distinct, count, "a held chunk's buffer is never reused");
+    }
+
+    #[test]
+    fn a_slow_stream_s_small_chunks_do_not_each_hold_a_buffer() {
+        let mut input = Vec::new();
+        for i in 0..2_000 {
+            input.extend_from_slice(
+                format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "z".repeat(900)).as_bytes(),
+            );
+        }
+        let mut reader = NdjsonReader::new(
+            Trickle {
+                data: &input,
+                step: 1_000,
+            },
+            64 << 10,
+        );
+        let mut held = Vec::new();
+        for item in reader.by_ref() {
+            let Chunk::Lines(b) = item.unwrap() else {
+                panic!("no line is oversized")
+            };
+            held.push(b);
+        }
+        assert!(held.len() > 1_000, "small chunks: {}", held.len());
+        let joined: Vec<u8> = held.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(joined, input);
+        let made = reader.pool.made.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(made, 1, "one buffer read into, not one per held chunk");
     }
 }
