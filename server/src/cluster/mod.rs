@@ -54,13 +54,19 @@ impl ClusterOptions {
         ClusterOptions {
             servers: servers.into(),
             stream: StreamSettings::default(),
-            consume: ConsumeSettings::new(format!(
-                "node-{}",
-                &crate::ids::new_id("nd")[3..13].to_ascii_lowercase()
-            )),
+            consume: ConsumeSettings::new(node_name()),
             spill_after: Duration::from_secs(5),
         }
     }
+}
+
+/// A node name made up at start: random. (It was the first characters of
+/// a time-ordered id, which are its millisecond: nodes started at the same
+/// moment shared a name, so one heartbeat and one set of leases.)
+fn node_name() -> String {
+    let b = crate::ids::random_bytes::<6>();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("node-{hex}")
 }
 
 /// A node's link to its cluster, shared by the API's handlers.
@@ -445,6 +451,14 @@ fn policy_differences(a: &serde_json::Value, b: &serde_json::Value) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_started_at_the_same_moment_get_different_names() {
+        let names: std::collections::HashSet<String> = (0..1000)
+            .map(|_| ClusterOptions::new("x").consume.node)
+            .collect();
+        assert_eq!(names.len(), 1000);
+    }
 
     #[test]
     fn every_sample_gets_the_node_label() {
