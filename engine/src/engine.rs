@@ -1527,6 +1527,37 @@ fn worker(rx: Receiver<InputBatch>, shared: Arc<Shared>) {
     }
 }
 
+/// The most bytes of an event [`prefetch`] asks for (a larger event is read
+/// at its own pace; its first lines are what the reader needs first).
+const PREFETCH_MAX: usize = 2048;
+
+/// Asks the CPU to bring the cache lines of `bytes` (their first
+/// [`PREFETCH_MAX`]) into its caches ahead of their use: the next event's,
+/// while this one is read. The ingest thread wrote them on another core, so
+/// without this the reader's first look at each line waits on memory
+/// (`perf annotate`: 40% of the index's samples on its first compare).
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = bytes.as_ptr() as usize;
+        let mut line = start & !63;
+        let end = start + bytes.len().min(PREFETCH_MAX);
+        while line < end {
+            // SAFETY: a prefetch is a hint: it cannot fault, whatever the
+            // address, and changes nothing a program can see.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    line as *const i8,
+                )
+            };
+            line += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 fn process(
     batch: &InputBatch,
     snap: &Snapshot,
@@ -1538,9 +1569,12 @@ fn process(
     local.prepare(snap.subscriptions.len());
     let m = &shared.metrics;
     let mut bytes_in = 0u64;
-    for span in &batch.spans {
+    for (k, span) in batch.spans.iter().enumerate() {
         let (start, end) = (span.start as usize, (span.start + span.len) as usize);
         let raw = &batch.data[start..end];
+        if let Some(next) = batch.spans.get(k + 1) {
+            prefetch(&batch.data[next.start as usize..(next.start + next.len) as usize]);
+        }
         bytes_in += raw.len() as u64;
         local.sample_tick = local.sample_tick.wrapping_add(1);
         if shared.stage_sampling && local.sample_tick.is_multiple_of(64) {
