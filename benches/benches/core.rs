@@ -9,7 +9,7 @@ use sluice_engine::cel::Verdict;
 use sluice_engine::cel::{Filter, FilterOptions};
 use sluice_engine::config::{DeliveryConfig, Fsync, SourceSpec, WhenFull};
 use sluice_engine::events::EventTypeId;
-use sluice_engine::ingest::{Chunk as ReadChunk, NdjsonReader};
+use sluice_engine::ingest::{Chunk as ReadChunk, NdjsonReader, shard_of};
 use sluice_engine::internal::config::compile_source;
 use sluice_engine::internal::delivery::{Chunk, Delivery};
 use sluice_engine::internal::disk_buffer::{DiskBuffer, DiskOptions, SyncSignal};
@@ -144,6 +144,23 @@ fn read(c: &mut Criterion) {
                 }
             }
             black_box(lines)
+        })
+    });
+    group.finish();
+}
+
+/// Choosing an event's worker: the ingest thread finds each event's
+/// `account_id` (`prescan_account`) and hashes it, for every event in
+/// either mode.
+fn shard(c: &mut Criterion) {
+    let evs = events(650, 512);
+    let mut group = c.benchmark_group("shard");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    group.bench_function("shard_of, 2 workers (avg ~740 bytes)", |b| {
+        b.iter(|| {
+            i = (i + 1) % evs.len();
+            black_box(shard_of(&evs[i], 2))
         })
     });
     group.finish();
@@ -594,6 +611,7 @@ criterion_group!(
     parse,
     scan,
     read,
+    shard,
     rejected,
     filter,
     route,

@@ -74,12 +74,42 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        let k = quote_or_backslash(b, j)?;
         if b[k] == b'"' {
             return Some(k);
         }
         j = k + 2;
     }
+}
+
+/// The first `"` or `\` at or after `from`. The strings of an envelope
+/// are short (ids, a type, a timestamp): 16 bytes at a time, inline, cost
+/// less than a call to `memchr2` per string (criterion "shard").
+#[inline(always)]
+fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    let mut j = from;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        while j + 16 <= b.len() {
+            // SAFETY: the 16 bytes from `j` are inside `b`; SSE2 is part
+            // of every x86_64 CPU.
+            let hits = unsafe {
+                let v = _mm_loadu_si128(b.as_ptr().add(j).cast());
+                let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let s = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                _mm_movemask_epi8(_mm_or_si128(q, s))
+            };
+            if hits != 0 {
+                return Some(j + hits.trailing_zeros() as usize);
+            }
+            j += 16;
+        }
+    }
+    let rest = b.get(j..)?;
+    rest.iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|k| j + k)
 }
 
 /// Skips one JSON value starting at `b[i]` (no validation), returning the
@@ -208,6 +238,37 @@ mod tests {
             prescan_account(br#"{"a":1,"b":[1,{"x":"]"}],"account_id":"ac_2"}"#),
             Some(&b"ac_2"[..])
         );
+    }
+
+    #[test]
+    fn strings_end_at_the_first_unescaped_quote_wherever_it_falls() {
+        // Ends and escapes on each side of the 16-byte steps, against the
+        // byte-by-byte answer.
+        for len in 0..40 {
+            for esc in [None, Some(0), Some(14), Some(15), Some(16), Some(31)] {
+                let mut s = vec![b'"'];
+                for k in 0..len {
+                    if esc == Some(k) {
+                        s.extend_from_slice(br#"\""#);
+                    } else {
+                        s.push(b'a' + (k % 26) as u8);
+                    }
+                }
+                s.extend_from_slice(br#"","b":1"#);
+                let mut want = 1;
+                while s[want] != b'"' {
+                    want += if s[want] == b'\\' { 2 } else { 1 };
+                }
+                assert_eq!(
+                    string_end(&s, 0),
+                    Some(want),
+                    "{}",
+                    String::from_utf8_lossy(&s)
+                );
+                // Unterminated: no end, wherever the bytes stop.
+                assert_eq!(string_end(&s[..want], 0), None);
+            }
+        }
     }
 
     #[test]
