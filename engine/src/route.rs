@@ -90,20 +90,36 @@ impl FieldNeeds {
     /// The paths as the on-demand reader's tree (`None`: read whole), with
     /// the members that the first `&&` operand of every one of `routes`'
     /// filters reads put first (the reader reads them first and stops
-    /// there if each such operand is false).
-    fn trie(&self, routes: &[Route]) -> Option<FieldTree> {
+    /// there if each such operand is false). One tree per distinct answer,
+    /// shared through `trees`: accounts with the same filters read one
+    /// tree, which stays in the cache, instead of one each.
+    fn trie(&self, routes: &[Route], trees: &mut TreeCache) -> Option<Arc<FieldTree>> {
         match self {
             FieldNeeds::Whole => None,
             FieldNeeds::Paths(paths) => {
-                let tree = FieldTree::new(paths);
-                Some(match first_members(routes) {
-                    Some(first) => tree.read_first(&first),
-                    None => tree,
-                })
+                let first = first_members(routes);
+                let key = (
+                    paths.clone(),
+                    first
+                        .as_ref()
+                        .map(|f| f.iter().map(|m| Box::from(*m)).collect()),
+                );
+                let tree = trees.entry(key).or_insert_with(|| {
+                    let tree = FieldTree::new(paths);
+                    Arc::new(match &first {
+                        Some(first) => tree.read_first(first),
+                        None => tree,
+                    })
+                });
+                Some(tree.clone())
             }
         }
     }
 }
+
+/// The on-demand reader's trees made for one snapshot, by the paths they
+/// hold and the members read first.
+type TreeCache = FxHashMap<(Box<[Box<str>]>, Option<Box<[Box<str>]>>), Arc<FieldTree>>;
 
 /// The members of `object` that the first `&&` operands of `routes`'
 /// filters read (`None`: some route has no such operand to decide alone).
@@ -120,8 +136,9 @@ fn first_members(routes: &[Route]) -> Option<Vec<&str>> {
 struct TypeRoutes {
     routes: Box<[Route]>,
     needs: FieldNeeds,
-    /// `needs` as the on-demand reader's tree, unless the event is read whole.
-    trie: Option<FieldTree>,
+    /// `needs` as the on-demand reader's tree, unless the event is read
+    /// whole (shared by every account whose routes read the same).
+    trie: Option<Arc<FieldTree>>,
 }
 
 /// For one account: the routes of each event type it has sources for.
@@ -182,6 +199,7 @@ impl Snapshot {
             subscriptions.push(sub);
         }
         let mut table = HashTable::with_capacity(index.len());
+        let mut trees = TreeCache::default();
         for (account, types) in index {
             let types = AccountRoutes {
                 types: types.iter().map(|(t, _)| *t).collect(),
@@ -190,7 +208,7 @@ impl Snapshot {
                     .map(|(_, routes)| {
                         let needs = FieldNeeds::of(&routes);
                         TypeRoutes {
-                            trie: needs.trie(&routes),
+                            trie: needs.trie(&routes, &mut trees),
                             needs,
                             routes: routes.into_boxed_slice(),
                         }
@@ -247,7 +265,7 @@ impl Snapshot {
         event_type: EventTypeId,
     ) -> Option<(&[Route], Option<&FieldTree>)> {
         self.type_routes(account_id, event_type)
-            .map(|t| (&t.routes[..], t.trie.as_ref()))
+            .map(|t| (&t.routes[..], t.trie.as_deref()))
     }
 
     /// Whether any event may be settled by reading only some of its fields.
@@ -308,6 +326,47 @@ mod tests {
             route(Some("size(ev.http.request) > 2")),
         ];
         assert_eq!(paths(&FieldNeeds::of(&rs)), vec!["http.request"]);
+    }
+
+    #[test]
+    fn accounts_whose_routes_read_the_same_share_one_tree() {
+        let sub = |account: &str, filter: &str| {
+            let rt = SubscriptionRt {
+                id: format!("esb_{account}").into(),
+                account_id: account.into(),
+                destinations: Box::new([]),
+                stats: Default::default(),
+            };
+            (rt, vec![route(Some(filter)).source])
+        };
+        let (port, status) = (
+            "ev.conn.server_port == 443",
+            "ev.http.response.status_code >= 500",
+        );
+        let port_first = format!("{port} && {status}");
+        let status_first = format!("{status} && {port}");
+        let snap = Snapshot::new(
+            1,
+            vec![
+                sub("ac_a", port),
+                sub("ac_b", port),
+                sub("ac_c", status),
+                sub("ac_d", &port_first),
+                sub("ac_e", &port_first),
+                sub("ac_f", &status_first),
+            ],
+            vec![],
+        );
+        let ty = EventTypeId::from_name("http_request_complete.v0").expect("known type");
+        let tree = |account: &str| {
+            let (_, tree) = snap.lookup(account, ty).expect("routed");
+            tree.expect("read on demand") as *const FieldTree
+        };
+        assert_eq!(tree("ac_a"), tree("ac_b"));
+        assert_ne!(tree("ac_a"), tree("ac_c"));
+        assert_eq!(tree("ac_d"), tree("ac_e"));
+        // The same paths read in another order are another tree.
+        assert_ne!(tree("ac_d"), tree("ac_f"));
     }
 
     #[test]
