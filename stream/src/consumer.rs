@@ -151,6 +151,9 @@ pub struct ConsumeStats {
     pub live_nodes: AtomicU64,
     /// Messages whose payload could not be decoded (ended, not delivered).
     pub undecodable: AtomicU64,
+    /// Ticks at which this node could not write its heartbeat: the other
+    /// nodes then do not count it, and aim at a larger share each.
+    pub heartbeat_failures: AtomicU64,
     /// Which partitions are held now, in order.
     pub held: std::sync::Mutex<Vec<u32>>,
 }
@@ -342,8 +345,27 @@ async fn coordinate(
     let start = crate::partition_of(me.as_bytes(), partitions);
     // The nodes counted last time, for a tick whose count did not come.
     let mut last_live = 1;
+    // Whether the last heartbeat failed (said once, not at every tick).
+    let mut unseen = false;
     loop {
-        let _ = nodes.put(&me, Bytes::new()).await;
+        match nodes.put(&me, Bytes::new()).await {
+            Ok(_) if unseen => {
+                unseen = false;
+                tracing::info!(node = %me, "heartbeat written again");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ctx.stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                if !unseen {
+                    unseen = true;
+                    tracing::warn!(
+                        node = %me,
+                        error = %e,
+                        "cannot write this node's heartbeat to SLUICE_NODES: the other nodes do not count it and aim at a larger share of the partitions until it is written again (it keeps the partitions whose leases it renews)"
+                    );
+                }
+            }
+        }
         let live = live_nodes(&nodes, tick).await.unwrap_or(last_live).max(1);
         last_live = live;
         ctx.stats.live_nodes.store(live as u64, Ordering::Relaxed);

@@ -498,3 +498,33 @@ async fn a_stopped_node_hands_its_partitions_over_at_once_without_duplicates() {
         "took {handover:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_write_its_heartbeat_counts_it_and_keeps_its_partitions() {
+    let (_one, _dir, nats, settings, _p) = cluster_and_publisher().await;
+    let seen: Seen = Default::default();
+    let (client, a) = node(&nats, &settings, "node-a", seen, false).await;
+    until(Duration::from_secs(20), "all 16 partitions", async || {
+        a.partitions().await.len() == 16
+    })
+    .await;
+    let failures = || a.stats.heartbeat_failures.load(Ordering::Relaxed);
+    assert_eq!(failures(), 0);
+    // With the heartbeat bucket gone, every heartbeat put fails.
+    jetstream::new(client)
+        .delete_key_value("SLUICE_NODES")
+        .await
+        .expect("delete the heartbeat bucket");
+    until(
+        Duration::from_secs(5),
+        "a failed heartbeat counted",
+        async || failures() > 0,
+    )
+    .await;
+    // It goes on counting them, and its leases, in another bucket, still
+    // renew: it keeps every partition (three more ticks).
+    let counted = failures();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(failures() > counted, "failures counted at every tick");
+    assert_eq!(a.partitions().await.len(), 16);
+}

@@ -181,6 +181,12 @@ impl Link {
                 n(&stats.live_nodes),
             ),
             (
+                "sluice_cluster_heartbeat_failures_total",
+                "Lease ticks at which this node could not write its heartbeat (the other nodes then do not count it).",
+                "counter",
+                n(&stats.heartbeat_failures),
+            ),
+            (
                 "sluice_cluster_events_spilled_total",
                 "Events this node put aside on a spill subject (accounts whose destinations were slow), again when put back.",
                 "counter",
