@@ -404,15 +404,28 @@ async fn a_node_killed_mid_message_loses_nothing_and_its_partitions_move() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stops_consuming_a_partition_whose_lease_another_holds() {
-    let (_one, _dir, nats, settings, _p) = cluster_and_publisher().await;
+/// A cluster and one node, "node-a", once it holds all 16 partitions (with
+/// its client).
+async fn one_node_holding_every_partition() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    NatsCluster,
+    async_nats::Client,
+    Node,
+) {
+    let (one, dir, nats, settings, _p) = cluster_and_publisher().await;
     let seen: Seen = Default::default();
     let (client, a) = node(&nats, &settings, "node-a", seen, false).await;
     until(Duration::from_secs(20), "all 16 partitions", async || {
         a.partitions().await.len() == 16
     })
     .await;
+    (one, dir, nats, client, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_consuming_a_partition_whose_lease_another_holds() {
+    let (_one, _dir, _nats, client, a) = one_node_holding_every_partition().await;
     // Another node's claim replaces A's lease on partition 3 (as after A's
     // lease expired unseen): A must give the partition up at its next
     // renewal, and not take it back while the claim is renewed.
@@ -501,15 +514,11 @@ async fn a_stopped_node_hands_its_partitions_over_at_once_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_write_its_heartbeat_counts_it_and_keeps_its_partitions() {
-    let (_one, _dir, nats, settings, _p) = cluster_and_publisher().await;
-    let seen: Seen = Default::default();
-    let (client, a) = node(&nats, &settings, "node-a", seen, false).await;
-    until(Duration::from_secs(20), "all 16 partitions", async || {
-        a.partitions().await.len() == 16
-    })
-    .await;
+    let (_one, _dir, _nats, client, a) = one_node_holding_every_partition().await;
     let failures = || a.stats.heartbeat_failures.load(Ordering::Relaxed);
-    assert_eq!(failures(), 0);
+    // (A put may fail while the new bucket's servers settle.)
+    let before = failures();
+    eprintln!("{before} heartbeat failures before the bucket went");
     // With the heartbeat bucket gone, every heartbeat put fails.
     jetstream::new(client)
         .delete_key_value("SLUICE_NODES")
@@ -518,7 +527,7 @@ async fn a_node_that_cannot_write_its_heartbeat_counts_it_and_keeps_its_partitio
     until(
         Duration::from_secs(5),
         "a failed heartbeat counted",
-        async || failures() > 0,
+        async || failures() > before,
     )
     .await;
     // It goes on counting them, and its leases, in another bucket, still
