@@ -25,6 +25,11 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Lowercase hex of `bytes`, two digits each.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Encodes 20 bytes as 27 base62 digits (big-endian), preserving order.
 fn base62_20(bytes: [u8; 20]) -> String {
     let mut n = bytes;
@@ -102,6 +107,12 @@ pub fn looks_like_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f, 0xff]), "00ab7fff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn ids_have_the_shape_and_sort_by_creation() {

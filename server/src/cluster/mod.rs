@@ -64,9 +64,7 @@ impl ClusterOptions {
 /// a time-ordered id, which are its millisecond: nodes started at the same
 /// moment shared a name, so one heartbeat and one set of leases.)
 fn node_name() -> String {
-    let b = crate::ids::random_bytes::<6>();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("node-{hex}")
+    format!("node-{}", crate::ids::hex(&crate::ids::random_bytes::<6>()))
 }
 
 /// A node's link to its cluster, shared by the API's handlers.

@@ -179,8 +179,7 @@ impl State {
 
 /// Hex SHA-256.
 pub fn sha256_hex(s: &str) -> String {
-    let d = Sha256::digest(s.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    ids::hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// Splits a key token `<27 chars>_<secret>` into (key id, secret).
