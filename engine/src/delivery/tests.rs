@@ -141,3 +141,35 @@ fn refused_records_are_grouped_in_runs_of_one_reason_in_order() {
         [("a", vec![0, 1]), ("b", vec![2]), ("a", vec![3, 4, 5])]
     );
 }
+
+#[test]
+fn a_release_wakes_a_publisher_waiting_for_room_at_once() {
+    // A release notifies only while someone waits: the waiter must be
+    // counted, or it would sleep until its 100 ms re-check.
+    let budget = Arc::new(ByteBudget::new(100, Arc::new(Stopping::default())));
+    budget.acquire(100);
+    let waiter = {
+        let b = budget.clone();
+        std::thread::spawn(move || {
+            b.acquire(50);
+            Instant::now()
+        })
+    };
+    while budget.used.lock().unwrap().waiting == 0 {
+        std::thread::yield_now();
+    }
+    // Well inside the waiter's first 100 ms wait.
+    std::thread::sleep(Duration::from_millis(20));
+    let released = Instant::now();
+    budget.release(100);
+    let took = waiter.join().unwrap() - released;
+    assert!(
+        took < Duration::from_millis(50),
+        "woken {took:?} after the release"
+    );
+    assert_eq!(budget.used(), 50);
+    assert_eq!(budget.used.lock().unwrap().waiting, 0);
+    // With no one waiting, a release only gives the bytes back.
+    budget.release(50);
+    assert_eq!(budget.available(), 100);
+}
