@@ -238,6 +238,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         .values()
         .map(|d| d.delivered_bytes)
         .sum();
+    let sends: u64 = snapshot.destinations.values().map(|d| d.sends).sum();
     let peak = sysinfo::peak_rss_bytes();
     let _ = engine.shutdown();
     let _ = std::fs::remove_dir_all(&dead);
@@ -253,6 +254,7 @@ pub fn run_in_process(s: &Scenario, data: &Path, o: &RunOptions) -> Result<RunRe
         matched: summary.matched,
         delivered: summary.delivered,
         delivered_bytes,
+        sends,
         rejected: summary.rejected,
         filter_errors: summary.filter_errors,
         unvalidated: summary.unvalidated,

@@ -344,9 +344,14 @@ impl Record {
             } else {
                 String::new()
             };
+            let sends = if r.sends > 0 {
+                format!(" in {} sends", r.sends)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "  run {}: {} events/s{offered}, {:.0} MB/s in, {:.1} MB/s out, {} delivered{dead}, latency p50 {} p99 {} max {}",
+                "  run {}: {} events/s{offered}, {:.0} MB/s in, {:.1} MB/s out, {} delivered{sends}{dead}, latency p50 {} p99 {} max {}",
                 i + 1,
                 group(r.events_per_s),
                 r.mb_in_per_s,

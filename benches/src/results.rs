@@ -44,6 +44,9 @@ pub struct RunResult {
     pub delivered: u64,
     /// Bytes delivered.
     pub delivered_bytes: u64,
+    /// Calls to the sinks (flights of batches) that delivered them.
+    #[serde(default)]
+    pub sends: u64,
     /// Events rejected.
     pub rejected: u64,
     /// Filter errors.

@@ -416,6 +416,7 @@ pub fn drive(
         matched: get("sluice_subscription_matched_total") as u64,
         delivered: get("sluice_destination_delivered_total") as u64,
         delivered_bytes,
+        sends: get("sluice_destination_sends_total") as u64,
         rejected: get("sluice_events_rejected_total") as u64,
         filter_errors: get("sluice_subscription_filter_errors_total") as u64,
         dead_lettered: get("sluice_destination_dead_lettered_total") as u64,
