@@ -20,6 +20,7 @@ use crate::settle::{Settled, settle};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, bounded};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -1259,6 +1260,10 @@ struct Local {
     touched: Vec<u32>,
     staged: Vec<Vec<Record>>,
     staged_touched: Vec<u32>,
+    /// A batch's chunks by destination, handed over once per destination.
+    outgoing: Vec<(Arc<DestinationHandle>, Vec<Chunk>)>,
+    /// Where each destination (by address) is in `outgoing`.
+    outgoing_at: FxHashMap<usize, usize>,
 }
 
 impl Local {
@@ -1607,13 +1612,26 @@ fn process(
             } else {
                 records.as_ref().cloned().unwrap_or_default()
             };
-            d.push(Chunk {
+            let chunk = Chunk {
                 subscription: rt.id.clone(),
                 records: recs,
                 received: batch.received,
                 hold: hold.clone(),
-            });
+            };
+            let outgoing = &mut local.outgoing;
+            let at = *local
+                .outgoing_at
+                .entry(Arc::as_ptr(d) as usize)
+                .or_insert_with(|| {
+                    outgoing.push((d.clone(), Vec::new()));
+                    outgoing.len() - 1
+                });
+            outgoing[at].1.push(chunk);
         }
+    }
+    local.outgoing_at.clear();
+    for (d, chunks) in local.outgoing.drain(..) {
+        d.push_all(chunks);
     }
     // Publish the counters.
     m.events_in.fetch_add(batch.spans.len() as u64, Relaxed);

@@ -47,110 +47,151 @@ impl DestinationHandle {
     /// blocks while the destination's buffer is full. Must not be called
     /// from inside the delivery runtime.
     pub fn push(&self, chunk: Chunk) {
-        let n = chunk.records.len() as u64;
-        if n == 0 {
-            return;
-        }
-        if let Some(disk) = &self.disk {
-            let received_us =
-                DiskBuffer::now_us().saturating_sub(chunk.received.elapsed().as_micros() as u64);
-            match disk.append(
-                &chunk.subscription,
-                &chunk.records,
-                received_us,
-                chunk.hold.clone(),
-            ) {
-                Ok(()) => {}
-                Err(AppendError::Full) if self.when_full == WhenFull::DropNewest => {
-                    self.drop_chunk(&chunk);
+        self.push_all(vec![chunk]);
+    }
+
+    /// Hands chunks to the destination, as [`DestinationHandle::push`]
+    /// does each, in one message to its task: one wake-up of the task for
+    /// a worker's whole batch, rather than one per subscription.
+    pub fn push_all(&self, chunks: Vec<Chunk>) {
+        let mut out: Vec<Chunk> = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            if chunk.records.is_empty() {
+                continue;
+            }
+            if self.disk.is_some() {
+                self.append_to_disk(chunk);
+                continue;
+            }
+            // In pieces of at most an eighth of the budget, so that the
+            // bound holds even for a chunk bigger than the whole budget.
+            let piece_max = (self.budget.max / 8).max(1);
+            let mut chunk = chunk;
+            loop {
+                let mut bytes = 0u64;
+                let mut take = 0;
+                for r in &chunk.records {
+                    let b = r.data().len() as u64;
+                    if take > 0 && bytes + b > piece_max {
+                        break;
+                    }
+                    bytes += b;
+                    take += 1;
                 }
-                Err(AppendError::Full) if self.never_block => {
-                    let why = self.full_reason();
-                    self.dead_letter_chunk(chunk, &why);
-                }
-                Err(e) => {
-                    let why = match e {
-                        AppendError::Full => {
-                            "the disk buffer was full when the engine stopped".to_string()
-                        }
-                        AppendError::Io(e) => format!("writing the disk buffer failed: {e}"),
-                    };
-                    let (sub, mut records) = pending(chunk);
-                    self.dead.write(&self.stats, &sub, &mut records, &why);
+                let rest = (take < chunk.records.len()).then(|| Chunk {
+                    subscription: chunk.subscription.clone(),
+                    records: chunk.records.split_off(take),
+                    received: chunk.received,
+                    hold: chunk.hold.clone(),
+                });
+                self.admit(chunk, bytes, &mut out);
+                match rest {
+                    Some(r) => chunk = r,
+                    None => break,
                 }
             }
-            return;
         }
-        // In pieces of at most an eighth of the budget, so that the bound
-        // holds even for a chunk bigger than the whole budget.
-        let piece_max = (self.budget.max / 8).max(1);
-        let mut chunk = chunk;
-        loop {
-            let mut bytes = 0u64;
-            let mut take = 0;
-            for r in &chunk.records {
-                let b = r.data().len() as u64;
-                if take > 0 && bytes + b > piece_max {
-                    break;
-                }
-                bytes += b;
-                take += 1;
+        self.send(out);
+    }
+
+    fn append_to_disk(&self, chunk: Chunk) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let received_us =
+            DiskBuffer::now_us().saturating_sub(chunk.received.elapsed().as_micros() as u64);
+        match disk.append(
+            &chunk.subscription,
+            &chunk.records,
+            received_us,
+            chunk.hold.clone(),
+        ) {
+            Ok(()) => {}
+            Err(AppendError::Full) if self.when_full == WhenFull::DropNewest => {
+                self.drop_chunk(&chunk);
             }
-            let rest = (take < chunk.records.len()).then(|| Chunk {
-                subscription: chunk.subscription.clone(),
-                records: chunk.records.split_off(take),
-                received: chunk.received,
-                hold: chunk.hold.clone(),
-            });
-            self.push_piece(chunk, bytes);
-            match rest {
-                Some(r) => chunk = r,
-                None => return,
+            Err(AppendError::Full) if self.never_block => {
+                let why = self.full_reason();
+                self.dead_letter_chunk(chunk, &why);
+            }
+            Err(e) => {
+                let why = match e {
+                    AppendError::Full => {
+                        "the disk buffer was full when the engine stopped".to_string()
+                    }
+                    AppendError::Io(e) => format!("writing the disk buffer failed: {e}"),
+                };
+                let (sub, mut records) = pending(chunk);
+                self.dead.write(&self.stats, &sub, &mut records, &why);
             }
         }
     }
 
-    pub(super) fn push_piece(&self, chunk: Chunk, bytes: u64) {
-        let n = chunk.records.len() as u64;
+    /// Takes a piece of `bytes` into the budget and onto `out`, or drops
+    /// or dead-letters it as `when_full` says. Before waiting for room it
+    /// sends what `out` holds: the task frees room only for what it has.
+    fn admit(&self, piece: Chunk, bytes: u64, out: &mut Vec<Chunk>) {
         match self.when_full {
             WhenFull::Block if self.never_block => {
                 if !self.budget.try_acquire(bytes) {
                     let why = self.full_reason();
-                    self.dead_letter_chunk(chunk, &why);
+                    self.dead_letter_chunk(piece, &why);
                     return;
                 }
             }
-            WhenFull::Block => self.budget.acquire(bytes),
+            WhenFull::Block => {
+                if !self.budget.try_acquire(bytes) {
+                    self.send(std::mem::take(out));
+                    self.budget.acquire(bytes);
+                }
+            }
             WhenFull::DropNewest => {
                 if !self.budget.try_acquire(bytes) {
-                    self.drop_chunk(&chunk);
+                    self.drop_chunk(&piece);
                     return;
                 }
             }
         }
-        self.stats.queued.fetch_add(n, Relaxed);
+        self.stats
+            .queued
+            .fetch_add(piece.records.len() as u64, Relaxed);
         self.stats.queued_bytes.fetch_add(bytes, Relaxed);
+        out.push(piece);
+    }
+
+    /// Sends admitted pieces to the task in one message; if the task is
+    /// gone, gives their room back and dead-letters them.
+    fn send(&self, pieces: Vec<Chunk>) {
+        if pieces.is_empty() {
+            return;
+        }
         let sent = if self.never_block {
-            self.tx.try_send(chunk).map_err(|e| match e {
+            self.tx.try_send(pieces).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
             })
         } else {
             self.tx
-                .blocking_send(chunk)
+                .blocking_send(pieces)
                 .map_err(|mpsc::error::SendError(c)| c)
         };
-        if let Err(chunk) = sent {
-            // The task is gone (it only ends once every handle is dropped, or
-            // if it panicked): keep the records rather than lose them.
+        let Err(pieces) = sent else {
+            return;
+        };
+        // The task is gone (it only ends once every handle is dropped, or
+        // if it panicked), or, on a shared engine, its queue is full: keep
+        // the records rather than lose them.
+        let why = if self.tx.is_closed() {
+            "destination task stopped".to_string()
+        } else {
+            self.full_reason()
+        };
+        for piece in pieces {
+            let n = piece.records.len() as u64;
+            let bytes: u64 = piece.records.iter().map(|r| r.data().len() as u64).sum();
             self.budget.release(bytes);
             self.stats.queued.fetch_sub(n, Relaxed);
             self.stats.queued_bytes.fetch_sub(bytes, Relaxed);
-            let why = if self.tx.is_closed() {
-                "destination task stopped".to_string()
-            } else {
-                self.full_reason()
-            };
-            self.dead_letter_chunk(chunk, &why);
+            self.dead_letter_chunk(piece, &why);
         }
     }
 

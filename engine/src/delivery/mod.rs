@@ -109,7 +109,8 @@ pub struct DestinationHandle {
     pub fingerprint: String,
     /// Its counters.
     pub stats: Arc<DestinationStats>,
-    tx: mpsc::Sender<Chunk>,
+    /// Chunks in messages of a worker's batch each.
+    tx: mpsc::Sender<Vec<Chunk>>,
     dead: Arc<DeadLetters>,
     budget: Arc<ByteBudget>,
     disk: Option<Arc<DiskBuffer>>,
@@ -238,9 +239,9 @@ const MAX_STUCK_SENDS: usize = 4;
 /// free slots, or when the sink's calls are fast: see `Task::dispatch`).
 const MAX_BATCHES_PER_FLIGHT: usize = 32;
 
-/// Most chunks a destination's task takes from its channel in one turn of
-/// its loop.
-const CHUNKS_PER_TURN: usize = 256;
+/// Most messages (a worker batch's chunks each) a destination's task takes
+/// from its channel in one turn of its loop.
+const MESSAGES_PER_TURN: usize = 64;
 
 /// Threads for plugin calls, shared by every destination.
 pub const MAX_PLUGIN_CALLS: usize = 256;

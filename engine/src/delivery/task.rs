@@ -359,11 +359,11 @@ impl Task {
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Vec<Chunk>>) {
         let mut inflight: JoinSet<Flight> = JoinSet::new();
         let mut closed = Closed::No;
         let mut abandoned = false;
-        let mut inbox: Vec<Chunk> = Vec::with_capacity(CHUNKS_PER_TURN);
+        let mut inbox: Vec<Vec<Chunk>> = Vec::with_capacity(MESSAGES_PER_TURN);
         loop {
             let now = Instant::now();
             let draining = closed != Closed::No;
@@ -443,15 +443,15 @@ impl Task {
                         tracing::error!(destination = %self.id, "send task failed: {e}");
                     }
                 },
-                // Every chunk already waiting, up to a bound, in one turn
-                // of the loop: with many subscriptions a chunk often holds
-                // a record or two, and a turn per chunk would cost more
-                // than the chunk.
-                n = rx.recv_many(&mut inbox, CHUNKS_PER_TURN), if closed == Closed::No => {
+                // Every message already waiting, up to a bound, in one
+                // turn of the loop: with many subscriptions a chunk often
+                // holds a record or two, and a turn per chunk would cost
+                // more than the chunk.
+                n = rx.recv_many(&mut inbox, MESSAGES_PER_TURN), if closed == Closed::No => {
                     if n == 0 {
                         closed = if self.stopping.deadline().is_some() { Closed::Stopping } else { Closed::Removed };
                     }
-                    for chunk in inbox.drain(..) {
+                    for chunk in inbox.drain(..).flatten() {
                         let (sub, records) = pending(chunk);
                         self.add(sub, records);
                     }
