@@ -90,6 +90,10 @@ pub struct Receiver {
     addr: SocketAddr,
     state: Arc<State>,
     listener: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// While down: a socket bound to the port but not listening, so that
+    /// connections are refused and no other listener (another test's
+    /// `bind(0)`) can be handed the port meanwhile.
+    reserved: Mutex<Option<socket2::Socket>>,
 }
 
 impl Receiver {
@@ -109,6 +113,7 @@ impl Receiver {
             addr,
             state,
             listener: Mutex::new(None),
+            reserved: Mutex::new(None),
         };
         r.listen(l);
         r
@@ -147,16 +152,24 @@ impl Receiver {
     }
 
     /// Stops listening (connections are refused); a request arriving on a
-    /// connection opened before is read and dropped without an answer.
+    /// connection opened before is read and dropped without an answer. The
+    /// port stays bound, without a listener, until [`Receiver::come_back`].
     pub fn go_down(&self) {
         self.state.down.store(true, Ordering::SeqCst);
         if let Some(t) = self.listener.lock().unwrap().take() {
             let _ = t.join();
         }
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        s.bind(&self.addr.into())
+            .unwrap_or_else(|e| panic!("cannot keep {} bound while down: {e}", self.addr));
+        *self.reserved.lock().unwrap() = Some(s);
     }
 
     /// Listens again on the same port.
     pub fn come_back(&self) {
+        drop(self.reserved.lock().unwrap().take());
         let deadline = Instant::now() + Duration::from_secs(10);
         let l = loop {
             match TcpListener::bind(self.addr) {
