@@ -3,34 +3,15 @@
 //! and the last finished ones are remembered, older finished ones are
 //! forgotten. Against a real nats-server (from `.venv-nats`), on loopback.
 
+mod common;
+
 use sluice_engine::dead_letter_file::{Selection, Taken};
-use sluice_serve::cluster::dead_letter_queue::JetStreamDeadLetters;
 use sluice_serve::dead_letters::DeadLetterStore;
-use sluice_stream::{Publisher, StreamSettings};
-use sluice_testkit::nats::NatsCluster;
 
 #[test]
 fn a_destination_remembers_its_running_replays_and_its_last_finished_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsCluster::start(dir.path(), 1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let settings = StreamSettings::default();
-    let publisher = rt
-        .block_on(Publisher::connect(&nats.urls(), settings.clone()))
-        .expect("connected");
-    let q = rt
-        .block_on(JetStreamDeadLetters::open(
-            publisher,
-            settings,
-            "node-0".into(),
-            rt.handle().clone(),
-        ))
-        .expect("the replays bucket")
-        .with_replays_kept(3);
+    let nats = common::Nats::start();
+    let q = nats.queue().with_replays_kept(3);
     let all = Selection::default();
     assert!(matches!(
         q.take_for_replay("ed_t", "open", &all).unwrap(),
@@ -69,5 +50,4 @@ fn a_destination_remembers_its_running_replays_and_its_last_finished_ones() {
         ),
         "a forgotten id starts a new replay"
     );
-    drop(nats);
 }

@@ -1,6 +1,8 @@
 //! Reading a subject of a stream from its start (what a node or the CLI
-//! lists: a destination's dead letters), and taking messages out of it
-//! (what a replay of dead letters took).
+//! lists: a destination's dead letters), or its messages' sequences and
+//! then single messages (a listing that goes newest first and stops when
+//! its page is full), and taking messages out of it (what a replay of dead
+//! letters took).
 
 use crate::publisher::StreamError;
 use async_nats::jetstream::{self, consumer::pull};
@@ -34,21 +36,7 @@ pub async fn read_messages(
         stream: stream.to_string(),
         reason: e,
     };
-    let js = jetstream::new(client.clone());
-    let s = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let mut c = s
-        .create_consumer(pull::Config {
-            filter_subject: subject.to_string(),
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let total = c.info().await.map_err(|e| err(e.to_string()))?.num_pending as usize;
+    let (c, total) = subject_consumer(client, stream, subject, false).await?;
     let want = total.min(limit);
     let mut out = Vec::with_capacity(want);
     while out.len() < want {
@@ -72,6 +60,96 @@ pub async fn read_messages(
         }
     }
     Ok(out)
+}
+
+/// An ephemeral consumer of `subject` from its start that acks nothing
+/// (delivering the messages' headers only, if asked), and how many
+/// messages it has to deliver.
+async fn subject_consumer(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    headers_only: bool,
+) -> Result<(jetstream::consumer::PullConsumer, usize), StreamError> {
+    let mut c = get_stream(client, stream)
+        .await?
+        .create_consumer(pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            headers_only,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_error(stream, e))?;
+    let pending = c
+        .info()
+        .await
+        .map_err(|e| stream_error(stream, e))?
+        .num_pending as usize;
+    Ok((c, pending))
+}
+
+/// The stream sequences of the messages stored on `subject` of `stream`,
+/// oldest first, up to `up_to`: read from the messages' headers only, so
+/// that a reader may then fetch the messages it needs, newest first, one
+/// at a time ([`read_message`]).
+pub async fn subject_sequences(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    up_to: u64,
+) -> Result<Vec<u64>, StreamError> {
+    use futures_util::StreamExt;
+    let (c, total) = subject_consumer(client, stream, subject, true).await?;
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < total {
+        let mut batch = c
+            .fetch()
+            .max_messages((total - seen).min(1024))
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| stream_error(stream, e))?;
+        let before = seen;
+        while let Some(Ok(m)) = batch.next().await {
+            let seq = m
+                .info()
+                .map_err(|e| stream_error(stream, e))?
+                .stream_sequence;
+            if seq > up_to {
+                return Ok(out);
+            }
+            out.push(seq);
+            seen += 1;
+        }
+        if seen == before {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The payload of message `seq` of `stream` (`None`: it is gone).
+pub async fn read_message(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+) -> Result<Option<Bytes>, StreamError> {
+    use jetstream::stream::RawMessageErrorKind;
+    // (A handle without the stream's info: one request, not two.)
+    let handle = jetstream::new(client.clone())
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| stream_error(stream, e))?;
+    match handle.get_raw_message(seq).await {
+        Ok(m) => crate::encoding::decode(Some(&m.headers), &m.payload)
+            .map(Some)
+            .map_err(|e| stream_error(stream, e)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(stream_error(stream, e)),
+    }
 }
 
 /// Deletes message `seq` of `stream` (already gone is no error).

@@ -396,13 +396,48 @@ impl DeadLetterStore for JetStreamDeadLetters {
         before_id: Option<u64>,
         limit: usize,
     ) -> io::Result<Page> {
-        let msgs = self.rt.block_on(self.messages(destination))?;
-        Ok(Page::of(
-            letters(&msgs).into_iter().rev(),
-            selection,
-            before_id,
-            limit,
-        ))
+        // Which messages there are (their sequences, from their headers
+        // only), those that may hold ids below `before_id`; then each
+        // message, newest first, fetched only when the page gets to it. A
+        // request holds one message at a time, not the queue.
+        let up_to = before_id.map_or(u64::MAX, |b| b.saturating_sub(1) >> LINE_BITS);
+        let (client, stream) = (self.publisher.client(), &self.settings.dead_letter_stream);
+        let subject = self.settings.dead_letter_subject(destination);
+        let seqs = self
+            .rt
+            .block_on(sluice_stream::subject_sequences(
+                client, stream, &subject, up_to,
+            ))
+            .map_err(other)?;
+        let failed = std::cell::RefCell::new(None);
+        let newest_first = seqs.into_iter().rev().flat_map(|seq| {
+            let got = match failed.borrow().is_some() {
+                true => Ok(None),
+                false => self
+                    .rt
+                    .block_on(sluice_stream::read_message(client, stream, seq)),
+            };
+            let of_message = match got {
+                Ok(Some(payload)) => letters(&[(seq, payload)]),
+                Ok(None) => Vec::new(), // taken by a replay meanwhile
+                Err(e) => {
+                    *failed.borrow_mut() = Some(other(e));
+                    Vec::new()
+                }
+            };
+            of_message.into_iter().rev()
+        });
+        let mut page = Page::of(newest_first, selection, before_id, limit);
+        match failed.into_inner() {
+            // Full before the message that failed (read to see whether
+            // there is more): the page stands, and the next one will say.
+            Some(_) if page.dead_letters.len() == limit && limit > 0 => {
+                page.next_before = page.dead_letters.last().map(|d| d.id);
+                Ok(page)
+            }
+            Some(e) => Err(e),
+            None => Ok(page),
+        }
     }
 
     fn take_for_replay(
