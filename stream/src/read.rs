@@ -31,46 +31,52 @@ pub async fn read_messages(
     subject: &str,
     limit: usize,
 ) -> Result<Vec<(u64, Bytes)>, StreamError> {
-    use futures_util::StreamExt;
-    let err = |e: String| StreamError::Stream {
-        stream: stream.to_string(),
-        reason: e,
-    };
-    let (c, total) = subject_consumer(client, stream, subject, false).await?;
-    let want = total.min(limit);
-    let mut out = Vec::with_capacity(want);
-    while out.len() < want {
-        let mut batch = c
-            .fetch()
-            .max_messages((want - out.len()).min(256))
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let before = out.len();
-        while let Some(Ok(m)) = batch.next().await {
-            let seq = m.info().map_err(|e| err(e.to_string()))?.stream_sequence;
-            out.push((
-                seq,
-                crate::encoding::decode(m.headers.as_ref(), &m.payload).map_err(err)?,
-            ));
-        }
-        if out.len() == before {
-            break;
-        }
-    }
+    let mut out = Vec::new();
+    each_message(client, stream, subject, false, limit, |seq, m| {
+        let payload = crate::encoding::decode(m.headers.as_ref(), &m.payload)
+            .map_err(|e| stream_error(stream, e))?;
+        out.push((seq, payload));
+        Ok(true)
+    })
+    .await?;
     Ok(out)
 }
 
-/// An ephemeral consumer of `subject` from its start that acks nothing
-/// (delivering the messages' headers only, if asked), and how many
-/// messages it has to deliver.
-async fn subject_consumer(
+/// The stream sequences of the messages stored on `subject` of `stream`,
+/// oldest first, up to `up_to`: read from the messages' headers only, so
+/// that a reader may then fetch the messages it needs, newest first, one
+/// at a time ([`read_message`]).
+pub async fn subject_sequences(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    up_to: u64,
+) -> Result<Vec<u64>, StreamError> {
+    let mut out = Vec::new();
+    each_message(client, stream, subject, true, usize::MAX, |seq, _| {
+        if seq > up_to {
+            return Ok(false);
+        }
+        out.push(seq);
+        Ok(true)
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Calls `visit(sequence, message)` for the messages stored on `subject`
+/// of `stream`, oldest first (their headers only, if asked), at most
+/// `limit` of them, until it answers `false`: an ephemeral consumer that
+/// acks nothing.
+async fn each_message(
     client: &async_nats::Client,
     stream: &str,
     subject: &str,
     headers_only: bool,
-) -> Result<(jetstream::consumer::PullConsumer, usize), StreamError> {
+    limit: usize,
+    mut visit: impl FnMut(u64, &jetstream::Message) -> Result<bool, StreamError>,
+) -> Result<(), StreamError> {
+    use futures_util::StreamExt;
     let mut c = get_stream(client, stream)
         .await?
         .create_consumer(pull::Config {
@@ -87,27 +93,12 @@ async fn subject_consumer(
         .await
         .map_err(|e| stream_error(stream, e))?
         .num_pending as usize;
-    Ok((c, pending))
-}
-
-/// The stream sequences of the messages stored on `subject` of `stream`,
-/// oldest first, up to `up_to`: read from the messages' headers only, so
-/// that a reader may then fetch the messages it needs, newest first, one
-/// at a time ([`read_message`]).
-pub async fn subject_sequences(
-    client: &async_nats::Client,
-    stream: &str,
-    subject: &str,
-    up_to: u64,
-) -> Result<Vec<u64>, StreamError> {
-    use futures_util::StreamExt;
-    let (c, total) = subject_consumer(client, stream, subject, true).await?;
-    let mut out = Vec::new();
+    let want = pending.min(limit);
     let mut seen = 0;
-    while seen < total {
+    while seen < want {
         let mut batch = c
             .fetch()
-            .max_messages((total - seen).min(1024))
+            .max_messages((want - seen).min(256))
             .expires(Duration::from_secs(2))
             .messages()
             .await
@@ -118,17 +109,16 @@ pub async fn subject_sequences(
                 .info()
                 .map_err(|e| stream_error(stream, e))?
                 .stream_sequence;
-            if seq > up_to {
-                return Ok(out);
-            }
-            out.push(seq);
             seen += 1;
+            if !visit(seq, &m)? {
+                return Ok(());
+            }
         }
         if seen == before {
             break;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The payload of message `seq` of `stream` (`None`: it is gone).
