@@ -174,16 +174,48 @@ impl JetStreamDeadLetters {
         format!("{destination}.{id}")
     }
 
-    /// The destination's dead-letter messages, oldest first.
-    async fn messages(&self, destination: &str) -> io::Result<Vec<(u64, Bytes)>> {
-        sluice_stream::read_messages(
-            self.publisher.client(),
-            &self.settings.dead_letter_stream,
-            &self.settings.dead_letter_subject(destination),
-            usize::MAX,
-        )
-        .await
-        .map_err(other)
+    /// The sequences of the messages stored on `subject` of the
+    /// dead-letter stream, oldest first (read from their headers only).
+    async fn sequences(&self, subject: &str) -> io::Result<Vec<u64>> {
+        let stream = &self.settings.dead_letter_stream;
+        sluice_stream::subject_sequences(self.publisher.client(), stream, subject, u64::MAX)
+            .await
+            .map_err(other)
+    }
+
+    /// Message `seq` of the dead-letter stream (`None`: it is gone).
+    async fn message(&self, seq: u64) -> io::Result<Option<Bytes>> {
+        let stream = &self.settings.dead_letter_stream;
+        sluice_stream::read_message(self.publisher.client(), stream, seq)
+            .await
+            .map_err(other)
+    }
+
+    /// Stores what replay `id`'s journal holds in `destination`'s queue
+    /// again, a journal message at a time.
+    async fn put_journal_back(&self, destination: &str, id: &str) -> io::Result<()> {
+        let subject = self.settings.dead_letter_subject(destination);
+        let key = Self::key(destination, id);
+        for seq in self
+            .sequences(&self.settings.replay_subject(destination, id))
+            .await?
+        {
+            let Some(payload) = self.message(seq).await? else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            for d in letters(&[(seq, payload)]) {
+                let line = serde_json::json!({
+                    "time": d.time, "destination": destination, "subscription": d.subscription,
+                    "reason": d.reason, "attempts": d.attempts, "record": d.record,
+                });
+                buf.extend_from_slice(line.to_string().as_bytes());
+                buf.push(b'\n');
+            }
+            self.store_lines(&subject, &buf, &format!("{key}.back.{seq}"))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn stored(&self, key: &str) -> io::Result<Option<(Stored, u64)>> {
@@ -214,18 +246,6 @@ impl JetStreamDeadLetters {
         Ok(())
     }
 
-    async fn journal(&self, destination: &str, id: &str) -> io::Result<Vec<DeadLetter>> {
-        let msgs = sluice_stream::read_messages(
-            self.publisher.client(),
-            &self.settings.dead_letter_stream,
-            &self.settings.replay_subject(destination, id),
-            usize::MAX,
-        )
-        .await
-        .map_err(other)?;
-        Ok(letters(&msgs))
-    }
-
     async fn take(&self, destination: &str, id: &str, selection: &Selection) -> io::Result<Taken> {
         let key = Self::key(destination, id);
         if let Some((s, _)) = self.stored(&key).await? {
@@ -248,34 +268,31 @@ impl JetStreamDeadLetters {
                 None => Err(other(format!("replay {id} could not be recorded"))),
             };
         }
-        let msgs = self.messages(destination).await?;
-        let (mut taken, mut journal) = (0u64, Vec::new());
-        let mut rewrites = Vec::new();
-        for (seq, payload) in &msgs {
-            let (mut kept, mut any) = (Vec::new(), false);
-            for (i, line) in lines(payload).enumerate() {
-                match parse(*seq, i, line) {
-                    Some(d) if selection.matches(&d) => {
-                        journal.extend_from_slice(line);
-                        journal.push(b'\n');
-                        taken += 1;
-                        any = true;
-                    }
-                    _ => {
-                        kept.extend_from_slice(line);
-                        kept.push(b'\n');
-                    }
-                }
-            }
-            if any {
-                rewrites.push((*seq, kept));
+        // Two passes over the queue, one message in memory at a time (a
+        // queue holds up to 256 of up to 1 MiB): the selected lines go to
+        // the journal first, then the messages they came from are stored
+        // again without them. A stop between the two leaves them in both:
+        // sent again at the next start, never lost.
+        let subject = self.settings.dead_letter_subject(destination);
+        let journal = self.settings.replay_subject(destination, id);
+        let (mut taken, mut touched) = (0u64, Vec::new());
+        for seq in self.sequences(&subject).await? {
+            let Some(payload) = self.message(seq).await? else {
+                continue; // taken by another replay meanwhile
+            };
+            let (picked, _, n) = split(seq, &payload, selection);
+            if n > 0 {
+                self.store_lines(&journal, &picked, &format!("{key}.journal.{seq}"))
+                    .await?;
+                taken += n;
+                touched.push(seq);
             }
         }
-        let journal_subject = self.settings.replay_subject(destination, id);
-        self.store_lines(&journal_subject, &journal, &format!("{key}.journal"))
-            .await?;
-        let subject = self.settings.dead_letter_subject(destination);
-        for (seq, kept) in rewrites {
+        for seq in touched {
+            let Some(payload) = self.message(seq).await? else {
+                continue;
+            };
+            let (_, kept, _) = split(seq, &payload, selection);
             if !kept.is_empty() {
                 self.store_lines(&subject, &kept, &format!("{key}.kept.{seq}"))
                     .await?;
@@ -367,6 +384,24 @@ impl JetStreamDeadLetters {
 /// The non-empty lines of a payload.
 fn lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
     payload.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// The lines of message `seq` that `selection` takes and those it leaves
+/// (NDJSON each), and how many it takes.
+fn split(seq: u64, payload: &[u8], selection: &Selection) -> (Vec<u8>, Vec<u8>, u64) {
+    let (mut picked, mut kept, mut n) = (Vec::new(), Vec::new(), 0);
+    for (i, line) in lines(payload).enumerate() {
+        let to = match parse(seq, i, line) {
+            Some(d) if selection.matches(&d) => {
+                n += 1;
+                &mut picked
+            }
+            _ => &mut kept,
+        };
+        to.extend_from_slice(line);
+        to.push(b'\n');
+    }
+    (picked, kept, n)
 }
 
 /// Line `i` of message `seq` as a dead letter with its id.
@@ -461,25 +496,24 @@ impl DeadLetterStore for JetStreamDeadLetters {
     }
 
     fn letters(&self, destination: &str, id: &str) -> io::Result<crate::dead_letters::Letters> {
-        let letters = self.rt.block_on(self.journal(destination, id))?;
-        Ok(Box::new(letters.into_iter().map(Ok)))
+        // The journal's messages fetched one at a time, as the replay
+        // sends them: never the whole journal in memory.
+        let journal = self.settings.replay_subject(destination, id);
+        let seqs = self.rt.block_on(self.sequences(&journal))?;
+        let client = self.publisher.client().clone();
+        let (stream, rt) = (self.settings.dead_letter_stream.clone(), self.rt.clone());
+        Ok(Box::new(seqs.into_iter().flat_map(move |seq| {
+            let got = rt.block_on(sluice_stream::read_message(&client, &stream, seq));
+            match got {
+                Ok(Some(payload)) => letters(&[(seq, payload)]).into_iter().map(Ok).collect(),
+                Ok(None) => Vec::new(), // purged: the replay was finished meanwhile
+                Err(e) => vec![Err(other(e))],
+            }
+        })))
     }
 
     fn put_back(&self, destination: &str, id: &str) -> io::Result<()> {
-        let letters = self.rt.block_on(self.journal(destination, id))?;
-        let mut buf = Vec::new();
-        for d in letters {
-            let line = serde_json::json!({
-                "time": d.time, "destination": destination, "subscription": d.subscription,
-                "reason": d.reason, "attempts": d.attempts, "record": d.record,
-            });
-            buf.extend_from_slice(line.to_string().as_bytes());
-            buf.push(b'\n');
-        }
-        let subject = self.settings.dead_letter_subject(destination);
-        let key = Self::key(destination, id);
-        self.rt
-            .block_on(self.store_lines(&subject, &buf, &format!("{key}.back")))
+        self.rt.block_on(self.put_journal_back(destination, id))
     }
 
     fn unfinished(&self, destination: &str) -> io::Result<Vec<ReplayRecord>> {
