@@ -141,7 +141,10 @@ fn a_replay_takes_sends_and_puts_back_one_message_at_a_time() {
     );
     let left = listed(&q, "ed_big", &Selection::default());
     assert_eq!(left.len() as u64, total / 2, "the others stay");
-    assert!(left.iter().all(|n| !n.is_multiple_of(2)), "only the 503s stay");
+    assert!(
+        left.iter().all(|n| !n.is_multiple_of(2)),
+        "only the 503s stay"
+    );
 
     // Sending: what the replay took, oldest first, each once.
     let (sent, grew) = peak_of(|| {

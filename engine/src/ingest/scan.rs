@@ -29,9 +29,6 @@ struct Block {
     closes: u64,
     /// Bytes inside strings (an opening quote included, its closing quote not).
     strings: u64,
-    /// Closing quotes of keys: a string's closing quote followed by `:`
-    /// (that of the block's last byte set once the next block is indexed).
-    key_ends: u64,
     /// Brackets open before the block's first byte.
     depth: i64,
     /// Quotes before the block's first byte.
@@ -128,8 +125,8 @@ impl Index {
     fn build_with(
         &mut self,
         raw: &[u8],
-        masks: impl Fn(&[u8; BLOCK]) -> [u64; 7],
-        masks_last: impl Fn(&[u8]) -> [u64; 7],
+        masks: impl Fn(&[u8; BLOCK]) -> [u64; 6],
+        masks_last: impl Fn(&[u8]) -> [u64; 6],
         prefix_xor: impl Fn(u64) -> u64,
     ) {
         let (mut carry_escaped, mut carry_string) = (0u64, 0u64);
@@ -137,7 +134,7 @@ impl Index {
         let mut spaced = 0u64;
         let mut depth = 0i64;
         let mut quotes_before = 0usize;
-        let mut absorb = |[quote, backslash, open, close, odd, low, colon]: [u64; 7]| {
+        let mut absorb = |[quote, backslash, open, close, odd, low]: [u64; 6]| {
             backslashes |= backslash;
             unusual |= odd;
             let quotes = if backslash == 0 && carry_escaped == 0 {
@@ -151,13 +148,11 @@ impl Index {
             opens_total += opens.count_ones() as usize;
             spaced |= low & !strings;
             let closes = close & !strings;
-            let colons = colon & !strings;
             let block = Block {
                 quotes,
                 opens,
                 closes,
                 strings,
-                key_ends: quotes & !strings & (colons >> 1),
                 depth,
                 quotes_before,
             };
@@ -177,14 +172,6 @@ impl Index {
         if !rest.is_empty() {
             let b = absorb(masks_last(rest));
             self.blocks.push(b);
-        }
-        // A closing quote in a block's last byte ends a key if the next
-        // block starts with a colon (outside a string).
-        for b in 1..self.blocks.len() {
-            if raw[b * BLOCK] == b':' && self.blocks[b].strings & 1 == 0 {
-                let last = &mut self.blocks[b - 1];
-                last.key_ends |= last.quotes & !last.strings & (1 << 63);
-            }
         }
         self.backslash = backslashes != 0;
         self.unusual = unusual != 0;
@@ -248,9 +235,10 @@ impl Index {
     /// Where the value of the first key `name` in bytes `from..to` whose
     /// opening quote is at `depth` starts, in a compact event without
     /// escapes (where a key is `"name":` exactly). Keys are found from the
-    /// bitmaps: an opening quote whose string ends `name.len()` bytes later
-    /// at a quote followed by `:`; only those of the right length are
-    /// compared. `name` must be shorter than 63 bytes.
+    /// bitmaps: an opening quote whose string closes `name.len()` bytes
+    /// later; only those strings of the right length are looked at (first
+    /// and last letters, the colon after, the depth, then the name).
+    /// `name` must be shorter than 63 bytes.
     #[inline(always)]
     pub fn find_key(
         &self,
@@ -263,16 +251,21 @@ impl Index {
         let shift = name.len() + 1;
         debug_assert!(shift < BLOCK);
         let blocks = &self.blocks;
-        let key_ends = |b: usize| blocks.get(b).map_or(0, |block| block.key_ends);
+        // Closing quotes: quotes outside strings.
+        let ends = |b: usize| {
+            blocks
+                .get(b)
+                .map_or(0, |block| block.quotes & !block.strings)
+        };
         let (first, last) = (from / BLOCK, to.saturating_sub(1) / BLOCK);
-        let mut ends_here = key_ends(first);
+        let mut ends_here = ends(first);
         // (Counted by hand: `skip` on a `take` was a call per search.)
         let last = last.min(blocks.len().saturating_sub(1));
         let mut b = first;
         while b <= last {
             let block = &blocks[b];
-            let ends_next = key_ends(b + 1);
-            // Opening quotes whose key ends `shift` bytes later.
+            let ends_next = ends(b + 1);
+            // Opening quotes whose string closes `shift` bytes later.
             let mut cand = block.quotes
                 & block.strings
                 & ((ends_here >> shift) | (ends_next << (BLOCK - shift)));
@@ -284,10 +277,11 @@ impl Index {
                 if p + shift >= to {
                     return None;
                 }
-                // First and last letters, then the depth, then the name
-                // for the few keys left.
+                // First and last letters and the colon, then the depth,
+                // then the name for the few strings left.
                 if raw.get(p + 1) == name.first()
                     && raw.get(p + shift - 1) == name.last()
+                    && raw.get(p + shift + 1) == Some(&b':')
                     && self.depth_at(p) == depth
                     && raw.get(p + 1..p + shift).is_some_and(|k| short_eq(k, name))
                 {
@@ -553,10 +547,9 @@ fn prefix_xor_clmul(x: u64) -> u64 {
 }
 
 /// Quotes, backslashes, `{`/`[`, `}`/`]`, bytes below 0x20 or above 0x7f,
-/// bytes up to 0x20 (spaces and controls) and colons of a block, a byte at
-/// a time.
-fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 7] {
-    let mut m = [0u64; 7];
+/// and bytes up to 0x20 (spaces and controls) of a block, a byte at a time.
+fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 6] {
+    let mut m = [0u64; 6];
     for (i, &b) in block.iter().enumerate() {
         let bit = 1u64 << i;
         match b {
@@ -570,9 +563,6 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 7] {
         if b <= 0x20 {
             m[5] |= bit;
         }
-        if b == b':' {
-            m[6] |= bit;
-        }
     }
     m
 }
@@ -583,7 +573,7 @@ fn masks_scalar(block: &[u8; BLOCK]) -> [u64; 7] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
+fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 6] {
     use std::arch::x86_64::*;
     // SAFETY: both loads read 32 bytes inside the 64-byte block.
     let (lo, hi) = unsafe {
@@ -601,7 +591,6 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
     let backslash = _mm256_set1_epi8(b'\\' as i8);
     let open = _mm256_set1_epi8(b'{' as i8);
     let close = _mm256_set1_epi8(b'}' as i8);
-    let colon = _mm256_set1_epi8(b':' as i8);
     // Below 0x20: max(x, 0x1f) == 0x1f; above 0x7f: the sign bit.
     let c1f = _mm256_set1_epi8(0x1f);
     let unusual = |x: __m256i| _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(x, c1f), c1f), x);
@@ -618,14 +607,13 @@ fn masks_avx2(block: &[u8; BLOCK]) -> [u64; 7] {
         pair(_mm256_cmpeq_epi8(lo5, close), _mm256_cmpeq_epi8(hi5, close)),
         pair(unusual(lo), unusual(hi)),
         pair(low(lo), low(hi)),
-        pair(_mm256_cmpeq_epi8(lo, colon), _mm256_cmpeq_epi8(hi, colon)),
     ]
 }
 
 /// The masks of a last, partial block (under 64 bytes), padded with a
 /// letter (which marks nothing).
 #[inline(always)]
-fn pad_last(masks: impl Fn(&[u8; BLOCK]) -> [u64; 7]) -> impl Fn(&[u8]) -> [u64; 7] {
+fn pad_last(masks: impl Fn(&[u8; BLOCK]) -> [u64; 6]) -> impl Fn(&[u8]) -> [u64; 6] {
     move |rest| {
         let mut block = [PAD; BLOCK];
         block[..rest.len()].copy_from_slice(rest);
@@ -641,7 +629,7 @@ const PAD: u8 = b'A';
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn masks_avx512(block: &[u8; BLOCK]) -> [u64; 7] {
+fn masks_avx512(block: &[u8; BLOCK]) -> [u64; 6] {
     use std::arch::x86_64::*;
     // SAFETY: the load reads the block's 64 bytes.
     masks_avx512_of(unsafe { _mm512_loadu_si512(block.as_ptr().cast()) })
@@ -653,7 +641,7 @@ fn masks_avx512(block: &[u8; BLOCK]) -> [u64; 7] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn masks_avx512_last(rest: &[u8]) -> [u64; 7] {
+fn masks_avx512_last(rest: &[u8]) -> [u64; 6] {
     use std::arch::x86_64::*;
     debug_assert!(rest.len() < BLOCK);
     let loaded = (1u64 << rest.len()) - 1;
@@ -669,7 +657,7 @@ fn masks_avx512_last(rest: &[u8]) -> [u64; 7] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn masks_avx512_of(x: std::arch::x86_64::__m512i) -> [u64; 7] {
+fn masks_avx512_of(x: std::arch::x86_64::__m512i) -> [u64; 6] {
     use std::arch::x86_64::*;
     let splat = |c: u8| _mm512_set1_epi8(c as i8);
     // `{`/`[` and `}`/`]` differ only in bit 5, as in `masks_avx2`.
@@ -684,7 +672,6 @@ fn masks_avx512_of(x: std::arch::x86_64::__m512i) -> [u64; 7] {
         _mm512_cmpeq_epi8_mask(x5, splat(b'}')),
         unusual,
         _mm512_cmple_epu8_mask(x, splat(0x20)),
-        _mm512_cmpeq_epi8_mask(x, splat(b':')),
     ]
 }
 
@@ -825,6 +812,17 @@ mod tests {
             ix.build(raw);
             assert_eq!(ix.find_key(raw, b"k", 1, raw.len(), 1), Some(65));
             assert_eq!(raw[65], b'1');
+        }
+    }
+
+    #[test]
+    fn a_value_spelled_like_the_key_is_not_taken_for_it() {
+        let raw = br#"{"a":"k","b":["k"],"k":1}"#;
+        let end = raw.iter().position(|&b| b == b'1').unwrap();
+        for mut ix in [Index::new(), Index::avx2_only(), Index::scalar()] {
+            ix.build(raw);
+            assert_eq!(ix.find_key(raw, b"k", 1, raw.len(), 1), Some(end));
+            assert_eq!(ix.find_key(raw, b"k", 1, end - 4, 1), None);
         }
     }
 
