@@ -51,3 +51,36 @@ fn a_destination_remembers_its_running_replays_and_its_last_finished_ones() {
         "a forgotten id starts a new replay"
     );
 }
+
+#[test]
+fn a_destination_s_replay_keys_are_read_without_the_others() {
+    use sluice_stream::async_nats::jetstream;
+    let nats = common::Nats::start();
+    let _q = nats.queue(); // makes the bucket
+    let (rt, client) = (&nats.rt, nats.publisher.client());
+    let _in_runtime = rt.enter();
+    let kv = rt
+        .block_on(jetstream::new(client.clone()).get_key_value("SLUICE_REPLAYS"))
+        .unwrap();
+    for key in ["ed_a.r1", "ed_a.r2", "ed_a.r3", "ed_ab.r1", "ed_b.r1"] {
+        rt.block_on(kv.put(key, "v".into())).unwrap();
+    }
+    rt.block_on(kv.put("ed_a.r2", "again".into())).unwrap();
+    rt.block_on(kv.delete("ed_a.r3")).unwrap();
+    rt.block_on(kv.purge("ed_b.r1")).unwrap();
+    let keys = |prefix: &str| {
+        let mut k = rt
+            .block_on(sluice_stream::bucket_keys(client, "SLUICE_REPLAYS", prefix))
+            .unwrap();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys("ed_a."),
+        ["ed_a.r1", "ed_a.r2"],
+        "each live key once, not a deleted one, not another destination's"
+    );
+    assert_eq!(keys("ed_ab."), ["ed_ab.r1"]);
+    assert!(keys("ed_b.").is_empty(), "a purged key is gone");
+    assert!(keys("ed_none.").is_empty());
+}

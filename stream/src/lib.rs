@@ -33,7 +33,7 @@ pub mod settings;
 
 pub use async_nats;
 pub use batch::{Message, Split, split};
-pub use bucket::open_bucket;
+pub use bucket::{bucket_keys, open_bucket};
 pub use consumer::{
     Completion, ConsumeSettings, ConsumeStats, Delivery, Handled, Handler, Handlers, Lag, Node,
     completed, lag,

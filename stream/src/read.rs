@@ -32,7 +32,7 @@ pub async fn read_messages(
     limit: usize,
 ) -> Result<Vec<(u64, Bytes)>, StreamError> {
     let mut out = Vec::new();
-    each_message(client, stream, subject, false, limit, |seq, m| {
+    each_message(client, stream, subject, Visit::All, limit, |seq, m| {
         let payload = crate::encoding::decode(m.headers.as_ref(), &m.payload)
             .map_err(|e| stream_error(stream, e))?;
         out.push((seq, payload));
@@ -53,26 +53,44 @@ pub async fn subject_sequences(
     up_to: u64,
 ) -> Result<Vec<u64>, StreamError> {
     let mut out = Vec::new();
-    each_message(client, stream, subject, true, usize::MAX, |seq, _| {
-        if seq > up_to {
-            return Ok(false);
-        }
-        out.push(seq);
-        Ok(true)
-    })
+    each_message(
+        client,
+        stream,
+        subject,
+        Visit::AllHeaders,
+        usize::MAX,
+        |seq, _| {
+            if seq > up_to {
+                return Ok(false);
+            }
+            out.push(seq);
+            Ok(true)
+        },
+    )
     .await?;
     Ok(out)
 }
 
+/// Which messages [`each_message`] visits.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Visit {
+    /// Every message, with its payload.
+    All,
+    /// Every message, headers only.
+    AllHeaders,
+    /// The last message of each subject, headers only.
+    LastHeaders,
+}
+
 /// Calls `visit(sequence, message)` for the messages stored on `subject`
-/// of `stream`, oldest first (their headers only, if asked), at most
+/// (a filter: it may end in `>`) of `stream`, oldest first, at most
 /// `limit` of them, until it answers `false`: an ephemeral consumer that
 /// acks nothing.
-async fn each_message(
+pub(crate) async fn each_message(
     client: &async_nats::Client,
     stream: &str,
     subject: &str,
-    headers_only: bool,
+    which: Visit,
     limit: usize,
     mut visit: impl FnMut(u64, &jetstream::Message) -> Result<bool, StreamError>,
 ) -> Result<(), StreamError> {
@@ -83,7 +101,11 @@ async fn each_message(
             filter_subject: subject.to_string(),
             ack_policy: jetstream::consumer::AckPolicy::None,
             inactive_threshold: Duration::from_secs(30),
-            headers_only,
+            headers_only: which != Visit::All,
+            deliver_policy: match which {
+                Visit::LastHeaders => jetstream::consumer::DeliverPolicy::LastPerSubject,
+                _ => jetstream::consumer::DeliverPolicy::All,
+            },
             ..Default::default()
         })
         .await

@@ -121,26 +121,20 @@ impl JetStreamDeadLetters {
         }
     }
 
-    /// The keys of `destination`'s replays.
-    async fn replay_keys(&self, destination: &str) -> Vec<String> {
-        use futures_util::StreamExt;
-        let prefix = format!("{destination}.");
-        let mut keys = Vec::new();
-        if let Ok(mut k) = self.replays.keys().await {
-            while let Some(Ok(key)) = k.next().await {
-                if key.starts_with(&prefix) {
-                    keys.push(key);
-                }
-            }
-        }
-        keys
+    /// The keys of `destination`'s replays, read without the other
+    /// destinations' (a destination remembers up to three times
+    /// [`REPLAYS_KEPT`] of them).
+    async fn replay_keys(&self, destination: &str) -> io::Result<Vec<String>> {
+        sluice_stream::bucket_keys(self.publisher.client(), BUCKET, &format!("{destination}."))
+            .await
+            .map_err(other)
     }
 
     /// Once `destination` has twice as many replays as it remembers
     /// finished ones, forgets the oldest finished ones beyond that (their
     /// ids, asked for again, start new replays), as the file queue does.
     async fn forget_old_replays(&self, destination: &str) -> io::Result<()> {
-        let keys = self.replay_keys(destination).await;
+        let keys = self.replay_keys(destination).await?;
         if keys.len() < 2 * self.replays_kept {
             return Ok(());
         }
@@ -326,10 +320,10 @@ impl JetStreamDeadLetters {
         if s.record.finished_at.is_empty() {
             s.record.finished_at = crate::now();
             self.put(&key, &s).await?;
-            // Listing the bucket's keys costs every destination's: look
-            // for old replays at this node's first finish of a destination,
-            // then every `replays_kept` finishes (so it holds at most about
-            // three times that many). Best effort, and bounded in time: a
+            // Looking costs a read of each of the destination's replays:
+            // look for old ones at this node's first finish of a
+            // destination, then every `replays_kept` finishes (so it holds
+            // at most about three times that many). Best effort, and bounded in time: a
             // key listing can hang (see `sluice_stream`'s live-node count),
             // and the replay is done whatever becomes of the old ones.
             if !self.time_to_forget(destination) {
@@ -349,7 +343,7 @@ impl JetStreamDeadLetters {
     }
 
     async fn open_replays(&self, destination: &str) -> io::Result<Vec<ReplayRecord>> {
-        let keys = self.replay_keys(destination).await;
+        let keys = self.replay_keys(destination).await?;
         let js = jetstream::new(self.publisher.client().clone());
         let nodes = js.get_key_value(NODES).await.ok();
         let mut out = Vec::new();
