@@ -318,6 +318,25 @@ fn configuration_written_through_one_node_is_live_on_the_others_within_a_second(
         .map(|l| l["record"]["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), 50, "each dead letter once");
+    let first = run(
+        dir.path(),
+        &[
+            "dlq",
+            "list",
+            "--cluster",
+            &urls,
+            "--destination",
+            &rdid,
+            "--limit",
+            "7",
+        ],
+    );
+    let first: Vec<Value> = text(&first)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(first, letters[..7], "--limit: the oldest ones");
     assert!(letters.iter().all(|l| l["destination"] == rdid.as_str()));
     assert!(
         letters[0]["reason"].as_str().unwrap().contains("400"),

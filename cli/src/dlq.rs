@@ -109,9 +109,9 @@ pub fn dlq(c: DlqCommand) -> Result<ExitCode, String> {
             limit,
             ..
         } => {
-            for l in sluice_serve::cluster::dead_letters::list(&servers, &destination, limit)? {
-                println!("{l}");
-            }
+            sluice_serve::cluster::dead_letters::list(&servers, &destination, limit, |l| {
+                println!("{l}")
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::List {

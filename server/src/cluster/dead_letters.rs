@@ -178,9 +178,15 @@ async fn store(
     Ok(())
 }
 
-/// The dead letters of `destination` in the cluster at `servers`, oldest
-/// first, at most `limit`: one JSON object per line.
-pub fn list(servers: &str, destination: &str, limit: usize) -> Result<Vec<String>, String> {
+/// Hands `each` the dead letters of `destination` in the cluster at
+/// `servers`, oldest first, at most `limit`, one JSON object (a line) at a
+/// time, reading one message of the queue at a time. Returns how many.
+pub fn list(
+    servers: &str,
+    destination: &str,
+    limit: usize,
+    mut each: impl FnMut(&str),
+) -> Result<usize, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -190,25 +196,31 @@ pub fn list(servers: &str, destination: &str, limit: usize) -> Result<Vec<String
             .await
             .map_err(|e| e.to_string())?;
         let s = sluice_stream::StreamSettings::default();
-        let payloads = sluice_stream::read_subject(
-            &client,
-            &s.dead_letter_stream,
-            &s.dead_letter_subject(destination),
-            usize::MAX,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok(payloads
-            .iter()
-            .flat_map(|p| {
-                String::from_utf8_lossy(p)
-                    .lines()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|l| !l.is_empty())
-            .take(limit)
-            .collect())
+        let stream = &s.dead_letter_stream;
+        let subject = s.dead_letter_subject(destination);
+        // The messages' sequences (headers only), then each message in
+        // turn, only as far as `limit` goes: never the whole queue at once.
+        let seqs = sluice_stream::subject_sequences(&client, stream, &subject, u64::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut listed = 0;
+        for seq in seqs {
+            if listed >= limit {
+                break;
+            }
+            let Some(p) = sluice_stream::read_message(&client, stream, seq)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                continue; // taken by a replay meanwhile
+            };
+            let lines = String::from_utf8_lossy(&p);
+            for line in lines.lines().filter(|l| !l.is_empty()).take(limit - listed) {
+                each(line);
+                listed += 1;
+            }
+        }
+        Ok(listed)
     })
 }
 
