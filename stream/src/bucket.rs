@@ -57,8 +57,7 @@ pub async fn bucket_keys(
         client,
         &stream,
         &filter,
-        crate::read::Visit::LastHeaders,
-        usize::MAX,
+        crate::read::Visit::LastOfEach,
         |_, m| {
             let marker = m
                 .headers

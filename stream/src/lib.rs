@@ -40,8 +40,5 @@ pub use consumer::{
 };
 pub use partition::partition_of;
 pub use publisher::{Published, Publisher, StreamError, connect, default_replicas};
-pub use read::{
-    delete_message, purge_subject, read_message, read_messages, read_subject, subject_messages,
-    subject_sequences,
-};
+pub use read::{delete_message, purge_subject, read_message, subject_messages, subject_sequences};
 pub use settings::StreamSettings;

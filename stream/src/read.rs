@@ -1,46 +1,13 @@
-//! Reading a subject of a stream from its start (what a node or the CLI
-//! lists: a destination's dead letters), or its messages' sequences and
-//! then single messages (a listing that goes newest first and stops when
-//! its page is full), and taking messages out of it (what a replay of dead
-//! letters took).
+//! Reading a subject of a stream a message at a time: its messages'
+//! sequences (headers only), then single messages (a listing of dead
+//! letters that stops when its page is full, a replay that takes from a
+//! queue of up to 256 MiB), and taking messages out of it (what a replay
+//! of dead letters took).
 
 use crate::publisher::StreamError;
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use std::time::Duration;
-
-/// The payloads stored on `subject` of `stream`, oldest first, at most
-/// `limit` of them (an ephemeral consumer that acks nothing).
-pub async fn read_subject(
-    client: &async_nats::Client,
-    stream: &str,
-    subject: &str,
-    limit: usize,
-) -> Result<Vec<Bytes>, StreamError> {
-    Ok(read_messages(client, stream, subject, limit)
-        .await?
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect())
-}
-
-/// Like [`read_subject`], with each payload's stream sequence number.
-pub async fn read_messages(
-    client: &async_nats::Client,
-    stream: &str,
-    subject: &str,
-    limit: usize,
-) -> Result<Vec<(u64, Bytes)>, StreamError> {
-    let mut out = Vec::new();
-    each_message(client, stream, subject, Visit::All, limit, |seq, m| {
-        let payload = crate::encoding::decode(m.headers.as_ref(), &m.payload)
-            .map_err(|e| stream_error(stream, e))?;
-        out.push((seq, payload));
-        Ok(true)
-    })
-    .await?;
-    Ok(out)
-}
 
 /// The stream sequences of the messages stored on `subject` of `stream`,
 /// oldest first, up to `up_to`: read from the messages' headers only, so
@@ -53,45 +20,35 @@ pub async fn subject_sequences(
     up_to: u64,
 ) -> Result<Vec<u64>, StreamError> {
     let mut out = Vec::new();
-    each_message(
-        client,
-        stream,
-        subject,
-        Visit::AllHeaders,
-        usize::MAX,
-        |seq, _| {
-            if seq > up_to {
-                return Ok(false);
-            }
-            out.push(seq);
-            Ok(true)
-        },
-    )
+    each_message(client, stream, subject, Visit::All, |seq, _| {
+        if seq > up_to {
+            return Ok(false);
+        }
+        out.push(seq);
+        Ok(true)
+    })
     .await?;
     Ok(out)
 }
 
-/// Which messages [`each_message`] visits.
+/// Which messages [`each_message`] visits (their headers only).
 #[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Visit {
-    /// Every message, with its payload.
+    /// Every message.
     All,
-    /// Every message, headers only.
-    AllHeaders,
-    /// The last message of each subject, headers only.
-    LastHeaders,
+    /// The last message of each subject.
+    LastOfEach,
 }
 
 /// Calls `visit(sequence, message)` for the messages stored on `subject`
-/// (a filter: it may end in `>`) of `stream`, oldest first, at most
-/// `limit` of them, until it answers `false`: an ephemeral consumer that
-/// acks nothing.
+/// (a filter: it may end in `>`) of `stream`, oldest first, headers
+/// only, until it answers `false`: an ephemeral consumer that acks
+/// nothing.
 pub(crate) async fn each_message(
     client: &async_nats::Client,
     stream: &str,
     subject: &str,
     which: Visit,
-    limit: usize,
     mut visit: impl FnMut(u64, &jetstream::Message) -> Result<bool, StreamError>,
 ) -> Result<(), StreamError> {
     use futures_util::StreamExt;
@@ -101,10 +58,10 @@ pub(crate) async fn each_message(
             filter_subject: subject.to_string(),
             ack_policy: jetstream::consumer::AckPolicy::None,
             inactive_threshold: Duration::from_secs(30),
-            headers_only: which != Visit::All,
+            headers_only: true,
             deliver_policy: match which {
-                Visit::LastHeaders => jetstream::consumer::DeliverPolicy::LastPerSubject,
-                _ => jetstream::consumer::DeliverPolicy::All,
+                Visit::LastOfEach => jetstream::consumer::DeliverPolicy::LastPerSubject,
+                Visit::All => jetstream::consumer::DeliverPolicy::All,
             },
             ..Default::default()
         })
@@ -115,7 +72,7 @@ pub(crate) async fn each_message(
         .await
         .map_err(|e| stream_error(stream, e))?
         .num_pending as usize;
-    let want = pending.min(limit);
+    let want = pending;
     let mut seen = 0;
     while seen < want {
         let mut batch = c
