@@ -169,10 +169,11 @@ impl JetStreamDeadLetters {
     }
 
     /// The sequences of the messages stored on `subject` of the
-    /// dead-letter stream, oldest first (read from their headers only).
-    async fn sequences(&self, subject: &str) -> io::Result<Vec<u64>> {
+    /// dead-letter stream, oldest first, up to `up_to` (read from their
+    /// headers only).
+    async fn sequences(&self, subject: &str, up_to: u64) -> io::Result<Vec<u64>> {
         let stream = &self.settings.dead_letter_stream;
-        sluice_stream::subject_sequences(self.publisher.client(), stream, subject, u64::MAX)
+        sluice_stream::subject_sequences(self.publisher.client(), stream, subject, up_to)
             .await
             .map_err(other)
     }
@@ -191,14 +192,14 @@ impl JetStreamDeadLetters {
         let subject = self.settings.dead_letter_subject(destination);
         let key = Self::key(destination, id);
         for seq in self
-            .sequences(&self.settings.replay_subject(destination, id))
+            .sequences(&self.settings.replay_subject(destination, id), u64::MAX)
             .await?
         {
             let Some(payload) = self.message(seq).await? else {
                 continue;
             };
             let mut buf = Vec::new();
-            for d in letters(&[(seq, payload)]) {
+            for d in letters(seq, &payload) {
                 let line = serde_json::json!({
                     "time": d.time, "destination": destination, "subscription": d.subscription,
                     "reason": d.reason, "attempts": d.attempts, "record": d.record,
@@ -270,7 +271,7 @@ impl JetStreamDeadLetters {
         let subject = self.settings.dead_letter_subject(destination);
         let journal = self.settings.replay_subject(destination, id);
         let (mut taken, mut touched) = (0u64, Vec::new());
-        for seq in self.sequences(&subject).await? {
+        for seq in self.sequences(&subject, u64::MAX).await? {
             let Some(payload) = self.message(seq).await? else {
                 continue; // taken by another replay meanwhile
             };
@@ -323,9 +324,10 @@ impl JetStreamDeadLetters {
             // Looking costs a read of each of the destination's replays:
             // look for old ones at this node's first finish of a
             // destination, then every `replays_kept` finishes (so it holds
-            // at most about three times that many). Best effort, and bounded in time: a
-            // key listing can hang (see `sluice_stream`'s live-node count),
-            // and the replay is done whatever becomes of the old ones.
+            // at most about three times that many). Best effort, and
+            // bounded in time: a key listing can hang (see
+            // `sluice_stream`'s live-node count), and the replay is done
+            // whatever becomes of the old ones.
             if !self.time_to_forget(destination) {
                 return Ok(s.record);
             }
@@ -405,15 +407,11 @@ fn parse(seq: u64, i: usize, line: &[u8]) -> Option<DeadLetter> {
     Some(d)
 }
 
-/// Every dead letter of `msgs`, oldest first.
-fn letters(msgs: &[(u64, Bytes)]) -> Vec<DeadLetter> {
-    msgs.iter()
-        .flat_map(|(seq, p)| {
-            lines(p)
-                .enumerate()
-                .filter_map(|(i, l)| parse(*seq, i, l))
-                .collect::<Vec<_>>()
-        })
+/// Every dead letter of message `seq`, oldest first.
+fn letters(seq: u64, payload: &[u8]) -> Vec<DeadLetter> {
+    lines(payload)
+        .enumerate()
+        .filter_map(|(i, l)| parse(seq, i, l))
         .collect()
 }
 
@@ -430,27 +428,19 @@ impl DeadLetterStore for JetStreamDeadLetters {
         // message, newest first, fetched only when the page gets to it. A
         // request holds one message at a time, not the queue.
         let up_to = before_id.map_or(u64::MAX, |b| b.saturating_sub(1) >> LINE_BITS);
-        let (client, stream) = (self.publisher.client(), &self.settings.dead_letter_stream);
         let subject = self.settings.dead_letter_subject(destination);
-        let seqs = self
-            .rt
-            .block_on(sluice_stream::subject_sequences(
-                client, stream, &subject, up_to,
-            ))
-            .map_err(other)?;
+        let seqs = self.rt.block_on(self.sequences(&subject, up_to))?;
         let failed = std::cell::RefCell::new(None);
         let newest_first = seqs.into_iter().rev().flat_map(|seq| {
             let got = match failed.borrow().is_some() {
                 true => Ok(None),
-                false => self
-                    .rt
-                    .block_on(sluice_stream::read_message(client, stream, seq)),
+                false => self.rt.block_on(self.message(seq)),
             };
             let of_message = match got {
-                Ok(Some(payload)) => letters(&[(seq, payload)]),
+                Ok(Some(payload)) => letters(seq, &payload),
                 Ok(None) => Vec::new(), // taken by a replay meanwhile
                 Err(e) => {
-                    *failed.borrow_mut() = Some(other(e));
+                    *failed.borrow_mut() = Some(e);
                     Vec::new()
                 }
             };
@@ -493,13 +483,13 @@ impl DeadLetterStore for JetStreamDeadLetters {
         // The journal's messages fetched one at a time, as the replay
         // sends them: never the whole journal in memory.
         let journal = self.settings.replay_subject(destination, id);
-        let seqs = self.rt.block_on(self.sequences(&journal))?;
+        let seqs = self.rt.block_on(self.sequences(&journal, u64::MAX))?;
         let client = self.publisher.client().clone();
         let (stream, rt) = (self.settings.dead_letter_stream.clone(), self.rt.clone());
         Ok(Box::new(seqs.into_iter().flat_map(move |seq| {
             let got = rt.block_on(sluice_stream::read_message(&client, &stream, seq));
             match got {
-                Ok(Some(payload)) => letters(&[(seq, payload)]).into_iter().map(Ok).collect(),
+                Ok(Some(payload)) => letters(seq, &payload).into_iter().map(Ok).collect(),
                 Ok(None) => Vec::new(), // purged: the replay was finished meanwhile
                 Err(e) => vec![Err(other(e))],
             }
