@@ -131,31 +131,91 @@ fn first_members(routes: &[Route]) -> Option<Vec<&str>> {
     Some(out)
 }
 
-/// The routes of one event type of an account, and what they read.
+/// The longest account id held inline in its [`Entry`] (ngrok's are 30
+/// bytes).
+const INLINE_ID: usize = 36;
+
+/// [`Entry::id_len`] of an id too long to be inline.
+const LONG_ID: u8 = u8::MAX;
+
+/// The routes of one `(account, event type)`, filed in [`Snapshot`]'s
+/// table under the hash of both. The account id is inline when it fits, so
+/// that finding and confirming an entry reads its 64 bytes and nothing
+/// else: with many accounts, the lookup of an event streaming through the
+/// caches costs one miss instead of one each for the entry, the id's bytes
+/// and the account's list of types.
 #[derive(Debug)]
-struct TypeRoutes {
-    routes: Box<[Route]>,
-    needs: FieldNeeds,
-    /// `needs` as the on-demand reader's tree, unless the event is read
-    /// whole (shared by every account whose routes read the same).
+#[repr(C, align(64))]
+struct Entry {
+    /// The id's bytes, or for a long id its index in
+    /// [`Snapshot::long_ids`] (the first 4 bytes, little-endian).
+    id: [u8; INLINE_ID],
+    /// The id's length if inline, else [`LONG_ID`].
+    id_len: u8,
+    event_type: EventTypeId,
+    /// What the routes read as the on-demand reader's tree, unless the
+    /// event is read whole (shared by every account whose routes read the
+    /// same).
     trie: Option<Arc<FieldTree>>,
+    routes: Box<[Route]>,
 }
 
-/// For one account: the routes of each event type it has sources for.
-/// The types are apart from their routes so that finding one reads a few
-/// bytes, not a struct per type.
-#[derive(Debug)]
-struct AccountRoutes {
-    /// The event types, in the order of `routes`.
-    types: Box<[EventTypeId]>,
-    routes: Box<[TypeRoutes]>,
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
+impl Entry {
+    fn new(
+        account: &str,
+        event_type: EventTypeId,
+        trie: Option<Arc<FieldTree>>,
+        routes: Box<[Route]>,
+        long_ids: &mut Vec<Box<str>>,
+    ) -> Entry {
+        let mut id = [0u8; INLINE_ID];
+        let id_len = if account.len() <= INLINE_ID {
+            id[..account.len()].copy_from_slice(account.as_bytes());
+            account.len() as u8
+        } else {
+            id[..4].copy_from_slice(&(long_ids.len() as u32).to_le_bytes());
+            long_ids.push(account.into());
+            LONG_ID
+        };
+        Entry {
+            id,
+            id_len,
+            event_type,
+            trie,
+            routes,
+        }
+    }
+
+    /// The account id's bytes.
+    fn account<'a>(&'a self, long_ids: &'a [Box<str>]) -> &'a [u8] {
+        if self.id_len == LONG_ID {
+            let i = u32::from_le_bytes([self.id[0], self.id[1], self.id[2], self.id[3]]);
+            long_ids[i as usize].as_bytes()
+        } else {
+            &self.id[..usize::from(self.id_len)]
+        }
+    }
+
+    /// Whether this is the entry of `(account, event_type)`.
+    #[inline(always)]
+    fn is(&self, account: &[u8], event_type: EventTypeId, long_ids: &[Box<str>]) -> bool {
+        self.event_type == event_type
+            && if account.len() <= INLINE_ID {
+                usize::from(self.id_len) == account.len()
+                    && short_eq(&self.id[..account.len()], account)
+            } else {
+                self.id_len == LONG_ID && short_eq(self.account(long_ids), account)
+            }
+    }
 }
 
-/// The hash an account's routes are filed under in [`Snapshot`]'s table
+/// The hash an `(account, type)` is filed under in [`Snapshot`]'s table
 /// (one function for filing and finding).
 #[inline]
-fn account_hash(account_id: &str) -> u64 {
-    FxBuildHasher.hash_one(account_id)
+fn key_hash(account: &[u8], event_type: EventTypeId) -> u64 {
+    FxBuildHasher.hash_one((event_type.0, account))
 }
 
 /// An immutable, complete routing configuration.
@@ -163,9 +223,15 @@ fn account_hash(account_id: &str) -> u64 {
 pub struct Snapshot {
     /// Increases with every reconfiguration.
     pub version: u64,
-    /// Each account's routes, by the hash of its id (a table rather than a
-    /// map so that ids are compared inline, not by a call to `memcmp`).
-    index: HashTable<(Box<str>, AccountRoutes)>,
+    /// The routes of each `(account, type)` that has any (a table rather
+    /// than a map so that ids are compared inline, not by a call to
+    /// `memcmp`).
+    index: HashTable<Entry>,
+    /// The account ids longer than [`INLINE_ID`], by the index their
+    /// entries hold.
+    long_ids: Vec<Box<str>>,
+    /// Number of accounts with at least one source.
+    accounts: usize,
     /// Every subscription, by dense index.
     pub subscriptions: Vec<SubscriptionRt>,
     /// Every destination.
@@ -182,10 +248,11 @@ impl Snapshot {
         subs: Vec<(SubscriptionRt, Vec<Arc<CompiledSource>>)>,
         destinations: Vec<Arc<DestinationHandle>>,
     ) -> Snapshot {
-        let mut index: FxHashMap<Box<str>, Vec<(EventTypeId, Vec<Route>)>> = FxHashMap::default();
+        let mut by_account: FxHashMap<Box<str>, Vec<(EventTypeId, Vec<Route>)>> =
+            FxHashMap::default();
         let mut subscriptions = Vec::with_capacity(subs.len());
         for (i, (sub, sources)) in subs.into_iter().enumerate() {
-            let per_type = index.entry(sub.account_id.clone()).or_default();
+            let per_type = by_account.entry(sub.account_id.clone()).or_default();
             for src in sources {
                 let route = Route {
                     sub: i as u32,
@@ -198,61 +265,57 @@ impl Snapshot {
             }
             subscriptions.push(sub);
         }
-        let mut table = HashTable::with_capacity(index.len());
+        let accounts = by_account.len();
+        let mut index = HashTable::with_capacity(by_account.values().map(Vec::len).sum());
+        let mut long_ids = Vec::new();
         let mut trees = TreeCache::default();
-        for (account, types) in index {
-            let types = AccountRoutes {
-                types: types.iter().map(|(t, _)| *t).collect(),
-                routes: types
-                    .into_iter()
-                    .map(|(_, routes)| {
-                        let needs = FieldNeeds::of(&routes);
-                        TypeRoutes {
-                            trie: needs.trie(&routes, &mut trees),
-                            needs,
-                            routes: routes.into_boxed_slice(),
-                        }
-                    })
-                    .collect(),
-            };
-            table.insert_unique(account_hash(&account), (account, types), |e| {
-                account_hash(&e.0)
-            });
+        for (account, types) in by_account {
+            for (event_type, routes) in types {
+                let trie = FieldNeeds::of(&routes).trie(&routes, &mut trees);
+                let entry = Entry::new(
+                    &account,
+                    event_type,
+                    trie,
+                    routes.into_boxed_slice(),
+                    &mut long_ids,
+                );
+                index.insert_unique(key_hash(account.as_bytes(), event_type), entry, |e| {
+                    key_hash(e.account(&long_ids), e.event_type)
+                });
+            }
         }
-        let on_demand = table
-            .iter()
-            .any(|(_, types)| types.routes.iter().any(|t| t.trie.is_some()));
+        let on_demand = index.iter().any(|e| e.trie.is_some());
         Snapshot {
             version,
-            index: table,
+            index,
+            long_ids,
+            accounts,
             subscriptions,
             destinations,
             on_demand,
         }
     }
 
-    fn type_routes(&self, account_id: &str, event_type: EventTypeId) -> Option<&TypeRoutes> {
-        let account = &self
-            .index
-            .find(account_hash(account_id), |(id, _)| {
-                short_eq(id.as_bytes(), account_id.as_bytes())
-            })?
-            .1;
-        let i = account.types.iter().position(|t| *t == event_type)?;
-        account.routes.get(i)
+    #[inline]
+    fn entry(&self, account_id: &str, event_type: EventTypeId) -> Option<&Entry> {
+        let account = account_id.as_bytes();
+        self.index.find(key_hash(account, event_type), |e| {
+            e.is(account, event_type, &self.long_ids)
+        })
     }
 
     /// The sources that want events of `event_type` from `account_id`.
     #[inline]
     pub fn routes(&self, account_id: &str, event_type: EventTypeId) -> &[Route] {
-        self.type_routes(account_id, event_type)
-            .map_or(&[], |t| &t.routes[..])
+        self.entry(account_id, event_type)
+            .map_or(&[], |e| &e.routes[..])
     }
 
     /// What those sources read of an event's `object` (`None`: no source
     /// wants such events).
-    pub fn needs(&self, account_id: &str, event_type: EventTypeId) -> Option<&FieldNeeds> {
-        self.type_routes(account_id, event_type).map(|t| &t.needs)
+    pub fn needs(&self, account_id: &str, event_type: EventTypeId) -> Option<FieldNeeds> {
+        self.entry(account_id, event_type)
+            .map(|e| FieldNeeds::of(&e.routes))
     }
 
     /// The sources that want events of `event_type` from `account_id`, and
@@ -264,8 +327,8 @@ impl Snapshot {
         account_id: &str,
         event_type: EventTypeId,
     ) -> Option<(&[Route], Option<&FieldTree>)> {
-        self.type_routes(account_id, event_type)
-            .map(|t| (&t.routes[..], t.trie.as_deref()))
+        self.entry(account_id, event_type)
+            .map(|e| (&e.routes[..], e.trie.as_deref()))
     }
 
     /// Whether any event may be settled by reading only some of its fields.
@@ -275,7 +338,7 @@ impl Snapshot {
 
     /// Number of accounts with at least one source.
     pub fn accounts(&self) -> usize {
-        self.index.len()
+        self.accounts
     }
 }
 
@@ -367,6 +430,56 @@ mod tests {
         assert_eq!(tree("ac_d"), tree("ac_e"));
         // The same paths read in another order are another tree.
         assert_ne!(tree("ac_d"), tree("ac_f"));
+    }
+
+    /// Ids inline and too long to be, ids one the prefix of another, and
+    /// types an account has no source for: each lookup finds its own
+    /// account's routes or none.
+    #[test]
+    fn each_account_and_type_finds_its_own_routes() {
+        let long = "ac_".to_string() + &"x".repeat(INLINE_ID);
+        let longer = long.clone() + "y";
+        let accounts = ["ac_1", "ac_12", &"a".repeat(INLINE_ID), &long, &longer];
+        let subs = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, account)| {
+                let rt = SubscriptionRt {
+                    id: format!("esb_{i}").into(),
+                    account_id: (*account).into(),
+                    destinations: Box::new([]),
+                    stats: Default::default(),
+                };
+                (rt, vec![route(Some("ev.conn.server_port == 443")).source])
+            })
+            .collect();
+        let snap = Snapshot::new(1, subs, vec![]);
+        assert_eq!(snap.accounts(), accounts.len());
+        assert_eq!(snap.long_ids.len(), 2, "two ids are too long to be inline");
+        let http = EventTypeId::from_name("http_request_complete.v0").expect("known type");
+        let tcp = EventTypeId::from_name("tcp_connection_closed.v0").expect("known type");
+        for (i, account) in accounts.iter().enumerate() {
+            let routes = snap.routes(account, http);
+            assert_eq!(routes.len(), 1, "{account}");
+            assert_eq!(routes[0].sub as usize, i, "{account}");
+            assert!(
+                snap.routes(account, tcp).is_empty(),
+                "{account}: no tcp source"
+            );
+            assert_eq!(
+                snap.needs(account, http).as_ref().map(paths),
+                Some(vec!["conn.server_port"])
+            );
+        }
+        for stranger in [
+            "ac_",
+            "ac_2",
+            "ac_123",
+            &"a".repeat(INLINE_ID - 1),
+            &long[..long.len() - 1],
+        ] {
+            assert!(snap.lookup(stranger, http).is_none(), "{stranger}");
+        }
     }
 
     #[test]
