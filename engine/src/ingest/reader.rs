@@ -31,9 +31,13 @@ pub enum Chunk {
     },
 }
 
-/// Buffers kept for reuse when none of their events is held any more (more
-/// are freed: the engine's queues bound how many are held at once).
-const FREE_BUFFERS: usize = 4;
+/// Bytes of buffers kept for reuse when none of their events is held any
+/// more (more are freed): 16 buffers of 1 MiB chunks (2 MiB each, with
+/// room for a part line). Enough for every chunk the engine's queues hold
+/// at once (8 batches per worker), which workers let go of in bursts
+/// while the reader waits for room: with 4 kept, `sluice bench`'s
+/// many-tenants zeroed a new 2 MiB buffer for one chunk in eight.
+const FREE_BYTES: usize = 32 << 20;
 
 /// The buffers of one reader that no chunk holds.
 #[derive(Default)]
@@ -60,7 +64,7 @@ impl Pool {
 
     fn give(&self, buf: Vec<u8>) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < FREE_BUFFERS {
+        if (free.len() + 1) * buf.len() <= FREE_BYTES.max(buf.len()) {
             free.push(buf);
         }
     }
@@ -360,5 +364,33 @@ mod tests {
         assert_eq!(joined, input);
         let made = reader.pool.made.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(made, 1, "one buffer read into, not one per held chunk");
+    }
+
+    /// Chunks held ten at a time, as the engine's queues hold them, and let
+    /// go all at once: once ten buffers exist, every read reuses one.
+    #[test]
+    fn chunks_let_go_in_bursts_are_read_into_again() {
+        let mut input = Vec::new();
+        for i in 0..40_000 {
+            input.extend_from_slice(
+                format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "z".repeat(300)).as_bytes(),
+            );
+        }
+        let mut reader = NdjsonReader::new(std::io::Cursor::new(input), 64 << 10);
+        let mut held = Vec::new();
+        let mut chunks = 0;
+        for item in reader.by_ref() {
+            let Chunk::Lines(b) = item.unwrap() else {
+                panic!("no line is oversized")
+            };
+            held.push(b);
+            chunks += 1;
+            if held.len() == 10 {
+                held.clear();
+            }
+        }
+        assert!(chunks > 150, "many chunks: {chunks}");
+        let made = reader.pool.made.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(made <= 12, "{made} buffers made for {chunks} chunks");
     }
 }
