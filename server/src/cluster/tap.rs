@@ -60,9 +60,31 @@ pub async fn announce(link: &Link, subscription: &str) -> Result<Announced, Stri
     let kv = bucket(link).await?;
     let key = format!("{subscription}.{}", link.node);
     let renew = tokio::spawn(async move {
+        // A failed renewal is tried again after a second, not a third of
+        // the TTL, so that a short outage does not let the announcement
+        // expire; the other nodes' records stop while it is missing, so
+        // each failed streak is logged (once) and its end too.
+        let mut failing = false;
         loop {
-            let _ = kv.put(&key, Bytes::new()).await;
-            tokio::time::sleep(TTL / 3).await;
+            match kv.put(&key, Bytes::new()).await {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(key, "cluster: the tap's announcement is renewed again");
+                    }
+                    failing = false;
+                    tokio::time::sleep(TTL / 3).await;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(
+                            key,
+                            "cluster: cannot renew the tap's announcement ({e}); other nodes' records for it stop if it expires; retrying every second"
+                        );
+                    }
+                    failing = true;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     });
     Ok(Announced { records, renew })
