@@ -288,7 +288,7 @@ impl Record {
         // only how fast it went.
         let cpu_ns = |runs: &[RunResult]| {
             runs.iter()
-                .map(|r| r.cpu_s.values().sum::<f64>() * 1e9 / r.events.max(1) as f64)
+                .map(|r| r.cpu_total_s() * 1e9 / r.events.max(1) as f64)
                 .collect::<Vec<_>>()
         };
         let (con, cfull) = (cpu_ns(&self.runs), cpu_ns(&self.full_parse));
@@ -311,7 +311,7 @@ impl Record {
             let busy = |runs: &[RunResult]| {
                 let b: Vec<f64> = runs
                     .iter()
-                    .map(|r| r.cpu_s.values().sum::<f64>() / r.elapsed_s.max(1e-9))
+                    .map(|r| r.cpu_total_s() / r.elapsed_s.max(1e-9))
                     .collect();
                 Stat::of(&b).median
             };
@@ -330,7 +330,7 @@ impl Record {
         let median = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
             Stat::of(&runs.iter().map(f).collect::<Vec<_>>()).median
         };
-        let cpu_us = |r: &RunResult| r.cpu_s.values().sum::<f64>() * 1e6 / r.events.max(1) as f64;
+        let cpu_us = |r: &RunResult| r.cpu_total_s() * 1e6 / r.events.max(1) as f64;
         let (c, r) = (&self.runs[..], &self.reference[..]);
         let (ce, re) = (median(c, |r| r.events_per_s), median(r, |r| r.events_per_s));
         let (cc, rc) = (median(c, cpu_us), median(r, cpu_us));

@@ -73,6 +73,13 @@ pub struct RunResult {
     pub stage_share: BTreeMap<String, f64>,
 }
 
+impl RunResult {
+    /// CPU seconds of every thread of the process in the run.
+    pub fn cpu_total_s(&self) -> f64 {
+        self.cpu_s.values().sum()
+    }
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Millis {
