@@ -14,8 +14,10 @@
 //! - **Walked**: otherwise the members are visited in order, each value
 //!   skipped, until the key is found.
 //!
-//! For bytes that are not JSON the two may differ; either answer is only a
-//! shard, and the worker's parse decides what the event is.
+//! For bytes that are not JSON the two may differ. Either answer only
+//! picks a shard, or on the server the account a line is held back or
+//! grouped for (`back_pressure`, the cluster's consumer): such a line is
+//! rejected by the worker's parse whichever account it was taken for.
 
 use crate::short_eq::short_eq;
 
@@ -112,8 +114,9 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// Finds the raw bytes of the top-level `"account_id"` string value without
-/// parsing the event. Used only to choose a shard: the worker's parse is
-/// authoritative. Returns `None` if the event does not look like an envelope.
+/// parsing the event, to choose a shard (and on the server to hold back or
+/// group a line by account): the worker's parse is authoritative. Returns
+/// `None` if the event does not look like an envelope.
 #[inline]
 pub fn prescan_account(b: &[u8]) -> Option<&[u8]> {
     match look_for_account(b) {
