@@ -176,6 +176,9 @@ impl NatsCluster {
                     return Err(format!("nats-server {} exited ({status})", node.name));
                 }
             }
+            // The monitoring port answers before the client port listens
+            // (a single server was taken as ready on `/jsz` alone, and a
+            // test's first connection was refused): both must.
             let ready = (0..n).filter(|&i| self.nodes[i].child.is_some()).all(|i| {
                 self.jsz(i).is_some_and(|j| {
                     n == 1
@@ -183,7 +186,7 @@ impl NatsCluster {
                             .as_str()
                             .is_some_and(|l| !l.is_empty())
                             && j["meta_cluster"]["cluster_size"].as_u64() == Some(n as u64))
-                })
+                }) && self.accepts_clients(i)
             });
             if ready {
                 return Ok(());
@@ -193,6 +196,12 @@ impl NatsCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether server `i`'s client port takes a connection.
+    fn accepts_clients(&self, i: usize) -> bool {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.nodes[i].port));
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
     }
 
     /// The last lines of every server's log, for a failure report.
