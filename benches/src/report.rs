@@ -284,8 +284,7 @@ impl Record {
         );
         // Other processes only ever slow a round down: each mode's fastest
         // round is its least disturbed one.
-        let best = |r: &[f64]| r.iter().copied().fold(0.0, f64::max);
-        let (bo, bf) = (best(&on), best(&full));
+        let (bo, bf) = (Stat::of(&on).max, Stat::of(&full).max);
         let _ = writeln!(
             s,
             "  fastest round of each: on demand {} events/s, full parse {} events/s: {:.2}x",

@@ -27,18 +27,7 @@ impl EventTypeId {
     /// many-tenants' samples.)
     #[inline]
     pub fn from_name(name: &str) -> Option<EventTypeId> {
-        let b = name.as_bytes();
-        let table = TypeTable::get();
-        if let Some(slot) = table.slot(b) {
-            let id = table.slots[slot];
-            if id != TypeTable::EMPTY && short_eq(EVENT_TYPES[usize::from(id)].name.as_bytes(), b) {
-                return Some(EventTypeId(id));
-            }
-            if !table.shared[slot] {
-                return None;
-            }
-        }
-        table.by_name.get(name).map(|&i| EventTypeId(i))
+        TypeTable::get().find(name)
     }
 
     /// The type's definition.
@@ -63,16 +52,16 @@ impl EventTypeId {
 struct TypeTable {
     /// The multiplier of [`TypeTable::slot`].
     mul: u64,
-    /// The type filed in each slot ([`TypeTable::EMPTY`]: none).
+    /// The type filed in each slot, or [`TypeTable::EMPTY`], or
+    /// [`TypeTable::SHARED`] (more than one name falls in it: those
+    /// names are looked up in `by_name`).
     slots: Box<[u16]>,
-    /// Slots that more than one name falls in (those names are in
-    /// `by_name` only).
-    shared: Box<[bool]>,
     by_name: FxHashMap<&'static str, u16>,
 }
 
 impl TypeTable {
     const EMPTY: u16 = u16::MAX;
+    const SHARED: u16 = u16::MAX - 1;
     /// Slots: a power of two, some 16 per type.
     const BITS: u32 = 10;
 
@@ -82,48 +71,60 @@ impl TypeTable {
     }
 
     fn build() -> TypeTable {
-        let by_name: FxHashMap<&'static str, u16> = EVENT_TYPES
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name, i as u16))
-            .collect();
-        let fill = |mul: u64| {
-            let mut t = TypeTable {
-                mul,
-                slots: vec![Self::EMPTY; 1 << Self::BITS].into(),
-                shared: vec![false; 1 << Self::BITS].into(),
-                by_name: FxHashMap::default(),
-            };
-            let mut clashes = 0;
-            for (i, ty) in EVENT_TYPES.iter().enumerate() {
-                let Some(s) = t.slot(ty.name.as_bytes()) else {
-                    continue;
-                };
-                if t.slots[s] == Self::EMPTY && !t.shared[s] {
-                    t.slots[s] = i as u16;
-                } else {
-                    t.slots[s] = Self::EMPTY;
-                    t.shared[s] = true;
-                    clashes += 1;
-                }
-            }
-            (t, clashes)
-        };
         // Odd multipliers from the golden ratio's: the first without a
         // clash, else the one with the fewest.
-        let mut best = fill(0x9E37_79B9_7F4A_7C15);
+        let mut best = TypeTable::with_multiplier(0x9E37_79B9_7F4A_7C15);
         let mut mul = best.0.mul;
         for _ in 0..256 {
             if best.1 == 0 {
                 break;
             }
             mul = mul.wrapping_add(0x2545_F491_4F6C_DD1E) | 1;
-            let next = fill(mul);
+            let next = TypeTable::with_multiplier(mul);
             if next.1 < best.1 {
                 best = next;
             }
         }
-        TypeTable { by_name, ..best.0 }
+        best.0
+    }
+
+    /// The table with multiplier `mul`, and how many names share a slot.
+    fn with_multiplier(mul: u64) -> (TypeTable, usize) {
+        let mut t = TypeTable {
+            mul,
+            slots: vec![Self::EMPTY; 1 << Self::BITS].into(),
+            by_name: EVENT_TYPES
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| (ty.name, i as u16))
+                .collect(),
+        };
+        let mut clashes = 0;
+        for (i, ty) in EVENT_TYPES.iter().enumerate() {
+            let Some(s) = t.slot(ty.name.as_bytes()) else {
+                continue;
+            };
+            t.slots[s] = if t.slots[s] == Self::EMPTY {
+                i as u16
+            } else {
+                clashes += 1;
+                Self::SHARED
+            };
+        }
+        (t, clashes)
+    }
+
+    /// The type named `name`.
+    #[inline]
+    fn find(&self, name: &str) -> Option<EventTypeId> {
+        let b = name.as_bytes();
+        match self.slot(b).map(|s| self.slots[s]) {
+            Some(Self::EMPTY) => None,
+            Some(Self::SHARED) | None => self.by_name.get(name).map(|&i| EventTypeId(i)),
+            Some(id) => {
+                short_eq(EVENT_TYPES[usize::from(id)].name.as_bytes(), b).then_some(EventTypeId(id))
+            }
+        }
     }
 
     /// The slot of a name of at least eight bytes (`None`: shorter, no
@@ -374,11 +375,22 @@ mod tests {
     #[test]
     fn every_type_has_a_slot_of_its_own() {
         let t = TypeTable::get();
-        assert!(!t.shared.iter().any(|&s| s), "names share slots");
+        assert!(!t.slots.contains(&TypeTable::SHARED), "names share slots");
         for id in EventTypeId::all() {
             let s = t.slot(id.name().as_bytes()).expect("eight bytes or more");
             assert_eq!(t.slots[s], id.0, "{}", id.name());
         }
+    }
+
+    #[test]
+    fn names_that_share_a_slot_are_found_by_hash() {
+        // Multiplier 0: every name in slot 0.
+        let (t, clashes) = TypeTable::with_multiplier(0);
+        assert_eq!(clashes, EVENT_TYPES.len() - 1);
+        for id in EventTypeId::all() {
+            assert_eq!(t.find(id.name()), Some(id));
+        }
+        assert_eq!(t.find("http_reqUEST_COMplete.v0"), None);
     }
 
     #[test]
