@@ -114,17 +114,25 @@ impl TypeTable {
         (t, clashes)
     }
 
-    /// The type named `name`.
-    #[inline]
+    /// The type named `name`. (Inlined, with the hash map out of line:
+    /// called, it saved and restored six registers for the hash's sake.)
+    #[inline(always)]
     fn find(&self, name: &str) -> Option<EventTypeId> {
         let b = name.as_bytes();
         match self.slot(b).map(|s| self.slots[s]) {
             Some(Self::EMPTY) => None,
-            Some(Self::SHARED) | None => self.by_name.get(name).map(|&i| EventTypeId(i)),
+            Some(Self::SHARED) | None => self.find_by_hash(name),
             Some(id) => {
                 short_eq(EVENT_TYPES[usize::from(id)].name.as_bytes(), b).then_some(EventTypeId(id))
             }
         }
+    }
+
+    /// The type named `name` from the hash map (names that share a slot).
+    #[cold]
+    #[inline(never)]
+    fn find_by_hash(&self, name: &str) -> Option<EventTypeId> {
+        self.by_name.get(name).map(|&i| EventTypeId(i))
     }
 
     /// The slot of a name of at least eight bytes (`None`: shorter, no

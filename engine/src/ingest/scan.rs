@@ -47,6 +47,8 @@ pub(crate) struct Index {
     compact: bool,
     /// `{` and `[` outside strings in the event.
     opens_total: usize,
+    /// Brackets open after the last byte.
+    depth_end: i64,
     /// Whether to use AVX2.
     avx2: bool,
     /// Whether to use AVX-512 (byte compares straight to 64-bit masks)
@@ -177,6 +179,7 @@ impl Index {
         self.unusual = unusual != 0;
         self.compact = spaced == 0;
         self.opens_total = opens_total;
+        self.depth_end = depth;
     }
 
     /// Whether this index uses AVX2 (and so may use POPCNT, BMI1 and
@@ -219,10 +222,9 @@ impl Index {
     }
 
     /// Brackets open after the last byte (0 when they balance).
+    #[inline(always)]
     pub fn depth_at_end(&self) -> i64 {
-        self.blocks.last().map_or(0, |b| {
-            b.depth + b.opens.count_ones() as i64 - b.closes.count_ones() as i64
-        })
+        self.depth_end
     }
 
     /// Whether byte `pos` is a quote that opens a string.
@@ -248,8 +250,26 @@ impl Index {
         to: usize,
         depth: i64,
     ) -> Option<usize> {
-        let shift = name.len() + 1;
-        debug_assert!(shift < BLOCK);
+        let [found] = self.find_keys(raw, [name], from, to, depth);
+        found
+    }
+
+    /// [`Index::find_key`] of several names of the same length in one
+    /// pass over the blocks (their strings of that length are the same
+    /// candidates): each name's first key, or `None`.
+    #[inline(always)]
+    pub fn find_keys<const N: usize>(
+        &self,
+        raw: &[u8],
+        names: [&[u8]; N],
+        from: usize,
+        to: usize,
+        depth: i64,
+    ) -> [Option<usize>; N] {
+        let mut found = [None; N];
+        let mut missing = N;
+        let shift = names[0].len() + 1;
+        debug_assert!(shift < BLOCK && names.iter().all(|n| n.len() + 1 == shift));
         let blocks = &self.blocks;
         // Closing quotes: quotes outside strings.
         let ends = |b: usize| {
@@ -275,24 +295,32 @@ impl Index {
             while cand != 0 {
                 let p = b * BLOCK + cand.trailing_zeros() as usize;
                 if p + shift >= to {
-                    return None;
+                    return found;
                 }
                 // First and last letters and the colon, then the depth,
                 // then the name for the few strings left.
-                if raw.get(p + 1) == name.first()
-                    && raw.get(p + shift - 1) == name.last()
-                    && raw.get(p + shift + 1) == Some(&b':')
-                    && self.depth_at(p) == depth
-                    && raw.get(p + 1..p + shift).is_some_and(|k| short_eq(k, name))
-                {
-                    return Some(p + shift + 2);
+                for (name, at) in names.iter().zip(found.iter_mut()) {
+                    if at.is_none()
+                        && raw.get(p + 1) == name.first()
+                        && raw.get(p + shift - 1) == name.last()
+                        && raw.get(p + shift + 1) == Some(&b':')
+                        && self.depth_at(p) == depth
+                        && raw.get(p + 1..p + shift).is_some_and(|k| short_eq(k, name))
+                    {
+                        *at = Some(p + shift + 2);
+                        missing -= 1;
+                        if missing == 0 {
+                            return found;
+                        }
+                        break;
+                    }
                 }
                 cand &= cand - 1;
             }
             ends_here = ends_next;
             b += 1;
         }
-        None
+        found
     }
 
     /// Quotes in bytes `from..to` (`to` at most the event's length).
