@@ -563,7 +563,7 @@ fn convert<'a>(c: Conv, v: V<'a>) -> V<'a> {
 /// Evaluates `ex` with `ev` bound to `object`.
 #[inline]
 pub fn eval<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
-    eval_in(ex, ev)
+    conjunct(ex, ev)
 }
 
 /// [`eval`] of an operand: a member path or a constant (what most
@@ -657,7 +657,7 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             // false if any operand is false; true if all are true; else an error.
             let mut err = None;
             for x in xs.iter() {
-                if and_operand(operand(x, ev), &mut err) {
+                if and_operand(conjunct(x, ev), &mut err) {
                     return V::Bool(false);
                 }
             }
@@ -693,16 +693,7 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             if !charge(weight(&l).min(weight(&r))) {
                 return V::Err(OUT_OF_STEPS);
             }
-            let out = match op {
-                CmpOp::Eq => Ok(equals(&l, &r)),
-                CmpOp::Ne => Ok(!equals(&l, &r)),
-                _ => compare(&l, &r).map(|o| match op {
-                    CmpOp::Lt => o == Ordering::Less,
-                    CmpOp::Le => o != Ordering::Greater,
-                    CmpOp::Gt => o == Ordering::Greater,
-                    _ => o != Ordering::Less,
-                }),
-            };
+            let out = cmp_test(*op, &l, &r);
             discard(l);
             discard(r);
             bool_or_err(out)
@@ -767,18 +758,7 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             }
             let out = match (l.as_str(), r.as_str()) {
                 (Some(s), _) if !charge(scan(s.len())) => Err(OUT_OF_STEPS),
-                (Some(s), Some(t)) => Ok(match op {
-                    StrOp::StartsWith => s
-                        .as_bytes()
-                        .get(..t.len())
-                        .is_some_and(|h| short_eq(h, t.as_bytes())),
-                    StrOp::EndsWith => s
-                        .len()
-                        .checked_sub(t.len())
-                        .is_some_and(|at| short_eq(&s.as_bytes()[at..], t.as_bytes())),
-                    StrOp::Contains => contains_str(s.as_bytes(), t.as_bytes()),
-                    StrOp::Equals => short_eq(s.as_bytes(), t.as_bytes()),
-                }),
+                (Some(s), Some(t)) => Ok(str_test(*op, s, t)),
                 _ => Err("no matching overload for string function"),
             };
             discard(l);
@@ -797,6 +777,130 @@ fn eval_in<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
             e @ V::Err(_) => e,
             v => convert(*c, v),
         },
+    }
+}
+
+/// A comparison of two values (`Ex::Cmp`'s, once its steps are paid).
+#[inline(always)]
+fn cmp_test(op: CmpOp, l: &V<'_>, r: &V<'_>) -> Result<bool, EvalError> {
+    match op {
+        CmpOp::Eq => Ok(equals(l, r)),
+        CmpOp::Ne => Ok(!equals(l, r)),
+        _ => compare(l, r).map(|o| match op {
+            CmpOp::Lt => o == Ordering::Less,
+            CmpOp::Le => o != Ordering::Greater,
+            CmpOp::Gt => o == Ordering::Greater,
+            _ => o != Ordering::Less,
+        }),
+    }
+}
+
+/// A string test of `s` with argument `t` (`Ex::Str`'s, once its steps
+/// are paid).
+#[inline(always)]
+fn str_test(op: StrOp, s: &str, t: &str) -> bool {
+    match op {
+        StrOp::StartsWith => s
+            .as_bytes()
+            .get(..t.len())
+            .is_some_and(|h| short_eq(h, t.as_bytes())),
+        StrOp::EndsWith => s
+            .len()
+            .checked_sub(t.len())
+            .is_some_and(|at| short_eq(&s.as_bytes()[at..], t.as_bytes())),
+        StrOp::Contains => contains_str(s.as_bytes(), t.as_bytes()),
+        StrOp::Equals => short_eq(s.as_bytes(), t.as_bytes()),
+    }
+}
+
+/// An operand of the commonest shape, a member path tested against a
+/// constant (`ev.conn.server_name.endsWith("-prod.ngrok.dev")`,
+/// `ev.conn.bytes_out > 50000000`), decided without the interpreter: the
+/// path is looked up on the tape and the test run on its value, with no
+/// call per operand and no value built for the constant. It decides only
+/// where [`eval`] would give a bool without taking a step from the budget,
+/// so the budget is left as [`eval`] would leave it.
+pub struct Quick<'a> {
+    path: &'a [Box<str>],
+    test: QuickTest<'a>,
+}
+
+/// The test of a [`Quick`] operand.
+enum QuickTest<'a> {
+    /// `path.op(constant)`
+    Str(StrOp, &'a str),
+    /// `path op constant`, a scalar constant.
+    Cmp(CmpOp, &'a Lit),
+}
+
+impl<'a> Quick<'a> {
+    /// `ex` as a [`Quick`] operand, if it has that shape.
+    #[inline(always)]
+    pub fn of(ex: &'a Ex) -> Option<Quick<'a>> {
+        let (path, test) = match ex {
+            Ex::Str(op, b) => match &**b {
+                [Ex::Path(p), Ex::Lit(Lit::Str(t))] => (p, QuickTest::Str(*op, t)),
+                _ => return None,
+            },
+            Ex::Cmp(op, b) => match &**b {
+                [Ex::Path(p), Ex::Lit(l)] if !matches!(l, Lit::List(_)) => {
+                    (p, QuickTest::Cmp(*op, l))
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(Quick { path, test })
+    }
+
+    /// The operand's value on `ev` where [`eval`] would give a bool
+    /// without taking a step from the budget (every object on the path
+    /// under [`FREE_STEPS`] members, a searched string under
+    /// `16 * FREE_STEPS` bytes); `None`: evaluate it with [`eval`] (an
+    /// error, a missing member, a long string).
+    #[inline(always)]
+    pub fn decide(&self, ev: Json<'_, '_>) -> Option<bool> {
+        let mut cur = ev;
+        for seg in self.path.iter() {
+            if !cur.is_object() || cur.len() >= FREE_STEPS {
+                return None;
+            }
+            cur = cur.get(seg)?;
+        }
+        let l = V::from_json(cur);
+        let out = match self.test {
+            QuickTest::Str(op, t) => match l.as_str() {
+                Some(s) if scan(s.len()) < FREE_STEPS => Some(str_test(op, s, t)),
+                _ => None,
+            },
+            QuickTest::Cmp(op, lit) => {
+                let r = V::from_lit(lit);
+                if weight(&l).min(weight(&r)) < FREE_STEPS {
+                    cmp_test(op, &l, &r).ok()
+                } else {
+                    None
+                }
+            }
+        };
+        discard(l);
+        out
+    }
+}
+
+/// [`eval`] of `ex` itself in the interpreter, never [`Quick`] (the
+/// reference it is tested against; operands of `&&` below `ex` may be).
+#[cfg(test)]
+pub fn interpret<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
+    eval_in(ex, ev)
+}
+
+/// [`eval`] of an operand of `&&` (or of a whole filter): a [`Quick`] one
+/// without the interpreter where it decides.
+#[inline(always)]
+fn conjunct<'a>(x: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
+    match Quick::of(x).and_then(|q| q.decide(ev)) {
+        Some(b) => V::Bool(b),
+        None => eval_in(x, ev),
     }
 }
 

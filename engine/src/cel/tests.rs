@@ -358,3 +358,89 @@ fn a_filter_given_its_first_operand_decides_as_it_does_whole() {
         }
     }
 }
+
+#[test]
+fn a_path_tested_against_a_constant_is_decided_as_the_interpreter_decides_it() {
+    let long = format!(
+        r#"{{"conn":{{"server_name":"{}-prod.ngrok.dev"}}}}"#,
+        "a".repeat(2000)
+    );
+    let wide = format!(
+        r#"{{"conn":{{{}"server_name":"a-prod.ngrok.dev","server_port":443}}}}"#,
+        (0..70)
+            .map(|i| format!(r#""m{i}":{i},"#))
+            .collect::<String>()
+    );
+    let objects = [
+        OBJ,
+        r#"{"conn":{"server_name":"web.example.com","server_port":"443"}}"#,
+        r#"{"conn":{"server_name":null,"server_port":80.5}}"#,
+        r#"{"conn":[1,2]}"#,
+        "{}",
+        &long,
+        &wide,
+    ];
+    let filters = [
+        r#"ev.conn.server_name.endsWith("-prod.ngrok.dev") && ev.http.response.status_code >= 500"#,
+        r#"ev.conn.server_name.startsWith("api") && ev.nope"#,
+        r#"ev.conn.server_name.matches(".*-prod\\.ngrok\\.dev")"#,
+        r#"ev.conn.server_name.matches("^web\\.example\\.com$")"#,
+        r#"ev.conn.server_name == "api-prod.ngrok.dev""#,
+        r#"ev.conn.server_name < "b""#,
+        "ev.conn.server_port > 100 && ev.http.response.status_code < 500",
+        "ev.conn.server_port != 443",
+        "ev.conn.server_port >= 80.5",
+        "ev.conn.server_port == 443u",
+        "ev.conn.server_name == null",
+        "ev.conn.server_port == true",
+    ];
+    let mut decided = 0;
+    for src in filters {
+        let f = Filter::compile(src, &FilterOptions::default()).unwrap();
+        let Plan::Fast(ex) = &f.plan else {
+            panic!("{src}: not a fast filter")
+        };
+        let quick = eval::Quick::of(eval::first_conjunct(ex))
+            .unwrap_or_else(|| panic!("{src}: no quick form"));
+        for obj in objects {
+            with_object(obj, |o| {
+                eval::start_budget(cost::FAST_STEP_BUDGET);
+                let general = eval::interpret(eval::first_conjunct(ex), o);
+                let left = eval::steps_left();
+                if let Some(b) = quick.decide(o) {
+                    decided += 1;
+                    assert!(
+                        matches!(general, V::Bool(g) if g == b),
+                        "{src} on {obj}: quick {b}, interpreter {general:?}"
+                    );
+                    assert_eq!(left, cost::FAST_STEP_BUDGET, "{src} on {obj}");
+                }
+            });
+        }
+        // An ordinary event's operand is decided quickly.
+        assert!(with_object(OBJ, |o| quick.decide(o)).is_some(), "{src}");
+        // What the interpreter would charge steps for is left to it: a
+        // search in a long string (a comparison costs the shorter side),
+        // a lookup in a wide object.
+        for obj in [long.as_str(), wide.as_str()] {
+            if src.contains("server_name.") || obj == wide {
+                assert_eq!(with_object(obj, |o| quick.decide(o)), None, "{src}");
+            }
+        }
+    }
+    // Beyond the ordinary event: the other objects' strings and numbers.
+    assert!(decided > 2 * filters.len(), "decided {decided}");
+    // Other shapes keep to the interpreter.
+    for src in [
+        "size(ev.conn.server_name) > 1",
+        "443 == ev.conn.server_port",
+        r#"ev.conn.server_name in ["a", "b"]"#,
+        "ev.conn.server_port == ev.conn.server_port",
+    ] {
+        let f = Filter::compile(src, &FilterOptions::default()).unwrap();
+        let Plan::Fast(ex) = &f.plan else {
+            panic!("{src}: not a fast filter")
+        };
+        assert!(eval::Quick::of(ex).is_none(), "{src}");
+    }
+}
