@@ -895,12 +895,14 @@ pub fn interpret<'a>(ex: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
 }
 
 /// [`eval`] of an operand of `&&` (or of a whole filter): a [`Quick`] one
-/// without the interpreter where it decides.
-#[inline(always)]
+/// without the interpreter where it decides, else as [`operand`]. (Inlined
+/// in optimized builds only, as [`operand`] is.)
+#[cfg_attr(debug_assertions, inline(never))]
+#[cfg_attr(not(debug_assertions), inline(always))]
 fn conjunct<'a>(x: &'a Ex, ev: Json<'a, 'a>) -> V<'a> {
     match Quick::of(x).and_then(|q| q.decide(ev)) {
         Some(b) => V::Bool(b),
-        None => eval_in(x, ev),
+        None => operand(x, ev),
     }
 }
 
