@@ -856,8 +856,8 @@ impl<'a> Quick<'a> {
     /// The operand's value on `ev` where [`eval`] would give a bool
     /// without taking a step from the budget (every object on the path
     /// under [`FREE_STEPS`] members, a searched string under
-    /// `16 * FREE_STEPS` bytes); `None`: evaluate it with [`eval`] (an
-    /// error, a missing member, a long string).
+    /// `16 * (FREE_STEPS - 1)` bytes); `None`: evaluate it with [`eval`]
+    /// (an error, a missing member, a long string).
     #[inline(always)]
     pub fn decide(&self, ev: Json<'_, '_>) -> Option<bool> {
         let mut cur = ev;
