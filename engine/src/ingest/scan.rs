@@ -855,6 +855,36 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_one_length_are_found_together_as_one_by_one() {
+        // Repeated keys, keys nested below, values spelled like keys, one
+        // key missing; every window and depth, both orders of the names.
+        let events: [&[u8]; 5] = [
+            br#"{"ab":1,"cd":{"ab":2,"cd":[3]},"xy":"cd","cd":4,"ab":5}"#,
+            br#"{"xy":"ab","cd":{"xy":{"ab":1}},"ab":{"cd":2},"cd":3}"#,
+            br#"{"ab":[{"cd":1}],"ab":2}"#,
+            br#"{"xy":{"cd":1,"ab":2},"zz":3}"#,
+            br#"{}"#,
+        ];
+        for raw in events {
+            let n = raw.len();
+            for mut ix in [Index::new(), Index::avx2_only(), Index::scalar()] {
+                ix.build(raw);
+                for depth in 1..4 {
+                    for from in 0..n {
+                        for to in from..=n {
+                            let one = |k: &[u8]| ix.find_key(raw, k, from, to, depth);
+                            let [ab, cd] = ix.find_keys(raw, [b"ab", b"cd"], from, to, depth);
+                            assert_eq!((ab, cd), (one(b"ab"), one(b"cd")), "{from}..{to}");
+                            let [cd, ab] = ix.find_keys(raw, [b"cd", b"ab"], from, to, depth);
+                            assert_eq!((ab, cd), (one(b"ab"), one(b"cd")), "{from}..{to}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn plain_compact_looks_outside_strings() {
         let ok = br#"{"a":"x y-z","b":[1,2],"c":{"d":true}}"#;
         assert!(plain_compact(ok));
